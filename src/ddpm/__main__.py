@@ -1,0 +1,6 @@
+"""`python -m ddpm` runs the CLI (also under `torchrun -m ddpm`)."""
+
+from .cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

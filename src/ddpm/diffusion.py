@@ -1,0 +1,171 @@
+"""The Gaussian diffusion process of Ho et al. (2020): forward q, reverse p_theta, the loss.
+
+The model is never owned here: every method takes ``model(x_t, t) -> eps`` as an argument.
+Images are float tensors in [-1, 1], layout NCHW. ``t`` is an int64 tensor [B] of indices
+0..T-1: index 0 is the paper's t = 1.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from .schedule import NoiseSchedule
+
+__all__ = ["GaussianDiffusion", "VAR_TYPES"]
+
+Model = Callable[[Tensor, Tensor], Tensor]
+VAR_TYPES = ("fixedlarge", "fixedsmall")
+
+
+def _extract(table: Tensor, t: Tensor, like: Tensor) -> Tensor:
+    """table[t] cast to ``like``'s dtype/device and shaped [B, 1, 1, ...] to broadcast over ``like``."""
+    out = table.to(like.device)[t.to(like.device).long()].to(like.dtype)
+    return out.reshape(t.shape[0], *([1] * (like.ndim - 1)))
+
+
+class GaussianDiffusion:
+    """DDPM's forward and reverse processes over a :class:`NoiseSchedule`.
+
+    ``var_type`` fixes the reverse-process variance sigma_t^2 (Sec. 3.2): ``"fixedlarge"`` uses beta_t,
+    ``"fixedsmall"`` uses beta-tilde_t. At index 0 both use log beta-tilde_1 as the log-variance (the
+    official code's convention: finite, and it sets the width of the discretised decoder).
+    """
+
+    def __init__(self, schedule: NoiseSchedule, var_type: str = "fixedlarge"):
+        if not isinstance(schedule, NoiseSchedule):
+            raise TypeError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}")
+        if var_type not in VAR_TYPES:
+            raise ValueError(f"var_type must be one of {VAR_TYPES}, got {var_type!r}")
+        if schedule.T < 2:
+            raise ValueError(f"GaussianDiffusion needs T >= 2, got T={schedule.T}")
+        self.schedule = schedule
+        self.var_type = var_type
+        s = schedule
+        if var_type == "fixedlarge":
+            variance = torch.cat([s.posterior_variance[1:2], s.betas[1:]])
+            self.model_variance, self.model_log_variance = variance, variance.log()
+        else:
+            self.model_variance = s.posterior_variance
+            self.model_log_variance = s.posterior_log_variance_clipped
+
+    @property
+    def T(self) -> int:
+        return self.schedule.T
+
+    def __repr__(self) -> str:
+        return f"GaussianDiffusion({self.schedule!r}, var_type={self.var_type!r})"
+
+    # ----------------------------------------------------------------------------- forward process
+    def q_mean_variance(self, x0: Tensor, t: Tensor):
+        """q(x_t | x_0) = N(sqrt(abar_t) x0, (1 - abar_t) I) (Eq. 4): (mean, variance, log_variance)."""
+        s = self.schedule
+        mean = _extract(s.sqrt_alphas_cumprod, t, x0) * x0
+        var = _extract(1.0 - s.alphas_cumprod, t, x0)
+        return mean, var, _extract((1.0 - s.alphas_cumprod).log(), t, x0)
+
+    def q_sample(self, x0: Tensor, t: Tensor, noise: Optional[Tensor] = None) -> Tensor:
+        """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps (Eq. 4; the tutorial's ``perturb_x``)."""
+        if noise is None:
+            noise = torch.randn_like(x0)
+        s = self.schedule
+        return _extract(s.sqrt_alphas_cumprod, t, x0) * x0 + _extract(s.sqrt_one_minus_alphas_cumprod, t, x0) * noise
+
+    def q_posterior(self, x0: Tensor, xt: Tensor, t: Tensor):
+        """q(x_{t-1} | x_t, x_0) = N(mu-tilde, beta-tilde I) (Eqs. 6-7): (mean, variance, log_variance)."""
+        s = self.schedule
+        mean = _extract(s.posterior_mean_coef1, t, xt) * x0 + _extract(s.posterior_mean_coef2, t, xt) * xt
+        return mean, _extract(s.posterior_variance, t, xt), _extract(s.posterior_log_variance_clipped, t, xt)
+
+    def predict_x0_from_eps(self, xt: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+        """Invert Eq. 4: x0 = x_t / sqrt(abar_t) - sqrt(1/abar_t - 1) eps."""
+        s = self.schedule
+        return _extract(s.sqrt_recip_alphas_cumprod, t, xt) * xt - _extract(s.sqrt_recipm1_alphas_cumprod, t, xt) * eps
+
+    # ----------------------------------------------------------------------------- reverse process
+    def p_mean_variance(self, model: Model, xt: Tensor, t: Tensor, clip_denoised: bool = True) -> Dict[str, Tensor]:
+        """p_theta(x_{t-1} | x_t): dict(mean, variance, log_variance, pred_x0, eps).
+
+        The mean is mu-tilde(x_t, x0_hat) with x0_hat predicted from eps (clipped to [-1, 1] when
+        ``clip_denoised``); unclipped, this equals Eq. 11:
+        mu = 1/sqrt(alpha_t) (x_t - beta_t / sqrt(1 - abar_t) eps).
+        """
+        eps = model(xt, t)
+        if eps.shape != xt.shape:
+            raise ValueError(f"model returned shape {tuple(eps.shape)}, expected {tuple(xt.shape)}")
+        eps = eps.to(xt.dtype)
+        pred_x0 = self.predict_x0_from_eps(xt, t, eps)
+        if clip_denoised:
+            pred_x0 = pred_x0.clamp(-1.0, 1.0)
+        mean, _, _ = self.q_posterior(pred_x0, xt, t)
+        return {
+            "mean": mean,
+            "variance": _extract(self.model_variance, t, xt),
+            "log_variance": _extract(self.model_log_variance, t, xt),
+            "pred_x0": pred_x0,
+            "eps": eps,
+        }
+
+    @torch.no_grad()
+    def p_sample(self, model: Model, xt: Tensor, t: Tensor, *, generator: Optional[torch.Generator] = None,
+                 clip_denoised: bool = True, noise: Optional[Tensor] = None):
+        """One step of Algorithm 2: x_{t-1} = mu_theta + sigma_t z, with z = 0 where t == 0.
+
+        Returns ``(x_prev, pred_x0)``.
+        """
+        out = self.p_mean_variance(model, xt, t, clip_denoised=clip_denoised)
+        if noise is None:
+            noise = _randn(xt.shape, generator, xt)
+        nonzero = (t != 0).to(xt.dtype).reshape(-1, *([1] * (xt.ndim - 1)))  # no noise at the last step
+        x_prev = out["mean"] + nonzero * torch.exp(0.5 * out["log_variance"]) * noise
+        return x_prev, out["pred_x0"]
+
+    @torch.no_grad()
+    def sample(self, model: Model, shape: Sequence[int], *, generator: Optional[torch.Generator] = None,
+               progress: bool = False, callback: Optional[Callable[[int, Tensor, Tensor], None]] = None,
+               device=None, dtype: torch.dtype = torch.float32, clip_denoised: bool = True) -> Tensor:
+        """Algorithm 2: start at x_T ~ N(0, I), apply p_sample for i = T-1 .. 0, return x_0 in [-1, 1].
+
+        ``generator`` makes it reproducible (its device is used unless ``device`` is given);
+        ``callback(i, x_i, pred_x0)`` is called after each step with the new x (index i).
+        """
+        if device is None:
+            device = generator.device if generator is not None else torch.device("cpu")
+        x = _randn(tuple(shape), generator, torch.empty(0, device=device, dtype=dtype))
+        steps = range(self.T - 1, -1, -1)
+        if progress:
+            from tqdm.auto import tqdm
+
+            steps = tqdm(steps, desc="sampling", unit="step", leave=False)
+        for i in steps:
+            t = torch.full((x.shape[0],), i, device=device, dtype=torch.long)
+            x, pred_x0 = self.p_sample(model, x, t, generator=generator, clip_denoised=clip_denoised)
+            if callback is not None:
+                callback(i, x, pred_x0)
+        return x.clamp(-1.0, 1.0)
+
+    # ----------------------------------------------------------------------------- training
+    def training_loss(self, model: Model, x0: Tensor, t: Optional[Tensor] = None, noise: Optional[Tensor] = None,
+                      *, generator: Optional[torch.Generator] = None) -> Tensor:
+        """Algorithm 1's L_simple: ||eps - eps_theta(x_t, t)||^2, mean over pixels, shape [B].
+
+        ``t`` defaults to uniform indices in [0, T-1], ``noise`` to N(0, I) (drawn from ``generator``).
+        """
+        b = x0.shape[0]
+        if t is None:
+            t = torch.randint(0, self.T, (b,), device=x0.device, generator=generator)
+        if noise is None:
+            noise = _randn(x0.shape, generator, x0)
+        xt = self.q_sample(x0, t, noise)
+        eps = model(xt, t)
+        return (noise - eps.to(noise.dtype)).pow(2).flatten(1).mean(dim=1)
+
+
+def _randn(shape, generator: Optional[torch.Generator], like: Tensor) -> Tensor:
+    """N(0, I) of ``shape`` on ``like``'s device/dtype, drawn from ``generator`` when given."""
+    if generator is None:
+        return torch.randn(shape, device=like.device, dtype=like.dtype)
+    out = torch.randn(shape, generator=generator, device=generator.device, dtype=like.dtype)
+    return out.to(like.device)

@@ -1,0 +1,272 @@
+"""The paper's noise-prediction network eps_theta(x_t, t) (Ho et al. 2020, Appendix B).
+
+A PixelCNN++-style UNet: wide-ResNet blocks with GroupNorm and swish, a sinusoidal embedding of
+t added in every residual block, single-head self-attention at the chosen resolutions and in the
+middle, ``num_res_blocks`` blocks per resolution on the way down and ``num_res_blocks + 1`` on the
+way up (with skip connections), strided-conv down-sampling, nearest + conv up-sampling, and
+zero-initialised output layers. The network never sees beta: ``UNet(x_t, t) -> eps``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["UNet", "UNetConfig", "PRESETS", "timestep_embedding"]
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Architecture of :class:`UNet`. ``attn_resolutions`` are feature-map sizes in pixels."""
+
+    in_channels: int = 3
+    out_channels: Optional[int] = None  # None: same as in_channels
+    image_size: int = 32
+    ch: int = 128
+    ch_mult: Tuple[int, ...] = (1, 2, 2, 2)
+    num_res_blocks: int = 2
+    attn_resolutions: Tuple[int, ...] = (16,)
+    dropout: float = 0.1
+    num_groups: int = 32
+
+    def __post_init__(self):
+        object.__setattr__(self, "ch_mult", tuple(int(m) for m in self.ch_mult))
+        object.__setattr__(self, "attn_resolutions", tuple(int(r) for r in self.attn_resolutions))
+        for name in ("in_channels", "image_size", "ch", "num_res_blocks", "num_groups"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"UNet {name} must be a positive integer, got {v!r}")
+        if self.out_channels is not None and self.out_channels < 1:
+            raise ValueError(f"UNet out_channels must be positive, got {self.out_channels!r}")
+        if not self.ch_mult or min(self.ch_mult) < 1:
+            raise ValueError(f"UNet ch_mult must be a non-empty tuple of positive integers, got {self.ch_mult!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"UNet dropout must lie in [0, 1), got {self.dropout!r}")
+        for c in {self.ch * m for m in self.ch_mult}:
+            if c % self.num_groups:
+                raise ValueError(f"UNet width {c} is not divisible by num_groups={self.num_groups}")
+        if self.image_size % (2 ** (len(self.ch_mult) - 1)):
+            raise ValueError(
+                f"UNet image_size={self.image_size} must be divisible by 2**{len(self.ch_mult) - 1} "
+                f"(one halving per level after the first)"
+            )
+
+    @property
+    def resolutions(self) -> List[int]:
+        """Feature-map size at each level, top to bottom."""
+        return [self.image_size // 2**i for i in range(len(self.ch_mult))]
+
+    def to_dict(self) -> Dict:
+        d = asdict(self)
+        d["ch_mult"], d["attn_resolutions"] = list(self.ch_mult), list(self.attn_resolutions)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Dict) -> "UNetConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown UNet config field(s): {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+
+PRESETS: Dict[str, UNetConfig] = {
+    # The paper's CIFAR-10 model: 35.7M parameters (diffusers' google/ddpm-cifar10-32 port: 35,746,307).
+    "cifar10": UNetConfig(in_channels=3, image_size=32, ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2,
+                          attn_resolutions=(16,), dropout=0.1),
+    # The paper's CelebA-HQ / LSUN 256x256 model: ~114M parameters.
+    "celebahq256": UNetConfig(in_channels=3, image_size=256, ch=128, ch_mult=(1, 1, 2, 2, 4, 4), num_res_blocks=2,
+                              attn_resolutions=(16,), dropout=0.0),
+    # The CPU demo's network for 28x28 digits.
+    "mnist": UNetConfig(in_channels=1, image_size=28, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
+                        attn_resolutions=(7,), dropout=0.0, num_groups=8),
+    # A few thousand parameters: for tests and smoke runs.
+    "tiny": UNetConfig(in_channels=1, image_size=16, ch=4, ch_mult=(1, 2), num_res_blocks=1,
+                       attn_resolutions=(), dropout=0.0, num_groups=2),
+}
+
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Sinusoidal embedding of t, as in the paper's code: [sin(t w_k), cos(t w_k)], w_k = P^(-k/(half-1))."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / max(half - 1, 1))
+    args = t.float()[:, None] * freqs[None]  # (B, half)
+    emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+    return F.pad(emb, (0, 1)) if dim % 2 else emb
+
+
+def _zero(module: nn.Module) -> nn.Module:
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    module.zero_init = True  # _init_weights leaves it alone
+    return module
+
+
+class ResBlock(nn.Module):
+    """Wide-ResNet block: GN-swish-conv, + dense(swish(temb)), GN-swish-dropout-conv(zero), + skip."""
+
+    def __init__(self, in_ch: int, out_ch: int, temb_ch: int, dropout: float, groups: int):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, in_ch, eps=1e-6)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.temb_proj = nn.Linear(temb_ch, out_ch)
+        self.norm2 = nn.GroupNorm(groups, out_ch, eps=1e-6)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = _zero(nn.Conv2d(out_ch, out_ch, 3, padding=1))
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x: Tensor, temb: Tensor) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.temb_proj(F.silu(temb))[:, :, None, None]
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return self.skip(x) + h
+
+
+class AttnBlock(nn.Module):
+    """Single-head self-attention over all H*W positions, residual, zero-initialised output projection."""
+
+    def __init__(self, ch: int, groups: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(groups, ch, eps=1e-6)
+        self.qkv = nn.Linear(ch, 3 * ch)
+        self.proj_out = _zero(nn.Linear(ch, ch))
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        hs = self.norm(x).flatten(2).transpose(1, 2)  # (B, HW, C)
+        q, k, v = self.qkv(hs).unsqueeze(1).chunk(3, dim=-1)  # each (B, 1, HW, C)
+        a = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(C)) v
+        out = self.proj_out(a.squeeze(1))  # (B, HW, C)
+        return x + out.transpose(1, 2).reshape(b, c, h, w)
+
+
+class Downsample(nn.Module):
+    """3x3 conv with stride 2 and TensorFlow 'SAME' padding (pad right/bottom by one), as in the paper."""
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, stride=2, padding=0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(F.pad(x, (0, 1, 0, 1)))
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour x2, then a 3x3 conv."""
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class Level(nn.Module):
+    """One resolution of the UNet: residual blocks, optional attention after each, optional resampling."""
+
+    def __init__(self, blocks: List[ResBlock], attn: bool, groups: int, resample: Optional[nn.Module]):
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.attns = nn.ModuleList([AttnBlock(b.norm2.num_channels, groups) for b in blocks] if attn else [])
+        self.resample = resample
+
+
+class UNet(nn.Module):
+    """eps_theta(x_t, t): x_t float [B, C, H, W] in any scale, t int64 [B] indices 0..T-1 -> eps [B, C, H, W].
+
+    Build with keyword arguments of :class:`UNetConfig`, a config, or :meth:`from_preset`.
+    """
+
+    def __init__(self, config: Optional[UNetConfig] = None, **kwargs):
+        super().__init__()
+        if config is None:
+            config = UNetConfig(**kwargs)
+        elif kwargs:
+            raise TypeError("pass either a UNetConfig or keyword arguments, not both")
+        self.config = cfg = config
+        ch, groups, temb_ch = cfg.ch, cfg.num_groups, 4 * cfg.ch
+        self.temb = nn.Sequential(nn.Linear(ch, temb_ch), nn.SiLU(), nn.Linear(temb_ch, temb_ch))
+        self.conv_in = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
+
+        def block(i, o):
+            return ResBlock(i, o, temb_ch, cfg.dropout, groups)
+
+        n_levels, res = len(cfg.ch_mult), cfg.resolutions
+        skip_chs, cur = [ch], ch
+        self.down = nn.ModuleList()
+        for i, mult in enumerate(cfg.ch_mult):
+            blocks = []
+            for _ in range(cfg.num_res_blocks):
+                blocks.append(block(cur, ch * mult))
+                cur = ch * mult
+                skip_chs.append(cur)
+            last = i == n_levels - 1
+            self.down.append(Level(blocks, res[i] in cfg.attn_resolutions, groups, None if last else Downsample(cur)))
+            if not last:
+                skip_chs.append(cur)
+
+        self.mid_block1, self.mid_attn, self.mid_block2 = block(cur, cur), AttnBlock(cur, groups), block(cur, cur)
+
+        self.up = nn.ModuleList()
+        for i, mult in reversed(list(enumerate(cfg.ch_mult))):
+            blocks = []
+            for _ in range(cfg.num_res_blocks + 1):
+                blocks.append(block(cur + skip_chs.pop(), ch * mult))
+                cur = ch * mult
+            self.up.append(Level(blocks, res[i] in cfg.attn_resolutions, groups, Upsample(cur) if i else None))
+
+        self.norm_out = nn.GroupNorm(groups, cur, eps=1e-6)
+        self.conv_out = _zero(nn.Conv2d(cur, cfg.out_channels or cfg.in_channels, 3, padding=1))
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # The official code's default: variance scaling (fan_avg, uniform) = Xavier-uniform, zero bias;
+        # layers marked zero-init above stay zero.
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)) and not getattr(m, "zero_init", False):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "UNet":
+        """A preset architecture: 'cifar10', 'celebahq256' (the paper's), 'mnist' (CPU demo), 'tiny' (tests)."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+        cfg = PRESETS[name]
+        if overrides:
+            cfg = UNetConfig(**{**asdict(cfg), **overrides})
+        return cls(cfg)
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        emb = self.temb(timestep_embedding(t, self.config.ch).to(x.dtype))
+        h = self.conv_in(x)
+        hs = [h]
+        for level in self.down:
+            for j, blk in enumerate(level.blocks):
+                h = blk(h, emb)
+                if level.attns:
+                    h = level.attns[j](h)
+                hs.append(h)
+            if level.resample is not None:
+                h = level.resample(h)
+                hs.append(h)
+        h = self.mid_block2(self.mid_attn(self.mid_block1(h, emb)), emb)
+        for level in self.up:
+            for j, blk in enumerate(level.blocks):
+                h = blk(torch.cat([h, hs.pop()], dim=1), emb)
+                if level.attns:
+                    h = level.attns[j](h)
+            if level.resample is not None:
+                h = level.resample(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
