@@ -1,0 +1,264 @@
+"""Run directories and checkpoints: safetensors for tensors, JSON for everything else, never pickle.
+
+A run directory::
+
+    RUN/config.json                     the RunConfig (the one source of truth)
+    RUN/checkpoints/step-00001000/      one checkpoint, written aside and renamed into place:
+        model.safetensors               the trained weights
+        ema.safetensors                 the EMA weights
+        optimizer.safetensors           Adam's moments (+ its param_groups in state.json)
+        state.json                      step, RNG states, EMA step count, ...
+        manifest.json                   sha256 and size of every file above (written last)
+    RUN/metrics.csv, RUN/loss.png, RUN/samples/
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .config import RunConfig
+from .diffusion import GaussianDiffusion
+from .errors import DDPMError
+from .unet import UNet
+
+__all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "list_checkpoints", "read_config", "write_config",
+           "atomic_write_text"]
+
+PathLike = Union[str, os.PathLike]
+CKPT_DIR = "checkpoints"
+FILES = ("model.safetensors", "ema.safetensors", "optimizer.safetensors", "state.json")
+
+
+@dataclass
+class Checkpoint:
+    """What :func:`load_checkpoint` returns. ``model`` and ``ema_model`` are in eval mode."""
+
+    model: UNet
+    ema_model: UNet
+    diffusion: GaussianDiffusion
+    config: RunConfig
+    step: int
+    path: Path
+    state: Dict[str, Any] = field(default_factory=dict)
+    optimizer_state: Optional[Dict[str, Any]] = None
+
+
+# ----------------------------------------------------------------------------- small file helpers
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: PathLike, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, fsync, then rename over ``path``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_config(run_dir: PathLike, config: RunConfig) -> None:
+    atomic_write_text(Path(run_dir) / "config.json", config.to_json())
+
+
+def read_config(run_dir: PathLike) -> RunConfig:
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise DDPMError(f"{run_dir} is not a ddpm run directory (no config.json)")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DDPMError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise DDPMError(f"{path} does not hold a JSON object")
+    return RunConfig.from_dict(data)
+
+
+# ----------------------------------------------------------------------------- optimizer <-> safetensors
+def _optimizer_to_files(optimizer: torch.optim.Optimizer):
+    """Split an optimizer state_dict into tensors (safetensors) and JSON-able metadata."""
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{pid}.{k}"] = v.detach().contiguous().cpu()
+            else:
+                scalars[f"{pid}.{k}"] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _optimizer_from_files(tensors: Dict[str, torch.Tensor], meta: Dict[str, Any]) -> Dict[str, Any]:
+    state: Dict[int, Dict[str, Any]] = {}
+    for key, v in list(tensors.items()) + list(meta.get("scalars", {}).items()):
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = v
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def _state_dict_cpu(model: nn.Module) -> Dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+
+
+# ----------------------------------------------------------------------------- save / list / load
+def _step_dir(run_dir: Path, step: int) -> Path:
+    return run_dir / CKPT_DIR / f"step-{step:08d}"
+
+
+def save_checkpoint(run_dir: PathLike, *, step: int, model: nn.Module, ema_model: nn.Module,
+                    optimizer: Optional[torch.optim.Optimizer] = None, state: Optional[Dict[str, Any]] = None,
+                    keep: Optional[int] = None) -> Path:
+    """Write a checkpoint for ``step`` atomically: into a hidden temporary folder, then renamed.
+
+    ``state`` is any JSON-able dict (RNG states, counters). Keeps the newest ``keep`` checkpoints.
+    Returns the checkpoint's folder.
+    """
+    run_dir = Path(run_dir)
+    root = run_dir / CKPT_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    final = _step_dir(run_dir, step)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
+    try:
+        save_file(_state_dict_cpu(model), str(tmp / "model.safetensors"))
+        save_file(_state_dict_cpu(ema_model), str(tmp / "ema.safetensors"))
+        meta: Dict[str, Any] = {}
+        if optimizer is not None:
+            tensors, meta = _optimizer_to_files(optimizer)
+            save_file(tensors, str(tmp / "optimizer.safetensors"))
+        payload = {"step": int(step), "optimizer": meta, **(state or {})}
+        (tmp / "state.json").write_text(json.dumps(payload))
+        files = [f for f in FILES if (tmp / f).exists()]
+        manifest = {f: {"sha256": _sha256(tmp / f), "bytes": (tmp / f).stat().st_size} for f in files}
+        for f in files:
+            with open(tmp / f, "rb") as fh:
+                os.fsync(fh.fileno())
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        _fsync_dir(tmp)
+        if final.exists():  # the same step saved twice (e.g. a signal right after a periodic save)
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        _fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if keep is not None:
+        for old in list_checkpoints(run_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    for stale in root.glob(".tmp-*"):  # left by a process that was killed mid-write
+        shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(run_dir: PathLike) -> List[Path]:
+    """Finished checkpoint folders of a run, oldest first (temporary folders are never listed)."""
+    root = Path(run_dir) / CKPT_DIR
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        if p.is_dir() and p.name.startswith("step-") and p.name[5:].isdigit():
+            found.append((int(p.name[5:]), p))
+    return [p for _, p in sorted(found)]
+
+
+def verify_checkpoint(path: Path) -> None:
+    """Check every file of a checkpoint against its manifest; raise DDPMError naming the first bad file."""
+    manifest_path = path / "manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except FileNotFoundError:
+        raise DDPMError(f"checkpoint {path} is incomplete: manifest.json is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise DDPMError(f"checkpoint {path} is damaged: manifest.json is not valid JSON") from None
+    for name in ("model.safetensors", "ema.safetensors", "state.json"):
+        if name not in manifest:
+            raise DDPMError(f"checkpoint {path} is damaged: manifest.json does not list {name}")
+    for name, info in manifest.items():
+        f = path / name
+        if not f.is_file():
+            raise DDPMError(f"checkpoint {path} is damaged: {name} is missing")
+        if f.stat().st_size != info.get("bytes") or _sha256(f) != info.get("sha256"):
+            raise DDPMError(f"checkpoint {path} is damaged: {name} does not match its checksum")
+
+
+def _load_weights(path: Path, model: nn.Module) -> None:
+    try:
+        tensors = load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for malformed files
+        raise DDPMError(f"cannot read {path}: {e}") from None
+    missing, unexpected = set(model.state_dict()) - set(tensors), set(tensors) - set(model.state_dict())
+    if missing or unexpected:
+        raise DDPMError(f"{path} does not fit the configured model: missing {sorted(missing)[:3]}, "
+                        f"unexpected {sorted(unexpected)[:3]}")
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as e:
+        raise DDPMError(f"{path} does not fit the configured model: {str(e).splitlines()[-1].strip()}") from None
+
+
+def load_checkpoint(run_dir: PathLike, step: Optional[int] = None, *, map_location: Union[str, torch.device] = "cpu",
+                    with_optimizer: bool = False) -> Checkpoint:
+    """Load a run's newest intact checkpoint (or the one at ``step``).
+
+    Returns a :class:`Checkpoint` with ``model``, ``ema_model`` (both UNets, eval mode), ``diffusion``,
+    ``config``, ``step``. Files are checked against their manifest; nothing is unpickled.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise DDPMError(f"run directory {run_dir} does not exist")
+    config = read_config(run_dir)
+    candidates = list_checkpoints(run_dir)
+    if step is not None:
+        candidates = [p for p in candidates if p.name == f"step-{step:08d}"]
+        if not candidates:
+            raise DDPMError(f"{run_dir} has no checkpoint at step {step}")
+    if not candidates:
+        raise DDPMError(f"{run_dir} has no checkpoint yet")
+    path = candidates[-1]
+    verify_checkpoint(path)
+    model, ema = UNet(config.model), UNet(config.model)
+    _load_weights(path / "model.safetensors", model)
+    _load_weights(path / "ema.safetensors", ema)
+    state = json.loads((path / "state.json").read_text())
+    opt_state = None
+    if with_optimizer and (path / "optimizer.safetensors").exists():
+        opt_state = _optimizer_from_files(load_file(str(path / "optimizer.safetensors")), state.get("optimizer", {}))
+    model.to(map_location).eval()
+    ema.to(map_location).eval()
+    return Checkpoint(model=model, ema_model=ema, diffusion=config.diffusion.build(), config=config,
+                      step=int(state["step"]), path=path, state=state, optimizer_state=opt_state)

@@ -1,0 +1,311 @@
+"""The Trainer: Algorithm 1 with the paper's recipe (Adam, warm-up, gradient clipping, EMA).
+
+The Trainer is given its model, diffusion, data and config and builds none of them. Every random
+draw of a training example (which image, its flip, its t and its eps) is a pure function of
+``(seed, step, position in the global batch)``, so the data position *is* the step: a resumed run
+sees exactly the examples that a straight run would have seen.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import csv
+import hashlib
+import math
+import random
+import signal
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Dict, Iterator, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import Checkpoint, save_checkpoint
+from .config import TrainConfig
+from .data import ImageData, to_float, to_uint8
+from .diffusion import GaussianDiffusion
+from .errors import DDPMError
+from .viz import plot_loss, save_grid
+
+__all__ = ["Trainer", "derive_seed", "resolve_precision"]
+
+METRICS = ("step", "loss", "lr", "grad_norm", "img_per_s", "elapsed_s")
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether bf16 matmuls/convolutions run natively (CPU: AVX-512 BF16 / AMX; CUDA: Ampere or newer)."""
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' -> 'bf16' where the hardware supports it natively, else 'fp32'."""
+    if precision == "auto":
+        return "bf16" if bf16_supported(device) else "fp32"
+    return precision
+
+
+def derive_seed(*parts: Any) -> int:
+    """A 63-bit seed that depends on every part (stable across processes and Python versions)."""
+    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+# ----------------------------------------------------------------------------- RNG state <-> JSON
+def _rng_state() -> Dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {
+        "torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
+        "numpy": [np_state[0], np_state[1].tolist(), *map(lambda v: v.item() if hasattr(v, "item") else v, np_state[2:])],
+        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = [base64.b64encode(s.numpy().tobytes()).decode() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def _set_rng_state(state: Dict[str, Any]) -> None:
+    torch.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(state["torch"])), dtype=torch.uint8))
+    n = state["numpy"]
+    np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), *n[2:]))
+    p = state["python"]
+    random.setstate((p[0], tuple(p[1]), p[2]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8)
+                                      for s in state["cuda"]])
+
+
+class Trainer:
+    """Trains ``model`` as eps_theta on ``data`` with ``diffusion``'s L_simple (Algorithm 1).
+
+    ``train_step()`` does one optimisation step; ``fit(run_dir)`` loops to ``config.steps`` with
+    progress, metrics, sample grids, checkpoints and clean stops on SIGINT/SIGTERM.
+    """
+
+    def __init__(self, model: nn.Module, diffusion: GaussianDiffusion, data: ImageData, config: TrainConfig,
+                 *, device: torch.device | str = "cpu"):
+        config.validate()
+        self.config, self.diffusion, self.data = config, diffusion, data
+        self.device = torch.device(device)
+        self.model = model.to(self.device).train()
+        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.hflip = data.hflip if config.hflip is None else config.hflip
+        self.step = 0  # number of optimisation steps done
+        self.ema_updates = 0
+        self._perms: Dict[int, torch.Tensor] = {}
+        self._log = {"loss": 0.0, "grad_norm": 0.0, "n": 0}
+        self._stop: Optional[str] = None
+        self.bf16 = resolve_precision(config.precision, self.device) == "bf16"
+
+    # ------------------------------------------------------------------------- the recipe
+    def lr_at(self, step: int) -> float:
+        """Linear warm-up to ``lr`` over ``warmup`` steps (step is 0-based), then constant."""
+        w = self.config.warmup
+        return self.config.lr * min(1.0, (step + 1) / w) if w else self.config.lr
+
+    def example_indices(self, step: int, positions: range) -> torch.Tensor:
+        """Dataset indices of the examples at ``positions`` of the global batch of ``step``.
+
+        Example k = step * batch_size + position runs through a fresh permutation every epoch.
+        """
+        n, b = len(self.data), self.config.batch_size
+        out = []
+        for j in positions:
+            k = step * b + j
+            epoch = k // n
+            if epoch not in self._perms:
+                g = torch.Generator().manual_seed(derive_seed(self.config.seed, "epoch", epoch))
+                self._perms = {epoch: torch.randperm(n, generator=g)}
+            out.append(self._perms[epoch][k % n])
+        return torch.stack(out)
+
+    def make_batch(self, step: int, positions: Optional[range] = None):
+        """(x0, t, noise) for ``step``: x0 float [B, C, H, W] in [-1, 1], t int64 [B], noise [B, C, H, W]."""
+        positions = positions if positions is not None else range(self.config.batch_size)
+        x0 = to_float(self.data.images[self.example_indices(step, positions)])
+        ts, noises = [], []
+        for j, pos in enumerate(positions):
+            g = torch.Generator().manual_seed(derive_seed(self.config.seed, "example", step, pos))
+            ts.append(torch.randint(0, self.diffusion.T, (1,), generator=g))
+            flip = torch.rand((), generator=g) < 0.5
+            noises.append(torch.randn(x0.shape[1:], generator=g))
+            if self.hflip and flip:
+                x0[j] = x0[j].flip(-1)
+        t, noise = torch.cat(ts), torch.stack(noises)
+        return x0.to(self.device), t.to(self.device), noise.to(self.device)
+
+    def train_step(self) -> Dict[str, float]:
+        """One step of Algorithm 1 + Adam + clipping + EMA. Returns loss, grad_norm, lr."""
+        x0, t, noise = self.make_batch(self.step)
+        lr = self.lr_at(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            loss = self.diffusion.training_loss(self.model, x0, t, noise).mean()
+        if not torch.isfinite(loss):
+            raise DDPMError(f"the loss became {loss.item()} at step {self.step + 1}; stopping "
+                            f"(try a lower --lr); the last checkpoint is intact")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        clip = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+        self.optimizer.step()
+        self._update_ema()
+        self.step += 1
+        return {"loss": loss.item(), "grad_norm": float(grad_norm), "lr": lr}
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        """ema <- decay * ema + (1 - decay) * theta, every step from step 1."""
+        ema_p, p = list(self.ema.parameters()), list(self.model.parameters())
+        torch._foreach_lerp_(ema_p, p, 1.0 - self.config.ema_decay)
+        for eb, b in zip(self.ema.buffers(), self.model.buffers()):
+            eb.copy_(b)
+        self.ema_updates += 1
+
+    # ------------------------------------------------------------------------- state
+    def state(self) -> Dict[str, Any]:
+        """JSON-able trainer state that is not in the weights or the optimizer."""
+        return {"ema_updates": self.ema_updates, "rng": _rng_state(), "log_acc": dict(self._log)}
+
+    def load(self, ckpt: Checkpoint) -> None:
+        """Restore model, EMA, optimizer, step, RNGs and the metrics accumulator from a checkpoint."""
+        self.model.load_state_dict(ckpt.model.state_dict())
+        self.ema.load_state_dict(ckpt.ema_model.state_dict())
+        if ckpt.optimizer_state is not None:
+            self.optimizer.load_state_dict(ckpt.optimizer_state)
+        self.step = ckpt.step
+        self.ema_updates = int(ckpt.state.get("ema_updates", ckpt.step))
+        self._log = dict(ckpt.state.get("log_acc", self._log))
+        if "rng" in ckpt.state:
+            _set_rng_state(ckpt.state["rng"])
+
+    def save(self, run_dir: Path) -> Path:
+        return save_checkpoint(run_dir, step=self.step, model=self.model, ema_model=self.ema,
+                               optimizer=self.optimizer, state=self.state(), keep=self.config.keep)
+
+    # ------------------------------------------------------------------------- sampling
+    @torch.no_grad()
+    def sample_grid(self, path: Path, n: Optional[int] = None) -> None:
+        """EMA samples from a fixed seed, so grids at different steps are comparable."""
+        n = n or self.config.n_samples
+        c, s = self.data.images.shape[1], self.data.images.shape[2]
+        g = torch.Generator().manual_seed(derive_seed(self.config.seed, "grid"))
+        x = self.diffusion.sample(self.ema, (n, c, s, s), generator=g, device=self.device)
+        save_grid(to_uint8(x), path, scale=2 if s < 64 else 1)
+
+    # ------------------------------------------------------------------------- the loop
+    def fit(self, run_dir: Path, *, progress: bool = True, echo=print) -> str:
+        """Train until ``config.steps`` (or a signal, or ``time_limit``). Returns why it stopped.
+
+        Saves a checkpoint every ``save_every`` steps and whenever it stops.
+        """
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg = self.config
+        metrics = _MetricsFile(run_dir / "metrics.csv", self.step)
+        start = last_t = last_plot = time.monotonic()
+        last_step = self.step
+        bar = _progress(progress, total=cfg.steps, initial=self.step)
+        reason = "done"
+        with _stop_on_signals(self):
+            while self.step < cfg.steps:
+                out = self.train_step()
+                self._log["loss"] += out["loss"]
+                self._log["grad_norm"] += out["grad_norm"]
+                self._log["n"] += 1
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    now = time.monotonic()
+                    ips = (self.step - last_step) * cfg.batch_size / max(now - last_t, 1e-9)
+                    n = max(self._log["n"], 1)
+                    row = {"step": self.step, "loss": self._log["loss"] / n, "lr": out["lr"],
+                           "grad_norm": self._log["grad_norm"] / n, "img_per_s": ips, "elapsed_s": now - start}
+                    metrics.append(row)
+                    if now - last_plot > 30 or self.step == cfg.steps:  # drawing costs ~0.2 s: not every row
+                        plot_loss(metrics.path, run_dir / "loss.png")
+                        last_plot = now
+                    self._log = {"loss": 0.0, "grad_norm": 0.0, "n": 0}
+                    last_t, last_step = now, self.step
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{ips:.1f}")
+                if bar is not None:
+                    bar.update(1)
+                if cfg.sample_every and self.step % cfg.sample_every == 0:
+                    (run_dir / "samples").mkdir(exist_ok=True)
+                    self.sample_grid(run_dir / "samples" / f"step-{self.step:08d}.png")
+                if cfg.time_limit and time.monotonic() - start > cfg.time_limit * 60:
+                    reason = "time limit"
+                    break
+                if self._stop:
+                    reason = self._stop
+                    break
+                if self.step % cfg.save_every == 0 and self.step < cfg.steps:
+                    self.save(run_dir)
+        if bar is not None:
+            bar.close()
+        plot_loss(metrics.path, run_dir / "loss.png")
+        path = self.save(run_dir)
+        if reason != "done":
+            echo(f"stopped at step {self.step} ({reason}); checkpoint {path}. "
+                 f"Continue with: ddpm train --out {run_dir} --resume")
+        return reason
+
+
+class _MetricsFile:
+    """RUN/metrics.csv. On resume, rows logged after the checkpoint's step are dropped first."""
+
+    def __init__(self, path: Path, step: int):
+        self.path = path
+        rows = []
+        if path.exists():
+            with open(path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if r.get("step", "").isdigit() and int(r["step"]) <= step]
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=METRICS)
+            w.writeheader()
+            w.writerows({k: r.get(k, "") for k in METRICS} for r in rows)
+
+    def append(self, row: Dict[str, float]) -> None:
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=METRICS).writerow(
+                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def _progress(enabled: bool, **kw):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(desc="training", unit="step", dynamic_ncols=True, **kw)
+
+
+@contextmanager
+def _stop_on_signals(trainer: Trainer) -> Iterator[None]:
+    """SIGINT/SIGTERM ask the loop to stop after the current step (and save); a second SIGINT aborts."""
+    def handler(signum, frame):
+        if trainer._stop and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        trainer._stop = signal.Signals(signum).name
+
+    try:
+        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread: no signal handling
+        yield
+        return
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)

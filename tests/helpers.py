@@ -1,0 +1,39 @@
+"""Small shared builders for the tests: a tiny data set, config and trainer."""
+
+import dataclasses
+
+import torch
+
+from ddpm.config import make_run_config
+from ddpm.data import ImageData
+from ddpm.train import Trainer
+from ddpm.unet import UNet
+
+
+def tiny_data(n: int = 24, size: int = 16, channels: int = 1, seed: int = 0) -> ImageData:
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, channels, size, size), generator=g, dtype=torch.uint8)
+    return ImageData(images=images, labels=None, name="random", hflip=True)
+
+
+def tiny_config(**train):
+    base = dict(steps=12, batch_size=6, warmup=4, save_every=5, log_every=3, sample_every=0, keep=2)
+    base.update(train)
+    return make_run_config("tiny", train=base, model={"dropout": 0.1})
+
+
+def tiny_trainer(cfg, data=None, seed=None):
+    torch.manual_seed(cfg.train.seed if seed is None else seed)
+    return Trainer(UNet(cfg.model), cfg.diffusion.build(), data or tiny_data(), cfg.train)
+
+
+def assert_same_state(a: Trainer, b: Trainer):
+    for (k, v), (k2, v2) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2), f"model tensor {k} differs"
+    for (k, v), (k2, v2) in zip(a.ema.state_dict().items(), b.ema.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2), f"EMA tensor {k} differs"
+    sa, sb = a.optimizer.state_dict(), b.optimizer.state_dict()
+    for pid in sa["state"]:
+        for name, v in sa["state"][pid].items():
+            assert torch.equal(v, sb["state"][pid][name]), f"optimizer state {pid}.{name} differs"
+    assert a.step == b.step and a.ema_updates == b.ema_updates

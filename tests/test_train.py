@@ -1,0 +1,189 @@
+"""The Trainer: the paper's recipe, deterministic data, exact resume, signals, checkpoints."""
+
+import copy
+import json
+import os
+import signal
+
+import pytest
+import torch
+
+from ddpm import load_checkpoint
+from ddpm.checkpoint import list_checkpoints, save_checkpoint, write_config
+from ddpm.config import RECIPES, make_run_config
+from ddpm.errors import DDPMError
+
+from helpers import assert_same_state, tiny_config, tiny_data, tiny_trainer
+
+
+def test_paper_recipe_is_the_default_for_paper_presets():
+    cfg = make_run_config("cifar10", train={"data": "x"})
+    t, d = cfg.train, cfg.diffusion
+    assert (t.lr, t.batch_size, t.warmup, t.grad_clip, t.ema_decay, t.steps) == (2e-4, 128, 5000, 1.0, 0.9999, 800_000)
+    assert (d.T, d.schedule, d.beta_start, d.beta_end, d.var_type) == (1000, "linear", 1e-4, 0.02, "fixedlarge")
+    assert cfg.model.dropout == 0.1
+    assert make_run_config("celebahq256", train={"data": "x"}).train.lr == 2e-5
+    assert set(RECIPES) == {"cifar10", "celebahq256", "mnist", "tiny"}
+
+
+def test_warmup_is_linear_then_constant():
+    tr = tiny_trainer(tiny_config(lr=1e-3, warmup=4))
+    assert [tr.lr_at(s) for s in range(6)] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
+
+
+def test_every_image_once_per_epoch_and_batches_fixed_by_step():
+    cfg = tiny_config(batch_size=5)
+    tr = tiny_trainer(cfg, data=tiny_data(n=20))
+    epoch = torch.cat([tr.example_indices(s, range(5)) for s in range(4)])
+    assert sorted(epoch.tolist()) == list(range(20))
+    other = tiny_trainer(cfg, data=tiny_data(n=20))
+    for s in (0, 7, 3):
+        a, b = tr.make_batch(s), other.make_batch(s)
+        assert all(torch.equal(u, v) for u, v in zip(a, b))
+    # positions of a global batch can be produced in pieces (as data-parallel workers do)
+    full = tr.make_batch(2)
+    halves = [tr.make_batch(2, range(0, 3)), tr.make_batch(2, range(3, 5))]
+    assert all(torch.equal(f, torch.cat([h[i] for h in halves])) for i, f in enumerate(full))
+
+
+def test_ema_follows_its_formula_from_step_one():
+    tr = tiny_trainer(tiny_config(ema_decay=0.9))
+    before = copy.deepcopy(tr.model.state_dict())
+    tr.train_step()
+    for k, ema in tr.ema.state_dict().items():
+        expected = 0.9 * before[k] + 0.1 * tr.model.state_dict()[k]
+        torch.testing.assert_close(ema, expected, rtol=1e-6, atol=1e-7)
+    assert tr.ema_updates == 1
+
+
+def test_gradient_clipping_bounds_the_update():
+    tr = tiny_trainer(tiny_config(grad_clip=1e-3))
+    out = tr.train_step()
+    norm = torch.sqrt(sum(p.grad.pow(2).sum() for p in tr.model.parameters() if p.grad is not None))
+    assert out["grad_norm"] > 1e-3 and norm.item() == pytest.approx(1e-3, rel=1e-4)
+
+
+def test_resume_is_bit_identical(tmp_path):
+    cfg = tiny_config(steps=12)
+    straight = tiny_trainer(cfg)
+    straight.fit(tmp_path / "a", progress=False)
+
+    first = tiny_trainer(make_run_config("tiny", train={**_train_dict(cfg), "steps": 7}, model={"dropout": 0.1}))
+    first.fit(tmp_path / "b", progress=False)
+    write_config(tmp_path / "b", cfg)
+    resumed = tiny_trainer(cfg, seed=12345)  # a different init: everything must come from the checkpoint
+    torch.manual_seed(999)  # and the global RNG too
+    resumed.load(load_checkpoint(tmp_path / "b", with_optimizer=True))
+    assert resumed.step == 7
+    resumed.fit(tmp_path / "b", progress=False)
+    assert_same_state(straight, resumed)
+
+
+def _train_dict(cfg):
+    import dataclasses
+
+    return dataclasses.asdict(cfg.train)
+
+
+def test_signal_saves_a_checkpoint_and_stops(tmp_path):
+    tr = tiny_trainer(tiny_config(steps=50, save_every=100))
+    real_step = tr.train_step
+
+    def step_then_signal():
+        out = real_step()
+        if tr.step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    tr.train_step = step_then_signal
+    msgs = []
+    reason = tr.fit(tmp_path / "r", progress=False, echo=msgs.append)
+    assert reason == "SIGTERM" and tr.step == 3
+    assert [p.name for p in list_checkpoints(tmp_path / "r")] == ["step-00000003"]
+    assert "--resume" in msgs[0]
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers restored
+
+
+def test_checkpoints_keep_the_last_k_and_metrics(tmp_path):
+    tr = tiny_trainer(tiny_config(steps=12, save_every=3, keep=2, log_every=3))
+    tr.fit(tmp_path / "r", progress=False)
+    assert [p.name for p in list_checkpoints(tmp_path / "r")] == ["step-00000009", "step-00000012"]
+    rows = (tmp_path / "r" / "metrics.csv").read_text().splitlines()
+    assert rows[0] == "step,loss,lr,grad_norm,img_per_s,elapsed_s"
+    assert [int(r.split(",")[0]) for r in rows[1:]] == [3, 6, 9, 12]
+    assert (tmp_path / "r" / "loss.png").stat().st_size > 1000
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    tr = tiny_trainer(tiny_config())
+    tr.train_step()
+    good = tr.save(tmp_path)
+    tr.train_step()
+    import ddpm.checkpoint as ck
+
+    calls = {"n": 0}
+    real = ck.save_file
+
+    def dies_on_second_file(tensors, path, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            real(tensors, path, *a, **k)
+            with open(path, "r+b") as f:  # half-written, then the process "dies"
+                f.truncate(10)
+            raise OSError("No space left on device")
+        return real(tensors, path, *a, **k)
+
+    monkeypatch.setattr(ck, "save_file", dies_on_second_file)
+    with pytest.raises(OSError):
+        tr.save(tmp_path)
+    assert list_checkpoints(tmp_path) == [good]
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".tmp")]
+    monkeypatch.undo()
+
+
+def test_a_damaged_checkpoint_is_detected(tmp_path):
+    tr = tiny_trainer(tiny_config())
+    tr.train_step()
+    path = tr.save(tmp_path)
+    (tmp_path / "config.json").write_text(tiny_config().to_json())
+    data = bytearray((path / "model.safetensors").read_bytes())
+    data[-5] ^= 0xFF
+    (path / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(DDPMError, match="model.safetensors does not match its checksum"):
+        load_checkpoint(tmp_path)
+
+
+def test_load_checkpoint_fields_and_no_pickle(tmp_path, monkeypatch):
+    cfg = tiny_config(steps=4, save_every=2)
+    tr = tiny_trainer(cfg)
+    tr.fit(tmp_path, progress=False)
+    write_config(tmp_path, cfg)
+    import pickle
+
+    def refuse(*a, **k):
+        raise AssertionError("pickle used")
+
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    ck = load_checkpoint(tmp_path)
+    assert ck.step == 4 and ck.config == cfg and ck.diffusion.T == 100
+    assert not ck.model.training and not ck.ema_model.training
+    for k, v in ck.ema_model.state_dict().items():
+        assert torch.equal(v, tr.ema.state_dict()[k])
+    state = json.loads((ck.path / "state.json").read_text())
+    assert state["step"] == 4 and "rng" in state
+
+
+def test_nonfinite_loss_stops_with_a_clear_message(tmp_path):
+    tr = tiny_trainer(tiny_config())
+    with torch.no_grad():
+        tr.model.conv_out.weight.fill_(float("nan"))
+    with pytest.raises(DDPMError, match="loss became nan at step 1"):
+        tr.train_step()
+
+
+def test_save_checkpoint_public_api(tmp_path):
+    tr = tiny_trainer(tiny_config())
+    p = save_checkpoint(tmp_path, step=3, model=tr.model, ema_model=tr.ema)
+    assert p.name == "step-00000003" and (p / "manifest.json").is_file()
