@@ -45,7 +45,10 @@ def main() -> int:
         fd_real.append(frechet_distance(*gaussian_stats(b), *gaussian_stats(a)))
     ratio = np.mean(fd_gen) / np.mean(fd_real)
     print(f"samples: {n} of shape {arr.shape[1:]}")
-    print(f"confident (p >= {args.confidence}): {confident:.1%}")
+    with torch.no_grad():
+        real_conf = (net(real[::10]).softmax(1).max(1).values >= args.confidence).float().mean().item()
+    print(f"confident (p >= {args.confidence}): {confident:.1%}   (real digits the classifier did not train on: "
+          f"{real_conf:.1%})")
     print(f"confident per digit 0-9: {counts.tolist()}  (all present: {bool((counts > 0).all())})")
     print(f"FD samples vs real: {np.mean(fd_gen):.2f}   FD real vs real (same size): {np.mean(fd_real):.2f}   "
           f"ratio {ratio:.2f}")

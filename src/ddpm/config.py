@@ -51,6 +51,8 @@ class TrainConfig:
     batch_size: int = _opt("global batch size", default=128)
     lr: float = _opt("Adam learning rate", default=2e-4)
     warmup: int = _opt("linear learning-rate warm-up steps", default=5000)
+    lr_schedule: str = _opt("after warm-up: constant (the paper's) or cosine decay to 0 at --steps",
+                            default="constant", choices=("constant", "cosine"))
     grad_clip: float = _opt("clip the gradient norm to this (0: off)", default=1.0)
     ema_decay: float = _opt("decay of the exponential moving average of the weights", default=0.9999)
     hflip: Optional[bool] = _opt("random horizontal flips (default: on for CIFAR-10 and folders, off for mnist)",
@@ -81,6 +83,8 @@ class TrainConfig:
             raise DDPMError(f"--ema-decay must lie in [0, 1), got {self.ema_decay!r}")
         if not (self.grad_clip >= 0):
             raise DDPMError(f"--grad-clip must be >= 0, got {self.grad_clip!r}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise DDPMError(f"--lr-schedule must be constant or cosine, got {self.lr_schedule!r}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise DDPMError(f"--precision must be auto, fp32 or bf16, got {self.precision!r}")
         if not (self.time_limit >= 0):
@@ -95,8 +99,9 @@ RECIPES: Dict[str, Dict[str, Dict[str, Any]]] = {
     "celebahq256": {"train": {"lr": 2e-5, "batch_size": 64, "steps": 500_000}, "diffusion": {}},
     # The CPU demo: a short, faster schedule tuned for 2 cores (see README and benchmarks/demo_quality.py).
     "mnist": {
-        "train": {"steps": 4000, "batch_size": 64, "lr": 1e-3, "warmup": 200, "ema_decay": 0.995,
-                  "log_every": 50, "sample_every": 0, "save_every": 500, "n_samples": 64},
+        "train": {"steps": 2400, "batch_size": 64, "lr": 2e-3, "lr_schedule": "cosine", "warmup": 100,
+                  "ema_decay": 0.995, "precision": "auto", "log_every": 50, "sample_every": 0, "save_every": 500,
+                  "n_samples": 64},
         "diffusion": {},
     },
     "tiny": {

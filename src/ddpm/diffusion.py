@@ -39,13 +39,12 @@ class GaussianDiffusion:
             raise TypeError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}")
         if var_type not in VAR_TYPES:
             raise ValueError(f"var_type must be one of {VAR_TYPES}, got {var_type!r}")
-        if schedule.T < 2:
-            raise ValueError(f"GaussianDiffusion needs T >= 2, got T={schedule.T}")
         self.schedule = schedule
         self.var_type = var_type
         s = schedule
         if var_type == "fixedlarge":
-            variance = torch.cat([s.posterior_variance[1:2], s.betas[1:]])
+            first = s.posterior_variance[1:2] if s.T > 1 else s.betas[:1]
+            variance = torch.cat([first, s.betas[1:]])
             self.model_variance, self.model_log_variance = variance, variance.log()
         else:
             self.model_variance = s.posterior_variance

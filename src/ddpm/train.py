@@ -110,9 +110,14 @@ class Trainer:
 
     # ------------------------------------------------------------------------- the recipe
     def lr_at(self, step: int) -> float:
-        """Linear warm-up to ``lr`` over ``warmup`` steps (step is 0-based), then constant."""
-        w = self.config.warmup
-        return self.config.lr * min(1.0, (step + 1) / w) if w else self.config.lr
+        """Linear warm-up to ``lr`` over ``warmup`` steps (step is 0-based), then constant or cosine to 0."""
+        cfg = self.config
+        if step < cfg.warmup:
+            return cfg.lr * (step + 1) / cfg.warmup
+        if cfg.lr_schedule == "cosine":
+            progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+            return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return cfg.lr
 
     def example_indices(self, step: int, positions: range) -> torch.Tensor:
         """Dataset indices of the examples at ``positions`` of the global batch of ``step``.

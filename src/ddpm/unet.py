@@ -82,8 +82,9 @@ PRESETS: Dict[str, UNetConfig] = {
     # The paper's CelebA-HQ / LSUN 256x256 model: ~114M parameters.
     "celebahq256": UNetConfig(in_channels=3, image_size=256, ch=128, ch_mult=(1, 1, 2, 2, 4, 4), num_res_blocks=2,
                               attn_resolutions=(16,), dropout=0.0),
-    # The CPU demo's network for 28x28 digits.
-    "mnist": UNetConfig(in_channels=1, image_size=28, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
+    # The CPU demo's network for 28x28 digits (0.69M parameters): chosen by measured sample quality per
+    # minute of CPU time (see README); a 1.1M variant with 32 channels at 28x28 did worse in the same time.
+    "mnist": UNetConfig(in_channels=1, image_size=28, ch=16, ch_mult=(1, 2, 4), num_res_blocks=1,
                         attn_resolutions=(7,), dropout=0.0, num_groups=8),
     # A few thousand parameters: for tests and smoke runs.
     "tiny": UNetConfig(in_channels=1, image_size=16, ch=4, ch_mult=(1, 2), num_res_blocks=1,
@@ -139,9 +140,12 @@ class AttnBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
         hs = self.norm(x).flatten(2).transpose(1, 2)  # (B, HW, C)
-        q, k, v = self.qkv(hs).unsqueeze(1).chunk(3, dim=-1)  # each (B, 1, HW, C)
-        a = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(C)) v
-        out = self.proj_out(a.squeeze(1))  # (B, HW, C)
+        q, k, v = self.qkv(hs).chunk(3, dim=-1)  # each (B, HW, C)
+        if x.is_cuda:  # fused kernels win on GPUs
+            a = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(C)) v
+        else:  # on CPUs two matmuls are faster than the fused kernel (1.2-4x, measured fwd+bwd)
+            a = torch.softmax((q @ k.transpose(1, 2)) * c**-0.5, dim=-1) @ v  # (B, HW, HW) @ (B, HW, C)
+        out = self.proj_out(a)  # (B, HW, C)
         return x + out.transpose(1, 2).reshape(b, c, h, w)
 
 

@@ -82,3 +82,4 @@ def plot_loss(metrics_csv: PathLike, out_png: PathLike) -> bool:
     plt.close(fig)
     os.replace(tmp, out_png)
     return True
+

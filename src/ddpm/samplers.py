@@ -1,0 +1,220 @@
+"""Samplers, one signature for all: ``sampler(model, shape, *, generator=None, progress=False, callback=None)``.
+
+- ``ancestral``: Algorithm 2 over all T steps (``GaussianDiffusion.sample``).
+- ``respaced``: Algorithm 2 over K of the T steps, with the betas recomputed for the kept steps
+  (Nichol & Dhariwal 2021, Sec. 4): beta'_i = 1 - abar_{tau_i} / abar_{tau_{i-1}}.
+- ``ddim``: Song et al. (2021), Eq. 12, with eta (0: deterministic; 1: DDPM-like noise).
+
+Every sampler returns x_0 in [-1, 1] and calls ``callback(t, x, pred_x0)`` after each step, where t
+is the original (0-based) index of the step just taken.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, List, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from .diffusion import GaussianDiffusion, _extract, _randn
+from .schedule import NoiseSchedule
+
+__all__ = ["SAMPLERS", "SPACINGS", "make_sampler", "step_indices", "ddim_update", "Sampler", "Ancestral", "Respaced",
+           "DDIM", "generate"]
+
+SAMPLERS = ("ancestral", "respaced", "ddim")
+SPACINGS = ("uniform", "quadratic")
+Callback = Optional[Callable[[int, Tensor, Tensor], None]]
+
+
+def step_indices(T: int, K: int, spacing: str = "uniform") -> List[int]:
+    """K distinct increasing step indices in [0, T-1] that end at T-1.
+
+    ``uniform``: round(linspace(0, T-1, K)); ``quadratic``: denser near 0, round((i/(K-1))^2 (T-1))
+    (the DDIM paper's choice for CIFAR-10), nudged apart so that all K are distinct.
+    """
+    if isinstance(K, bool) or not isinstance(K, int) or not 1 <= K <= T:
+        raise ValueError(f"the number of sampling steps must be an integer in [1, {T}], got {K!r}")
+    if spacing not in SPACINGS:
+        raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
+    if K == 1:
+        return [T - 1]
+    frac = [i / (K - 1) for i in range(K)]
+    idx = [round(f * (T - 1)) if spacing == "uniform" else round(f * f * (T - 1)) for f in frac]
+    for i in range(1, K):  # strictly increasing ...
+        idx[i] = max(idx[i], idx[i - 1] + 1)
+    idx[-1] = T - 1
+    for i in range(K - 2, -1, -1):  # ... and still ending at T-1
+        idx[i] = min(idx[i], idx[i + 1] - 1)
+    return idx
+
+
+class Sampler:
+    """Base: holds the diffusion and the chosen steps; ``__call__`` draws x_T and runs the steps."""
+
+    name = "sampler"
+
+    def __init__(self, diffusion: GaussianDiffusion, steps: Optional[int] = None, spacing: str = "uniform"):
+        self.diffusion = diffusion
+        self.steps = diffusion.T if steps is None else steps
+        self.indices = step_indices(diffusion.T, self.steps, spacing)
+        self.spacing = spacing
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(steps={self.steps}, spacing={self.spacing!r})"
+
+    @torch.no_grad()
+    def __call__(self, model, shape: Sequence[int], *, generator: Optional[torch.Generator] = None,
+                 progress: bool = False, callback: Callback = None, device=None,
+                 dtype: torch.dtype = torch.float32) -> Tensor:
+        if device is None:
+            device = generator.device if generator is not None else torch.device("cpu")
+        x = _randn(tuple(shape), generator, torch.empty(0, device=device, dtype=dtype))  # x_T ~ N(0, I)
+        order = list(range(len(self.indices) - 1, -1, -1))
+        if progress:
+            from tqdm.auto import tqdm
+
+            order = tqdm(order, desc=f"sampling ({self.name})", unit="step", leave=False)
+        for k in order:
+            x, pred_x0 = self.step(model, x, k, generator)
+            if callback is not None:
+                callback(self.indices[k], x, pred_x0)
+        return x.clamp(-1.0, 1.0)
+
+    def step(self, model, x: Tensor, k: int, generator):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class Respaced(Sampler):
+    """Algorithm 2 on the respaced process over the kept indices tau_1 < ... < tau_K (all T: ancestral)."""
+
+    name = "respaced"
+
+    def __init__(self, diffusion: GaussianDiffusion, steps: Optional[int] = None, spacing: str = "uniform"):
+        super().__init__(diffusion, steps, spacing)
+        abar = diffusion.schedule.alphas_cumprod[self.indices]
+        prev = torch.cat([abar.new_ones(1), abar[:-1]])
+        self.respaced = GaussianDiffusion(NoiseSchedule(1.0 - abar / prev), var_type=diffusion.var_type)
+        self._tau = torch.tensor(self.indices, dtype=torch.long)
+
+    def step(self, model, x: Tensor, k: int, generator):
+        tau = self._tau.to(x.device)
+        wrapped = lambda xt, i: model(xt, tau[i])  # noqa: E731 - the network sees the original t
+        t = torch.full((x.shape[0],), k, device=x.device, dtype=torch.long)
+        return self.respaced.p_sample(wrapped, x, t, generator=generator)
+
+
+class Ancestral(Respaced):
+    """Algorithm 2 over all T steps (the paper's sampler)."""
+
+    name = "ancestral"
+
+    def __init__(self, diffusion: GaussianDiffusion, steps: Optional[int] = None, spacing: str = "uniform"):
+        if steps not in (None, diffusion.T):
+            raise ValueError(f"the ancestral sampler takes all T={diffusion.T} steps; for {steps} steps use "
+                             "the respaced or ddim sampler")
+        Sampler.__init__(self, diffusion, None, "uniform")
+        self.respaced, self._tau = diffusion, torch.arange(diffusion.T)  # exactly diffusion.sample
+
+
+def ddim_update(x: Tensor, eps: Tensor, abar_t: Tensor, abar_prev: Tensor, eta: float = 0.0,
+                noise: Optional[Tensor] = None, clip_denoised: bool = True):
+    """One DDIM step (Song et al. 2021, Eq. 12) from x_t to x_prev. Returns ``(x_prev, pred_x0)``.
+
+    x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t) (clipped to [-1, 1]; eps re-derived to agree),
+    sigma = eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev),
+    x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - sigma^2) eps + sigma z.
+    """
+    pred_x0 = (x - (1 - abar_t).sqrt() * eps) / abar_t.sqrt()
+    if clip_denoised:
+        pred_x0 = pred_x0.clamp(-1.0, 1.0)
+        eps = (x - abar_t.sqrt() * pred_x0) / (1 - abar_t).sqrt()
+    sigma = eta * ((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)).sqrt()
+    x_prev = abar_prev.sqrt() * pred_x0 + (1 - abar_prev - sigma**2).clamp(min=0).sqrt() * eps
+    if eta > 0 and noise is not None:
+        x_prev = x_prev + sigma * noise
+    return x_prev, pred_x0
+
+
+class DDIM(Sampler):
+    """DDIM (Song et al. 2021) over the kept indices, with noise scale ``eta`` (0: deterministic)."""
+
+    name = "ddim"
+
+    def __init__(self, diffusion: GaussianDiffusion, steps: Optional[int] = None, spacing: str = "uniform",
+                 eta: float = 0.0, clip_denoised: bool = True):
+        super().__init__(diffusion, steps, spacing)
+        if not eta >= 0:
+            raise ValueError(f"eta must be >= 0, got {eta!r}")
+        self.eta, self.clip_denoised = float(eta), clip_denoised
+        abar = diffusion.schedule.alphas_cumprod[self.indices]
+        self._abar, self._abar_prev = abar, torch.cat([abar.new_ones(1), abar[:-1]])  # abar before tau_1 is 1
+
+    def _model_eps(self, model, x: Tensor, k: int) -> Tensor:
+        t = torch.full((x.shape[0],), self.indices[k], device=x.device, dtype=torch.long)
+        return model(x, t).to(x.dtype)
+
+    def _abars(self, k: int, x: Tensor):
+        kk = torch.full((x.shape[0],), k, dtype=torch.long)
+        return _extract(self._abar, kk, x), _extract(self._abar_prev, kk, x)
+
+    def step(self, model, x: Tensor, k: int, generator):
+        a, a_prev = self._abars(k, x)
+        noise = _randn(x.shape, generator, x) if self.eta > 0 and k > 0 else None
+        return ddim_update(x, self._model_eps(model, x, k), a, a_prev, self.eta, noise, self.clip_denoised)
+
+    @torch.no_grad()
+    def invert(self, model, x0: Tensor, *, progress: bool = False) -> Tensor:
+        """The deterministic DDIM encoder: run the eta = 0 ODE from x0 up to x_{T-1} over the same steps."""
+        x = x0
+        order = range(len(self.indices))
+        if progress:
+            from tqdm.auto import tqdm
+
+            order = tqdm(order, desc="ddim inversion", unit="step", leave=False)
+        for k in order:
+            a, a_prev = self._abars(k, x)  # going up: from abar_prev (at tau_{k-1}) to abar (at tau_k)
+            eps = self._model_eps(model, x, max(k - 1, 0))  # at k = 0, x is x0 and eps is taken at tau_1
+            pred_x0 = (x - (1 - a_prev).sqrt() * eps) / a_prev.sqrt()
+            x = a.sqrt() * pred_x0 + (1 - a).sqrt() * eps
+        return x
+
+
+def make_sampler(name: str, diffusion: GaussianDiffusion, *, steps: Optional[int] = None, eta: float = 0.0,
+                 spacing: str = "uniform") -> Sampler:
+    """A sampler by name, all with the same call: ``sampler(model, shape, *, generator, progress, callback)``."""
+    if name == "ancestral":
+        return Ancestral(diffusion, steps)
+    if name == "respaced":
+        return Respaced(diffusion, steps, spacing)
+    if name == "ddim":
+        return DDIM(diffusion, steps, spacing, eta)
+    raise ValueError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
+
+
+def generate(model, sampler: Sampler, n: int, image_shape: Sequence[int], *, seed: int = 0, batch_size: int = 256,
+             device=None, precision: str = "fp32", progress: bool = True) -> Tensor:
+    """``n`` images as uint8 [N, C, H, W], in batches, with one progress bar over all network calls.
+
+    ``precision`` "bf16" runs the network under bf16 autocast ("auto": where the hardware has it).
+    The same ``seed`` and ``batch_size`` give the same images.
+    """
+    from tqdm.auto import tqdm
+
+    from .data import to_uint8
+    from .train import resolve_precision
+
+    device = torch.device(device or "cpu")
+    bf16 = resolve_precision(precision, device) == "bf16"
+    model = model.to(device).eval()
+    g = torch.Generator(device=device).manual_seed(seed)
+    batches = [min(batch_size, n - i) for i in range(0, n, batch_size)]
+    out = []
+    desc = f"sampling {n} images ({sampler.name}, {sampler.steps} steps)"
+    with tqdm(total=len(batches) * sampler.steps, desc=desc, unit="step", dynamic_ncols=True,
+              disable=not progress) as bar:
+        for b in batches:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                x = sampler(model, (b, *image_shape), generator=g, device=device, callback=lambda *_: bar.update(1))
+            out.append(to_uint8(x).cpu())
+    return torch.cat(out)

@@ -1,0 +1,143 @@
+"""The CLI end to end (in-process): train, resume, sample outputs, and one-line errors for bad input."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ddpm import load_checkpoint
+from ddpm.cli import main
+
+TINY = ["--preset", "tiny", "--batch-size", "4", "--log-every", "2", "--save-every", "3", "--sample-every", "0",
+        "--quiet", "--T", "60"]
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(err):
+    lines = [l for l in err.strip().splitlines() if l.strip() and "%|" not in l]  # progress bars aside
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", "--data", "mnist", "--out", str(run_dir), "--steps", "6", *TINY]) == 0
+    return run_dir
+
+
+def test_train_writes_a_complete_run(trained):
+    cfg = json.loads((trained / "config.json").read_text())
+    assert cfg["preset"] == "tiny" and cfg["train"]["steps"] == 6 and cfg["diffusion"]["T"] == 60
+    assert (trained / "metrics.csv").read_text().startswith("step,loss,lr,grad_norm,img_per_s")
+    assert (trained / "loss.png").is_file()
+    assert load_checkpoint(trained).step == 6
+
+
+def test_resume_through_the_cli_is_bit_identical(tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert run(capsys, "train", "--data", "mnist", "--out", a, "--steps", "8", *TINY)[0] == 0
+    assert run(capsys, "train", "--data", "mnist", "--out", b, "--steps", "5", *TINY)[0] == 0
+    code, _, err = run(capsys, "train", "--out", b, "--resume", "--steps", "8", "--quiet")
+    assert code == 0 and "resuming" in err and "from step 5" in err
+    ca, cb = load_checkpoint(a), load_checkpoint(b)
+    assert ca.step == cb.step == 8
+    for m in ("model", "ema_model"):
+        for k, v in getattr(ca, m).state_dict().items():
+            assert torch.equal(v, getattr(cb, m).state_dict()[k]), (m, k)
+
+
+def test_sample_writes_png_npz_and_folder(trained, tmp_path, capsys):
+    code, _, err = run(capsys, "sample", "--run", trained, "--n", "5", "--out", tmp_path / "s.npz", "--batch-size", "3")
+    assert code == 0, err
+    arr = np.load(tmp_path / "s.npz")["arr_0"]
+    assert arr.shape == (5, 16, 16, 1) and arr.dtype == np.uint8
+    assert run(capsys, "sample", "--run", trained, "--n", "3", "--out", tmp_path / "g.png")[0] == 0
+    assert Image.open(tmp_path / "g.png").size[0] > 16
+    assert run(capsys, "sample", "--run", trained, "--n", "3", "--out", tmp_path / "pngs")[0] == 0
+    assert sorted(p.name for p in (tmp_path / "pngs").iterdir()) == ["000000.png", "000001.png", "000002.png"]
+    # the same seed gives the same images
+    assert run(capsys, "sample", "--run", trained, "--n", "5", "--out", tmp_path / "t.npz", "--batch-size", "3")[0] == 0
+    assert np.array_equal(np.load(tmp_path / "t.npz")["arr_0"], arr)
+
+
+def test_fast_samplers_through_the_cli(trained, tmp_path, capsys):
+    for sampler in ("ddim", "respaced"):
+        code, _, err = run(capsys, "sample", "--run", trained, "--n", "2", "--out", tmp_path / f"{sampler}.npz",
+                           "--sampler", sampler, "--steps", "7", "--eta", "0.5")
+        assert code == 0, err
+        assert np.load(tmp_path / f"{sampler}.npz")["arr_0"].shape == (2, 16, 16, 1)
+
+
+def test_demo_writes_samples_and_continues(tmp_path, capsys):
+    out = tmp_path / "demo"
+    code, stdout, err = run(capsys, "demo", "--out", out, "--steps", "2", "--n", "4", "--sampling-steps", "3")
+    assert code == 0, err
+    assert np.load(out / "samples.npz")["arr_0"].shape == (4, 28, 28, 1)
+    assert (out / "samples.png").is_file() and "samples.png" in stdout
+    code, _, err = run(capsys, "demo", "--out", out, "--steps", "3", "--n", "2", "--sampling-steps", "3")
+    assert code == 0 and "continuing" in err and load_checkpoint(out).step == 3
+
+
+def _corrupt_folder(tmp_path):
+    d = tmp_path / "corrupt"
+    d.mkdir()
+    Image.new("RGB", (20, 20), "red").save(d / "ok.png")
+    (d / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+    return d
+
+
+@pytest.mark.parametrize(
+    "argv, pattern",
+    [
+        (["train", "--data", "{tmp}/missing", "--out", "{tmp}/r"], "not found"),
+        (["train", "--data", "{empty}", "--out", "{tmp}/r"], "no images"),
+        (["train", "--data", "{corrupt}", "--out", "{tmp}/r"], "bad.png"),
+        (["train", "--data", "mnist", "--out", "{tmp}/r", "--steps", "0"], "--steps must be a positive integer, got 0"),
+        (["train", "--data", "mnist", "--out", "{tmp}/r", "--preset", "huge"], "invalid choice: 'huge'"),
+        (["train", "--data", "mnist", "--out", "{tmp}/r", "--lr", "-1"], "--lr must be positive"),
+        (["train", "--data", "mnist", "--out", "{tmp}/r", "--T", "10"], "not below 1"),
+        (["train", "--data", "mnist", "--out", "{tmp}/r", "--batch-size", "x"], "invalid int value: 'x'"),
+        (["train", "--out", "{tmp}/r"], "--data is required"),
+        (["train", "--data", "mnist", "--out", "{trained}"], "already exists; pass --resume"),
+        (["train", "--out", "{trained}", "--resume", "--batch-size", "7"], "cannot change it"),
+        (["sample", "--run", "{tmp}/nope", "--out", "{tmp}/x.png"], "does not exist"),
+        (["sample", "--run", "{trained}", "--out", "{tmp}/x.jpg"], "unknown output type '.jpg'"),
+        (["sample", "--run", "{trained}", "--out", "{tmp}/no/such/x.png"], "does not exist"),
+        (["sample", "--run", "{trained}", "--out", "{tmp}/x.png", "--n", "0"], "expected a positive integer"),
+        (["sample", "--run", "{empty}", "--out", "{tmp}/x.png"], "not a ddpm run directory"),
+        (["demo", "--minutes", "0", "--out", "{tmp}/d"], "--minutes must be positive"),
+        (["demo", "--out", "{empty}/../corrupt"], "exists and is not a ddpm run"),
+        (["sample", "--run", "{trained}", "--out", "{tmp}/x.png", "--steps", "5"], "--steps needs --sampler"),
+        (["sample", "--run", "{trained}", "--out", "{tmp}/x.png", "--sampler", "ddim", "--steps", "61"], "[1, 60]"),
+        (["sample", "--run", "{trained}", "--out", "{tmp}/x.png", "--sampler", "ddim", "--eta", "-1"], "--eta"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+    ],
+)
+def test_bad_input_gets_one_line_and_nonzero_exit(argv, pattern, trained, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    subs = {"tmp": tmp_path, "empty": empty, "trained": trained, "corrupt": _corrupt_folder(tmp_path)}
+    argv = [a.format(**subs) for a in argv]
+    before = sorted(p.relative_to(trained).as_posix() for p in trained.rglob("*"))
+    code, _, err = run(capsys, *argv)
+    assert code != 0
+    line = one_line_error(err)
+    assert pattern in line, line
+    assert not (tmp_path / "r").exists(), "a failed command must not leave a run behind"
+    assert sorted(p.relative_to(trained).as_posix() for p in trained.rglob("*")) == before
+
+
+def test_help_teaches(capsys):
+    code, out, _ = run(capsys, "train", "--help")
+    assert code == 0
+    for flag in ("--data", "--out", "--resume", "--steps", "--batch-size", "--seed", "--lr", "--ema-decay", "examples:"):
+        assert flag in out

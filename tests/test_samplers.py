@@ -1,0 +1,151 @@
+"""Samplers against diffusers' DDPMScheduler / DDIMScheduler steps, analytic inversion, step sets."""
+
+import pytest
+import torch
+
+from ddpm import GaussianDiffusion, NoiseSchedule
+from ddpm.samplers import DDIM, Ancestral, Respaced, ddim_update, make_sampler, step_indices
+
+
+@pytest.mark.parametrize("K", [1, 2, 7, 33, 999, 1000])
+@pytest.mark.parametrize("spacing", ["uniform", "quadratic"])
+def test_step_indices(K, spacing):
+    idx = step_indices(1000, K, spacing)
+    assert len(idx) == K and idx[-1] == 999 and idx[0] >= 0
+    assert all(a < b for a, b in zip(idx, idx[1:]))
+    if K == 1000:
+        assert idx == list(range(1000))
+
+
+def test_quadratic_spacing_is_denser_near_zero():
+    idx = step_indices(1000, 10, "quadratic")
+    assert idx[1] - idx[0] < idx[-1] - idx[-2]
+    assert step_indices(1000, 10) == [0, 111, 222, 333, 444, 555, 666, 777, 888, 999]
+
+
+def test_bad_step_counts():
+    for bad in (0, 1001, 2.5):
+        with pytest.raises(ValueError, match=r"\[1, 1000\]"):
+            step_indices(1000, bad)
+    with pytest.raises(ValueError, match="respaced or ddim"):
+        Ancestral(GaussianDiffusion(NoiseSchedule.linear()), steps=50)
+    with pytest.raises(ValueError, match="unknown sampler 'euler'"):
+        make_sampler("euler", GaussianDiffusion(NoiseSchedule.linear()))
+
+
+def test_ancestral_sampler_is_algorithm_2_exactly():
+    d = GaussianDiffusion(NoiseSchedule.linear(T=100))
+    model = lambda x, t: 0.3 * x + 0.001 * t.view(-1, 1, 1, 1)  # noqa: E731
+    a = d.sample(model, (2, 1, 4, 4), generator=torch.Generator().manual_seed(3))
+    b = make_sampler("ancestral", d)(model, (2, 1, 4, 4), generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+
+
+def _float64_tables(ref):
+    c = ref.config
+    ref.betas = torch.linspace(c.beta_start, c.beta_end, c.num_train_timesteps, dtype=torch.float64)
+    ref.alphas = 1.0 - ref.betas
+    ref.alphas_cumprod = torch.cumprod(ref.alphas, dim=0)
+    ref.one = torch.tensor(1.0, dtype=torch.float64)
+    ref.final_alpha_cumprod = torch.tensor(1.0, dtype=torch.float64)
+    return ref
+
+
+@pytest.mark.parametrize("var_type, theirs", [("fixedlarge", "fixed_large"), ("fixedsmall", "fixed_small")])
+@pytest.mark.parametrize("K", [7, 50])
+def test_respaced_steps_match_diffusers_ddpm_with_the_same_timesteps(K, var_type, theirs):
+    diffusers = pytest.importorskip("diffusers")
+    d = GaussianDiffusion(NoiseSchedule.linear(), var_type=var_type)
+    smp = Respaced(d, K)
+    ref = _float64_tables(diffusers.DDPMScheduler(num_train_timesteps=1000, variance_type=theirs, clip_sample=True))
+    ref.set_timesteps(timesteps=smp.indices[::-1])
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    eps = torch.randn_like(x)
+    seen = []
+    model = lambda xt, t: (seen.append(t), eps)[1]  # noqa: E731
+    for k in range(K - 1, -1, -1):
+        tau = smp.indices[k]
+        z = torch.randn(x.shape, generator=torch.Generator().manual_seed(k), dtype=torch.float64)
+        ours, _ = smp.respaced.p_sample(lambda xt, i: model(xt, smp._tau[i]), x, torch.full((2,), k), noise=z)
+        step = ref.step(eps, tau, x, generator=torch.Generator().manual_seed(k))
+        err = (ours - step.prev_sample).abs().max().item()
+        assert err <= 1e-5 * max(1.0, step.prev_sample.abs().max().item()), (k, err)
+        assert seen[-1].tolist() == [tau, tau]  # the network sees the original t
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+@pytest.mark.parametrize("K", [10, 50, 1000])
+def test_ddim_steps_match_diffusers(K, eta):
+    diffusers = pytest.importorskip("diffusers")
+    T = 1000
+    ref = _float64_tables(diffusers.DDIMScheduler(num_train_timesteps=T, clip_sample=True, set_alpha_to_one=True))
+    ref.set_timesteps(K)  # diffusers steps from t to t - T // K
+    d = GaussianDiffusion(NoiseSchedule.linear())
+    abar = d.schedule.alphas_cumprod
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64) * 1.3
+    eps = torch.randn_like(x)
+    for t in [T - 1 - (T // K) * 0, T // 2, T // K, 0]:
+        prev = t - T // K
+        z = torch.randn_like(x)
+        a_prev = abar[prev] if prev >= 0 else torch.tensor(1.0, dtype=torch.float64)
+        ours, pred_x0 = ddim_update(x, eps, abar[t], a_prev, eta, z)
+        step = ref.step(eps, t, x, eta=eta, use_clipped_model_output=True, variance_noise=z)
+        for a, b in ((pred_x0, step.pred_original_sample), (ours, step.prev_sample)):
+            assert (a - b).abs().max().item() <= 1e-5 * max(1.0, b.abs().max().item())
+
+
+def test_ddim_sampler_uses_its_own_previous_step():
+    d = GaussianDiffusion(NoiseSchedule.linear())
+    smp = DDIM(d, 33)
+    assert smp._abar_prev[0] == 1.0
+    for k in range(1, 33):
+        assert smp._abar_prev[k] == d.schedule.alphas_cumprod[smp.indices[k - 1]]
+
+
+def gaussian_data_model(d, s=0.5):
+    """The exact eps-predictor for data x0 ~ N(0, s^2 I): eps = sqrt(1-abar) x_t / (abar s^2 + 1 - abar)."""
+    ab = d.schedule.alphas_cumprod
+
+    def model(x, t):
+        a = ab[t].to(x.dtype).view(-1, 1, 1, 1)
+        return (1 - a).sqrt() * x / (a * s * s + 1 - a)
+
+    return model
+
+
+def test_ddim_eta0_with_K_equal_T_inverts():
+    d = GaussianDiffusion(NoiseSchedule.linear())
+    model = gaussian_data_model(d)
+    smp = DDIM(d, 1000, clip_denoised=False)
+    x0 = torch.randn(3, 1, 6, 6, dtype=torch.float64) * 0.5
+    xT = smp.invert(model, x0)
+    assert xT.std() > 0.8  # it really went to noise
+    x = xT
+    for k in range(999, -1, -1):
+        x, _ = smp.step(model, x, k, None)
+    assert (x - x0).abs().max().item() < 2e-2
+
+
+@pytest.mark.parametrize("name, K", [("respaced", 7), ("respaced", 33), ("ddim", 7), ("ddim", 999), ("respaced", 999)])
+def test_any_K_runs_and_reports_its_steps(name, K):
+    d = GaussianDiffusion(NoiseSchedule.linear())
+    smp = make_sampler(name, d, steps=K, eta=0.5)
+    seen = []
+    x = smp(lambda x, t: 0.1 * x, (2, 1, 4, 4), generator=torch.Generator().manual_seed(0),
+            callback=lambda t, xt, px0: seen.append(t))
+    assert seen == smp.indices[::-1] and x.shape == (2, 1, 4, 4) and torch.isfinite(x).all()
+    assert x.abs().max() <= 1
+
+
+def test_respaced_with_the_oracle_lands_on_the_image():
+    d = GaussianDiffusion(NoiseSchedule.linear())
+    x_star = torch.rand(1, 1, 6, 6) * 1.6 - 0.8
+    ab = d.schedule.alphas_cumprod
+
+    def oracle(x, t):
+        a = ab[t].to(x.dtype).view(-1, 1, 1, 1)
+        return (x - a.sqrt() * x_star) / (1 - a).sqrt()
+
+    for name in ("respaced", "ddim"):
+        x = make_sampler(name, d, steps=20)(oracle, (3, 1, 6, 6), generator=torch.Generator().manual_seed(1))
+        torch.testing.assert_close(x, x_star.expand_as(x), atol=1e-4, rtol=0)
