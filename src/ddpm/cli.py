@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "EMA samples to RUN/samples.png and RUN/samples.npz. Running it "
                                    "again continues the same run (e.g. after Ctrl-C).")
     p.add_argument("--out", default=DEMO_DIR, help="run directory")
-    p.add_argument("--minutes", type=float, default=9.0, help="upper bound on training time, in minutes")
+    p.add_argument("--minutes", type=float, default=8.5, help="upper bound on training time, in minutes")
     p.add_argument("--steps", type=_positive_int, default=None, help="training steps (default: the mnist recipe's)")
     p.add_argument("--n", type=_positive_int, default=DEMO_SAMPLES, help="number of samples to draw")
     p.add_argument("--sampling-steps", type=_positive_int, default=DEMO_SAMPLER[1],

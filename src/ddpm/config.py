@@ -99,7 +99,7 @@ RECIPES: Dict[str, Dict[str, Dict[str, Any]]] = {
     "celebahq256": {"train": {"lr": 2e-5, "batch_size": 64, "steps": 500_000}, "diffusion": {}},
     # The CPU demo: a short, faster schedule tuned for 2 cores (see README and benchmarks/demo_quality.py).
     "mnist": {
-        "train": {"steps": 3000, "batch_size": 64, "lr": 2e-3, "lr_schedule": "cosine", "warmup": 100,
+        "train": {"steps": 2400, "batch_size": 64, "lr": 2e-3, "lr_schedule": "cosine", "warmup": 100,
                   "ema_decay": 0.995, "precision": "auto", "log_every": 50, "sample_every": 0, "save_every": 500,
                   "n_samples": 64},
         "diffusion": {},
