@@ -85,6 +85,9 @@ def test_demo_writes_samples_and_continues(tmp_path, capsys):
     assert (out / "samples.png").is_file() and "samples.png" in stdout
     code, _, err = run(capsys, "demo", "--out", out, "--steps", "3", "--n", "2", "--sampling-steps", "3")
     assert code == 0 and "continuing" in err and load_checkpoint(out).step == 3
+    code, _, err = run(capsys, "demo", "--out", out, "--n", "2", "--sampling-steps", "3", "--minutes", "0.001")
+    assert code == 0, err  # no --steps: the run keeps its own total (3, set above)
+    assert load_checkpoint(out).step == 3
 
 
 def _corrupt_folder(tmp_path):
