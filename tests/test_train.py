@@ -114,6 +114,15 @@ def test_checkpoints_keep_the_last_k_and_metrics(tmp_path):
     assert (tmp_path / "r" / "loss.png").stat().st_size > 1000
 
 
+def test_a_finished_run_is_not_rewritten(tmp_path):
+    tr = tiny_trainer(tiny_config(steps=3, save_every=3))
+    tr.fit(tmp_path, progress=False)
+    ckpt = list_checkpoints(tmp_path)[-1]
+    before = (ckpt / "manifest.json").stat().st_mtime_ns
+    assert tr.fit(tmp_path, progress=False) == "done"
+    assert list_checkpoints(tmp_path) == [ckpt] and (ckpt / "manifest.json").stat().st_mtime_ns == before
+
+
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     tr = tiny_trainer(tiny_config())
     tr.train_step()

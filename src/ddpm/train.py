@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import Checkpoint, save_checkpoint
+from .checkpoint import Checkpoint, list_checkpoints, save_checkpoint
 from .config import TrainConfig
 from .data import ImageData, to_float, to_uint8
 from .diffusion import GaussianDiffusion
@@ -222,7 +222,7 @@ class Trainer:
         cfg = self.config
         metrics = _MetricsFile(run_dir / "metrics.csv", self.step)
         start = last_t = last_plot = time.monotonic()
-        last_step = self.step
+        first_step = last_step = self.step
         bar = _progress(progress, total=cfg.steps, initial=self.step)
         reason = "done"
         with _stop_on_signals(self):
@@ -261,6 +261,8 @@ class Trainer:
         if bar is not None:
             bar.close()
         plot_loss(metrics.path, run_dir / "loss.png")
+        if self.step == first_step and list_checkpoints(run_dir):  # nothing new to save
+            return reason
         path = self.save(run_dir)
         if reason != "done":
             echo(f"stopped at step {self.step} ({reason}); checkpoint {path}. "
