@@ -36,8 +36,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Shows a default where there is one to show (not for None/False, which mean "unset"/"off")."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if not any(action.default is v for v in (None, False, argparse.SUPPRESS)) and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
 
 
 def _positive_int(text: str) -> int:
@@ -66,7 +72,8 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls, skip=()) -> None:
             kw["action"] = argparse.BooleanOptionalAction
         else:
             kw["type"] = {"int": int, "float": float, "str": str}[str(f.type)]
-            kw["help"] += f" (default: {f.default!r} or the preset's recipe)"
+            if f.name != "data":
+                kw["help"] += f" (default: the preset's recipe; else {f.default!r})"
         parser.add_argument(_flag(f.name), **kw)
 
 
