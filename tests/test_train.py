@@ -114,6 +114,16 @@ def test_checkpoints_keep_the_last_k_and_metrics(tmp_path):
     assert (tmp_path / "r" / "loss.png").stat().st_size > 1000
 
 
+def test_sample_grids_every_n_steps(tmp_path):
+    from PIL import Image
+
+    tr = tiny_trainer(tiny_config(steps=4, sample_every=2, n_samples=4))
+    tr.fit(tmp_path, progress=False)
+    grids = sorted(p.name for p in (tmp_path / "samples").iterdir())
+    assert grids == ["step-00000002.png", "step-00000004.png"]
+    assert Image.open(tmp_path / "samples" / grids[0]).size == (2 * (2 + 2 * (16 + 2)),) * 2  # 2x2 grid, x2
+
+
 def test_a_finished_run_is_not_rewritten(tmp_path):
     tr = tiny_trainer(tiny_config(steps=3, save_every=3))
     tr.fit(tmp_path, progress=False)

@@ -19,6 +19,7 @@ __all__ = ["GaussianDiffusion", "VAR_TYPES", "normal_kl", "discretized_gaussian_
 
 Model = Callable[[Tensor, Tensor], Tensor]
 VAR_TYPES = ("fixedlarge", "fixedsmall")
+LN2 = math.log(2.0)
 
 
 def _extract(table: Tensor, t: Tensor, like: Tensor) -> Tensor:
@@ -157,7 +158,7 @@ class GaussianDiffusion:
         ``x0`` must lie on the 256-level grid of [-1, 1] (``data.to_float`` of uint8 images).
         With ``return_terms`` returns a dict: total [B], prior [B], terms [B, T] (index 0: decoder NLL).
         """
-        b, dims = x0.shape[0], x0[0].numel()
+        b = x0.shape[0]
         terms = torch.zeros(b, self.T, dtype=torch.float64, device=x0.device)
         steps = range(self.T - 1, -1, -1)
         if progress:
@@ -174,7 +175,7 @@ class GaussianDiffusion:
                 mean_q, _, logvar_q = self.q_posterior(x0, xt, t)
                 nats = normal_kl(mean_q.double(), logvar_q.double(), out["mean"].double(),
                                  out["log_variance"].double())
-            terms[:, i] = nats.flatten(1).sum(1) / (dims * LN2)
+            terms[:, i] = _bits_per_dim(nats)
         prior = self.prior_bits_per_dim(x0)
         total = prior + terms.sum(1)
         return {"total": total, "prior": prior, "terms": terms} if return_terms else total
@@ -184,7 +185,7 @@ class GaussianDiffusion:
         t = torch.full((x0.shape[0],), self.T - 1, device=x0.device, dtype=torch.long)
         mean, _, logvar = self.q_mean_variance(x0.double(), t)
         kl = normal_kl(mean, logvar, torch.zeros_like(mean), torch.zeros_like(logvar))
-        return kl.flatten(1).sum(1) / (x0[0].numel() * LN2)
+        return _bits_per_dim(kl)
 
     # ----------------------------------------------------------------------------- training
     def training_loss(self, model: Model, x0: Tensor, t: Optional[Tensor] = None, noise: Optional[Tensor] = None,
@@ -222,7 +223,9 @@ def discretized_gaussian_log_likelihood(x: Tensor, mean: Tensor, log_scale: Tens
     return torch.where(x < -0.999, log_cdf_upper, torch.where(x > 0.999, log_sf_lower, mid))
 
 
-LN2 = math.log(2.0)
+def _bits_per_dim(nats: Tensor) -> Tensor:
+    """Per-element nats [B, ...] -> per-image mean in bits [B]."""
+    return nats.flatten(1).mean(1) / LN2
 
 
 def _randn(shape, generator: Optional[torch.Generator], like: Tensor) -> Tensor:

@@ -26,9 +26,10 @@ from torch import nn
 
 from .checkpoint import Checkpoint, list_checkpoints, save_checkpoint
 from .config import TrainConfig
-from .data import ImageData, to_float, to_uint8
+from .data import ImageData, to_float
 from .diffusion import GaussianDiffusion
 from .errors import DDPMError
+from .samplers import Ancestral, generate
 from .viz import plot_loss, save_grid
 
 __all__ = ["Trainer", "derive_seed", "resolve_precision"]
@@ -205,11 +206,10 @@ class Trainer:
     @torch.no_grad()
     def sample_grid(self, path: Path, n: Optional[int] = None) -> None:
         """EMA samples from a fixed seed, so grids at different steps are comparable."""
-        n = n or self.config.n_samples
-        c, s = self.data.images.shape[1], self.data.images.shape[2]
-        g = torch.Generator().manual_seed(derive_seed(self.config.seed, "grid"))
-        x = self.diffusion.sample(self.ema, (n, c, s, s), generator=g, device=self.device)
-        save_grid(to_uint8(x), path, scale=2 if s < 64 else 1)
+        shape = tuple(self.data.images.shape[1:])
+        images = generate(self.ema, Ancestral(self.diffusion), n or self.config.n_samples, shape,
+                          seed=derive_seed(self.config.seed, "grid"), device=self.device, progress=False)
+        save_grid(images, path, scale=2 if shape[-1] < 64 else 1)
 
     # ------------------------------------------------------------------------- the loop
     def fit(self, run_dir: Path, *, progress: bool = True, echo=print) -> str:
