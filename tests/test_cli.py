@@ -123,6 +123,23 @@ def _corrupt_folder(tmp_path):
         (["sample", "--run", "{trained}", "--out", "{tmp}/x.png", "--sampler", "ddim", "--steps", "61"], "[1, 60]"),
         (["sample", "--run", "{trained}", "--out", "{tmp}/x.png", "--sampler", "ddim", "--eta", "-1"], "--eta"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
+        (["eval", "--run", "{trained}", "--metric", "fd", "--features", "inception"], "--inception PATH"),
+        (["eval", "--run", "{trained}", "--metric", "fd", "--features", "inception", "--inception", "{tmp}/i.pth"],
+         "not found"),
+        (["eval", "--run", "{trained}", "--metric", "bpd", "--steps", "5"], "--steps is for --metric fd"),
+        (["eval", "--run", "{trained}", "--metric", "fd", "--steps", "5"], "--steps needs --sampler"),
+        (["eval", "--run", "{trained}", "--metric", "fd", "--samples", "{tmp}/none.npz"], "not found"),
+        (["eval", "--run", "{trained}", "--metric", "fd", "--sampler", "ddim", "--steps", "3,x"], "separated by commas"),
+        (["eval", "--run", "{trained}", "--metric", "nll"], "invalid choice: 'nll'"),
+        (["eval", "--run", "{trained}", "--metric", "bpd", "--data", "{empty}"], "no images"),
+        (["noise", "{tmp}/missing.png", "--out", "{tmp}/s.png"], "not found"),
+        (["noise", "{corrupt}/bad.png", "--out", "{tmp}/s.png"], "cannot read image"),
+        (["noise", "mnist:99999", "--out", "{tmp}/s.png"], "K must be an index"),
+        (["noise", "mnist", "--out", "{tmp}/s.jpg"], "must end in .png"),
+        (["noise", "mnist", "--out", "{tmp}/s.png", "--t", "0,2000"], "[0, 1000]"),
+        (["noise", "mnist", "--out", "{tmp}/s.png", "--run", "{trained}", "--T", "50"], "drop --T"),
+        (["schedule", "--out", "{tmp}/no/such/s.png"], "does not exist"),
+        (["sample", "--run", "{trained}", "--out", "{tmp}/x.png", "--gif", "{tmp}/a.png"], "must end in .gif"),
     ],
 )
 def test_bad_input_gets_one_line_and_nonzero_exit(argv, pattern, trained, tmp_path, capsys):
@@ -137,6 +154,60 @@ def test_bad_input_gets_one_line_and_nonzero_exit(argv, pattern, trained, tmp_pa
     assert pattern in line, line
     assert not (tmp_path / "r").exists(), "a failed command must not leave a run behind"
     assert sorted(p.relative_to(trained).as_posix() for p in trained.rglob("*")) == before
+
+
+def test_eval_bpd_writes_terms_plot_and_total(trained, tmp_path, capsys):
+    out = tmp_path / "ev"
+    code, stdout, _ = run(capsys, "eval", "--run", trained, "--metric", "bpd", "--n", "3", "--out", out)
+    assert code == 0
+    rows = (out / "bpd_terms.csv").read_text().strip().splitlines()
+    assert rows[0] == "term,t,bits_per_dim,std_error" and len(rows) == 1 + 1 + 59 + 1 + 1  # prior, T-1 KLs, decoder, total
+    values = [float(r.split(",")[2]) for r in rows[1:-1]]
+    total = float(rows[-1].split(",")[2])
+    assert total == pytest.approx(sum(values), rel=1e-6)  # the terms add up to the bound
+    summary = json.loads((out / "bpd.json").read_text())
+    assert summary["n"] == 3 and summary["bits_per_dim"] == pytest.approx(total, rel=1e-6)
+    assert f"bits/dim: {total:.4f}" in stdout and "standard error" in stdout
+    assert (out / "bpd_terms.png").stat().st_size > 1000
+
+
+def test_eval_fd_over_steps_writes_a_table_and_reuses_reference_stats(trained, tmp_path, capsys):
+    out = tmp_path / "ev"
+    argv = ["eval", "--run", trained, "--metric", "fd", "--n", "12", "--out", out, "--sampler", "ddim",
+            "--steps", "2,5"]
+    code, stdout, _ = run(capsys, *argv)
+    assert code == 0
+    rows = (out / "fd.csv").read_text().strip().splitlines()
+    assert rows[0].startswith("sampler,steps") and [r.split(",")[1] for r in rows[1:]] == ["2", "5"]
+    assert all(float(r.split(",")[6]) > 0 for r in rows[1:])
+    assert (out / "fd_vs_steps.png").is_file()
+    assert "ddim" in stdout and "FD" in stdout
+    cache = list(out.glob("ref_stats_digits_*.npz"))
+    assert len(cache) == 1
+    stamp = cache[0].stat().st_mtime_ns
+    samples = tmp_path / "s.npz"
+    assert run(capsys, "sample", "--run", trained, "--n", "6", "--out", samples, "--sampler", "ddim",
+               "--steps", "3")[0] == 0
+    code, stdout, _ = run(capsys, "eval", "--run", trained, "--metric", "fd", "--out", out, "--samples", samples)
+    assert code == 0 and "file" in stdout
+    assert cache[0].stat().st_mtime_ns == stamp  # the reference statistics came from the cache
+
+
+def test_noise_schedule_and_trajectory_pictures(trained, tmp_path, capsys):
+    img = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(img)
+    assert run(capsys, "noise", img, "--out", tmp_path / "strip.png", "--size", "32")[0] == 0
+    strip = Image.open(tmp_path / "strip.png")
+    assert strip.width > 8 * 32 and strip.height > 32  # eight panels and their labels
+    assert run(capsys, "noise", "mnist:3", "--out", tmp_path / "m.png", "--run", trained, "--t", "0,30,60")[0] == 0
+    assert run(capsys, "schedule", "--out", tmp_path / "sched.png", "--T", "100")[0] == 0
+    assert Image.open(tmp_path / "sched.png").width > 500
+    code, _, err = run(capsys, "sample", "--run", trained, "--n", "3", "--out", tmp_path / "s.png", "--sampler",
+                       "respaced", "--steps", "10", "--trajectory", tmp_path / "t.png", "--gif", tmp_path / "a.gif")
+    assert code == 0, err
+    gif = Image.open(tmp_path / "a.gif")
+    assert gif.n_frames == 10  # the 10 steps taken (60 frames asked for, only 10 exist)
+    assert Image.open(tmp_path / "t.png").height > 6 * 16  # x_t and pred x_0 rows for three samples
 
 
 def test_help_teaches(capsys):

@@ -25,6 +25,9 @@ EPILOG = """examples:
   ddpm train --data ~/cifar-10-python.tar.gz --preset cifar10 --out runs/cifar10
   ddpm train --out runs/cifar10 --resume            # continue exactly where it stopped
   ddpm sample --run runs/cifar10 --n 64 --out grid.png
+  ddpm eval --run ddpm-demo --metric bpd --n 100    # the paper's NLL bound, in bits/dim
+  ddpm eval --run ddpm-demo --metric fd --sampler ddim --steps 10,50,100
+  ddpm noise photo.jpg --out strip.png              # the forward process as a picture
 
 Run `ddpm COMMAND --help` for each command's options."""
 
@@ -77,13 +80,34 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls, skip=()) -> None:
         parser.add_argument(_flag(f.name), **kw)
 
 
-def _add_sampler_flags(p: argparse.ArgumentParser) -> None:
+def _int_list(text: str) -> List[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected at least one integer, got {text!r}")
+    return values
+
+
+def _positive_int_list(text: str) -> List[int]:
+    values = _int_list(text)
+    if min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _add_sampler_flags(p: argparse.ArgumentParser, many: bool = False) -> None:
     from .samplers import SAMPLERS, SPACINGS
 
     p.add_argument("--sampler", choices=SAMPLERS, default="ancestral",
                    help="ancestral: Algorithm 2 over all T steps; respaced: Algorithm 2 over --steps of them; "
                         "ddim: DDIM over --steps with --eta")
-    p.add_argument("--steps", type=_positive_int, default=None, help="network calls per image (default: T)")
+    if many:
+        p.add_argument("--steps", type=_positive_int_list, default=None,
+                       help="network calls per image; a list such as 10,20,50 measures each (default: T)")
+    else:
+        p.add_argument("--steps", type=_positive_int, default=None, help="network calls per image (default: T)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM noise: 0 deterministic, 1 DDPM-like")
     p.add_argument("--spacing", choices=SPACINGS, default="uniform", help="which of the T steps are kept")
 
@@ -148,8 +172,77 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True, help="use the EMA weights")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="fp32",
                    help="network precision while sampling (bf16: autocast; auto: bf16 where the hardware has it)")
+    p.add_argument("--trajectory", metavar="PNG", default=None,
+                   help="also draw the reverse process of the first few samples: x_t and the predicted x_0 at "
+                        "t = 1000, 800, ..., 1 (scaled to T)")
+    p.add_argument("--gif", metavar="GIF", default=None, help="also animate the reverse process of the first few samples")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.set_defaults(func=cmd_sample)
+
+    from .metrics import FEATURES
+
+    p = sub.add_parser("eval", help="measure a run: bits/dim (the paper's NLL bound) or Fréchet distance",
+                       formatter_class=_Formatter,
+                       description="bpd: the variational bound of Eq. 5 (prior + T-1 KL terms + the discretised "
+                                   "decoder) on --n real images, in bits/dim, with its standard error; writes the "
+                                   "per-t terms (CSV) and their plot. T network calls per image.\n"
+                                   "fd: draws --n samples and gives the Fréchet distance between features of the "
+                                   "samples and of the real images (digits: the shipped digit classifier; "
+                                   "inception: the FID network from --inception PATH). Several --steps give a "
+                                   "table, a CSV and a plot of FD against steps and seconds.",
+                       epilog="examples:\n  ddpm eval --run ddpm-demo --metric bpd --n 100\n"
+                              "  ddpm eval --run ddpm-demo --metric fd --n 1000 --sampler respaced --steps 500\n"
+                              "  ddpm eval --run ddpm-demo --metric fd --sampler ddim --steps 10,20,50,100\n"
+                              "  ddpm eval --run runs/cifar10 --metric fd --n 50000 --inception "
+                              "pt_inception-2015-12-05-6726825d.pth")
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--metric", required=True, choices=["bpd", "fd"], help="what to measure")
+    p.add_argument("--data", default=None, help="real images: a data source as for train (default: the run's)")
+    p.add_argument("--n", type=_positive_int, default=None,
+                   help="bpd: real images to evaluate (default 100); fd: samples to draw (default 1000)")
+    p.add_argument("--out", default=None, help="folder for the CSV, plots and cached statistics (default: RUN/eval)")
+    p.add_argument("--features", choices=FEATURES, default="auto",
+                   help="fd features: digits (shipped classifier), inception (needs --inception); "
+                        "auto: digits for 1-channel runs, else inception")
+    p.add_argument("--inception", metavar="PATH", default=None,
+                   help="the FID Inception weights file pt_inception-2015-12-05-6726825d.pth (never downloaded)")
+    p.add_argument("--samples", metavar="NPZ", default=None,
+                   help="fd of these samples (arr_0 uint8 [N, H, W, C], e.g. from ddpm sample) instead of drawing new ones")
+    _add_sampler_flags(p, many=True)
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise (and of the bpd's noise)")
+    p.add_argument("--batch-size", type=_positive_int, default=256, help="images per batch")
+    p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True, help="use the EMA weights")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="fp32",
+                   help="network precision while sampling for fd (bpd always runs in fp32)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.set_defaults(func=cmd_eval)
+
+    from .viz import NOISE_STEPS
+
+    p = sub.add_parser("noise", help="draw the forward process: an image and its noised versions x_t",
+                       formatter_class=_Formatter,
+                       description="x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps for one image at several t "
+                                   "(one eps for all), as a labelled strip. t = 0 is the image itself, t = T is x_T.",
+                       epilog="examples:\n  ddpm noise photo.jpg --out strip.png\n"
+                              "  ddpm noise mnist:7 --out strip.png --schedule cosine\n"
+                              "  ddpm noise photo.jpg --out strip.png --run runs/cifar10 --t 0,10,100,1000")
+    p.add_argument("image", help="an image file, or mnist:K for the K-th shipped digit")
+    p.add_argument("--out", required=True, help="the strip, a .png")
+    p.add_argument("--t", type=_int_list, default=list(NOISE_STEPS), help="steps to show, separated by commas")
+    p.add_argument("--size", type=_positive_int, default=128,
+                   help="resize the short side to this and centre-crop to a square")
+    p.add_argument("--seed", type=int, default=0, help="seed of eps")
+    p.add_argument("--run", default=None, help="take the schedule from this run (else the flags below)")
+    _add_config_flags(p, DiffusionConfig, skip=("var_type",))
+    p.set_defaults(func=cmd_noise)
+
+    p = sub.add_parser("schedule", help="plot beta_t, alpha-bar_t and the signal-to-noise ratio of the schedules",
+                       formatter_class=_Formatter,
+                       description="Plot the linear (the paper's) and cosine (improved DDPM) schedules side by side.",
+                       epilog="example:\n  ddpm schedule --out schedule.png --T 1000")
+    p.add_argument("--out", required=True, help="the plot, a .png")
+    p.add_argument("--T", type=_positive_int, default=1000, help="number of diffusion steps")
+    p.set_defaults(func=cmd_schedule)
     return parser
 
 
@@ -274,13 +367,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _generate(ckpt, n: int, *, seed: int, batch_size: int, ema: bool, device, precision: str = "fp32",
-              sampler: str = "ancestral", steps: Optional[int] = None, eta: float = 0.0, spacing: str = "uniform"):
+              sampler: str = "ancestral", steps: Optional[int] = None, eta: float = 0.0, spacing: str = "uniform",
+              callback=None):
     from .samplers import generate, make_sampler
 
     smp = make_sampler(sampler, ckpt.diffusion, steps=steps, eta=eta, spacing=spacing)
     model = ckpt.ema_model if ema else ckpt.model
     c, s = ckpt.config.model.in_channels, ckpt.config.model.image_size
-    return generate(model, smp, n, (c, s, s), seed=seed, batch_size=batch_size, device=device, precision=precision)
+    return generate(model, smp, n, (c, s, s), seed=seed, batch_size=batch_size, device=device, precision=precision,
+                    callback=callback)
 
 
 def _output_kind(out: Path) -> str:
@@ -326,15 +421,248 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise DDPMError("--steps needs --sampler respaced or ddim (ancestral sampling takes all T steps)")
     if args.eta < 0:
         raise DDPMError(f"--eta must be >= 0, got {args.eta}")
+    for flag, suffix in (("trajectory", ".png"), ("gif", ".gif")):
+        if getattr(args, flag):
+            _png_out(getattr(args, flag), suffix)
     device = _device(args.device)
     ckpt = load_checkpoint(args.run, map_location=device)
+    trajectory = None
+    if args.trajectory or args.gif:
+        from .samplers import make_sampler
+        from .viz import Trajectory
+
+        T = ckpt.diffusion.T
+        indices = make_sampler(args.sampler, ckpt.diffusion, steps=args.steps, spacing=args.spacing).indices
+        keep = [max(1, round(f * T)) for f in (1.0, 0.8, 0.6, 0.4, 0.2, 0.1, 0.05, 0.0)]
+        trajectory = Trajectory(indices, keep=keep, frames=60 if args.gif else 0, samples=min(4, args.n))
     images = _generate(ckpt, args.n, seed=args.seed, batch_size=args.batch_size, ema=args.ema, device=device,
                        precision=args.precision, sampler=args.sampler, steps=args.steps, eta=args.eta,
-                       spacing=args.spacing)
+                       spacing=args.spacing, callback=trajectory)
     _write_images(images, out)
     print(f"wrote {args.n} samples from {args.run} (step {ckpt.step}, {'EMA' if args.ema else 'raw'} weights) "
           f"to {out}", file=sys.stderr)
+    if trajectory is not None:
+        if args.trajectory:
+            trajectory.strip().save(args.trajectory)
+            print(f"wrote the reverse process of {trajectory.samples} samples to {args.trajectory}", file=sys.stderr)
+        if args.gif:
+            trajectory.save_gif(args.gif)
+            print(f"wrote its animation to {args.gif}", file=sys.stderr)
     return 0
+
+
+def _png_out(path: str, suffix: str = ".png") -> Path:
+    out = Path(path)
+    if out.suffix.lower() != suffix:
+        raise DDPMError(f"{out} must end in {suffix}")
+    if not out.parent.is_dir():
+        raise DDPMError(f"cannot write {out}: folder {out.parent} does not exist")
+    return out
+
+
+def _load_image(spec: str, size: int):
+    """An image file (or mnist:K) -> float [C, H, W] in [-1, 1], short side resized to ``size``, centre-cropped."""
+    import torch
+    from PIL import Image, ImageOps
+
+    from .data import _chw, _fit, _to_mode, load_data, to_float
+
+    if spec.startswith("mnist:") or spec == "mnist":
+        digits = load_data("mnist", channels=1, image_size=28)
+        k = spec.partition(":")[2] or "0"
+        if not k.isdigit() or int(k) >= len(digits):
+            raise DDPMError(f"{spec!r}: K must be an index from 0 to {len(digits) - 1}")
+        im = Image.fromarray(digits.images[int(k), 0].numpy())
+    else:
+        path = Path(spec)
+        if not path.is_file():
+            raise DDPMError(f"image {path} not found")
+        try:
+            with Image.open(path) as f:
+                f.load()
+                im = ImageOps.exif_transpose(f)
+        except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files
+            raise DDPMError(f"cannot read image {path}: {e}") from None
+    grey = im.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+    arr = _chw(_fit(_to_mode(im, "L" if grey else "RGB"), size))
+    return to_float(torch.from_numpy(arr.copy()))
+
+
+def _diffusion_from(args: argparse.Namespace):
+    from .checkpoint import read_config
+    from .config import DiffusionConfig
+
+    flags = _fields(args, DiffusionConfig)
+    if args.run is not None:
+        if flags:
+            raise DDPMError(f"--run takes the schedule from the run; drop {', '.join(_flag(k) for k in flags)}")
+        return read_config(args.run).diffusion.build()
+    return DiffusionConfig(**flags).build()
+
+
+def cmd_noise(args: argparse.Namespace) -> int:
+    from .viz import noise_strip
+
+    out = _png_out(args.out)
+    diffusion = _diffusion_from(args)
+    x0 = _load_image(args.image, args.size)
+    noise_strip(diffusion, x0, args.t, seed=args.seed).save(out)
+    print(f"wrote the forward process of {args.image} at t = {', '.join(map(str, args.t))} "
+          f"(T = {diffusion.T}) to {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    from .schedule import NoiseSchedule
+    from .viz import plot_schedule
+
+    out = _png_out(args.out)
+    plot_schedule({f"linear (T={args.T})": NoiseSchedule.linear(args.T),
+                   f"cosine (T={args.T})": NoiseSchedule.cosine(args.T)}, out)
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .checkpoint import load_checkpoint
+
+    out = Path(args.out) if args.out else Path(args.run) / "eval"
+    if args.out and not out.parent.is_dir():
+        raise DDPMError(f"cannot write into {out}: folder {out.parent} does not exist")
+    if args.metric == "bpd":
+        for flag, value in (("--samples", args.samples), ("--steps", args.steps), ("--inception", args.inception)):
+            if value is not None:
+                raise DDPMError(f"{flag} is for --metric fd")
+    elif args.sampler == "ancestral" and args.steps is not None:
+        raise DDPMError("--steps needs --sampler respaced or ddim (ancestral sampling takes all T steps)")
+    if args.eta < 0:
+        raise DDPMError(f"--eta must be >= 0, got {args.eta}")
+    samples = _read_samples(args.samples) if args.samples else None
+    device = _device(args.device)
+    ckpt = load_checkpoint(args.run, map_location=device)
+    cfg = ckpt.config
+    if args.metric == "fd":
+        from .metrics import get_features
+
+        feat_name, feat_net = get_features(args.features, channels=cfg.model.in_channels, inception=args.inception)
+    real = _eval_data(args.data or cfg.train.data, cfg)
+    if samples is not None and samples.shape[1:] != real.images.shape[1:]:
+        raise DDPMError(f"{args.samples}: samples are {tuple(samples.shape[1:])} (C, H, W) but the real images "
+                        f"{tuple(real.images.shape[1:])}")
+    out.mkdir(exist_ok=True)
+    if args.metric == "bpd":
+        return _eval_bpd(args, ckpt, real, out, device)
+    return _eval_fd(args, ckpt, real, out, device, feat_name, feat_net, samples)
+
+
+def _eval_data(src: str, cfg):
+    from .data import load_data
+
+    data = load_data(src, channels=cfg.model.in_channels, image_size=cfg.model.image_size, progress=True)
+    if len(data) == 0:
+        raise DDPMError(f"data source {src!r} has no images")
+    return data
+
+
+def _eval_bpd(args, ckpt, data, out: Path, device) -> int:
+    import json
+
+    import numpy as np
+    import torch
+
+    from .checkpoint import atomic_write_text
+    from .metrics import evaluate_bpd
+    from .viz import plot_bpd_terms
+
+    n = min(args.n or 100, len(data))
+    pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(args.seed))[:n]
+    images = data.images[pick.sort().values]
+    model = ckpt.ema_model if args.ema else ckpt.model
+    res = evaluate_bpd(ckpt.diffusion, model, images, batch_size=min(args.batch_size, n), seed=args.seed,
+                       device=device)
+    total, prior, terms = res["total"], res["prior"], res["terms"]
+    T = terms.shape[1]
+
+    def se(v):
+        return float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
+
+    lines = ["term,t,bits_per_dim,std_error", f"prior,{T},{prior.mean():.8g},{se(prior):.4g}"]
+    lines += [f"kl,{t + 1},{terms[:, t].mean():.8g},{se(terms[:, t]):.4g}" for t in range(T - 1, 0, -1)]
+    lines += [f"decoder,1,{terms[:, 0].mean():.8g},{se(terms[:, 0]):.4g}", f"total,,{total.mean():.8g},{se(total):.4g}"]
+    atomic_write_text(out / "bpd_terms.csv", "\n".join(lines) + "\n")
+    summary = {"run": str(args.run), "step": ckpt.step, "data": data.name, "n": n, "ema": args.ema,
+               "bits_per_dim": float(total.mean()), "std_error": se(total), "prior": float(prior.mean()),
+               "decoder": float(terms[:, 0].mean()), "kl_terms": float(terms[:, 1:].sum(1).mean())}
+    atomic_write_text(out / "bpd.json", json.dumps(summary, indent=2) + "\n")
+    plot_bpd_terms(terms.mean(0), out / "bpd_terms.png", prior=float(prior.mean()),
+                   title=f"{args.run} (step {ckpt.step}): {total.mean():.3f} bits/dim on {n} images of {data.name}")
+    print(f"bits/dim: {total.mean():.4f} +- {se(total):.4f} (mean +- standard error over {n} images of {data.name}; "
+          f"prior {prior.mean():.2g}, KL terms {summary['kl_terms']:.4f}, decoder {summary['decoder']:.4f})")
+    print(f"per-t terms: {out / 'bpd_terms.csv'}, plot: {out / 'bpd_terms.png'}", file=sys.stderr)
+    return 0
+
+
+def _eval_fd(args, ckpt, data, out: Path, device, feat_name: str, feat_net, samples=None) -> int:
+    import time
+
+    import numpy as np
+    import torch
+
+    from .checkpoint import atomic_write_text
+    from .metrics import extract_features, frechet_distance, gaussian_stats, reference_stats
+    from .viz import plot_fd_steps
+
+    mu_r, sig_r = reference_stats(feat_net, feat_name, data.images, data.name, cache_dir=out, device=device,
+                                  progress=True)
+    rows = []
+    sets = [] if samples is None else [("file", 0, samples, float("nan"))]
+    n = args.n or 1000
+    for steps in ([] if samples is not None else (args.steps or [None])):
+        t0 = time.perf_counter()
+        images = _generate(ckpt, n, seed=args.seed, batch_size=args.batch_size, ema=args.ema, device=device,
+                           precision=args.precision, sampler=args.sampler, steps=steps, eta=args.eta,
+                           spacing=args.spacing)
+        seconds = time.perf_counter() - t0
+        sets.append((args.sampler, steps or ckpt.diffusion.T, images, seconds))
+    print(f"Fréchet distance of {feat_name} features to {len(data)} real images of {data.name}:")
+    print(f"{'sampler':>10} {'steps':>6} {'n':>6} {'seconds':>9} {'s/image':>9} {'FD':>10}")
+    for name, steps, images, seconds in sets:
+        mu, sig = gaussian_stats(extract_features(feat_net, images, device=device, progress=True,
+                                                  desc=f"{feat_name} features of samples"))
+        fd = frechet_distance(mu, sig, mu_r, sig_r)
+        row = {"sampler": name, "steps": steps, "n": len(images), "seconds": seconds,
+               "seconds_per_image": seconds / len(images), "fd": fd}
+        rows.append(row)
+        print(f"{name:>10} {steps:>6} {len(images):>6} {seconds:>9.1f} {row['seconds_per_image']:>9.4f} {fd:>10.3f}",
+              flush=True)
+    header = "sampler,steps,eta,n,seconds,seconds_per_image,fd,features"
+    lines = [header] + [f"{r['sampler']},{r['steps']},{args.eta if r['sampler'] == 'ddim' else ''},{r['n']},"
+                        f"{r['seconds']:.3f},{r['seconds_per_image']:.6f},{r['fd']:.6g},{feat_name}" for r in rows]
+    atomic_write_text(out / "fd.csv", "\n".join(lines) + "\n")
+    if len(rows) > 1:
+        plot_fd_steps(rows, out / "fd_vs_steps.png", title=f"{args.run} (step {ckpt.step}), {rows[0]['n']} samples, "
+                                                        f"{feat_name} features")
+        print(f"table: {out / 'fd.csv'}, plot: {out / 'fd_vs_steps.png'}", file=sys.stderr)
+    else:
+        print(f"table: {out / 'fd.csv'}", file=sys.stderr)
+    return 0
+
+
+def _read_samples(path: str):
+    import numpy as np
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise DDPMError(f"samples file {p} not found")
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            arr = z["arr_0"]
+    except (ValueError, KeyError, OSError) as e:
+        raise DDPMError(f"{p} is not an .npz with arr_0 uint8 [N, H, W, C]: {e}") from None
+    if arr.dtype != np.uint8 or arr.ndim != 4 or len(arr) < 2:
+        raise DDPMError(f"{p}: arr_0 must be uint8 [N, H, W, C] with N >= 2, got {arr.dtype} {arr.shape}")
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -193,9 +193,10 @@ def make_sampler(name: str, diffusion: GaussianDiffusion, *, steps: Optional[int
 
 
 def generate(model, sampler: Sampler, n: int, image_shape: Sequence[int], *, seed: int = 0, batch_size: int = 256,
-             device=None, precision: str = "fp32", progress: bool = True) -> Tensor:
+             device=None, precision: str = "fp32", progress: bool = True, callback: Callback = None) -> Tensor:
     """``n`` images as uint8 [N, C, H, W], in batches, with one progress bar over all network calls.
 
+    ``callback(t, x, pred_x0)``, if given, sees every step of the first batch (e.g. a ``viz.Trajectory``).
     ``precision`` "bf16" runs the network under bf16 autocast ("auto": where the hardware has it).
     The same ``seed`` and ``batch_size`` give the same images.
     """
@@ -213,8 +214,13 @@ def generate(model, sampler: Sampler, n: int, image_shape: Sequence[int], *, see
     desc = f"sampling {n} images ({sampler.name}, {sampler.steps} steps)"
     with tqdm(total=len(batches) * sampler.steps, desc=desc, unit="step", dynamic_ncols=True,
               disable=not progress) as bar:
-        for b in batches:
+        for i, b in enumerate(batches):
+            def step_done(t, x, pred_x0, first=(i == 0)):
+                bar.update(1)
+                if first and callback is not None:
+                    callback(t, x, pred_x0)
+
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                x = sampler(model, (b, *image_shape), generator=g, device=device, callback=lambda *_: bar.update(1))
+                x = sampler(model, (b, *image_shape), generator=g, device=device, callback=step_done)
             out.append(to_uint8(x).cpu())
     return torch.cat(out)
