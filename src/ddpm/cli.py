@@ -28,6 +28,8 @@ EPILOG = """examples:
   ddpm eval --run ddpm-demo --metric bpd --n 100    # the paper's NLL bound, in bits/dim
   ddpm eval --run ddpm-demo --metric fd --sampler ddim --steps 10,50,100
   ddpm noise photo.jpg --out strip.png              # the forward process as a picture
+  ddpm import ./ddpm-cifar10-32 --out runs/paper    # a diffusers DDPM pipeline directory -> a run
+  ddpm export --run ddpm-demo --format diffusers --out demo-diffusers
 
 Run `ddpm COMMAND --help` for each command's options."""
 
@@ -235,6 +237,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", default=None, help="take the schedule from this run (else the flags below)")
     _add_config_flags(p, DiffusionConfig, skip=("var_type",))
     p.set_defaults(func=cmd_noise)
+
+    p = sub.add_parser("import", help="turn a diffusers DDPM pipeline directory into a run (no diffusers needed)",
+                       formatter_class=_Formatter,
+                       description="Read a diffusers DDPM pipeline directory (model_index.json, unet/, scheduler/; "
+                                   "or a bare unet/ folder) whose UNet2DModel is of the DDPM family, and write a "
+                                   "run directory that `ddpm sample` and `ddpm eval` use like any other. Weights: "
+                                   "safetensors, or a .bin read with torch.load(weights_only=True).",
+                       epilog="example:\n  ddpm import ./ddpm-cifar10-32 --out runs/paper-cifar10\n"
+                              "  ddpm sample --run runs/paper-cifar10 --n 64 --out grid.png --sampler ddim --steps 50")
+    p.add_argument("dir", help="a diffusers pipeline directory, or its unet/ folder")
+    p.add_argument("--out", required=True, help="the run directory to create (must not exist)")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("export", help="write a run as a diffusers DDPMPipeline directory",
+                       formatter_class=_Formatter,
+                       description="Write RUN's weights (EMA by default) as a diffusers pipeline directory that "
+                                   "DDPMPipeline.from_pretrained(DIR) loads.",
+                       epilog="example:\n  ddpm export --run ddpm-demo --format diffusers --out ddpm-demo-diffusers")
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--format", required=True, choices=["diffusers"], help="the output format")
+    p.add_argument("--out", required=True, help="the directory to create (must not exist)")
+    p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True, help="export the EMA weights")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("schedule", help="plot beta_t, alpha-bar_t and the signal-to-noise ratio of the schedules",
                        formatter_class=_Formatter,
@@ -523,6 +548,41 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     return 0
 
 
+def _new_dir(path: str) -> Path:
+    out = Path(path)
+    if out.exists():
+        raise DDPMError(f"{out} already exists; choose another --out")
+    if not out.parent.is_dir():
+        raise DDPMError(f"cannot create {out}: folder {out.parent} does not exist")
+    return out
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from .interop.diffusers import import_diffusers
+
+    out = _new_dir(args.out)
+    import_diffusers(args.dir, out)
+    from .checkpoint import read_config
+
+    cfg = read_config(out)
+    print(f"imported {args.dir} into {out}: {cfg.model.ch}-channel UNet, {cfg.model.image_size}x{cfg.model.image_size}"
+          f"x{cfg.model.in_channels}, T={cfg.diffusion.T}, {cfg.diffusion.schedule} schedule, "
+          f"{cfg.diffusion.var_type} variance", file=sys.stderr)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .checkpoint import load_checkpoint
+    from .interop.diffusers import export_diffusers
+
+    out = _new_dir(args.out)
+    ckpt = load_checkpoint(args.run)
+    export_diffusers(ckpt.ema_model if args.ema else ckpt.model, ckpt.config.diffusion, out)
+    print(f"exported {args.run} (step {ckpt.step}, {'EMA' if args.ema else 'raw'} weights) to {out}; "
+          f"load it with diffusers.DDPMPipeline.from_pretrained({str(out)!r})", file=sys.stderr)
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint
 
@@ -557,7 +617,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _eval_data(src: str, cfg):
     from .data import load_data
+    from .interop.diffusers import IMPORTED_DATA
 
+    if src == IMPORTED_DATA:
+        raise DDPMError("this run was imported and has no data of its own: pass --data SRC (e.g. a CIFAR-10 archive)")
     data = load_data(src, channels=cfg.model.in_channels, image_size=cfg.model.image_size, progress=True)
     if len(data) == 0:
         raise DDPMError(f"data source {src!r} has no images")
