@@ -206,7 +206,7 @@ def test_noise_schedule_and_trajectory_pictures(trained, tmp_path, capsys):
                        "respaced", "--steps", "10", "--trajectory", tmp_path / "t.png", "--gif", tmp_path / "a.gif")
     assert code == 0, err
     gif = Image.open(tmp_path / "a.gif")
-    assert gif.n_frames == 10  # the 10 steps taken (60 frames asked for, only 10 exist)
+    assert gif.n_frames == 10  # the 10 steps taken (40 frames asked for, only 10 exist)
     assert Image.open(tmp_path / "t.png").height > 6 * 16  # x_t and pred x_0 rows for three samples
 
 

@@ -273,10 +273,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ----------------------------------------------------------------------------- helpers
 def _device(name: str):
+    import os
+
     import torch
 
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "auto":  # under torchrun each process takes the GPU of its local rank
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     try:
         dev = torch.device(name)
     except RuntimeError:
@@ -290,7 +294,7 @@ def _fields(args: argparse.Namespace, cls) -> Dict[str, Any]:
     return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
 
 
-RESUMABLE = {"steps", "log_every", "sample_every", "save_every", "keep", "n_samples", "time_limit"}
+RESUMABLE = {"steps", "log_every", "sample_every", "save_every", "keep", "n_samples", "time_limit", "grad_accum"}
 
 
 def _resume_config(run: Path, train_over: Dict[str, Any], diff_over: Dict[str, Any], preset: Optional[str]):
@@ -310,18 +314,48 @@ def _resume_config(run: Path, train_over: Dict[str, Any], diff_over: Dict[str, A
     return dataclasses.replace(cfg, train=new_train)
 
 
+def _init_distributed(device) -> int:
+    """Under torchrun (WORLD_SIZE > 1): join the process group (nccl on GPUs, gloo on CPUs). Returns the rank."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        if device.type == "cuda":
+            import torch
+
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank()
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def train_run(run: Path, cfg, *, resume: bool, device, progress: bool = True) -> str:
-    """Build data, model and Trainer for ``cfg``, restore the last checkpoint if resuming, and fit."""
+    """Build data, model and Trainer for ``cfg``, restore the last checkpoint if resuming, and fit.
+
+    Under torchrun every process runs this; only rank 0 writes to the run directory.
+    """
     import torch
 
     from .checkpoint import list_checkpoints, load_checkpoint, write_config
     from .data import load_data
-    from .train import Trainer
+    from .train import Trainer, dist_info
     from .unet import UNet
 
+    rank, world = dist_info()
+    main = rank == 0
     diffusion = cfg.diffusion.build()  # validate everything before touching the disk
     data = load_data(cfg.train.data, channels=cfg.model.in_channels, image_size=cfg.model.image_size,
-                     progress=progress)
+                     progress=progress and main)
     if len(data) == 0:
         raise DDPMError(f"data source {cfg.train.data!r} has no images")
     torch.manual_seed(cfg.train.seed)
@@ -330,13 +364,19 @@ def train_run(run: Path, cfg, *, resume: bool, device, progress: bool = True) ->
     if resume and list_checkpoints(run):
         ckpt = load_checkpoint(run, with_optimizer=True)
         trainer.load(ckpt)
-        print(f"resuming {run} from step {ckpt.step}", file=sys.stderr)
-    run.mkdir(parents=True, exist_ok=True)
-    write_config(run, cfg)
-    n = model.num_parameters()
-    print(f"training {cfg.preset} ({n / 1e6:.2f}M parameters) on {data.name} ({len(data)} images) "
-          f"for {cfg.train.steps} steps of {cfg.train.batch_size} on {device}; run: {run}", file=sys.stderr)
-    return trainer.fit(run, progress=progress, echo=lambda m: print(m, file=sys.stderr))
+        if main:
+            print(f"resuming {run} from step {ckpt.step}", file=sys.stderr)
+    _barrier()  # every process has checked the run directory before rank 0 writes to it
+    if main:
+        run.mkdir(parents=True, exist_ok=True)
+        write_config(run, cfg)
+        n = model.num_parameters()
+        where = f"{world} processes ({device.type})" if world > 1 else str(device)
+        print(f"training {cfg.preset} ({n / 1e6:.2f}M parameters) on {data.name} ({len(data)} images) "
+              f"for {cfg.train.steps} steps of {cfg.train.batch_size} on {where}; run: {run}", file=sys.stderr)
+    reason = trainer.fit(run, progress=progress, echo=lambda m: print(m, file=sys.stderr))
+    _barrier()  # rank 0 has written the last checkpoint before anyone returns
+    return reason
 
 
 # ----------------------------------------------------------------------------- subcommands
@@ -354,7 +394,15 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise DDPMError("--data is required for a new run: 'mnist', a folder of images, or a CIFAR-10 archive")
         preset = args.preset or ("mnist" if train_over["data"] == "mnist" else "cifar10")
         cfg = make_run_config(preset, train=train_over, diffusion=diff_over)
-    train_run(run, cfg, resume=args.resume, device=_device(args.device), progress=not args.quiet)
+    device = _device(args.device)
+    _init_distributed(device)
+    try:
+        train_run(run, cfg, resume=args.resume, device=device, progress=not args.quiet)
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
     return 0
 
 
@@ -459,7 +507,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         T = ckpt.diffusion.T
         indices = make_sampler(args.sampler, ckpt.diffusion, steps=args.steps, spacing=args.spacing).indices
         keep = [max(1, round(f * T)) for f in (1.0, 0.8, 0.6, 0.4, 0.2, 0.1, 0.05, 0.0)]
-        trajectory = Trajectory(indices, keep=keep, frames=60 if args.gif else 0, samples=min(4, args.n))
+        trajectory = Trajectory(indices, keep=keep, frames=40 if args.gif else 0, samples=min(4, args.n))
     images = _generate(ckpt, args.n, seed=args.seed, batch_size=args.batch_size, ema=args.ema, device=device,
                        precision=args.precision, sampler=args.sampler, steps=args.steps, eta=args.eta,
                        spacing=args.spacing, callback=trajectory)

@@ -48,7 +48,9 @@ class DiffusionConfig:
 class TrainConfig:
     data: str = _opt("data source: 'mnist' (shipped), a folder of images, or a CIFAR-10 archive/folder", default="mnist")
     steps: int = _opt("total number of training steps (a resumed run continues up to this)", default=800_000)
-    batch_size: int = _opt("global batch size", default=128)
+    batch_size: int = _opt("global batch size (over all processes under torchrun)", default=128)
+    grad_accum: int = _opt("split each process's share of the batch into this many micro-batches (same result, "
+                           "less memory)", default=1)
     lr: float = _opt("Adam learning rate", default=2e-4)
     warmup: int = _opt("linear learning-rate warm-up steps", default=5000)
     lr_schedule: str = _opt("after warm-up: constant (the paper's) or cosine decay to 0 at --steps",
@@ -68,7 +70,7 @@ class TrainConfig:
     time_limit: float = _opt("stop (with a checkpoint) after this many minutes (0: no limit)", default=0.0)
 
     def validate(self) -> None:
-        positive = ("steps", "batch_size", "log_every", "save_every", "keep", "n_samples")
+        positive = ("steps", "batch_size", "grad_accum", "log_every", "save_every", "keep", "n_samples")
         for name in positive:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -87,6 +89,8 @@ class TrainConfig:
             raise DDPMError(f"--lr-schedule must be constant or cosine, got {self.lr_schedule!r}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise DDPMError(f"--precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if self.grad_accum > self.batch_size:
+            raise DDPMError(f"--grad-accum {self.grad_accum} is larger than --batch-size {self.batch_size}")
         if not (self.time_limit >= 0):
             raise DDPMError(f"--time-limit must be >= 0, got {self.time_limit!r}")
 

@@ -3,12 +3,16 @@
 The Trainer is given its model, diffusion, data and config and builds none of them. Every random
 draw of a training example (which image, its flip, its t and its eps) is a pure function of
 ``(seed, step, position in the global batch)``, so the data position *is* the step: a resumed run
-sees exactly the examples that a straight run would have seen.
+sees exactly the examples that a straight run would have seen, and N processes under torchrun
+(each taking a contiguous slice of the global batch, in ``grad_accum`` micro-batches) see exactly
+the examples of one process: their averaged gradient is the one-process gradient up to the order
+of floating-point sums.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import csv
 import hashlib
@@ -32,7 +36,7 @@ from .errors import DDPMError
 from .samplers import Ancestral, generate
 from .viz import plot_loss, save_grid
 
-__all__ = ["Trainer", "derive_seed", "resolve_precision"]
+__all__ = ["Trainer", "derive_seed", "resolve_precision", "dist_info"]
 
 METRICS = ("step", "loss", "lr", "grad_norm", "img_per_s", "elapsed_s")
 
@@ -54,6 +58,26 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
         return "bf16" if bf16_supported(device) else "fp32"
     return precision
+
+
+def dist_info():
+    """(rank, world_size) of this process: (0, 1) unless torch.distributed is initialised."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _shares(total: int, parts: int) -> list:
+    """Split range(total) into ``parts`` contiguous ranges whose sizes differ by at most one."""
+    base, extra = divmod(total, parts)
+    out, start = [], 0
+    for i in range(parts):
+        size = base + (1 if i < extra else 0)
+        out.append(range(start, start + size))
+        start += size
+    return out
 
 
 def derive_seed(*parts: Any) -> int:
@@ -104,6 +128,16 @@ class Trainer:
         self.hflip = data.hflip if config.hflip is None else config.hflip
         self.step = 0  # number of optimisation steps done
         self.ema_updates = 0
+        self.rank, self.world = dist_info()
+        if self.world * config.grad_accum > config.batch_size:
+            raise DDPMError(f"--batch-size {config.batch_size} is too small for {self.world} processes x "
+                            f"--grad-accum {config.grad_accum}: each needs at least one example")
+        self._ddp = None
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self._ddp = DistributedDataParallel(self.model, device_ids=ids, broadcast_buffers=False)
         self._perms: Dict[int, torch.Tensor] = {}
         self._log = {"loss": 0.0, "grad_norm": 0.0, "n": 0}
         self._stop: Optional[str] = None
@@ -151,26 +185,48 @@ class Trainer:
         t, noise = torch.cat(ts), torch.stack(noises)
         return x0.to(self.device), t.to(self.device), noise.to(self.device)
 
+    def micro_batches(self) -> list:
+        """This process's micro-batches: positions of the global batch, ``grad_accum`` contiguous ranges."""
+        mine = _shares(self.config.batch_size, self.world)[self.rank]
+        return [range(mine.start + r.start, mine.start + r.stop)
+                for r in _shares(len(mine), self.config.grad_accum) if len(r)]
+
     def train_step(self) -> Dict[str, float]:
-        """One step of Algorithm 1 + Adam + clipping + EMA. Returns loss, grad_norm, lr."""
-        x0, t, noise = self.make_batch(self.step)
+        """One step of Algorithm 1 + Adam + clipping + EMA. Returns loss, grad_norm, lr.
+
+        The loss of each micro-batch is weighted by its share of the global batch, so the summed (and,
+        across processes, averaged by DDP) gradient is the gradient of the global batch's mean loss.
+        """
         lr = self.lr_at(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            loss = self.diffusion.training_loss(self.model, x0, t, noise).mean()
-        if not torch.isfinite(loss):
-            raise DDPMError(f"the loss became {loss.item()} at step {self.step + 1}; stopping "
-                            f"(try a lower --lr); the last checkpoint is intact")
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        net = self._ddp or self.model
+        micro = self.micro_batches()
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        for i, positions in enumerate(micro):
+            x0, t, noise = self.make_batch(self.step, positions)
+            sync = i == len(micro) - 1 or self._ddp is None
+            with (contextlib.nullcontext() if sync else self._ddp.no_sync()):
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                    loss = self.diffusion.training_loss(net, x0, t, noise).mean()
+                weight = len(positions) / self.config.batch_size
+                (loss * (weight * self.world)).backward()
+            total += loss.detach().double() * weight
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(total)
+        if not torch.isfinite(total):
+            raise DDPMError(f"the loss became {total.item()} at step {self.step + 1}; stopping "
+                            f"(try a lower --lr); the last checkpoint is intact")
         params = [p for p in self.model.parameters() if p.grad is not None]
         clip = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
         self.optimizer.step()
         self._update_ema()
         self.step += 1
-        return {"loss": loss.item(), "grad_norm": float(grad_norm), "lr": lr}
+        return {"loss": total.item(), "grad_norm": float(grad_norm), "lr": lr}
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -218,12 +274,14 @@ class Trainer:
         Saves a checkpoint every ``save_every`` steps and whenever it stops.
         """
         run_dir = Path(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
         cfg = self.config
-        metrics = _MetricsFile(run_dir / "metrics.csv", self.step)
+        main = self.rank == 0  # under torchrun only rank 0 writes: metrics, plots, grids, checkpoints
+        if main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        metrics = _MetricsFile(run_dir / "metrics.csv", self.step) if main else None
         start = last_t = last_plot = time.monotonic()
         first_step = last_step = self.step
-        bar = _progress(progress, total=cfg.steps, initial=self.step)
+        bar = _progress(progress and main, total=cfg.steps, initial=self.step)
         reason = "done"
         with _stop_on_signals(self):
             while self.step < cfg.steps:
@@ -237,29 +295,31 @@ class Trainer:
                     n = max(self._log["n"], 1)
                     row = {"step": self.step, "loss": self._log["loss"] / n, "lr": out["lr"],
                            "grad_norm": self._log["grad_norm"] / n, "img_per_s": ips, "elapsed_s": now - start}
-                    metrics.append(row)
-                    if now - last_plot > 30 or self.step == cfg.steps:  # drawing costs ~0.2 s: not every row
-                        plot_loss(metrics.path, run_dir / "loss.png")
-                        last_plot = now
+                    if main:
+                        metrics.append(row)
+                        if now - last_plot > 30 or self.step == cfg.steps:  # drawing costs ~0.2 s: not every row
+                            plot_loss(metrics.path, run_dir / "loss.png")
+                            last_plot = now
                     self._log = {"loss": 0.0, "grad_norm": 0.0, "n": 0}
                     last_t, last_step = now, self.step
                     if bar is not None:
                         bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{ips:.1f}")
                 if bar is not None:
                     bar.update(1)
-                if cfg.sample_every and self.step % cfg.sample_every == 0:
+                if main and cfg.sample_every and self.step % cfg.sample_every == 0:
                     (run_dir / "samples").mkdir(exist_ok=True)
                     self.sample_grid(run_dir / "samples" / f"step-{self.step:08d}.png")
                 if cfg.time_limit and time.monotonic() - start > cfg.time_limit * 60:
-                    reason = "time limit"
+                    self._stop = self._stop or "time limit"
+                if self._agree_to_stop():
+                    reason = self._stop or "stopped by another process"
                     break
-                if self._stop:
-                    reason = self._stop
-                    break
-                if self.step % cfg.save_every == 0 and self.step < cfg.steps:
+                if main and self.step % cfg.save_every == 0 and self.step < cfg.steps:
                     self.save(run_dir)
         if bar is not None:
             bar.close()
+        if not main:
+            return reason
         plot_loss(metrics.path, run_dir / "loss.png")
         if self.step == first_step and list_checkpoints(run_dir):  # nothing new to save
             return reason
@@ -268,6 +328,16 @@ class Trainer:
             echo(f"stopped at step {self.step} ({reason}); checkpoint {path}. "
                  f"Continue with: ddpm train --out {run_dir} --resume")
         return reason
+
+    def _agree_to_stop(self) -> bool:
+        """Whether to stop now: this process was asked to, or (under torchrun) any process was."""
+        if self.world == 1:
+            return self._stop is not None
+        import torch.distributed as dist
+
+        flag = torch.tensor([1.0 if self._stop else 0.0], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
 
 
 class _MetricsFile:

@@ -196,6 +196,8 @@ class Trajectory:
             xs, px0 = self._rows(s)
             images.append(labelled_grid([xs, px0], [f"t={s}"] + [""] * (len(xs) - 1), ["x_{t-1}", "pred x_0"],
                                         scale=_scale_for(size)))
+        grey = self.kept[self.gif_steps[0]][0].shape[1] == 1
+        images = [im.convert("L") if grey else im.quantize(256) for im in images]  # GIF frames are palette images
         durations = [ms] * (len(images) - 1) + [1500]
         tmp = Path(path).with_name(f".{Path(path).name}.tmp.gif")
         images[0].save(tmp, save_all=True, append_images=images[1:], duration=durations, loop=0)

@@ -1,0 +1,81 @@
+"""Results that do not depend on how the global batch is split: torchrun processes and --grad-accum."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from helpers import tiny_config, tiny_trainer
+
+
+def _weights(trainer):
+    return {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+
+def _max_diff(a, b):
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+def test_grad_accum_gives_the_weights_of_one_batch():
+    runs = {}
+    start = None
+    for accum in (1, 3, 4):
+        cfg = tiny_config(steps=4, batch_size=12, grad_accum=accum)
+        cfg = type(cfg)(preset=cfg.preset, model=type(cfg.model)(**{**cfg.model.to_dict(), "dropout": 0.0}),
+                        diffusion=cfg.diffusion, train=cfg.train)
+        tr = tiny_trainer(cfg)
+        start = start or _weights(tr)
+        losses = [tr.train_step()["loss"] for _ in range(4)]
+        runs[accum] = (_weights(tr), losses)
+    base, base_losses = runs[1]
+    assert _max_diff(base, runs[3][0]) < 1e-5 and _max_diff(base, runs[4][0]) < 1e-5
+    assert runs[3][1] == pytest.approx(base_losses, rel=1e-5)
+    assert _max_diff(base, start) > 1e-3  # training moved the weights far beyond the tolerance
+
+
+def test_micro_batches_cover_the_batch_once():
+    tr = tiny_trainer(tiny_config(batch_size=10, grad_accum=3))
+    parts = tr.micro_batches()
+    assert [len(r) for r in parts] == [4, 3, 3]
+    assert [i for r in parts for i in r] == list(range(10))
+
+
+def _train(tmp_path, name, nproc, steps=4, resume=False):
+    out = tmp_path / name
+    args = ["-m", "ddpm", "train", "--out", str(out), "--steps", str(steps), "--quiet"]
+    if resume:
+        args.append("--resume")
+    else:
+        args += ["--data", "mnist", "--preset", "tiny", "--batch-size", "8", "--T", "50", "--log-every", "2",
+                 "--save-every", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if nproc > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
+    else:
+        cmd = [sys.executable, *args]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ckpt = out / "checkpoints" / f"step-{steps:08d}"
+    return load_file(str(ckpt / "model.safetensors")), load_file(str(ckpt / "ema.safetensors")), out, res.stderr
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
+def test_two_torchrun_processes_give_the_weights_of_one(tmp_path):
+    one_model, one_ema, _, _ = _train(tmp_path, "one", 1)
+    two_model, two_ema, out, err = _train(tmp_path, "two", 2)
+    assert _max_diff(one_model, two_model) < 1e-5 and _max_diff(one_ema, two_ema) < 1e-5
+    assert err.count("training tiny") == 1  # only rank 0 talks
+    rows = (out / "metrics.csv").read_text().strip().splitlines()
+    assert len(rows) == 3  # header + steps 2 and 4, written once
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
+def test_resume_under_torchrun(tmp_path):
+    one_model, _, _, _ = _train(tmp_path, "one", 1)
+    _train(tmp_path, "two", 2, steps=2)
+    two_model, _, _, err = _train(tmp_path, "two", 2, steps=4, resume=True)
+    assert "resuming" in err
+    assert _max_diff(one_model, two_model) < 1e-5
