@@ -109,7 +109,7 @@ def test_checkpoints_keep_the_last_k_and_metrics(tmp_path):
     tr.fit(tmp_path / "r", progress=False)
     assert [p.name for p in list_checkpoints(tmp_path / "r")] == ["step-00000009", "step-00000012"]
     rows = (tmp_path / "r" / "metrics.csv").read_text().splitlines()
-    assert rows[0] == "step,loss,lr,grad_norm,img_per_s,elapsed_s"
+    assert rows[0] == "step,loss,lr,grad_norm,img_per_s,elapsed_s,skipped"
     assert [int(r.split(",")[0]) for r in rows[1:]] == [3, 6, 9, 12]
     assert (tmp_path / "r" / "loss.png").stat().st_size > 1000
 
@@ -200,6 +200,47 @@ def test_nonfinite_loss_stops_with_a_clear_message(tmp_path):
         tr.model.conv_out.weight.fill_(float("nan"))
     with pytest.raises(DDPMError, match="loss became nan at step 1"):
         tr.train_step()
+
+
+def _poison(trainer, bad_steps):
+    """Make the loss NaN at the given (1-based) steps, as a bad batch or a too-high lr would."""
+    real = trainer.diffusion.training_loss
+
+    def loss(*a, **k):
+        out = real(*a, **k)
+        return out * float("nan") if trainer.step + 1 in bad_steps else out
+    trainer.diffusion.training_loss = loss
+
+
+def test_nonfinite_step_stops_fit_and_keeps_the_last_checkpoint(tmp_path):
+    cfg = tiny_config(steps=8, save_every=3, log_every=1)
+    tr = tiny_trainer(cfg)
+    (tmp_path / "r").mkdir()
+    write_config(tmp_path / "r", cfg)
+    _poison(tr, {5})
+    with pytest.raises(DDPMError, match="the loss became nan at step 5.*--skip-nonfinite"):
+        tr.fit(tmp_path / "r", progress=False)
+    assert [p.name for p in list_checkpoints(tmp_path / "r")] == ["step-00000003"]
+    assert load_checkpoint(tmp_path / "r").step == 3  # intact and loadable
+    assert all(torch.isfinite(p).all() for p in tr.model.parameters())  # the bad step changed nothing
+
+
+def test_skip_nonfinite_skips_and_counts(tmp_path):
+    tr = tiny_trainer(tiny_config(steps=6, log_every=2, skip_nonfinite=True))
+    _poison(tr, {3, 4})
+    tr.train_step(), tr.train_step()
+    before = {k: v.clone() for k, v in tr.model.state_dict().items()}
+    ema_before = {k: v.clone() for k, v in tr.ema.state_dict().items()}
+    assert tr.train_step()["skipped"] and tr.train_step()["skipped"]
+    assert all(torch.equal(before[k], v) for k, v in tr.model.state_dict().items())
+    assert all(torch.equal(ema_before[k], v) for k, v in tr.ema.state_dict().items())
+    tr2 = tiny_trainer(tiny_config(steps=6, log_every=2, skip_nonfinite=True))
+    _poison(tr2, {3, 4})
+    tr2.fit(tmp_path / "r", progress=False)
+    rows = (tmp_path / "r" / "metrics.csv").read_text().strip().splitlines()
+    assert [r.split(",")[-1] for r in rows[1:]] == ["0", "2", "2"]
+    assert rows[2].split(",")[1] == "nan"  # steps 3-4: nothing to average
+    assert tr2.step == 6 and tr2.skipped == 2
 
 
 def test_save_checkpoint_public_api(tmp_path):

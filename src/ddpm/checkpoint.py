@@ -14,9 +14,12 @@ A run directory::
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
+import sys
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -33,7 +36,7 @@ from .errors import DDPMError
 from .unet import UNet
 
 __all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "list_checkpoints", "read_config", "write_config",
-           "atomic_write_text"]
+           "atomic_write_text", "run_lock"]
 
 PathLike = Union[str, os.PathLike]
 CKPT_DIR = "checkpoints"
@@ -173,6 +176,12 @@ def save_checkpoint(run_dir: PathLike, *, step: int, model: nn.Module, ema_model
             shutil.rmtree(final)
         os.rename(tmp, final)
         _fsync_dir(root)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DDPMError(f"no space left on the device while writing the checkpoint for step {step} in {root}; "
+                            "the previous checkpoint is intact. Free some space and resume with --resume") from None
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -231,10 +240,46 @@ def _load_weights(path: Path, model: nn.Module) -> None:
         raise DDPMError(f"{path} does not fit the configured model: {str(e).splitlines()[-1].strip()}") from None
 
 
+def _read_state(path: Path) -> Dict[str, Any]:
+    try:
+        state = json.loads((path / "state.json").read_text())
+        int(state["step"])
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError):
+        raise DDPMError(f"checkpoint {path} is damaged: state.json is not a valid state") from None
+    return state
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: PathLike):
+    """Hold RUN/.lock exclusively while training: a second trainer on the same run is refused, not
+    interleaved. The lock dies with its process (even on SIGKILL), so a crash never leaves it held."""
+    import fcntl
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    f = open(run_dir / ".lock", "a+")
+    try:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise DDPMError(f"{run_dir} is being trained by {holder}; wait for it to finish or stop it first") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"process {os.getpid()}")
+        f.flush()
+        yield
+    finally:
+        f.close()
+
+
 def load_checkpoint(run_dir: PathLike, step: Optional[int] = None, *, map_location: Union[str, torch.device] = "cpu",
                     with_optimizer: bool = False) -> Checkpoint:
     """Load a run's newest intact checkpoint (or the one at ``step``).
 
+    A damaged checkpoint (a file missing, truncated or changed since it was written) is never loaded:
+    without ``step`` the newest intact one is used, with a warning on stderr naming what is wrong.
     Returns a :class:`Checkpoint` with ``model``, ``ema_model`` (both UNets, eval mode), ``diffusion``,
     ``config``, ``step``. Files are checked against their manifest; nothing is unpickled.
     """
@@ -249,15 +294,29 @@ def load_checkpoint(run_dir: PathLike, step: Optional[int] = None, *, map_locati
             raise DDPMError(f"{run_dir} has no checkpoint at step {step}")
     if not candidates:
         raise DDPMError(f"{run_dir} has no checkpoint yet")
-    path = candidates[-1]
-    verify_checkpoint(path)
-    model, ema = UNet(config.model), UNet(config.model)
-    _load_weights(path / "model.safetensors", model)
-    _load_weights(path / "ema.safetensors", ema)
-    state = json.loads((path / "state.json").read_text())
-    opt_state = None
-    if with_optimizer and (path / "optimizer.safetensors").exists():
-        opt_state = _optimizer_from_files(load_file(str(path / "optimizer.safetensors")), state.get("optimizer", {}))
+    problems = []
+    for path in reversed(candidates):  # the newest intact one; a damaged one is reported, never loaded
+        try:
+            verify_checkpoint(path)
+            model, ema = UNet(config.model), UNet(config.model)
+            _load_weights(path / "model.safetensors", model)
+            _load_weights(path / "ema.safetensors", ema)
+            state = _read_state(path)
+            opt_state = None
+            if with_optimizer and (path / "optimizer.safetensors").exists():
+                opt_state = _optimizer_from_files(load_file(str(path / "optimizer.safetensors")),
+                                                  state.get("optimizer", {}))
+        except DDPMError as e:
+            if step is not None:
+                raise
+            problems.append(str(e))
+            continue
+        if problems:
+            print(f"ddpm: warning: {'; '.join(problems)}; using the newest intact checkpoint, {path.name}",
+                  file=sys.stderr)
+        break
+    else:
+        raise DDPMError(f"no intact checkpoint in {run_dir}: {'; '.join(problems)}")
     model.to(map_location).eval()
     ema.to(map_location).eval()
     return Checkpoint(model=model, ema_model=ema, diffusion=config.diffusion.build(), config=config,

@@ -294,7 +294,8 @@ def _fields(args: argparse.Namespace, cls) -> Dict[str, Any]:
     return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
 
 
-RESUMABLE = {"steps", "log_every", "sample_every", "save_every", "keep", "n_samples", "time_limit", "grad_accum"}
+RESUMABLE = {"steps", "log_every", "sample_every", "save_every", "keep", "n_samples", "time_limit", "grad_accum",
+             "compile", "skip_nonfinite"}
 
 
 def _resume_config(run: Path, train_over: Dict[str, Any], diff_over: Dict[str, Any], preset: Optional[str]):
@@ -361,21 +362,25 @@ def train_run(run: Path, cfg, *, resume: bool, device, progress: bool = True) ->
     torch.manual_seed(cfg.train.seed)
     model = UNet(cfg.model)
     trainer = Trainer(model, diffusion, data, cfg.train, device=device)
-    if resume and list_checkpoints(run):
-        ckpt = load_checkpoint(run, with_optimizer=True)
-        trainer.load(ckpt)
+    import contextlib
+
+    from .checkpoint import run_lock
+
+    with run_lock(run) if main else contextlib.nullcontext():  # a second trainer on this run is refused
+        if resume and list_checkpoints(run):
+            ckpt = load_checkpoint(run, with_optimizer=True)
+            trainer.load(ckpt)
+            if main:
+                print(f"resuming {run} from step {ckpt.step}", file=sys.stderr)
+        _barrier()  # every process has checked the run directory before rank 0 writes to it
         if main:
-            print(f"resuming {run} from step {ckpt.step}", file=sys.stderr)
-    _barrier()  # every process has checked the run directory before rank 0 writes to it
-    if main:
-        run.mkdir(parents=True, exist_ok=True)
-        write_config(run, cfg)
-        n = model.num_parameters()
-        where = f"{world} processes ({device.type})" if world > 1 else str(device)
-        print(f"training {cfg.preset} ({n / 1e6:.2f}M parameters) on {data.name} ({len(data)} images) "
-              f"for {cfg.train.steps} steps of {cfg.train.batch_size} on {where}; run: {run}", file=sys.stderr)
-    reason = trainer.fit(run, progress=progress, echo=lambda m: print(m, file=sys.stderr))
-    _barrier()  # rank 0 has written the last checkpoint before anyone returns
+            write_config(run, cfg)
+            n = model.num_parameters()
+            where = f"{world} processes ({device.type})" if world > 1 else str(device)
+            print(f"training {cfg.preset} ({n / 1e6:.2f}M parameters) on {data.name} ({len(data)} images) "
+                  f"for {cfg.train.steps} steps of {cfg.train.batch_size} on {where}; run: {run}", file=sys.stderr)
+        reason = trainer.fit(run, progress=progress, echo=lambda m: print(m, file=sys.stderr))
+        _barrier()  # rank 0 has written the last checkpoint before anyone returns
     return reason
 
 

@@ -66,7 +66,11 @@ class TrainConfig:
     keep: int = _opt("keep the last K checkpoints", default=3)
     n_samples: int = _opt("number of images in the periodic sample grid", default=64)
     precision: str = _opt("training precision: fp32, or bf16 autocast with fp32 master weights; auto picks bf16 "
-                          "where the hardware supports it", default="fp32", choices=("auto", "fp32", "bf16"))
+                          "where the hardware supports it", default="auto", choices=("auto", "fp32", "bf16"))
+    skip_nonfinite: bool = _opt("skip a step whose loss or gradient is NaN/inf (counted in metrics.csv) "
+                                "instead of stopping", default=False)
+    compile: bool = _opt("compile the network with torch.compile (slow to start, then faster; the compiled "
+                         "code is cached across runs)", default=False)
     time_limit: float = _opt("stop (with a checkpoint) after this many minutes (0: no limit)", default=0.0)
 
     def validate(self) -> None:

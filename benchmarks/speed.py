@@ -1,0 +1,295 @@
+"""ddpm against diffusers on the same network with the same weights: training and sampling speed.
+
+    python benchmarks/speed.py                       # cifar10 at batch 8 and mnist at batch 64, CPU
+    python benchmarks/speed.py --preset cifar10 --rounds 7 --device cuda --batch-size 128
+
+Side by side in one process, alternating, median of --rounds rounds (each --iters timed steps after
+a warm-up). The diffusers UNet2DModel gets ddpm's weights through the diffusers export, so both run
+the same architecture and parameters. Rows:
+
+- train: one step of Algorithm 1 with Adam (forward, L_simple, backward, clip, optimizer, EMA):
+  ``ddpm`` is ``Trainer.train_step`` as ``ddpm train`` runs it by default (precision auto); diffusers
+  is a plain PyTorch loop in fp32 and under bf16 autocast;
+- forward: one network call under no_grad, as sampling makes it;
+- sampler overhead: the ancestral loop against the same number of bare forwards;
+- FLOP utilisation: FLOPs counted by torch.utils.flop_counter against a measured matmul peak.
+
+Peak memory (max RSS) comes from separate child processes, one per configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 2048, iters: int = 10) -> float:
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    _sync(device)
+    t = time.perf_counter()
+    for _ in range(iters):
+        a @ b
+    _sync(device)
+    return 2 * n**3 * iters / (time.perf_counter() - t) / 1e9  # GFLOP/s
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def count_flops(fn) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc:
+        fn()
+    return fc.get_total_flops()
+
+
+def build(preset: str, batch: int, device: torch.device, seed: int = 0):
+    """(ddpm Trainer, diffusers UNet2DModel with the same weights, a data batch, diffusion)."""
+    from diffusers import UNet2DModel
+
+    from ddpm.config import make_run_config
+    from ddpm.data import ImageData
+    from ddpm.interop.diffusers import to_diffusers_state_dict, unet_config_to_diffusers
+    from ddpm.train import Trainer
+    from ddpm.unet import UNet
+
+    cfg = make_run_config(preset, train={"batch_size": batch, "warmup": 1})
+    torch.manual_seed(seed)
+    model = UNet(cfg.model)
+    c, s = cfg.model.in_channels, cfg.model.image_size
+    images = torch.randint(0, 256, (max(batch, 64), c, s, s), dtype=torch.uint8)
+    data = ImageData(images, None, "random", True)
+    diffusion = cfg.diffusion.build()
+    trainer = Trainer(model, diffusion, data, cfg.train, device=device)
+    dcfg = {k: v for k, v in unet_config_to_diffusers(cfg.model).items() if not k.startswith("_")}
+    theirs = UNet2DModel(**dcfg).to(device)
+    theirs.load_state_dict(to_diffusers_state_dict(model))
+    return trainer, theirs, diffusion, (c, s)
+
+
+class DiffusersLoop:
+    """The plain PyTorch training loop a diffusers user writes: Adam, MSE on eps, clip, EMA."""
+
+    def __init__(self, unet, diffusion, batch, shape, device, bf16: bool):
+        self.unet, self.device, self.bf16 = unet.train(), device, bf16
+        self.opt = torch.optim.Adam(unet.parameters(), lr=2e-4)
+        self.ema = [p.detach().clone() for p in unet.parameters()]
+        self.abar = diffusion.schedule.alphas_cumprod.float().to(device)
+        self.T = diffusion.T
+        self.x0 = torch.rand(batch, *shape[:1], shape[1], shape[1], device=device) * 2 - 1
+
+    def step(self):
+        x0 = self.x0
+        t = torch.randint(0, self.T, (x0.shape[0],), device=self.device)
+        eps = torch.randn_like(x0)
+        a = self.abar[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            pred = self.unet(xt, t).sample
+        loss = torch.nn.functional.mse_loss(pred.float(), eps)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.unet.parameters(), 1.0)
+        self.opt.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(self.ema, list(self.unet.parameters()), 1 - 0.9999)
+
+
+def timed(fn, iters: int, device) -> float:
+    _sync(device)
+    t = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - t) / iters
+
+
+def run_speed(args, preset: str, batch: int) -> dict:
+    from ddpm.samplers import Ancestral
+
+    device = torch.device(args.device)
+    trainer, theirs, diffusion, shape = build(preset, batch, device)
+    c, s = shape
+    loops = {
+        "ddpm (default: %s)" % ("bf16" if trainer.bf16 else "fp32"): trainer.train_step,
+        "diffusers fp32": DiffusersLoop(theirs, diffusion, batch, shape, device, False).step,
+        "diffusers bf16 autocast": DiffusersLoop(theirs, diffusion, batch, shape, device, True).step,
+    }
+    x = torch.randn(batch, c, s, s, device=device)
+    t = torch.randint(0, diffusion.T, (batch,), device=device)
+    ours_eval, theirs_eval = trainer.ema, theirs
+
+    def fwd(model, bf16, diffusers):
+        def f():
+            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                out = model(x, t)
+                return out.sample if diffusers else out
+        return f
+
+    forwards = {
+        "ddpm bf16": fwd(ours_eval, True, False),
+        "ddpm fp32": fwd(ours_eval, False, False),
+        "diffusers fp32": fwd(theirs_eval, False, True),
+        "diffusers bf16 autocast": fwd(theirs_eval, True, True),
+    }
+    for fn in list(loops.values()) + list(forwards.values()):  # warm-up
+        for _ in range(2):
+            fn()
+    train_t = {k: [] for k in loops}
+    fwd_t = {k: [] for k in forwards}
+    for _ in range(args.rounds):
+        for k, fn in loops.items():
+            train_t[k].append(timed(fn, args.iters, device))
+        for k, fn in forwards.items():
+            fwd_t[k].append(timed(fn, args.iters, device))
+    train = {k: batch / statistics.median(v) for k, v in train_t.items()}
+    forward = {k: batch / statistics.median(v) for k, v in fwd_t.items()}
+
+    # sampler overhead: K ancestral steps vs K bare forwards, same batch and precision
+    K = 20
+    sampler = Ancestral(diffusion)
+    sampler.indices = sampler.indices[-K:]  # the last K steps of the chain are as costly as any
+
+    def sample():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=True):
+            sampler(ours_eval, (batch, c, s, s), device=device)
+
+    def bare():
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=True):
+            for k in range(K):
+                ours_eval(x, t)
+
+    sample(), bare()
+    ts, tb = [], []
+    for _ in range(args.rounds):
+        ts.append(timed(sample, 1, device))
+        tb.append(timed(bare, 1, device))
+    overhead = statistics.median(ts) / statistics.median(tb) - 1
+
+    gflop_fwd = count_flops(lambda: trainer.ema(x, t)) / batch / 1e9
+    def fwd_bwd():
+        trainer.model(x, t).square().mean().backward()
+    gflop_train = count_flops(fwd_bwd) / batch / 1e9
+    trainer.optimizer.zero_grad(set_to_none=True)
+    return {"preset": preset, "batch": batch, "train_img_s": train, "forward_img_s": forward,
+            "sampler_overhead": overhead, "gflop_per_image_forward": gflop_fwd,
+            "gflop_per_image_train": gflop_train}
+
+
+def peak_memory(args, preset: str, batch: int, which: str) -> float:
+    """Max RSS in MiB of a child process that builds the pair and runs 3 steps of one configuration."""
+    code = f"""
+import resource, sys, torch
+sys.path.insert(0, {sys.path[0]!r})
+from speed import build, DiffusersLoop
+tr, theirs, d, shape = build({preset!r}, {batch}, torch.device({args.device!r}))
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+fn = {{"ddpm": tr.train_step,
+      "diffusers fp32": DiffusersLoop(theirs, d, {batch}, shape, torch.device({args.device!r}), False).step,
+      "diffusers bf16": DiffusersLoop(theirs, d, {batch}, shape, torch.device({args.device!r}), True).step}}[{which!r}]
+for _ in range(3):
+    fn()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def time_sampling(args, device: torch.device) -> dict:
+    """Seconds to draw ``args.sample`` cifar10-sized images with Algorithm 2 (T = 1000), eager and compiled."""
+    from ddpm.samplers import Ancestral, generate
+    from ddpm.config import make_run_config
+    from ddpm.unet import UNet
+
+    cfg = make_run_config("cifar10")
+    model = UNet(cfg.model).to(device).eval()
+    sampler = Ancestral(cfg.diffusion.build())
+    out = {"sample_images": args.sample}
+    variants = {"eager": model}
+    if args.compile:
+        variants["compiled"] = torch.compile(model)
+    for name, net in variants.items():
+        generate(net, sampler, min(args.sample, 16), (3, 32, 32), device=device, precision="bf16", progress=False,
+                 batch_size=args.sample)  # warm-up (and compilation)
+        _sync(device)
+        t = time.perf_counter()
+        generate(net, sampler, args.sample, (3, 32, 32), device=device, precision="bf16", progress=False,
+                 batch_size=args.sample)
+        _sync(device)
+        out[f"seconds_{name}"] = time.perf_counter() - t
+        print(f"sampling {args.sample} images, 1000 steps, bf16, {name}: {out[f'seconds_{name}']:.1f} s "
+              f"(paper, TPU v3-8: 256 images in 17 s)")
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", action="append", help="cifar10 and/or mnist (default: both)")
+    ap.add_argument("--batch-size", type=int, default=None, help="default: 8 for cifar10, 64 for mnist")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory child processes")
+    ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--sample", type=int, default=0,
+                    help="also time drawing this many images with the full 1000-step Algorithm 2 (bf16)")
+    ap.add_argument("--compile", action="store_true", help="time the sampling with a torch.compile'd network too")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    peak32, peak16 = matmul_peak(torch.float32, device), matmul_peak(torch.bfloat16, device)
+    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}, device {device}")
+    print(f"2048^2 matmul peak: fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s")
+    results = []
+    for preset in args.preset or ["cifar10", "mnist"]:
+        batch = args.batch_size or {"cifar10": 8, "mnist": 64}.get(preset, 8)
+        r = run_speed(args, preset, batch)
+        if not args.no_memory:
+            r["peak_rss_mib"] = {w: peak_memory(args, preset, batch, w)
+                                 for w in ("ddpm", "diffusers fp32", "diffusers bf16")}
+        results.append(r)
+        print(f"\n{preset}, batch {batch}: {r['gflop_per_image_forward']:.2f} GFLOP/image forward, "
+              f"{r['gflop_per_image_train']:.2f} forward+backward")
+        base = r["train_img_s"]["diffusers fp32"]
+        bf = r["train_img_s"]["diffusers bf16 autocast"]
+        print(f"  {'training step (img/s)':<34}{'img/s':>8}{'x diffusers fp32':>18}{'x diffusers bf16':>18}")
+        for k, v in r["train_img_s"].items():
+            print(f"  {k:<34}{v:>8.1f}{v / base:>18.2f}{v / bf:>18.2f}")
+        fbase = r["forward_img_s"]["diffusers fp32"]
+        print(f"  {'forward, no_grad (img/s)':<34}{'img/s':>8}{'x diffusers fp32':>18}{'% of peak':>18}")
+        for k, v in r["forward_img_s"].items():
+            peak = peak16 if "bf16" in k else peak32
+            print(f"  {k:<34}{v:>8.1f}{v / fbase:>18.2f}{100 * v * r['gflop_per_image_forward'] / peak:>17.0f}%")
+        ours = next(k for k in r["train_img_s"] if k.startswith("ddpm"))
+        peak = peak16 if "bf16" in ours else peak32
+        print(f"  training FLOP utilisation ({ours}): "
+              f"{100 * r['train_img_s'][ours] * r['gflop_per_image_train'] / peak:.0f}% of the matmul peak "
+              f"(forward+backward FLOPs only)")
+        print(f"  ancestral sampler overhead over bare forwards: {100 * r['sampler_overhead']:+.2f}%")
+        if "peak_rss_mib" in r:
+            print("  peak memory (max RSS growth, MiB): " +
+                  ", ".join(f"{k} {v:.0f}" for k, v in r["peak_rss_mib"].items()))
+    if args.sample:
+        results.append(time_sampling(args, device))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"matmul_gflops": {"fp32": peak32, "bf16": peak16}, "results": results}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
