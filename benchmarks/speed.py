@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -31,17 +30,21 @@ import time
 import torch
 
 
-def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 2048, iters: int = 10) -> float:
+def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 2048, iters: int = 5, rounds: int = 5) -> float:
+    """The best of ``rounds`` timings of ``iters`` n x n matmuls, in GFLOP/s (a peak: the best, not the median)."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(3):
         a @ b
-    _sync(device)
-    t = time.perf_counter()
-    for _ in range(iters):
-        a @ b
-    _sync(device)
-    return 2 * n**3 * iters / (time.perf_counter() - t) / 1e9  # GFLOP/s
+    best = 0.0
+    for _ in range(rounds):
+        _sync(device)
+        t = time.perf_counter()
+        for _ in range(iters):
+            a @ b
+        _sync(device)
+        best = max(best, 2 * n**3 * iters / (time.perf_counter() - t) / 1e9)
+    return best
 
 
 def _sync(device: torch.device) -> None:
@@ -57,10 +60,11 @@ def count_flops(fn) -> float:
     return fc.get_total_flops()
 
 
-def build(preset: str, batch: int, device: torch.device, seed: int = 0):
-    """(ddpm Trainer, diffusers UNet2DModel with the same weights, a data batch, diffusion)."""
-    from diffusers import UNet2DModel
+def build(preset: str, batch: int, device: torch.device, seed: int = 0, ours: bool = True, theirs: bool = True):
+    """(ddpm Trainer, diffusers UNet2DModel with the same weights, diffusion, (channels, size)).
 
+    ``ours`` / ``theirs`` False leave that side out (None), e.g. to measure the other's memory alone.
+    """
     from ddpm.config import make_run_config
     from ddpm.data import ImageData
     from ddpm.interop.diffusers import to_diffusers_state_dict, unet_config_to_diffusers
@@ -69,16 +73,22 @@ def build(preset: str, batch: int, device: torch.device, seed: int = 0):
 
     cfg = make_run_config(preset, train={"batch_size": batch, "warmup": 1})
     torch.manual_seed(seed)
-    model = UNet(cfg.model)
     c, s = cfg.model.in_channels, cfg.model.image_size
-    images = torch.randint(0, 256, (max(batch, 64), c, s, s), dtype=torch.uint8)
-    data = ImageData(images, None, "random", True)
     diffusion = cfg.diffusion.build()
-    trainer = Trainer(model, diffusion, data, cfg.train, device=device)
-    dcfg = {k: v for k, v in unet_config_to_diffusers(cfg.model).items() if not k.startswith("_")}
-    theirs = UNet2DModel(**dcfg).to(device)
-    theirs.load_state_dict(to_diffusers_state_dict(model))
-    return trainer, theirs, diffusion, (c, s)
+    model = UNet(cfg.model) if ours or theirs else None
+    trainer = unet = None
+    if ours:
+        images = torch.randint(0, 256, (max(batch, 64), c, s, s), dtype=torch.uint8)
+        trainer = Trainer(model, diffusion, ImageData(images, None, "random", True), cfg.train, device=device)
+    if theirs:
+        from diffusers import UNet2DModel
+
+        dcfg = {k: v for k, v in unet_config_to_diffusers(cfg.model).items() if not k.startswith("_")}
+        unet = UNet2DModel(**dcfg).to(device)
+        unet.load_state_dict(to_diffusers_state_dict(model))
+    if not ours:
+        del model
+    return trainer, unet, diffusion, (c, s)
 
 
 class DiffusersLoop:
@@ -159,7 +169,8 @@ def run_speed(args, preset: str, batch: int) -> dict:
     train = {k: batch / statistics.median(v) for k, v in train_t.items()}
     forward = {k: batch / statistics.median(v) for k, v in fwd_t.items()}
 
-    # sampler overhead: K ancestral steps vs K bare forwards, same batch and precision
+    # sampler overhead: K ancestral steps vs K bare forwards, same batch and precision; each round times the
+    # two back to back and the median of the per-round ratios is reported (drift cancels within a pair)
     K = 20
     sampler = Ancestral(diffusion)
     sampler.indices = sampler.indices[-K:]  # the last K steps of the chain are as costly as any
@@ -174,11 +185,12 @@ def run_speed(args, preset: str, batch: int) -> dict:
                 ours_eval(x, t)
 
     sample(), bare()
-    ts, tb = [], []
-    for _ in range(args.rounds):
-        ts.append(timed(sample, 1, device))
-        tb.append(timed(bare, 1, device))
-    overhead = statistics.median(ts) / statistics.median(tb) - 1
+    ratios = []
+    for i in range(args.rounds + 4):
+        pair = [("s", sample), ("b", bare)] if i % 2 == 0 else [("b", bare), ("s", sample)]
+        got = {name: timed(fn, 1, device) for name, fn in pair}
+        ratios.append(got["s"] / got["b"])
+    overhead = statistics.median(ratios) - 1
 
     gflop_fwd = count_flops(lambda: trainer.ema(x, t)) / batch / 1e9
     def fwd_bwd():
@@ -191,19 +203,22 @@ def run_speed(args, preset: str, batch: int) -> dict:
 
 
 def peak_memory(args, preset: str, batch: int, which: str) -> float:
-    """Max RSS in MiB of a child process that builds the pair and runs 3 steps of one configuration."""
+    """Peak RSS in MiB of a child process that builds one configuration alone and runs 3 training steps."""
     code = f"""
-import resource, sys, torch
+import sys, torch
 sys.path.insert(0, {sys.path[0]!r})
 from speed import build, DiffusersLoop
-tr, theirs, d, shape = build({preset!r}, {batch}, torch.device({args.device!r}))
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-fn = {{"ddpm": tr.train_step,
-      "diffusers fp32": DiffusersLoop(theirs, d, {batch}, shape, torch.device({args.device!r}), False).step,
-      "diffusers bf16": DiffusersLoop(theirs, d, {batch}, shape, torch.device({args.device!r}), True).step}}[{which!r}]
+ours = {which!r} == "ddpm"
+tr, theirs, d, shape = build({preset!r}, {batch}, torch.device({args.device!r}), ours=ours, theirs=not ours)
+if ours:
+    fn = tr.train_step
+else:
+    fn = DiffusersLoop(theirs, d, {batch}, shape, torch.device({args.device!r}), {which!r} == "diffusers bf16").step
+import gc; gc.collect()
 for _ in range(3):
     fn()
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+# VmHWM: this process's own peak (ru_maxrss would carry the parent's peak across fork and exec)
+print([int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")][0] / 1024)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
@@ -281,7 +296,7 @@ def main() -> int:
               f"(forward+backward FLOPs only)")
         print(f"  ancestral sampler overhead over bare forwards: {100 * r['sampler_overhead']:+.2f}%")
         if "peak_rss_mib" in r:
-            print("  peak memory (max RSS growth, MiB): " +
+            print("  peak memory of a process that builds one side and trains 3 steps (max RSS, MiB): " +
                   ", ".join(f"{k} {v:.0f}" for k, v in r["peak_rss_mib"].items()))
     if args.sample:
         results.append(time_sampling(args, device))

@@ -98,6 +98,38 @@ def _corrupt_folder(tmp_path):
     return d
 
 
+def _bad_things(tmp_path, trained):
+    """A truncated PNG, a folder without images, a run with broken JSON, a float .npz, a foreign diffusers dir."""
+    import io
+    import shutil
+
+    out = {}
+    d = tmp_path / "truncated"
+    d.mkdir()
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, "PNG")
+    (d / "cut.png").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    out["truncated"] = d
+    d = tmp_path / "txtonly"
+    d.mkdir()
+    (d / "notes.txt").write_text("no images here")
+    out["txtonly"] = d
+    d = tmp_path / "brokenrun"
+    shutil.copytree(trained, d)
+    (d / "config.json").write_text('{"preset": "tiny", "model": ')
+    out["brokenrun"] = d
+    np.savez(tmp_path / "float.npz", arr_0=np.zeros((4, 16, 16, 1), np.float32))
+    out["badnpz"] = tmp_path / "float.npz"
+    d = tmp_path / "foreign" / "unet"
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps({
+        "_class_name": "UNet2DModel", "sample_size": 16, "in_channels": 1,
+        "out_channels": 1, "block_out_channels": [16, 32], "layers_per_block": 1,
+        "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"], "up_block_types": ["UpBlock2D", "UpBlock2D"]}))
+    out["foreign"] = tmp_path / "foreign"
+    return out
+
+
 @pytest.mark.parametrize(
     "argv, pattern",
     [
@@ -140,12 +172,29 @@ def _corrupt_folder(tmp_path):
         (["noise", "mnist", "--out", "{tmp}/s.png", "--run", "{trained}", "--T", "50"], "drop --T"),
         (["schedule", "--out", "{tmp}/no/such/s.png"], "does not exist"),
         (["sample", "--run", "{trained}", "--out", "{tmp}/x.png", "--gif", "{tmp}/a.png"], "must end in .gif"),
+        (["train", "--data", "{truncated}", "--out", "{tmp}/r"], "cannot read image"),
+        (["train", "--data", "{txtonly}", "--out", "{tmp}/r"], "no images"),
+        (["train", "--data", "mnist", "--out", "{tmp}/r", "--grad-accum", "0"], "--grad-accum must be a positive"),
+        (["train", "--data", "mnist", "--out", "{tmp}/r", "--batch-size", "4", "--grad-accum", "5"], "larger than"),
+        (["sample", "--run", "{brokenrun}", "--out", "{tmp}/x.png"], "is not valid JSON"),
+        (["eval", "--run", "{brokenrun}", "--metric", "bpd"], "is not valid JSON"),
+        (["eval", "--run", "{trained}", "--metric", "fd", "--samples", "{badnpz}"], "must be uint8"),
+        (["import", "{foreign}", "--out", "{tmp}/r"], "CrossAttnDownBlock2D"),
+        (["import", "{empty}", "--out", "{tmp}/r"], "not a diffusers DDPM directory"),
+        (["import", "{tmp}/nowhere", "--out", "{tmp}/r"], "is not a folder"),
+        (["import", "{foreign}", "--out", "{trained}"], "already exists"),
+        (["export", "--run", "{trained}", "--format", "onnx", "--out", "{tmp}/x"], "invalid choice: 'onnx'"),
+        (["export", "--run", "{trained}", "--format", "diffusers", "--out", "{trained}"], "already exists"),
+        (["export", "--run", "{tmp}/nope", "--format", "diffusers", "--out", "{tmp}/x"], "does not exist"),
+        (["schedule", "--out", "{tmp}/s.png", "--T", "0"], "expected a positive integer"),
+        (["noise", "mnist", "--out", "{tmp}/s.png", "--schedule", "quadratic"], "invalid choice: 'quadratic'"),
     ],
 )
 def test_bad_input_gets_one_line_and_nonzero_exit(argv, pattern, trained, tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
-    subs = {"tmp": tmp_path, "empty": empty, "trained": trained, "corrupt": _corrupt_folder(tmp_path)}
+    subs = {"tmp": tmp_path, "empty": empty, "trained": trained, "corrupt": _corrupt_folder(tmp_path),
+            **_bad_things(tmp_path, trained)}
     argv = [a.format(**subs) for a in argv]
     before = sorted(p.relative_to(trained).as_posix() for p in trained.rglob("*"))
     code, _, err = run(capsys, *argv)

@@ -94,3 +94,32 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert [p.name for p in list_checkpoints(run)] == ["step-00000003"]
     assert not list((run / "checkpoints").glob(".tmp-*"))
     assert load_checkpoint(run).step == 3
+
+
+class _Boom:
+    def __reduce__(self):
+        return (exec, ("import pathlib; pathlib.Path('PWNED').write_text('x')",))
+
+
+def test_a_pickle_planted_in_a_run_runs_nothing(tmp_path, monkeypatch, capsys):
+    import hashlib
+    import json
+    import pickle
+
+    run = tmp_path / "r"
+    assert main(["train", "--out", str(run), "--steps", "3", *TINY]) == 0
+    ck = run / "checkpoints" / "step-00000003"
+    for name in ("model.safetensors", "optimizer.safetensors"):
+        (ck / name).write_bytes(pickle.dumps({"w": _Boom()}))
+    # a careful attacker also rewrites the manifest, so the checksums match the planted files
+    manifest = json.loads((ck / "manifest.json").read_text())
+    for name in ("model.safetensors", "optimizer.safetensors"):
+        data = (ck / name).read_bytes()
+        manifest[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    (ck / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DDPMError, match="cannot read"):
+        load_checkpoint(run)
+    assert main(["sample", "--run", str(run), "--n", "2", "--out", str(tmp_path / "s.png")]) == 1
+    assert main(["train", "--out", str(run), "--resume", "--steps", "6", "--quiet"]) == 1
+    assert not (tmp_path / "PWNED").exists()

@@ -393,7 +393,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume and (run / "config.json").is_file():
         cfg = _resume_config(run, train_over, diff_over, args.preset)
     else:
-        if run.exists() and (not run.is_dir() or any(run.iterdir())):
+        # a run killed before it wrote its config holds only its lock file: --resume starts it afresh
+        leftovers = {".lock"} if args.resume else set()
+        if run.exists() and (not run.is_dir() or any(p.name not in leftovers for p in run.iterdir())):
             raise DDPMError(f"{run} already exists; pass --resume to continue it, or choose another --out")
         if "data" not in train_over:
             raise DDPMError("--data is required for a new run: 'mnist', a folder of images, or a CIFAR-10 archive")
