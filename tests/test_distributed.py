@@ -50,7 +50,7 @@ def _train(tmp_path, name, nproc, steps=4, resume=False):
         args.append("--resume")
     else:
         args += ["--data", "mnist", "--preset", "tiny", "--batch-size", "8", "--T", "50", "--log-every", "2",
-                 "--save-every", "2"]
+                 "--save-every", "2", "--precision", "fp32"]  # bf16 rounding would depend on the split
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]

@@ -61,7 +61,7 @@ def test_import_gives_diffusers_outputs_and_export_loads_back(cfg, tmp_path):
     run = import_diffusers(path, tmp_path / "run")
     ckpt = load_checkpoint(run)
     ref = outputs(theirs, cfg)
-    assert ref.abs().max().item() > 0.1  # a comparison of real outputs, not of zeros
+    assert ref.abs().max().item() > 0.05 and ref.std().item() > 1e-3  # real outputs, not zeros or constants
     assert (outputs(ckpt.ema_model, cfg) - ref).abs().max().item() < 1e-4 * max(1.0, ref.abs().max().item())
     assert ckpt.diffusion.T == 1000 and ckpt.config.diffusion.var_type == "fixedsmall"
     if cfg is CIFAR10:

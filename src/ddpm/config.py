@@ -113,7 +113,7 @@ RECIPES: Dict[str, Dict[str, Dict[str, Any]]] = {
         "diffusion": {},
     },
     "tiny": {
-        "train": {"steps": 200, "batch_size": 16, "lr": 1e-3, "warmup": 20, "ema_decay": 0.99,
+        "train": {"steps": 200, "batch_size": 16, "lr": 1e-3, "warmup": 20, "ema_decay": 0.99, "precision": "fp32",
                   "log_every": 10, "sample_every": 0, "save_every": 100, "n_samples": 16},
         "diffusion": {"T": 100},
     },
