@@ -120,6 +120,8 @@ def _bad_things(tmp_path, trained):
     out["brokenrun"] = d
     np.savez(tmp_path / "float.npz", arr_0=np.zeros((4, 16, 16, 1), np.float32))
     out["badnpz"] = tmp_path / "float.npz"
+    np.savez(tmp_path / "rgb.npz", arr_0=np.zeros((4, 16, 16, 3), np.uint8))  # 3 channels for a 1-channel run
+    out["rgbnpz"] = tmp_path / "rgb.npz"
     d = tmp_path / "foreign" / "unet"
     d.mkdir(parents=True)
     (d / "config.json").write_text(json.dumps({
@@ -179,6 +181,7 @@ def _bad_things(tmp_path, trained):
         (["sample", "--run", "{brokenrun}", "--out", "{tmp}/x.png"], "is not valid JSON"),
         (["eval", "--run", "{brokenrun}", "--metric", "bpd"], "is not valid JSON"),
         (["eval", "--run", "{trained}", "--metric", "fd", "--samples", "{badnpz}"], "must be uint8"),
+        (["eval", "--run", "{trained}", "--metric", "fd", "--samples", "{rgbnpz}"], "but the real images"),
         (["import", "{foreign}", "--out", "{tmp}/r"], "CrossAttnDownBlock2D"),
         (["import", "{empty}", "--out", "{tmp}/r"], "not a diffusers DDPM directory"),
         (["import", "{tmp}/nowhere", "--out", "{tmp}/r"], "is not a folder"),
