@@ -37,3 +37,10 @@ def assert_same_state(a: Trainer, b: Trainer):
         for name, v in sa["state"][pid].items():
             assert torch.equal(v, sb["state"][pid][name]), f"optimizer state {pid}.{name} differs"
     assert a.step == b.step and a.ema_updates == b.ema_updates
+
+
+class CodeRunningPickle:
+    """Unpickling this runs code: it writes ./PWNED. A test that loads it must find no such file."""
+
+    def __reduce__(self):
+        return (exec, ("import pathlib; pathlib.Path('PWNED').write_text('x')",))

@@ -10,7 +10,7 @@ from ddpm.checkpoint import list_checkpoints, run_lock, write_config
 from ddpm.cli import main
 from ddpm.errors import DDPMError
 
-from helpers import tiny_config, tiny_trainer
+from helpers import CodeRunningPickle, tiny_config, tiny_trainer
 
 TINY = ["--data", "mnist", "--preset", "tiny", "--batch-size", "4", "--log-every", "2", "--save-every", "3",
         "--sample-every", "0", "--quiet", "--T", "40"]
@@ -96,10 +96,6 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert load_checkpoint(run).step == 3
 
 
-class _Boom:
-    def __reduce__(self):
-        return (exec, ("import pathlib; pathlib.Path('PWNED').write_text('x')",))
-
 
 def test_a_pickle_planted_in_a_run_runs_nothing(tmp_path, monkeypatch, capsys):
     import hashlib
@@ -110,7 +106,7 @@ def test_a_pickle_planted_in_a_run_runs_nothing(tmp_path, monkeypatch, capsys):
     assert main(["train", "--out", str(run), "--steps", "3", *TINY]) == 0
     ck = run / "checkpoints" / "step-00000003"
     for name in ("model.safetensors", "optimizer.safetensors"):
-        (ck / name).write_bytes(pickle.dumps({"w": _Boom()}))
+        (ck / name).write_bytes(pickle.dumps({"w": CodeRunningPickle()}))
     # a careful attacker also rewrites the manifest, so the checksums match the planted files
     manifest = json.loads((ck / "manifest.json").read_text())
     for name in ("model.safetensors", "optimizer.safetensors"):

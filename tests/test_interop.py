@@ -13,6 +13,7 @@ from ddpm import load_checkpoint  # noqa: E402
 from ddpm.cli import main  # noqa: E402
 from ddpm.errors import DDPMError  # noqa: E402
 from ddpm.interop.diffusers import export_diffusers, import_diffusers, read_diffusers  # noqa: E402
+from helpers import CodeRunningPickle  # noqa: E402
 
 # google/ddpm-cifar10-32's UNet config (the paper's CIFAR-10 network)
 CIFAR10 = dict(sample_size=32, in_channels=3, out_channels=3, layers_per_block=2,
@@ -133,17 +134,13 @@ def test_configs_outside_the_family_are_named(field, value, named, tmp_path):
         read_diffusers(path)
 
 
-class _Boom:
-    def __reduce__(self):
-        return (exec, ("import pathlib; pathlib.Path('PWNED').write_text('x')",))
-
 
 def test_a_pickle_in_place_of_weights_runs_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     _, path = pipeline_dir(tmp_path, SMALL)
     (path / "unet" / "diffusion_pytorch_model.safetensors").unlink()
     with open(path / "unet" / "diffusion_pytorch_model.bin", "wb") as f:
-        pickle.dump({"conv_in.weight": _Boom()}, f)
+        pickle.dump({"conv_in.weight": CodeRunningPickle()}, f)
     with pytest.raises(DDPMError, match="refused"):
         read_diffusers(path)
     assert not (tmp_path / "PWNED").exists()

@@ -14,6 +14,8 @@ from ddpm.inception import FIDInception, load_inception
 from ddpm.metrics import (evaluate_bpd, extract_features, frechet_distance, gaussian_stats, load_digit_classifier,
                           reference_stats)
 
+from helpers import CodeRunningPickle
+
 
 def reference_fd(mu1, s1, mu2, s2):
     """The formula as the FID reference code writes it (scipy.linalg.sqrtm of the product)."""
@@ -150,16 +152,12 @@ def test_inception_without_weights_says_where_to_put_them(tmp_path):
         load_inception(bad)
 
 
-class _Boom:
-    def __reduce__(self):
-        return (exec, ("import pathlib; pathlib.Path('PWNED').write_text('x')",))
-
 
 def test_inception_file_with_code_in_it_runs_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "evil.pth"
     with open(path, "wb") as f:
-        pickle.dump({"x": _Boom()}, f)
+        pickle.dump({"x": CodeRunningPickle()}, f)
     with pytest.raises(DDPMError, match="cannot read Inception weights"):
         load_inception(path)
     assert not (tmp_path / "PWNED").exists()

@@ -114,6 +114,14 @@ def _add_sampler_flags(p: argparse.ArgumentParser, many: bool = False) -> None:
     p.add_argument("--spacing", choices=SPACINGS, default="uniform", help="which of the T steps are kept")
 
 
+def _add_generation_flags(p: argparse.ArgumentParser, *, seed: str, precision: str) -> None:
+    """--seed, --batch-size, --ema and --precision: how a run's network is used to draw images."""
+    p.add_argument("--seed", type=int, default=0, help=seed)
+    p.add_argument("--batch-size", type=_positive_int, default=256, help="images per batch")
+    p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True, help="use the EMA weights")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="fp32", help=precision)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .config import DiffusionConfig, TrainConfig
     from .unet import PRESETS
@@ -169,11 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=_positive_int, default=64, help="number of images")
     p.add_argument("--out", required=True, help="FILE.png, FILE.npz or a folder")
     _add_sampler_flags(p)
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
-    p.add_argument("--batch-size", type=_positive_int, default=256, help="images per batch")
-    p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True, help="use the EMA weights")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="fp32",
-                   help="network precision while sampling (bf16: autocast; auto: bf16 where the hardware has it)")
+    _add_generation_flags(p, seed="seed of the sampling noise",
+                          precision="network precision while sampling (bf16: autocast; auto: bf16 where the "
+                                    "hardware has it)")
     p.add_argument("--trajectory", metavar="PNG", default=None,
                    help="also draw the reverse process of the first few samples: x_t and the predicted x_0 at "
                         "t = 1000, 800, ..., 1 (scaled to T)")
@@ -211,11 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", metavar="NPZ", default=None,
                    help="fd of these samples (arr_0 uint8 [N, H, W, C], e.g. from ddpm sample) instead of drawing new ones")
     _add_sampler_flags(p, many=True)
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise (and of the bpd's noise)")
-    p.add_argument("--batch-size", type=_positive_int, default=256, help="images per batch")
-    p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True, help="use the EMA weights")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="fp32",
-                   help="network precision while sampling for fd (bpd always runs in fp32)")
+    _add_generation_flags(p, seed="seed of the sampling noise (and of the bpd's noise)",
+                          precision="network precision while sampling for fd (bpd always runs in fp32)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.set_defaults(func=cmd_eval)
 

@@ -21,10 +21,12 @@ Weights are read as safetensors, or a ``.bin`` only through ``torch.load(weights
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import torch
 
@@ -323,22 +325,24 @@ def import_diffusers(path: os.PathLike, run_dir: os.PathLike) -> Path:
     preset = "cifar10" if model.config.in_channels == 3 else "mnist"
     base = make_run_config(preset, train={"data": IMPORTED_DATA})
     cfg = RunConfig(preset=preset, model=model.config, diffusion=diffusion, train=base.train)
-    tmp = run_dir.with_name(f".{run_dir.name}.importing")
-    if tmp.exists():
-        import shutil
-
-        shutil.rmtree(tmp)
-    try:
-        tmp.mkdir(parents=True)
+    with _written_aside(run_dir) as tmp:
         write_config(tmp, cfg)
         save_checkpoint(tmp, step=0, model=model, ema_model=model, state={"imported_from": str(Path(path).resolve())})
-        os.rename(tmp, run_dir)
-    except BaseException:
-        import shutil
+    return run_dir
 
+
+@contextlib.contextmanager
+def _written_aside(final: Path) -> Iterator[Path]:
+    """A hidden sibling folder to fill; renamed to ``final`` when the block succeeds, removed when it fails."""
+    tmp = final.with_name(f".{final.name}.writing")
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a process that was killed mid-write
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        os.rename(tmp, final)
+    except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return run_dir
 
 
 def export_diffusers(model: UNet, diffusion: DiffusionConfig, out_dir: os.PathLike) -> Path:
@@ -346,13 +350,8 @@ def export_diffusers(model: UNet, diffusion: DiffusionConfig, out_dir: os.PathLi
     from safetensors.torch import save_file
 
     out = Path(out_dir)
-    tmp = out.with_name(f".{out.name}.exporting")
-    import shutil
-
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    try:
-        (tmp / "unet").mkdir(parents=True)
+    with _written_aside(out) as tmp:
+        (tmp / "unet").mkdir()
         (tmp / "scheduler").mkdir()
         save_file(to_diffusers_state_dict(model), str(tmp / "unet" / WEIGHTS))
         (tmp / "unet" / "config.json").write_text(json.dumps(unet_config_to_diffusers(model.config), indent=2) + "\n")
@@ -360,8 +359,4 @@ def export_diffusers(model: UNet, diffusion: DiffusionConfig, out_dir: os.PathLi
         index = {"_class_name": "DDPMPipeline", "scheduler": ["diffusers", "DDPMScheduler"],
                  "unet": ["diffusers", "UNet2DModel"]}
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
