@@ -55,6 +55,9 @@ class TrainConfig:
     warmup: int = _opt("linear learning-rate warm-up steps", default=5000)
     lr_schedule: str = _opt("after warm-up: constant (the paper's) or cosine decay to 0 at --steps",
                             default="constant", choices=("constant", "cosine"))
+    snr_gamma: float = _opt("min-SNR-gamma loss weighting (Hang et al. 2023): each example's L_simple times "
+                            "min(SNR_t, gamma) / SNR_t, SNR_t = abar_t / (1 - abar_t); 0: off (the paper's L_simple)",
+                            default=0.0)
     grad_clip: float = _opt("clip the gradient norm to this (0: off)", default=1.0)
     ema_decay: float = _opt("decay of the exponential moving average of the weights", default=0.9999)
     hflip: Optional[bool] = _opt("random horizontal flips (default: on for CIFAR-10 and folders, off for mnist)",
@@ -87,6 +90,8 @@ class TrainConfig:
             raise DDPMError(f"--lr must be positive, got {self.lr!r}")
         if not (0 <= self.ema_decay < 1):
             raise DDPMError(f"--ema-decay must lie in [0, 1), got {self.ema_decay!r}")
+        if not (self.snr_gamma >= 0):
+            raise DDPMError(f"--snr-gamma must be >= 0, got {self.snr_gamma!r}")
         if not (self.grad_clip >= 0):
             raise DDPMError(f"--grad-clip must be >= 0, got {self.grad_clip!r}")
         if self.lr_schedule not in ("constant", "cosine"):

@@ -86,6 +86,15 @@ def derive_seed(*parts: Any) -> int:
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
+def loss_weights(diffusion: GaussianDiffusion, snr_gamma: float) -> torch.Tensor:
+    """Per-timestep weights of L_simple: all ones (the paper), or min(SNR_t, gamma) / SNR_t (min-SNR-gamma)."""
+    if snr_gamma <= 0:
+        return torch.ones(diffusion.T, dtype=torch.float32)
+    abar = diffusion.schedule.alphas_cumprod
+    snr = abar / (1 - abar)
+    return (snr.clamp(max=snr_gamma) / snr).float()
+
+
 # ----------------------------------------------------------------------------- RNG state <-> JSON
 def _rng_state() -> Dict[str, Any]:
     np_state = np.random.get_state()
@@ -155,6 +164,7 @@ class Trainer:
         self._log = {"loss": 0.0, "grad_norm": 0.0, "n": 0}
         self._stop: Optional[str] = None
         self.bf16 = resolve_precision(config.precision, self.device) == "bf16"
+        self.loss_weights = loss_weights(diffusion, config.snr_gamma).to(self.device)
 
     # ------------------------------------------------------------------------- the recipe
     def lr_at(self, step: int) -> float:
@@ -222,7 +232,7 @@ class Trainer:
             sync = i == len(micro) - 1 or self._ddp is None
             with (contextlib.nullcontext() if sync else self._ddp.no_sync()):
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                    loss = self.diffusion.training_loss(net, x0, t, noise).mean()
+                    loss = (self.diffusion.training_loss(net, x0, t, noise) * self.loss_weights[t]).mean()
                 weight = len(positions) / self.config.batch_size
                 (loss * (weight * self.world)).backward()
             total += loss.detach().double() * weight
