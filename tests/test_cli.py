@@ -85,9 +85,25 @@ def test_demo_writes_samples_and_continues(tmp_path, capsys):
     assert (out / "samples.png").is_file() and "samples.png" in stdout
     code, _, err = run(capsys, "demo", "--out", out, "--steps", "3", "--n", "2", "--sampling-steps", "3")
     assert code == 0 and "continuing" in err and load_checkpoint(out).step == 3
-    code, _, err = run(capsys, "demo", "--out", out, "--n", "2", "--sampling-steps", "3", "--minutes", "0.001")
+    code, _, err = run(capsys, "demo", "--out", out, "--n", "2", "--sampling-steps", "3", "--minutes", "1")
     assert code == 0, err  # no --steps: the run keeps its own total (3, set above)
     assert load_checkpoint(out).step == 3
+
+
+def test_demo_plan_fits_the_budget():
+    """A new demo times this machine and trains as many steps as fit, never more than the recipe's."""
+    import torch
+
+    from ddpm.cli import _demo_plan
+    from ddpm.config import make_run_config
+
+    cfg = make_run_config("mnist", train={"data": "mnist", "batch_size": 4, "steps": 50})
+    steps, train_s, sampling_s = _demo_plan(cfg, budget_s=1e5, n=4, sampling_steps=10, device=torch.device("cpu"),
+                                            calibrate=True)
+    assert steps == 50 and 0 < sampling_s < 60 and train_s > 1e5 - 100
+    steps, train_s, _ = _demo_plan(cfg, budget_s=30, n=4, sampling_steps=10, device=torch.device("cpu"),
+                                   calibrate=True)
+    assert 1 <= steps <= 50 and 10 <= train_s < 30
 
 
 def _corrupt_folder(tmp_path):
@@ -140,6 +156,7 @@ def _bad_things(tmp_path, trained):
         (["train", "--data", "{corrupt}", "--out", "{tmp}/r"], "bad.png"),
         (["train", "--data", "mnist", "--out", "{tmp}/r", "--steps", "0"], "--steps must be a positive integer, got 0"),
         (["train", "--data", "mnist", "--out", "{tmp}/r", "--preset", "huge"], "invalid choice: 'huge'"),
+        (["train", "--data", "mnist", "--out", "{tmp}/r", "--snr-gamma", "-1"], "--snr-gamma must be >= 0"),
         (["train", "--data", "mnist", "--out", "{tmp}/r", "--lr", "-1"], "--lr must be positive"),
         (["train", "--data", "mnist", "--out", "{tmp}/r", "--T", "10"], "not below 1"),
         (["train", "--data", "mnist", "--out", "{tmp}/r", "--batch-size", "x"], "invalid int value: 'x'"),
@@ -152,6 +169,7 @@ def _bad_things(tmp_path, trained):
         (["sample", "--run", "{trained}", "--out", "{tmp}/x.png", "--n", "0"], "expected a positive integer"),
         (["sample", "--run", "{empty}", "--out", "{tmp}/x.png"], "not a ddpm run directory"),
         (["demo", "--minutes", "0", "--out", "{tmp}/d"], "--minutes must be positive"),
+        (["demo", "--minutes", "0.1", "--out", "{tmp}/d"], "leaves no time to train"),
         (["demo", "--out", "{empty}/../corrupt"], "exists and is not a ddpm run"),
         (["sample", "--run", "{trained}", "--out", "{tmp}/x.png", "--steps", "5"], "--steps needs --sampler"),
         (["sample", "--run", "{trained}", "--out", "{tmp}/x.png", "--sampler", "ddim", "--steps", "61"], "[1, 60]"),

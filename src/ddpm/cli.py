@@ -139,11 +139,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="train on the shipped MNIST digits and write samples (a few minutes on a CPU)",
                        formatter_class=_Formatter,
                        description="Train the 'mnist' preset on the 5,000 digits shipped in the package, then write "
-                                   "EMA samples to RUN/samples.png and RUN/samples.npz. Running it "
+                                   "EMA samples to RUN/samples.png and RUN/samples.npz. A new demo first times a few "
+                                   "training steps and sampling calls on this machine, then trains as many steps as "
+                                   "fit in --minutes (so the learning-rate schedule runs to its end). Running it "
                                    "again continues the same run (e.g. after Ctrl-C).")
     p.add_argument("--out", default=DEMO_DIR, help="run directory")
-    p.add_argument("--minutes", type=float, default=8.5, help="upper bound on training time, in minutes")
-    p.add_argument("--steps", type=_positive_int, default=None, help="training steps (default: the mnist recipe's)")
+    p.add_argument("--minutes", type=float, default=9.5,
+                   help="time budget for the whole demo, training and sampling, in minutes: the demo times a few "
+                        "steps on this machine and trains as many as fit (at most the recipe's)")
+    p.add_argument("--steps", type=_positive_int, default=None,
+                   help="training steps, fixed (default: as many as fit in --minutes, at most the mnist recipe's)")
     p.add_argument("--n", type=_positive_int, default=DEMO_SAMPLES, help="number of samples to draw")
     p.add_argument("--sampling-steps", type=_positive_int, default=DEMO_SAMPLER[1],
                    help=f"network calls per sample ({DEMO_SAMPLER[0]} sampler; 1000 = the full Algorithm 2)")
@@ -416,6 +421,55 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo_plan(cfg, *, budget_s: float, n: int, sampling_steps: int, device, calibrate: bool):
+    """(training steps or None, training seconds, estimated sampling seconds) that fit ``budget_s``.
+
+    Times a few training steps of a throw-away copy of the network (when ``calibrate``) and a few sampling
+    forwards at the demo's batch size and precision on this machine, then gives training what is left of
+    the budget after sampling (with a 25% margin on the sampling estimate and 10 s for writing files).
+    """
+    import math
+    import time
+
+    import torch
+
+    from .data import load_data
+    from .train import Trainer, resolve_precision
+    from .unet import UNet
+
+    torch.manual_seed(cfg.train.seed)
+    net = UNet(cfg.model).to(device)
+    c, s = cfg.model.in_channels, cfg.model.image_size
+    x, t = torch.randn(min(n, 256), c, s, s, device=device), torch.zeros(min(n, 256), dtype=torch.long, device=device)
+    bf16 = resolve_precision("auto", device) == "bf16"
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        net(x, t)
+        t0 = time.monotonic()
+        for _ in range(3):
+            net(x, t)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        forward_s = (time.monotonic() - t0) / 3
+    sampling_s = math.ceil(n / 256) * sampling_steps * forward_s
+    train_s = budget_s - 1.25 * sampling_s - 10
+    steps = None
+    if calibrate and train_s >= 10:
+        data = load_data(cfg.train.data, channels=c, image_size=s, progress=False)
+        trainer = Trainer(net, cfg.diffusion.build(), data, cfg.train, device=device)
+        for _ in range(3):
+            trainer.train_step()
+        t0 = time.monotonic()
+        for _ in range(10):
+            trainer.train_step()
+        step_s = (time.monotonic() - t0) / 10
+        train_s -= 16 * step_s  # the time this calibration took
+        steps = min(cfg.train.steps, int(0.9 * train_s / step_s))
+    if train_s < 10 or (steps is not None and steps < 1):
+        raise DDPMError(f"--minutes {budget_s / 60:g} leaves no time to train on this machine: drawing the samples "
+                        f"alone takes about {sampling_s:.0f} s; give more minutes, or fewer --n / --sampling-steps")
+    return steps, train_s, sampling_s
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     import time
 
@@ -426,15 +480,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.minutes <= 0:
         raise DDPMError(f"--minutes must be positive, got {args.minutes}")
     t0 = time.monotonic()
-    over = {"time_limit": args.minutes, **({"steps": args.steps} if args.steps else {})}
-    if (run / "config.json").is_file():
+    device = _device(args.device)
+    resume = (run / "config.json").is_file()
+    if not resume and run.exists() and (not run.is_dir() or any(run.iterdir())):
+        raise DDPMError(f"{run} exists and is not a ddpm run; choose another --out")
+    cfg = make_run_config("mnist", train={"data": "mnist", **({"steps": args.steps} if args.steps else {})})
+    steps, train_s, sampling_s = _demo_plan(cfg, budget_s=args.minutes * 60 - 5, n=args.n,
+                                            sampling_steps=args.sampling_steps, device=device,
+                                            calibrate=not resume and not args.steps)
+    steps = args.steps or steps
+    over = {"time_limit": train_s / 60, **({"steps": steps} if steps else {})}
+    if resume:
         cfg = _resume_config(run, over, {}, "mnist")
         print(f"continuing the demo run in {run}", file=sys.stderr)
-    elif run.exists() and (not run.is_dir() or any(run.iterdir())):
-        raise DDPMError(f"{run} exists and is not a ddpm run; choose another --out")
     else:
         cfg = make_run_config("mnist", train={"data": "mnist", **over})
-    device = _device(args.device)
+        if not args.steps:
+            print(f"this machine fits {steps} training steps (the recipe's most: "
+                  f"{make_run_config('mnist').train.steps}) in {train_s / 60:.1f} min, leaving about "
+                  f"{sampling_s:.0f} s for sampling within --minutes {args.minutes:g}", file=sys.stderr)
     train_run(run, cfg, resume=True, device=device)
     ckpt = load_checkpoint(run, map_location=device)
     images = _generate(ckpt, args.n, seed=0, batch_size=256, ema=True, device=device, precision="auto",
