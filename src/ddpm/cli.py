@@ -17,6 +17,7 @@ from .errors import DDPMError
 
 DEMO_DIR = "ddpm-demo"
 DEMO_SAMPLES = 100
+DEMO_BATCH = 256  # images per sampling batch
 DEMO_SAMPLER = ("respaced", 500)  # Algorithm 2 over 500 of the 1000 steps: the best measured (README)
 
 EPILOG = """examples:
@@ -353,9 +354,11 @@ def train_run(run: Path, cfg, *, resume: bool, device, progress: bool = True) ->
 
     Under torchrun every process runs this; only rank 0 writes to the run directory.
     """
+    import contextlib
+
     import torch
 
-    from .checkpoint import list_checkpoints, load_checkpoint, write_config
+    from .checkpoint import list_checkpoints, load_checkpoint, run_lock, write_config
     from .data import load_data
     from .train import Trainer, dist_info
     from .unet import UNet
@@ -370,10 +373,6 @@ def train_run(run: Path, cfg, *, resume: bool, device, progress: bool = True) ->
     torch.manual_seed(cfg.train.seed)
     model = UNet(cfg.model)
     trainer = Trainer(model, diffusion, data, cfg.train, device=device)
-    import contextlib
-
-    from .checkpoint import run_lock
-
     with run_lock(run) if main else contextlib.nullcontext():  # a second trainer on this run is refused
         if resume and list_checkpoints(run):
             ckpt = load_checkpoint(run, with_optimizer=True)
@@ -440,7 +439,8 @@ def _demo_plan(cfg, *, budget_s: float, n: int, sampling_steps: int, device, cal
     torch.manual_seed(cfg.train.seed)
     net = UNet(cfg.model).to(device)
     c, s = cfg.model.in_channels, cfg.model.image_size
-    x, t = torch.randn(min(n, 256), c, s, s, device=device), torch.zeros(min(n, 256), dtype=torch.long, device=device)
+    b = min(n, DEMO_BATCH)
+    x, t = torch.randn(b, c, s, s, device=device), torch.zeros(b, dtype=torch.long, device=device)
     bf16 = resolve_precision("auto", device) == "bf16"
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         net(x, t)
@@ -450,7 +450,7 @@ def _demo_plan(cfg, *, budget_s: float, n: int, sampling_steps: int, device, cal
         if device.type == "cuda":
             torch.cuda.synchronize()
         forward_s = (time.monotonic() - t0) / 3
-    sampling_s = math.ceil(n / 256) * sampling_steps * forward_s
+    sampling_s = math.ceil(n / DEMO_BATCH) * sampling_steps * forward_s
     train_s = budget_s - 1.25 * sampling_s - 10
     steps = None
     if calibrate and train_s >= 10:
@@ -488,6 +488,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     steps, train_s, sampling_s = _demo_plan(cfg, budget_s=args.minutes * 60 - 5, n=args.n,
                                             sampling_steps=args.sampling_steps, device=device,
                                             calibrate=not resume and not args.steps)
+    if steps is not None:  # timed on this machine: a new run without --steps
+        print(f"this machine fits {steps} training steps (the recipe's most: {cfg.train.steps}) in "
+              f"{train_s / 60:.1f} min, leaving about {sampling_s:.0f} s for sampling within --minutes "
+              f"{args.minutes:g}", file=sys.stderr)
     steps = args.steps or steps
     over = {"time_limit": train_s / 60, **({"steps": steps} if steps else {})}
     if resume:
@@ -495,13 +499,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"continuing the demo run in {run}", file=sys.stderr)
     else:
         cfg = make_run_config("mnist", train={"data": "mnist", **over})
-        if not args.steps:
-            print(f"this machine fits {steps} training steps (the recipe's most: "
-                  f"{make_run_config('mnist').train.steps}) in {train_s / 60:.1f} min, leaving about "
-                  f"{sampling_s:.0f} s for sampling within --minutes {args.minutes:g}", file=sys.stderr)
     train_run(run, cfg, resume=True, device=device)
     ckpt = load_checkpoint(run, map_location=device)
-    images = _generate(ckpt, args.n, seed=0, batch_size=256, ema=True, device=device, precision="auto",
+    images = _generate(ckpt, args.n, seed=0, batch_size=DEMO_BATCH, ema=True, device=device, precision="auto",
                        sampler=DEMO_SAMPLER[0], steps=min(args.sampling_steps, ckpt.diffusion.T))
     _write_images(images, run / "samples.png")
     _write_images(images, run / "samples.npz")
