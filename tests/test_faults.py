@@ -97,6 +97,31 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
 
 
+def test_written_aside_renames_only_a_finished_folder(tmp_path):
+    from ddpm.checkpoint import written_aside
+
+    final = tmp_path / "out"
+    stale = tmp_path / ".tmp-out-killed"  # left by a writer that was killed mid-write
+    stale.mkdir()
+    with pytest.raises(RuntimeError):
+        with written_aside(final) as tmp:
+            (tmp / "a.txt").write_text("half")
+            raise RuntimeError("interrupted")
+    assert not final.exists() and sorted(p.name for p in tmp_path.iterdir()) == [".tmp-out-killed"]
+    with written_aside(final) as tmp:
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "a.txt").write_text("whole")
+    assert (final / "sub" / "a.txt").read_text() == "whole"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # the stale folder is gone too
+    with pytest.raises(OSError):  # never merged into or over an existing folder unless asked
+        with written_aside(final) as tmp:
+            (tmp / "b.txt").write_text("new")
+    assert sorted(p.name for p in final.iterdir()) == ["sub"] and len(list(tmp_path.iterdir())) == 1
+    with written_aside(final, replace=True) as tmp:
+        (tmp / "b.txt").write_text("new")
+    assert sorted(p.name for p in final.iterdir()) == ["b.txt"]
+
+
 def test_a_pickle_planted_in_a_run_runs_nothing(tmp_path, monkeypatch, capsys):
     import hashlib
     import json

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import hashlib
 import json
 import os
@@ -24,7 +25,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, Iterator, List, Optional, Union
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -36,7 +37,7 @@ from .errors import DDPMError
 from .unet import UNet
 
 __all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "list_checkpoints", "read_config", "write_config",
-           "atomic_write_text", "run_lock"]
+           "atomic_write_text", "written_aside", "run_lock"]
 
 PathLike = Union[str, os.PathLike]
 CKPT_DIR = "checkpoints"
@@ -143,53 +144,69 @@ def _step_dir(run_dir: Path, step: int) -> Path:
     return run_dir / CKPT_DIR / f"step-{step:08d}"
 
 
+@contextlib.contextmanager
+def written_aside(final: Path, *, replace: bool = False) -> Iterator[Path]:
+    """Yield a hidden temporary folder beside ``final`` to fill; when the block succeeds, every file in
+    it is fsynced and the folder renamed to ``final`` (an existing ``final`` is removed first only when
+    ``replace``); when it fails, the folder is removed. Folders left by a process killed mid-write
+    (``.tmp-<name>-*`` beside ``final``) are removed after a successful write.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".tmp-{final.name}-"
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=final.parent))
+    try:
+        yield tmp
+        for f in sorted(tmp.rglob("*")):
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+            else:
+                _fsync_dir(f)
+        _fsync_dir(tmp)
+        if replace and final.exists():  # e.g. a signal right after a periodic save of the same step
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        _fsync_dir(final.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for stale in final.parent.glob(f"{glob.escape(prefix)}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 def save_checkpoint(run_dir: PathLike, *, step: int, model: nn.Module, ema_model: nn.Module,
                     optimizer: Optional[torch.optim.Optimizer] = None, state: Optional[Dict[str, Any]] = None,
                     keep: Optional[int] = None) -> Path:
-    """Write a checkpoint for ``step`` atomically: into a hidden temporary folder, then renamed.
+    """Write a checkpoint for ``step`` atomically (``written_aside``): a crash never leaves a half-written one.
 
     ``state`` is any JSON-able dict (RNG states, counters). Keeps the newest ``keep`` checkpoints.
     Returns the checkpoint's folder.
     """
     run_dir = Path(run_dir)
-    root = run_dir / CKPT_DIR
-    root.mkdir(parents=True, exist_ok=True)
     final = _step_dir(run_dir, step)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
     try:
-        save_file(_state_dict_cpu(model), str(tmp / "model.safetensors"))
-        save_file(_state_dict_cpu(ema_model), str(tmp / "ema.safetensors"))
-        meta: Dict[str, Any] = {}
-        if optimizer is not None:
-            tensors, meta = _optimizer_to_files(optimizer)
-            save_file(tensors, str(tmp / "optimizer.safetensors"))
-        payload = {"step": int(step), "optimizer": meta, **(state or {})}
-        (tmp / "state.json").write_text(json.dumps(payload))
-        files = [f for f in FILES if (tmp / f).exists()]
-        manifest = {f: {"sha256": _sha256(tmp / f), "bytes": (tmp / f).stat().st_size} for f in files}
-        for f in files:
-            with open(tmp / f, "rb") as fh:
-                os.fsync(fh.fileno())
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        _fsync_dir(tmp)
-        if final.exists():  # the same step saved twice (e.g. a signal right after a periodic save)
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-        _fsync_dir(root)
+        with written_aside(final, replace=True) as tmp:
+            save_file(_state_dict_cpu(model), str(tmp / "model.safetensors"))
+            save_file(_state_dict_cpu(ema_model), str(tmp / "ema.safetensors"))
+            meta: Dict[str, Any] = {}
+            if optimizer is not None:
+                tensors, meta = _optimizer_to_files(optimizer)
+                save_file(tensors, str(tmp / "optimizer.safetensors"))
+            payload = {"step": int(step), "optimizer": meta, **(state or {})}
+            (tmp / "state.json").write_text(json.dumps(payload))
+            files = [f for f in FILES if (tmp / f).exists()]
+            manifest = {f: {"sha256": _sha256(tmp / f), "bytes": (tmp / f).stat().st_size} for f in files}
+            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
     except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DDPMError(f"no space left on the device while writing the checkpoint for step {step} in {root}; "
-                            "the previous checkpoint is intact. Free some space and resume with --resume") from None
-        raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+            raise DDPMError(f"no space left on the device while writing the checkpoint for step {step} in "
+                            f"{final.parent}; the previous checkpoint is intact. Free some space and resume with "
+                            "--resume") from None
         raise
     if keep is not None:
         for old in list_checkpoints(run_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
-    for stale in root.glob(".tmp-*"):  # left by a process that was killed mid-write
-        shutil.rmtree(stale, ignore_errors=True)
     return final
 
 

@@ -21,15 +21,14 @@ Weights are read as safetensors, or a ``.bin`` only through ``torch.load(weights
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Tuple
 
 import torch
 
+from ..checkpoint import save_checkpoint, write_config, written_aside
 from ..config import DiffusionConfig, RunConfig, make_run_config
 from ..errors import DDPMError
 from ..unet import UNet, UNetConfig
@@ -318,31 +317,15 @@ def read_diffusers(path: os.PathLike) -> Tuple[UNet, DiffusionConfig]:
 
 def import_diffusers(path: os.PathLike, run_dir: os.PathLike) -> Path:
     """Write a run directory (config + one checkpoint, model = EMA = the imported weights) from ``path``."""
-    from ..checkpoint import save_checkpoint, write_config
-
     run_dir = Path(run_dir)
     model, diffusion = read_diffusers(path)
     preset = "cifar10" if model.config.in_channels == 3 else "mnist"
     base = make_run_config(preset, train={"data": IMPORTED_DATA})
     cfg = RunConfig(preset=preset, model=model.config, diffusion=diffusion, train=base.train)
-    with _written_aside(run_dir) as tmp:
+    with written_aside(run_dir) as tmp:
         write_config(tmp, cfg)
         save_checkpoint(tmp, step=0, model=model, ema_model=model, state={"imported_from": str(Path(path).resolve())})
     return run_dir
-
-
-@contextlib.contextmanager
-def _written_aside(final: Path) -> Iterator[Path]:
-    """A hidden sibling folder to fill; renamed to ``final`` when the block succeeds, removed when it fails."""
-    tmp = final.with_name(f".{final.name}.writing")
-    shutil.rmtree(tmp, ignore_errors=True)  # left by a process that was killed mid-write
-    tmp.mkdir(parents=True)
-    try:
-        yield tmp
-        os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def export_diffusers(model: UNet, diffusion: DiffusionConfig, out_dir: os.PathLike) -> Path:
@@ -350,7 +333,7 @@ def export_diffusers(model: UNet, diffusion: DiffusionConfig, out_dir: os.PathLi
     from safetensors.torch import save_file
 
     out = Path(out_dir)
-    with _written_aside(out) as tmp:
+    with written_aside(out) as tmp:
         (tmp / "unet").mkdir()
         (tmp / "scheduler").mkdir()
         save_file(to_diffusers_state_dict(model), str(tmp / "unet" / WEIGHTS))
