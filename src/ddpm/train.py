@@ -164,7 +164,10 @@ class Trainer:
         self._log = {"loss": 0.0, "grad_norm": 0.0, "n": 0}
         self._stop: Optional[str] = None
         self.bf16 = resolve_precision(config.precision, self.device) == "bf16"
-        self.loss_weights = loss_weights(diffusion, config.snr_gamma).to(self.device)
+        # per-timestep weights of L_simple under --snr-gamma; None: the paper's unweighted mean
+        self.loss_weights = None
+        if config.snr_gamma > 0:
+            self.loss_weights = loss_weights(diffusion, config.snr_gamma).to(self.device)
 
     # ------------------------------------------------------------------------- the recipe
     def lr_at(self, step: int) -> float:
@@ -232,7 +235,10 @@ class Trainer:
             sync = i == len(micro) - 1 or self._ddp is None
             with (contextlib.nullcontext() if sync else self._ddp.no_sync()):
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                    loss = (self.diffusion.training_loss(net, x0, t, noise) * self.loss_weights[t]).mean()
+                    per_example = self.diffusion.training_loss(net, x0, t, noise)
+                    if self.loss_weights is not None:
+                        per_example = per_example * self.loss_weights[t]
+                    loss = per_example.mean()
                 weight = len(positions) / self.config.batch_size
                 (loss * (weight * self.world)).backward()
             total += loss.detach().double() * weight
