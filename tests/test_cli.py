@@ -87,7 +87,7 @@ def test_demo_writes_samples_and_continues(tmp_path, capsys):
     assert code == 0 and "continuing" in err and load_checkpoint(out).step == 3
     code, _, err = run(capsys, "demo", "--out", out, "--n", "2", "--sampling-steps", "3", "--minutes", "1")
     assert code == 0, err  # no --steps: the run keeps its own total (3, set above)
-    assert load_checkpoint(out).step == 3
+    assert load_checkpoint(out).step == 3 and "has finished its 3 steps: drawing its samples again" in err
 
 
 def test_demo_plan_fits_the_budget():

@@ -477,8 +477,8 @@ def _demo_plan(cfg, *, budget_s: float, n: int, sampling_steps: int, device, cal
 def cmd_demo(args: argparse.Namespace) -> int:
     import time
 
-    from .checkpoint import load_checkpoint
-    from .config import make_run_config
+    from .checkpoint import list_checkpoints, load_checkpoint
+    from .config import RECIPES, make_run_config
 
     run = Path(args.out)
     if args.minutes <= 0:
@@ -500,7 +500,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     over = {"time_limit": train_s / 60, **({"steps": steps} if steps else {})}
     if resume:
         cfg = _resume_config(run, over, {}, "mnist")
-        print(f"continuing the demo run in {run}", file=sys.stderr)
+        done = max((int(p.name[5:]) for p in list_checkpoints(run)), default=0)
+        if done >= cfg.train.steps:
+            print(f"the demo run in {run} has finished its {cfg.train.steps} steps: drawing its samples again (for "
+                  f"a longer run: ddpm demo --out NEW --minutes M, or ddpm train --data mnist --out RUN, the full "
+                  f"{RECIPES['mnist']['train']['steps']}-step recipe)", file=sys.stderr)
+        else:
+            print(f"continuing the demo run in {run} from step {done} of {cfg.train.steps}", file=sys.stderr)
     else:
         cfg = make_run_config("mnist", train={"data": "mnist", **over})
     train_run(run, cfg, resume=True, device=device)
