@@ -94,6 +94,10 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert [p.name for p in list_checkpoints(run)] == ["step-00000003"]
     assert not list((run / "checkpoints").glob(".tmp-*"))
     assert load_checkpoint(run).step == 3
+    (run / "checkpoints" / ".tmp-step-00000004-killed").mkdir()  # a writer killed at another step
+    monkeypatch.setattr(ck, "save_file", real)
+    tr.save(run)
+    assert not list((run / "checkpoints").glob(".tmp-*"))
 
 
 

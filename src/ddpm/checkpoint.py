@@ -207,6 +207,8 @@ def save_checkpoint(run_dir: PathLike, *, step: int, model: nn.Module, ema_model
     if keep is not None:
         for old in list_checkpoints(run_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
+    for stale in final.parent.glob(".tmp-*"):  # left by a process killed while writing another step
+        shutil.rmtree(stale, ignore_errors=True)
     return final
 
 
