@@ -157,4 +157,7 @@ def test_import_and_export_through_the_cli(tmp_path, capsys):
     capsys.readouterr()
     assert main(["import", str(path), "--out", str(tmp_path / "run")]) == 1  # never over an existing run
     assert "exists" in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path / "run"), "--resume", "--steps", "5", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "imported from a diffusers pipeline" in err and "Traceback" not in err
     assert main(["export", "--run", str(tmp_path / "run"), "--format", "diffusers", "--out", str(tmp_path / "x")]) == 1

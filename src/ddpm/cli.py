@@ -310,7 +310,12 @@ RESUMABLE = {"steps", "log_every", "sample_every", "save_every", "keep", "n_samp
 def _resume_config(run: Path, train_over: Dict[str, Any], diff_over: Dict[str, Any], preset: Optional[str]):
     from .checkpoint import read_config
 
+    from .interop.diffusers import IMPORTED_DATA
+
     cfg = read_config(run)
+    if cfg.train.data == IMPORTED_DATA:
+        raise DDPMError(f"{run} holds weights imported from a diffusers pipeline, without the data, optimizer and "
+                        "random states that a resumed run continues: sample, evaluate or export it")
     fixed = {**{k: v for k, v in train_over.items() if k not in RESUMABLE}, **diff_over}
     if preset is not None:
         fixed["preset"] = preset
