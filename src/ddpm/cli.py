@@ -143,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "EMA samples to RUN/samples.png and RUN/samples.npz. A new demo first times a few "
                                    "training steps and sampling calls on this machine, then trains as many steps as "
                                    "fit in --minutes (so the learning-rate schedule runs to its end). Running it "
-                                   "again continues the same run (e.g. after Ctrl-C).")
+                                   "again continues a run that was stopped early (e.g. by Ctrl-C); a finished run "
+                                   "only draws its samples again.")
     p.add_argument("--out", default=DEMO_DIR, help="run directory")
     p.add_argument("--minutes", type=float, default=9.5,
                    help="time budget for the whole demo, training and sampling, in minutes: the demo times a few "
