@@ -37,7 +37,7 @@ from .errors import DDPMError
 from .unet import UNet
 
 __all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "list_checkpoints", "read_config", "write_config",
-           "atomic_write_text", "written_aside", "run_lock"]
+           "atomic_write_text", "written_aside", "checkpoint_step", "run_lock"]
 
 PathLike = Union[str, os.PathLike]
 CKPT_DIR = "checkpoints"
@@ -145,11 +145,12 @@ def _step_dir(run_dir: Path, step: int) -> Path:
 
 
 @contextlib.contextmanager
-def written_aside(final: Path, *, replace: bool = False) -> Iterator[Path]:
+def written_aside(final: Path, *, replace: bool = False, stale: Optional[str] = None) -> Iterator[Path]:
     """Yield a hidden temporary folder beside ``final`` to fill; when the block succeeds, every file in
     it is fsynced and the folder renamed to ``final`` (an existing ``final`` is removed first only when
-    ``replace``); when it fails, the folder is removed. Folders left by a process killed mid-write
-    (``.tmp-<name>-*`` beside ``final``) are removed after a successful write.
+    ``replace``); when it fails, the folder is removed. Folders left by a process killed mid-write are
+    removed after a successful write: those matching the glob ``stale`` beside ``final`` (default: the
+    ones written for ``final`` itself, ``.tmp-<name>-*``).
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -171,8 +172,8 @@ def written_aside(final: Path, *, replace: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    for stale in final.parent.glob(f"{glob.escape(prefix)}*"):
-        shutil.rmtree(stale, ignore_errors=True)
+    for left in final.parent.glob(stale or f"{glob.escape(prefix)}*"):
+        shutil.rmtree(left, ignore_errors=True)
 
 
 def save_checkpoint(run_dir: PathLike, *, step: int, model: nn.Module, ema_model: nn.Module,
@@ -186,7 +187,8 @@ def save_checkpoint(run_dir: PathLike, *, step: int, model: nn.Module, ema_model
     run_dir = Path(run_dir)
     final = _step_dir(run_dir, step)
     try:
-        with written_aside(final, replace=True) as tmp:
+        # every temporary folder in checkpoints/ is a checkpoint's: those of any step killed mid-write go
+        with written_aside(final, replace=True, stale=".tmp-*") as tmp:
             save_file(_state_dict_cpu(model), str(tmp / "model.safetensors"))
             save_file(_state_dict_cpu(ema_model), str(tmp / "ema.safetensors"))
             meta: Dict[str, Any] = {}
@@ -207,8 +209,6 @@ def save_checkpoint(run_dir: PathLike, *, step: int, model: nn.Module, ema_model
     if keep is not None:
         for old in list_checkpoints(run_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
-    for stale in final.parent.glob(".tmp-*"):  # left by a process killed while writing another step
-        shutil.rmtree(stale, ignore_errors=True)
     return final
 
 
@@ -220,8 +220,13 @@ def list_checkpoints(run_dir: PathLike) -> List[Path]:
     found = []
     for p in root.iterdir():
         if p.is_dir() and p.name.startswith("step-") and p.name[5:].isdigit():
-            found.append((int(p.name[5:]), p))
+            found.append((checkpoint_step(p), p))
     return [p for _, p in sorted(found)]
+
+
+def checkpoint_step(path: Path) -> int:
+    """The step of a checkpoint folder from its name (``step-00001000`` -> 1000)."""
+    return int(Path(path).name[5:])
 
 
 def verify_checkpoint(path: Path) -> None:

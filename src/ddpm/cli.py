@@ -310,7 +310,6 @@ RESUMABLE = {"steps", "log_every", "sample_every", "save_every", "keep", "n_samp
 
 def _resume_config(run: Path, train_over: Dict[str, Any], diff_over: Dict[str, Any], preset: Optional[str]):
     from .checkpoint import read_config
-
     from .interop.diffusers import IMPORTED_DATA
 
     cfg = read_config(run)
@@ -451,7 +450,7 @@ def _demo_plan(cfg, *, budget_s: float, n: int, sampling_steps: int, device, cal
     bf16 = resolve_precision("auto", device) == "bf16"
     times = []
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        for i in range(7):  # the first calls are slow (kernel selection, allocation): the median of the last 5
+        for _ in range(7):  # the first calls are slow (kernel selection, allocation): the median of the last 5
             t0 = time.monotonic()
             net(x, t)
             if device.type == "cuda":
@@ -483,7 +482,7 @@ def _demo_plan(cfg, *, budget_s: float, n: int, sampling_steps: int, device, cal
 def cmd_demo(args: argparse.Namespace) -> int:
     import time
 
-    from .checkpoint import list_checkpoints, load_checkpoint
+    from .checkpoint import checkpoint_step, list_checkpoints, load_checkpoint
     from .config import RECIPES, make_run_config
 
     run = Path(args.out)
@@ -506,7 +505,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     over = {"time_limit": train_s / 60, **({"steps": steps} if steps else {})}
     if resume:
         cfg = _resume_config(run, over, {}, "mnist")
-        done = max((int(p.name[5:]) for p in list_checkpoints(run)), default=0)
+        done = max((checkpoint_step(p) for p in list_checkpoints(run)), default=0)
         if done >= cfg.train.steps:
             print(f"the demo run in {run} has finished its {cfg.train.steps} steps: drawing its samples again (for "
                   f"a longer run: ddpm demo --out NEW --minutes M, or ddpm train --data mnist --out RUN, the full "

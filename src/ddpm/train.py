@@ -87,9 +87,7 @@ def derive_seed(*parts: Any) -> int:
 
 
 def loss_weights(diffusion: GaussianDiffusion, snr_gamma: float) -> torch.Tensor:
-    """Per-timestep weights of L_simple: all ones (the paper), or min(SNR_t, gamma) / SNR_t (min-SNR-gamma)."""
-    if snr_gamma <= 0:
-        return torch.ones(diffusion.T, dtype=torch.float32)
+    """Per-timestep weights of L_simple under min-SNR-gamma (gamma > 0): min(SNR_t, gamma) / SNR_t."""
     abar = diffusion.schedule.alphas_cumprod
     snr = abar / (1 - abar)
     return (snr.clamp(max=snr_gamma) / snr).float()
