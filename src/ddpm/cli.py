@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional
 
 from . import __version__
 from .errors import DDPMError
+from .runtime import keep_freed_memory
 
 DEMO_DIR = "ddpm-demo"
 DEMO_SAMPLES = 100
@@ -874,6 +875,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 0
+    keep_freed_memory()  # reuse freed activations instead of faulting them in again each step (runtime.py)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
