@@ -68,6 +68,33 @@ def test_eval_is_deterministic_and_dropout_acts_in_train():
     assert not torch.equal(net(x, t), net(x, t))
 
 
+@pytest.mark.parametrize("p", [0.1, 0.3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dropout_drops_a_share_p_independently_and_rescales(p, dtype):
+    from ddpm.unet import Dropout
+
+    drop = Dropout(p).train()
+    x = torch.ones(64, 16, 33, 31, dtype=dtype, requires_grad=True)  # an odd element count (not a multiple of 4)
+    torch.manual_seed(0)
+    y = drop(x)
+    n, dropped = y.numel(), (y == 0)
+    share = dropped.float().mean().item()
+    assert abs(share - p) < 5 * (p * (1 - p) / n) ** 0.5  # binomial standard errors
+    kept = y[~dropped].float()
+    assert torch.allclose(kept, torch.full_like(kept, 1 / (1 - p)), rtol=1e-2 if dtype == torch.bfloat16 else 1e-6)
+    # neighbours (which share a 64-bit draw) are independent: both dropped with probability p^2
+    flat = dropped.flatten()
+    both = (flat[:-1] & flat[1:]).float().mean().item()
+    assert abs(both - p * p) < 5 * (p * p * (1 - p * p) / n) ** 0.5
+    # the gradient is the same mask and scale; the same seed gives the same mask, another seed another
+    y.float().sum().backward()
+    assert torch.equal(x.grad == 0, dropped)
+    torch.manual_seed(0)
+    assert torch.equal(drop(x.detach()) == 0, dropped)
+    assert not torch.equal(drop(x.detach()) == 0, dropped)
+    assert torch.equal(drop.eval()(x), x)
+
+
 def test_output_depends_on_t():
     net = _perturb_zero_layers(small()).eval()
     x = torch.randn(1, 3, 16, 16).expand(3, -1, -1, -1)

@@ -109,16 +109,24 @@ def _zero(module: nn.Module) -> nn.Module:
 
 
 class Dropout(nn.Dropout):
-    """Inverted dropout with a mask from ``rand >= p``: the same distribution as ``nn.Dropout``, but on CPUs
-    about 2x faster than its ``bernoulli_`` (5% of a cifar10 training step, profiled)."""
+    """Inverted dropout with a cheaper mask on CPUs: 16 random bits per element, four to each 64-bit draw of the
+    generator, against ``nn.Dropout``'s ``bernoulli_`` (one draw per element, 2-4x slower; profiled at 5% of a
+    cifar10 training step). The drop probability is ``p`` rounded to a multiple of 1/65536 (0.1 -> 0.100006)."""
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.p == 0.0:
             return x
         if x.is_cuda:
             return F.dropout(x, self.p, True)
-        keep = torch.rand(x.shape, dtype=torch.float32, device=x.device) >= self.p
-        return x * keep * (1.0 / (1.0 - self.p))
+        n = x.numel()
+        bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), None)
+        keep = bits.view(torch.int16)[:n].view(x.shape) >= _int16_threshold(self.p)
+        return torch.where(keep, x * (1.0 / (1.0 - self.p)), 0.0)
+
+
+def _int16_threshold(p: float) -> int:
+    """Uniform int16 values at or above this are kept: a share 1 - round(65536 p) / 65536 of them."""
+    return -32768 + round(p * 65536)
 
 
 class ResBlock(nn.Module):
