@@ -1,0 +1,126 @@
+"""Training speed as users meet it: `ddpm train` against a plain diffusers loop, each in its own process.
+
+    python benchmarks/cli_speed.py                      # cifar10 preset, batch 8, 3 rounds
+    python benchmarks/cli_speed.py --rounds 5 --steps 40 --ddpm-env GLIBC_TUNABLES=
+
+Each round runs, one after another (never at once), three fresh processes:
+
+- ``python -m ddpm train --data DIR --preset cifar10 --batch-size 8 --steps S --log-every L`` on a folder
+  of random 32x32 PNGs, with every default; its images/s are the ``img_per_s`` rows of ``metrics.csv``
+  after the first (the first row holds the warm-up);
+- the plain PyTorch loop a diffusers user writes (speed.py's ``DiffusersLoop``: UNet2DModel with the same
+  architecture, Adam, MSE on eps, clipping, EMA) for S steps in fp32, and again under bf16 autocast,
+  timed per L steps the same way.
+
+The ratio of each round is ddpm's median row over the diffusers loop's median row in that round; the
+report gives every round and the median of the rounds. ``--ddpm-env NAME=VALUE`` runs ddpm with an
+extra environment variable, e.g. ``GLIBC_TUNABLES=`` (empty) leaves glibc's malloc at its defaults
+(see ``ddpm/runtime.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def make_folder(path: Path, n: int, size: int, seed: int = 0) -> None:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    path.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path / f"{i:05d}.png")
+
+
+def run_ddpm(args, data: Path, out: Path, env: dict) -> list:
+    cmd = [sys.executable, "-m", "ddpm", "train", "--data", str(data), "--out", str(out), "--preset", args.preset,
+           "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--log-every", str(args.log_every)]
+    subprocess.run(cmd, check=True, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(out / "metrics.csv", newline="") as f:
+        return [float(r["img_per_s"]) for r in csv.DictReader(f)][1:]
+
+
+def run_diffusers(args, precision: str) -> list:
+    cmd = [sys.executable, str(HERE / "cli_speed.py"), "--child", precision, "--preset", args.preset,
+           "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--log-every", str(args.log_every)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def child(args) -> None:
+    """A diffusers loop alone in this process: images/s per --log-every steps, as ddpm's metrics.csv rows."""
+    import torch
+
+    sys.path.insert(0, str(HERE))
+    from speed import DiffusersLoop, build
+
+    device = torch.device("cpu")
+    _, unet, diffusion, shape = build(args.preset, args.batch_size, device, ours=False)
+    step = DiffusersLoop(unet, diffusion, args.batch_size, shape, device, args.child == "bf16").step
+    rows, t = [], time.perf_counter()
+    for i in range(1, args.steps + 1):
+        step()
+        if i % args.log_every == 0:
+            now = time.perf_counter()
+            rows.append(args.log_every * args.batch_size / (now - t))
+            t = now
+    print(json.dumps(rows[1:]))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="cifar10")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--log-every", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--images", type=int, default=256, help="random PNGs in the training folder")
+    ap.add_argument("--ddpm-env", action="append", default=[], metavar="NAME=VALUE")
+    ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--child", choices=("fp32", "bf16"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(args)
+        return 0
+    if args.steps < 2 * args.log_every:
+        ap.error("--steps must be at least twice --log-every (the first row is the warm-up)")
+    env = dict(kv.split("=", 1) for kv in args.ddpm_env)
+    from ddpm.unet import PRESETS
+
+    size = PRESETS[args.preset].image_size
+    rounds = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "images"
+        make_folder(data, args.images, size)
+        for r in range(args.rounds):
+            got = {"ddpm": statistics.median(run_ddpm(args, data, Path(tmp) / f"run-{r}", env)),
+                   "diffusers fp32": statistics.median(run_diffusers(args, "fp32")),
+                   "diffusers bf16": statistics.median(run_diffusers(args, "bf16"))}
+            rounds.append(got)
+            print(f"round {r + 1}: ddpm {got['ddpm']:.2f} images/s, diffusers fp32 {got['diffusers fp32']:.2f}, "
+                  f"bf16 {got['diffusers bf16']:.2f}; x fp32 {got['ddpm'] / got['diffusers fp32']:.2f}, "
+                  f"x bf16 {got['ddpm'] / got['diffusers bf16']:.2f}", flush=True)
+    x32 = statistics.median(g["ddpm"] / g["diffusers fp32"] for g in rounds)
+    x16 = statistics.median(g["ddpm"] / g["diffusers bf16"] for g in rounds)
+    print(f"median of {args.rounds} rounds: ddpm train is {x32:.2f}x diffusers fp32 and {x16:.2f}x diffusers bf16 "
+          f"({args.preset}, batch {args.batch_size}{', ddpm env ' + ' '.join(args.ddpm_env) if args.ddpm_env else ''})")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "rounds": rounds, "x_fp32": x32, "x_bf16": x16}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
