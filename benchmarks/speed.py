@@ -15,6 +15,10 @@ the same architecture and parameters. Rows:
 - FLOP utilisation: FLOPs counted by torch.utils.flop_counter against a measured matmul peak.
 
 Peak memory (max RSS) comes from separate child processes, one per configuration.
+
+The process runs with the malloc setting ``ddpm``'s CLI applies (``ddpm.runtime.keep_freed_memory``), and
+diffusers, sharing the process, gets it too: this compares the two networks and loops on equal terms.
+``cli_speed.py`` compares ``ddpm train`` with a diffusers loop as users run them, each in its own process.
 """
 
 from __future__ import annotations
@@ -219,7 +223,10 @@ def run_speed(args, preset: str, batch: int) -> dict:
 def peak_memory(args, preset: str, batch: int, which: str) -> float:
     """Peak RSS in MiB of a child process that builds one configuration alone and runs 3 training steps."""
     code = f"""
-import sys, torch
+import sys
+from ddpm.runtime import keep_freed_memory
+keep_freed_memory()
+import torch
 sys.path.insert(0, {sys.path[0]!r})
 from speed import build, DiffusersLoop
 ours = {which!r} == "ddpm"
@@ -278,6 +285,9 @@ def main() -> int:
                     help="also time drawing this many images with the full 1000-step Algorithm 2 (bf16)")
     ap.add_argument("--compile", action="store_true", help="time the sampling with a torch.compile'd network too")
     args = ap.parse_args()
+    from ddpm.runtime import keep_freed_memory
+
+    keep_freed_memory()  # as the ddpm CLI does; both sides of the comparison share it
     device = torch.device(args.device)
     peak32, peak16 = matmul_peak(torch.float32, device), matmul_peak(torch.bfloat16, device)
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
