@@ -21,7 +21,6 @@ extra environment variable, e.g. ``GLIBC_TUNABLES=`` (empty) leaves glibc's mall
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import statistics
@@ -48,8 +47,9 @@ def run_ddpm(args, data: Path, out: Path, env: dict) -> list:
     cmd = [sys.executable, "-m", "ddpm", "train", "--data", str(data), "--out", str(out), "--preset", args.preset,
            "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--log-every", str(args.log_every)]
     subprocess.run(cmd, check=True, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    with open(out / "metrics.csv", newline="") as f:
-        return [float(r["img_per_s"]) for r in csv.DictReader(f)][1:]
+    from precision import read_metrics  # beside this file
+
+    return read_metrics(out / "metrics.csv")["img_per_s"][1:].tolist()
 
 
 def run_diffusers(args, precision: str) -> list:

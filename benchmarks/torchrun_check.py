@@ -41,8 +41,9 @@ def train(out: Path, args, nproc: int, steps: int, threads: int = 0) -> float:
 def final_weights(run: Path, name: str) -> dict:
     from safetensors.torch import load_file
 
-    last = sorted((run / "checkpoints").glob("step-*"))[-1]
-    return load_file(str(last / f"{name}.safetensors"))
+    from ddpm.checkpoint import list_checkpoints
+
+    return load_file(str(list_checkpoints(run)[-1] / f"{name}.safetensors"))
 
 
 def main() -> int:
