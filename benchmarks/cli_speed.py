@@ -97,9 +97,9 @@ def main() -> int:
     if args.steps < 2 * args.log_every:
         ap.error("--steps must be at least twice --log-every (the first row is the warm-up)")
     env = dict(kv.split("=", 1) for kv in args.ddpm_env)
-    from ddpm.unet import PRESETS
+    from ddpm.config import PRESETS
 
-    size = PRESETS[args.preset].image_size
+    size = PRESETS[args.preset].model.image_size
     rounds = []
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "images"

@@ -11,7 +11,6 @@ A run directory that exists is resumed, so the command can be interrupted and ru
 """
 
 import argparse
-import csv
 import math
 import sys
 import time
@@ -24,16 +23,19 @@ from demo_quality import judge
 
 
 def read_metrics(path: Path) -> dict:
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    """metrics.csv columns as arrays, through ddpm's own reader."""
+    from ddpm.run import read_metrics as rows_of
+
+    rows = rows_of(path)
     return {k: np.array([float(r[k]) for r in rows]) for k in ("step", "loss", "img_per_s", "skipped")}
 
 
 def main() -> int:
-    from ddpm.checkpoint import load_checkpoint
-    from ddpm.cli import _write_images, train_run
     from ddpm.config import make_run_config
-    from ddpm.samplers import generate, make_sampler
+    from ddpm.outputs import write_images
+    from ddpm.run import load_checkpoint
+    from ddpm.sampling import generate, make_sampler
+    from ddpm.train import train_run
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="precision-runs")
@@ -50,14 +52,14 @@ def main() -> int:
         over = {"data": "mnist", "precision": prec, "seed": args.seed, "steps": args.steps}
         cfg = make_run_config("mnist", train=over)
         t = time.perf_counter()
-        train_run(run, cfg, resume=True, device=torch.device("cpu"), progress=False)
+        train_run(run, cfg, device=torch.device("cpu"), progress=False)
         train_s[prec] = time.perf_counter() - t
         ckpt = load_checkpoint(run)
         smp = make_sampler("respaced", ckpt.diffusion, steps=args.sampling_steps)
         x = generate(ckpt.ema_model, smp, args.n, (1, 28, 28), seed=0, batch_size=256, precision="auto",
                      progress=False)
-        _write_images(x, run / "samples.npz")
-        _write_images(x[:100], run / "samples.png")
+        write_images(x, run / "samples.npz")
+        write_images(x[:100], run / "samples.png")
         quality[prec] = judge(np.load(run / "samples.npz")["arr_0"])
         curves[prec] = read_metrics(run / "metrics.csv")
         print(f"{prec}: {ckpt.step} steps, training {train_s[prec]:.0f} s this call", flush=True)

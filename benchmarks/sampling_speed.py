@@ -11,7 +11,7 @@ import statistics
 import time
 
 from ddpm import load_checkpoint
-from ddpm.samplers import generate, make_sampler
+from ddpm.sampling import generate, make_sampler
 
 
 def main() -> int:
@@ -31,7 +31,7 @@ def main() -> int:
         name, steps, *eta = spec.split(":")
         steps = int(steps)
         samplers[spec] = make_sampler(name, ckpt.diffusion, steps=None if name == "ancestral" else steps,
-                                      eta=float(eta[0]) if eta else 0.0)
+                                      eta=float(eta[0]) if eta else None)
     times = {k: [] for k in samplers}
     for _ in range(args.rounds):
         for k, smp in samplers.items():

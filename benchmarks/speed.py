@@ -133,7 +133,7 @@ def timed(fn, iters: int, device) -> float:
 
 
 def run_speed(args, preset: str, batch: int) -> dict:
-    from ddpm.samplers import Ancestral
+    from ddpm.sampling import Ancestral
 
     device = torch.device(args.device)
     trainer, theirs, diffusion, shape = build(preset, batch, device)
@@ -247,7 +247,7 @@ print([int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmH
 
 def time_sampling(args, device: torch.device) -> dict:
     """Seconds to draw ``args.sample`` cifar10-sized images with Algorithm 2 (T = 1000), eager and compiled."""
-    from ddpm.samplers import Ancestral, generate
+    from ddpm.sampling import Ancestral, generate
     from ddpm.config import make_run_config
     from ddpm.unet import UNet
 

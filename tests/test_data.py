@@ -15,7 +15,7 @@ import torch
 from PIL import Image, ImageFile
 
 import ddpm
-from ddpm.data import EMBEDDED, ImageData, load_data, to_float, to_uint8
+from ddpm.data import ImageData, load_data, load_image, to_float, to_uint8
 from ddpm.errors import DDPMError
 
 # ---------------------------------------------------------------- transforms
@@ -59,7 +59,6 @@ def _mnist_file():
 
 
 def test_mnist_native():
-    assert EMBEDDED == ("mnist",)
     images, labels = _mnist_file()
     d = load_data("mnist", channels=1, image_size=28)
     assert isinstance(d, ImageData) and d.name == "mnist" and d.hflip is False
@@ -68,8 +67,11 @@ def test_mnist_native():
     assert d.images.is_contiguous()
     assert d.labels.dtype == torch.int64 and d.labels.shape == (5000,)
     assert np.bincount(d.labels.numpy(), minlength=10).tolist() == [500] * 10
-    assert torch.equal(d.labels, torch.from_numpy(labels.astype(np.int64)))  # file order kept
-    assert np.array_equal(d.images[:, 0].numpy(), images)
+    # the file is sorted by class; the source interleaves it: image K is the (K // 10)-th image of digit K % 10
+    assert labels.tolist() == sorted(labels.tolist())
+    assert d.labels.tolist() == [k % 10 for k in range(5000)]
+    for k in (0, 7, 17, 4999):
+        assert np.array_equal(d.images[k, 0].numpy(), images[np.flatnonzero(labels == k % 10)[k // 10]])
     assert d.images.min() == 0 and d.images.max() == 255
 
 
@@ -80,7 +82,7 @@ def test_mnist_to_rgb_32():
     assert d.images.is_contiguous()
     assert torch.equal(d.images[:, 0], d.images[:, 1]) and torch.equal(d.images[:, 0], d.images[:, 2])
     # a resize keeps each digit's mean brightness (ink area scales with the image)
-    mean_28 = images.reshape(5000, -1).mean(1)
+    mean_28 = load_data("mnist", channels=1, image_size=28).images.reshape(5000, -1).double().mean(1).numpy()
     mean_32 = d.images[:, 0].reshape(5000, -1).double().mean(1).numpy()
     assert np.abs(mean_28 - mean_32).max() < 4
 

@@ -6,6 +6,8 @@ import torch
 
 from ddpm import GaussianDiffusion, NoiseSchedule
 
+from helpers import OracleEps
+
 SCHEDULES = {
     "T1000": (lambda: NoiseSchedule.linear(), dict(num_train_timesteps=1000)),
     "T250": (lambda: NoiseSchedule.linear(T=250), dict(num_train_timesteps=250, beta_start=4e-4, beta_end=0.08)),
@@ -29,17 +31,6 @@ def assert_close_scaled(a, b, tol=1e-5):
     assert a.shape == b.shape
     err = (a.double() - b.double()).abs().max().item()
     assert err <= tol * max(1.0, b.abs().max().item()), err
-
-
-def oracle_for(diffusion, x_star):
-    """The optimal eps for a one-image data set {x_star}: eps = (x_t - sqrt(abar) x*) / sqrt(1 - abar)."""
-    ab = diffusion.schedule.alphas_cumprod
-
-    def model(xt, t):
-        a = ab[t].to(xt.dtype).view(-1, 1, 1, 1)
-        return (xt - a.sqrt() * x_star) / (1 - a).sqrt()
-
-    return model
 
 
 @pytest.mark.parametrize("key", SCHEDULES)
@@ -145,7 +136,7 @@ def test_algorithm2_with_oracle_lands_on_the_image(var_type):
     d = GaussianDiffusion(NoiseSchedule.linear(T=200), var_type=var_type)
     x_star = torch.rand(1, 3, 8, 8) * 1.6 - 0.8
     seen = []
-    x = d.sample(oracle_for(d, x_star), (4, 3, 8, 8), generator=torch.Generator().manual_seed(0),
+    x = d.sample(OracleEps(d, x_star), (4, 3, 8, 8), generator=torch.Generator().manual_seed(0),
                  callback=lambda i, xi, px0: seen.append(i))
     assert seen == list(range(d.T - 1, -1, -1))
     assert x.shape == (4, 3, 8, 8) and x.min() >= -1 and x.max() <= 1
@@ -168,7 +159,7 @@ def test_training_loss_is_per_example_l_simple():
     loss = d.training_loss(lambda x, tt: torch.zeros_like(x), x0, t, noise)
     torch.testing.assert_close(loss, noise.pow(2).mean(dim=(1, 2, 3)))
     # the oracle for a one-image data set has zero loss at every t
-    oracle = oracle_for(d, x0[:1])
+    oracle = OracleEps(d, x0[:1])
     exact = d.training_loss(oracle, x0[:1].expand(8, -1, -1, -1).double())
     assert exact.shape == (8,) and exact.max().item() < 1e-20
 

@@ -11,7 +11,7 @@ from scipy import linalg
 from ddpm.data import load_data, to_float
 from ddpm.errors import DDPMError
 from ddpm.inception import FIDInception, load_inception
-from ddpm.metrics import (evaluate_bpd, extract_features, frechet_distance, gaussian_stats, load_digit_classifier,
+from ddpm.metrics import (extract_features, frechet_distance, gaussian_stats, load_digit_classifier,
                           reference_stats)
 
 from helpers import CodeRunningPickle
@@ -161,33 +161,3 @@ def test_inception_file_with_code_in_it_runs_nothing(tmp_path, monkeypatch):
     with pytest.raises(DDPMError, match="cannot read Inception weights"):
         load_inception(path)
     assert not (tmp_path / "PWNED").exists()
-
-
-# ----------------------------------------------------------------------------- bits/dim over a data set
-class _Oracle(torch.nn.Module):
-    """eps-prediction that is exact for a data set of one image."""
-
-    def __init__(self, diffusion, x0):
-        super().__init__()
-        self.d, self.x0 = diffusion, x0
-
-    def forward(self, x, t):
-        s = self.d.schedule
-        a = s.sqrt_alphas_cumprod[t].float().view(-1, 1, 1, 1)
-        b = s.sqrt_one_minus_alphas_cumprod[t].float().view(-1, 1, 1, 1)
-        return (x - a * self.x0) / b
-
-
-def test_evaluate_bpd_batches_give_the_per_image_bound():
-    from ddpm import GaussianDiffusion, NoiseSchedule
-
-    d = GaussianDiffusion(NoiseSchedule.linear(50))
-    img = torch.randint(0, 256, (1, 1, 4, 4), dtype=torch.uint8)
-    images = img.repeat(5, 1, 1, 1)
-    model = _Oracle(d, to_float(img))
-    res = evaluate_bpd(d, model, images, batch_size=2, progress=False)
-    assert res["total"].shape == (5,) and res["terms"].shape == (5, 50) and res["prior"].shape == (5,)
-    # the oracle's KL terms vanish, so each image's bound is prior + decoder, the same for all five
-    direct = d.bits_per_dim(model, to_float(img), return_terms=True)
-    assert np.allclose(res["total"], float(direct["total"][0]), rtol=1e-6)
-    assert np.allclose(res["total"], res["prior"] + res["terms"].sum(1))

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ddpm import GaussianDiffusion, NoiseSchedule, UNet
-from ddpm.unet import PRESETS, UNetConfig
+from ddpm.config import PRESETS, UNetConfig
 
 
 def small(**kw):
@@ -22,12 +22,12 @@ def test_paper_preset_parameter_counts(name, expected, tol):
 
 
 def test_cifar10_preset_is_the_paper_architecture():
-    cfg = PRESETS["cifar10"]
+    cfg = PRESETS["cifar10"].model
     assert (cfg.ch, cfg.ch_mult, cfg.num_res_blocks, cfg.attn_resolutions, cfg.dropout) == (128, (1, 2, 2, 2), 2, (16,), 0.1)
     with torch.device("meta"):
         net = UNet.from_preset("cifar10")
     assert net.num_parameters() == 35_746_307  # diffusers' google/ddpm-cifar10-32 port of the same network
-    assert PRESETS["celebahq256"].ch_mult == (1, 1, 2, 2, 4, 4) and PRESETS["celebahq256"].dropout == 0.0
+    assert PRESETS["celebahq256"].model.ch_mult == (1, 1, 2, 2, 4, 4) and PRESETS["celebahq256"].model.dropout == 0.0
     assert 1_000 <= UNet.from_preset("tiny").num_parameters() <= 20_000
 
 
@@ -136,5 +136,5 @@ def test_config_validation_and_round_trip():
         UNetConfig(image_size=30, ch_mult=(1, 2, 2))
     with pytest.raises(ValueError, match="unknown preset 'huge'"):
         UNet.from_preset("huge")
-    cfg = PRESETS["cifar10"]
+    cfg = PRESETS["cifar10"].model
     assert UNetConfig.from_dict(cfg.to_dict()) == cfg

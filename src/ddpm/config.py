@@ -1,29 +1,98 @@
-"""Typed run configuration: the one source of truth, saved as RUN/config.json, and the source of CLI flags.
+"""Typed run configuration, the one table of presets, and the rules for changing a run's config.
 
-A run is ``RunConfig(model=UNetConfig, diffusion=DiffusionConfig, train=TrainConfig)``. Each preset
-brings its own recipe: the paper's for ``cifar10`` / ``celebahq256`` (Appendix B), a CPU-tuned one
-for the ``mnist`` demo, a smoke-test one for ``tiny``.
+A run is ``RunConfig(preset, model=UNetConfig, diffusion=DiffusionConfig, train=TrainConfig)``, saved as
+``RUN/config.json``. The fields' metadata (help text, choices) is what the CLI turns into flags, so every
+option is spelled once. Each preset brings a network, a training recipe and diffusion defaults: the
+paper's for ``cifar10`` / ``celebahq256`` (Appendix B), a CPU-tuned one for the ``mnist`` demo, a
+smoke-test one for ``tiny``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field, fields
-from typing import Any, Dict, Optional
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Dict, List, Optional, Tuple
 
 from .diffusion import VAR_TYPES, GaussianDiffusion
 from .errors import DDPMError
 from .schedule import NoiseSchedule
-from .unet import PRESETS, UNetConfig
 
-__all__ = ["DiffusionConfig", "TrainConfig", "RunConfig", "RECIPES", "make_run_config"]
+__all__ = ["UNetConfig", "DiffusionConfig", "TrainConfig", "RunConfig", "Preset", "PRESETS", "make_run_config",
+           "resume_config", "RESUMABLE", "PRECISIONS", "flag"]
+
+PRECISIONS = ("auto", "fp32", "bf16")
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def flag(name: str) -> str:
+    """The CLI flag of a config field: ``batch_size`` -> ``--batch-size``."""
+    return "--" + name.replace("_", "-")
 
 
 def _opt(help: str, **kw) -> Any:
     """A dataclass field with CLI help text (``metadata['help']``) and optional ``choices``."""
     default = kw.pop("default")
     return field(default=default, metadata={"help": help, **kw})
+
+
+def _from_dict(cls, d: Dict[str, Any], what: str):
+    unknown = set(d) - {f.name for f in fields(cls)}
+    if unknown:
+        raise DDPMError(f"unknown {what} field(s): {', '.join(sorted(unknown))}")
+    return cls(**d)
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Architecture of :class:`ddpm.UNet`. ``attn_resolutions`` are feature-map sizes in pixels."""
+
+    in_channels: int = 3
+    out_channels: Optional[int] = None  # None: same as in_channels
+    image_size: int = 32
+    ch: int = 128
+    ch_mult: Tuple[int, ...] = (1, 2, 2, 2)
+    num_res_blocks: int = 2
+    attn_resolutions: Tuple[int, ...] = (16,)
+    dropout: float = 0.1
+    num_groups: int = 32
+
+    def __post_init__(self):
+        object.__setattr__(self, "ch_mult", tuple(int(m) for m in self.ch_mult))
+        object.__setattr__(self, "attn_resolutions", tuple(int(r) for r in self.attn_resolutions))
+        for name in ("in_channels", "image_size", "ch", "num_res_blocks", "num_groups"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"UNet {name} must be a positive integer, got {v!r}")
+        if self.out_channels is not None and self.out_channels < 1:
+            raise ValueError(f"UNet out_channels must be positive, got {self.out_channels!r}")
+        if not self.ch_mult or min(self.ch_mult) < 1:
+            raise ValueError(f"UNet ch_mult must be a non-empty tuple of positive integers, got {self.ch_mult!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"UNet dropout must lie in [0, 1), got {self.dropout!r}")
+        for c in {self.ch * m for m in self.ch_mult}:
+            if c % self.num_groups:
+                raise ValueError(f"UNet width {c} is not divisible by num_groups={self.num_groups}")
+        if self.image_size % (2 ** (len(self.ch_mult) - 1)):
+            raise ValueError(f"UNet image_size={self.image_size} must be divisible by 2**{len(self.ch_mult) - 1} "
+                             "(one halving per level after the first)")
+
+    @property
+    def resolutions(self) -> List[int]:
+        """Feature-map size at each level, top to bottom."""
+        return [self.image_size // 2**i for i in range(len(self.ch_mult))]
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        d["ch_mult"], d["attn_resolutions"] = list(self.ch_mult), list(self.attn_resolutions)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "UNetConfig":
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown UNet config field(s): {', '.join(sorted(unknown))}")
+        return cls(**d)
 
 
 @dataclass(frozen=True)
@@ -54,7 +123,7 @@ class TrainConfig:
     lr: float = _opt("Adam learning rate", default=2e-4)
     warmup: int = _opt("linear learning-rate warm-up steps", default=5000)
     lr_schedule: str = _opt("after warm-up: constant (the paper's) or cosine decay to 0 at --steps",
-                            default="constant", choices=("constant", "cosine"))
+                            default="constant", choices=LR_SCHEDULES)
     snr_gamma: float = _opt("min-SNR-gamma loss weighting (Hang et al. 2023): each example's L_simple times "
                             "min(SNR_t, gamma) / SNR_t, SNR_t = abar_t / (1 - abar_t); 0: off (the paper's L_simple)",
                             default=0.0)
@@ -69,7 +138,7 @@ class TrainConfig:
     keep: int = _opt("keep the last K checkpoints", default=3)
     n_samples: int = _opt("number of images in the periodic sample grid", default=64)
     precision: str = _opt("training precision: fp32, or bf16 autocast with fp32 master weights; auto picks bf16 "
-                          "where the hardware supports it", default="auto", choices=("auto", "fp32", "bf16"))
+                          "where the hardware supports it", default="auto", choices=PRECISIONS)
     skip_nonfinite: bool = _opt("skip a step whose loss or gradient is NaN/inf (counted in metrics.csv) "
                                 "instead of stopping", default=False)
     compile: bool = _opt("compile the network with torch.compile (slow to start, then faster; the compiled "
@@ -77,53 +146,61 @@ class TrainConfig:
     time_limit: float = _opt("stop (with a checkpoint) after this many minutes (0: no limit)", default=0.0)
 
     def validate(self) -> None:
-        positive = ("steps", "batch_size", "grad_accum", "log_every", "save_every", "keep", "n_samples")
-        for name in positive:
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise DDPMError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
+        for name in ("steps", "batch_size", "grad_accum", "log_every", "save_every", "keep", "n_samples"):
+            _check_int(name, getattr(self, name), 1, "a positive")
         for name in ("warmup", "sample_every", "seed"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise DDPMError(f"--{name.replace('_', '-')} must be a non-negative integer, got {v!r}")
-        if not (self.lr > 0):
-            raise DDPMError(f"--lr must be positive, got {self.lr!r}")
-        if not (0 <= self.ema_decay < 1):
-            raise DDPMError(f"--ema-decay must lie in [0, 1), got {self.ema_decay!r}")
-        if not (self.snr_gamma >= 0):
-            raise DDPMError(f"--snr-gamma must be >= 0, got {self.snr_gamma!r}")
-        if not (self.grad_clip >= 0):
-            raise DDPMError(f"--grad-clip must be >= 0, got {self.grad_clip!r}")
-        if self.lr_schedule not in ("constant", "cosine"):
-            raise DDPMError(f"--lr-schedule must be constant or cosine, got {self.lr_schedule!r}")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise DDPMError(f"--precision must be auto, fp32 or bf16, got {self.precision!r}")
+            _check_int(name, getattr(self, name), 0, "a non-negative")
+        checks = [("lr", self.lr > 0, "must be positive"), ("ema_decay", 0 <= self.ema_decay < 1, "must lie in [0, 1)"),
+                  ("snr_gamma", self.snr_gamma >= 0, "must be >= 0"), ("grad_clip", self.grad_clip >= 0, "must be >= 0"),
+                  ("time_limit", self.time_limit >= 0, "must be >= 0"),
+                  ("lr_schedule", self.lr_schedule in LR_SCHEDULES, f"must be one of {', '.join(LR_SCHEDULES)}"),
+                  ("precision", self.precision in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}")]
+        for name, ok, what in checks:
+            if not ok:
+                raise DDPMError(f"{flag(name)} {what}, got {getattr(self, name)!r}")
         if self.grad_accum > self.batch_size:
             raise DDPMError(f"--grad-accum {self.grad_accum} is larger than --batch-size {self.batch_size}")
-        if not (self.time_limit >= 0):
-            raise DDPMError(f"--time-limit must be >= 0, got {self.time_limit!r}")
 
 
-# Per-preset recipes: the fields of TrainConfig / DiffusionConfig that differ from the defaults above.
-RECIPES: Dict[str, Dict[str, Dict[str, Any]]] = {
+def _check_int(name: str, v: Any, low: int, what: str) -> None:
+    if isinstance(v, bool) or not isinstance(v, int) or v < low:
+        raise DDPMError(f"{flag(name)} must be {what} integer, got {v!r}")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A network, the TrainConfig / DiffusionConfig fields that differ from their defaults, and a summary."""
+
+    model: UNetConfig
+    train: Dict[str, Any]
+    diffusion: Dict[str, Any]
+    summary: str
+
+
+PRESETS: Dict[str, Preset] = {
     # Appendix B: T=1000, linear 1e-4..0.02, Adam 2e-4, batch 128, warm-up 5000, clip 1, EMA 0.9999, 800k steps.
-    "cifar10": {"train": {}, "diffusion": {}},
-    # Appendix B: CelebA-HQ 256: lr 2e-5, batch 64, 0.5M steps.
-    "celebahq256": {"train": {"lr": 2e-5, "batch_size": 64, "steps": 500_000}, "diffusion": {}},
-    # The CPU demo: a short, faster schedule tuned for 2 cores (see README and benchmarks/demo_quality.py).
-    # 4,800 steps (about 16 min on 2 cores) reach the demo's quality bar; `ddpm demo` trains as many of
-    # them as fit in its time budget, with the cosine decay ending at that step.
-    "mnist": {
-        "train": {"steps": 4800, "batch_size": 64, "lr": 2e-3, "lr_schedule": "cosine", "warmup": 100,
-                  "ema_decay": 0.995, "precision": "auto", "log_every": 50, "sample_every": 0, "save_every": 500,
-                  "n_samples": 64},
-        "diffusion": {},
-    },
-    "tiny": {
-        "train": {"steps": 200, "batch_size": 16, "lr": 1e-3, "warmup": 20, "ema_decay": 0.99, "precision": "fp32",
-                  "log_every": 10, "sample_every": 0, "save_every": 100, "n_samples": 16},
-        "diffusion": {"T": 100},
-    },
+    # The network has 35.7M parameters (diffusers' google/ddpm-cifar10-32 port: 35,746,307).
+    "cifar10": Preset(UNetConfig(in_channels=3, image_size=32, ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2,
+                                 attn_resolutions=(16,), dropout=0.1), {}, {},
+                      "the paper's 35.7M UNet for 32x32 RGB and its CIFAR-10 recipe"),
+    # Appendix B: CelebA-HQ / LSUN 256: lr 2e-5, batch 64, 0.5M steps; ~114M parameters.
+    "celebahq256": Preset(UNetConfig(in_channels=3, image_size=256, ch=128, ch_mult=(1, 1, 2, 2, 4, 4),
+                                     num_res_blocks=2, attn_resolutions=(16,), dropout=0.0),
+                          {"lr": 2e-5, "batch_size": 64, "steps": 500_000}, {},
+                          "the paper's 114M UNet for 256x256 RGB and its CelebA-HQ recipe"),
+    # The CPU demo: 0.69M parameters for 28x28 digits, chosen by measured sample quality per minute of CPU time;
+    # 4,800 steps (about 16 min on 2 cores) reach the demo's quality bar; `ddpm demo` trains what fits its budget.
+    "mnist": Preset(UNetConfig(in_channels=1, image_size=28, ch=16, ch_mult=(1, 2, 4), num_res_blocks=1,
+                               attn_resolutions=(7,), dropout=0.0, num_groups=8),
+                    {"steps": 4800, "batch_size": 64, "lr": 2e-3, "lr_schedule": "cosine", "warmup": 100,
+                     "ema_decay": 0.995, "log_every": 50, "sample_every": 0, "save_every": 500}, {},
+                    "0.69M UNet for 28x28 gray, a 16-minute CPU recipe (the demo's)"),
+    # A few thousand parameters: for tests and smoke runs.
+    "tiny": Preset(UNetConfig(in_channels=1, image_size=16, ch=4, ch_mult=(1, 2), num_res_blocks=1,
+                              attn_resolutions=(), dropout=0.0, num_groups=2),
+                   {"steps": 200, "batch_size": 16, "lr": 1e-3, "warmup": 20, "ema_decay": 0.99, "precision": "fp32",
+                    "log_every": 10, "sample_every": 0, "save_every": 100, "n_samples": 16}, {"T": 100},
+                   "11k-parameter UNet for 16x16 gray, for tests and smoke runs"),
 }
 
 
@@ -135,53 +212,56 @@ class RunConfig:
     train: TrainConfig
 
     def to_dict(self) -> Dict[str, Any]:
-        return {
-            "preset": self.preset,
-            "model": self.model.to_dict(),
-            "diffusion": dataclasses.asdict(self.diffusion),
-            "train": dataclasses.asdict(self.train),
-        }
+        return {"preset": self.preset, "model": self.model.to_dict(), "diffusion": asdict(self.diffusion),
+                "train": asdict(self.train)}
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+        return json.dumps(self.to_dict(), indent=2) + "\n"
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "RunConfig":
         try:
-            return cls(
-                preset=str(d["preset"]),
-                model=UNetConfig.from_dict(d["model"]),
-                diffusion=_from_dict(DiffusionConfig, d["diffusion"]),
-                train=_from_dict(TrainConfig, d["train"]),
-            )
+            return cls(preset=str(d["preset"]), model=UNetConfig.from_dict(d["model"]),
+                       diffusion=_from_dict(DiffusionConfig, d["diffusion"], "DiffusionConfig"),
+                       train=_from_dict(TrainConfig, d["train"], "TrainConfig"))
         except (KeyError, TypeError) as e:
             raise DDPMError(f"config is missing or has a malformed field: {e}") from None
 
 
-def _from_dict(cls, d: Dict[str, Any]):
-    known = {f.name for f in fields(cls)}
-    unknown = set(d) - known
-    if unknown:
-        raise DDPMError(f"unknown {cls.__name__} field(s): {', '.join(sorted(unknown))}")
-    return cls(**d)
+def _merged(base: Dict[str, Any], over: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    return {**base, **{k: v for k, v in (over or {}).items() if v is not None}}
 
 
 def make_run_config(preset: str, *, train: Optional[Dict[str, Any]] = None,
                     diffusion: Optional[Dict[str, Any]] = None, model: Optional[Dict[str, Any]] = None) -> RunConfig:
-    """The preset's architecture and recipe, with explicit overrides (``None`` values are ignored)."""
+    """The preset's network, recipe and diffusion, with explicit overrides (``None`` values are ignored)."""
     if preset not in PRESETS:
         raise DDPMError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
-    recipe = RECIPES[preset]
-
-    def merged(base: Dict[str, Any], over: Optional[Dict[str, Any]]) -> Dict[str, Any]:
-        return {**base, **{k: v for k, v in (over or {}).items() if v is not None}}
-
-    model_cfg = UNetConfig(**merged(dataclasses.asdict(PRESETS[preset]), model))
-    cfg = RunConfig(
-        preset=preset,
-        model=model_cfg,
-        diffusion=DiffusionConfig(**merged(recipe["diffusion"], diffusion)),
-        train=TrainConfig(**merged(recipe["train"], train)),
-    )
+    p = PRESETS[preset]
+    cfg = RunConfig(preset=preset, model=UNetConfig(**_merged(asdict(p.model), model)),
+                    diffusion=DiffusionConfig(**_merged(p.diffusion, diffusion)),
+                    train=TrainConfig(**_merged(p.train, train)))
     cfg.train.validate()
     return cfg
+
+
+# What a resumed run may change: how long it runs and how it reports, never what it computes.
+RESUMABLE = frozenset({"steps", "log_every", "sample_every", "save_every", "keep", "n_samples", "time_limit",
+                       "grad_accum", "compile", "skip_nonfinite"})
+
+
+def resume_config(saved: RunConfig, train: Dict[str, Any], diffusion: Dict[str, Any],
+                  preset: Optional[str] = None) -> RunConfig:
+    """``saved`` with the RESUMABLE fields of ``train`` applied; any other field that differs is an error."""
+    fixed = {**{k: v for k, v in train.items() if k not in RESUMABLE and v is not None},
+             **{k: v for k, v in diffusion.items() if v is not None}}
+    if preset is not None:
+        fixed["preset"] = preset
+    current = {**asdict(saved.train), **asdict(saved.diffusion), "preset": saved.preset}
+    for k, v in fixed.items():
+        if current.get(k) != v:
+            raise DDPMError(f"the run was trained with {flag(k)} {current.get(k)!r}; a resumed run cannot change it "
+                            f"(only {', '.join(sorted(flag(r) for r in RESUMABLE))} can)")
+    new = dataclasses.replace(saved.train, **{k: v for k, v in train.items() if k in RESUMABLE and v is not None})
+    new.validate()
+    return dataclasses.replace(saved, train=new)

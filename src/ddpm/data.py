@@ -4,49 +4,37 @@
 [N, C, S, S] held in memory (the data sets this tool trains on fit easily):
 
 - ``"mnist"``: the 5,000-image MNIST subset shipped in ``ddpm/assets`` (see its README for the
-  attribution), 500 images per digit, sorted by class;
+  attribution), 500 images per digit, in interleaved class order: image K is a digit K % 10;
 - a folder of images (png, jpg, jpeg, bmp, webp; searched recursively, hidden entries skipped);
 - CIFAR-10 from a local file or folder in either official format (the python pickles or the binary
   records, as the ``.tar.gz`` or extracted): the 50,000 training images of ``data_batch_1..5``.
 
 Every image goes through one conversion path: to gray ("L") or RGB, short side resized to S,
-centre-cropped to S x S. Archives are read in memory and never extracted; pickles are read with an
-unpickler that can build numpy arrays and nothing else. Bad input raises ``DDPMError``.
+centre-cropped to S x S. ``load_image(spec, size)`` reads one picture (a file, or ``mnist:K``) the same
+way. Bad input raises ``DDPMError``.
 """
 
 from __future__ import annotations
 
-import codecs
 import io
 import os
-import pickle
-import re
-import tarfile
 import zlib
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
+from .cifar10 import read_cifar10
 from .errors import DDPMError
 
-try:
-    from numpy._core.multiarray import _reconstruct as _np_reconstruct
-except ImportError:  # numpy < 2
-    from numpy.core.multiarray import _reconstruct as _np_reconstruct
+__all__ = ["ImageData", "load_data", "load_image", "to_float", "to_uint8", "IMAGE_EXTENSIONS"]
 
-__all__ = ["EMBEDDED", "ImageData", "load_data", "to_float", "to_uint8"]
-
-EMBEDDED = ("mnist",)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-_PY_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
-_BIN_BATCHES = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
-_CIFAR_DIRS = ("cifar-10-batches-py", "cifar-10-batches-bin")
 _HIGH_DEPTH = ("I", "I;16", "I;16L", "I;16B", "I;16N")  # 16-bit sources, scaled 0..65535 -> 0..255
 
 
@@ -95,7 +83,7 @@ def load_data(src: str, *, channels: int, image_size: int, progress: bool = Fals
         raise DDPMError(
             f"data source {src!r} not found: expected 'mnist', a folder of images, or a CIFAR-10 archive/folder"
         )
-    cifar = _read_cifar(path)
+    cifar = read_cifar10(path)
     if cifar is not None:
         return _make(*cifar, "cifar10", True, channels, image_size, progress)
     if path.is_file():
@@ -155,14 +143,48 @@ def _chw(im: Image.Image) -> np.ndarray:
 
 
 def _load_mnist() -> Tuple[np.ndarray, np.ndarray]:
-    """The shipped subset: uint8 images [5000, 1, 28, 28] and labels [5000], in file order."""
+    """The shipped subset: uint8 images [5000, 1, 28, 28] and labels [5000], interleaved by class (the file is
+    sorted by class): image K is the (K // 10)-th image of digit K % 10."""
     res = files("ddpm") / "assets" / "mnist5k.npz"
     try:
         with np.load(io.BytesIO(res.read_bytes()), allow_pickle=False) as z:
-            images, labels = z["images"], z["labels"]
+            images, labels = z["images"], z["labels"].astype(np.int64)
     except (OSError, KeyError, ValueError, zlib.error) as e:
         raise DDPMError(f"the embedded data set 'mnist' ({res}) is missing or damaged: {e}") from None
-    return images[:, None], labels
+    rank = np.empty(len(labels), np.int64)  # each image's position among the images of its class
+    for c in np.unique(labels):
+        where = np.flatnonzero(labels == c)
+        rank[where] = np.arange(len(where))
+    order = np.lexsort((labels, rank))
+    return images[order, None], labels[order]
+
+
+def load_image(spec: str, size: int) -> torch.Tensor:
+    """One picture as float [C, size, size] in [-1, 1]: an image file (gray stays gray, anything else is RGB) or
+    ``mnist:K``, image K of the shipped digits (a digit K % 10: ``mnist:7`` is a seven). Short side resized to
+    ``size``, centre-cropped."""
+    if spec == "mnist" or spec.startswith("mnist:"):
+        images, _ = _load_mnist()
+        k = spec.partition(":")[2] or "0"
+        if not k.isdigit() or int(k) >= len(images):
+            raise DDPMError(f"{spec!r}: K must be an index from 0 to {len(images) - 1}")
+        im = Image.fromarray(images[int(k), 0])
+    else:
+        im = _open_image(Path(spec))
+    grey = im.mode in ("1", "L", "LA", "F") or im.mode in _HIGH_DEPTH
+    return to_float(torch.from_numpy(_chw(_fit(_to_mode(im, "L" if grey else "RGB"), size)).copy()))
+
+
+def _open_image(path: Path) -> Image.Image:
+    """A fully decoded, EXIF-rotated image; DDPMError for a missing, truncated or corrupt file."""
+    if not path.is_file():
+        raise DDPMError(f"image {path} not found")
+    try:
+        with Image.open(path) as im:
+            im.load()  # decodes fully: a truncated or corrupt file raises here
+            return ImageOps.exif_transpose(im)
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files
+        raise DDPMError(f"cannot read image {path}: {e}") from None
 
 
 # ---------------------------------------------------------------- folders of images
@@ -184,97 +206,7 @@ def _load_folder(root: Path, name: str, channels: int, size: int, progress: bool
     out = np.empty((len(paths), channels, size, size), np.uint8)
     mode = "L" if channels == 1 else "RGB"
     for i, p in enumerate(tqdm(paths, desc=f"loading {name}", unit="img", disable=not progress)):
-        try:
-            with Image.open(p) as im:
-                im.load()  # decodes fully: a truncated or corrupt file raises here
-                im = ImageOps.exif_transpose(im)
-                out[i] = _chw(_fit(_to_mode(im, mode), size))
-        except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files
-            raise DDPMError(f"cannot read image {p}: {e}") from None
+        out[i] = _chw(_fit(_to_mode(_open_image(p), mode), size))
     return ImageData(torch.from_numpy(out), None, name, True)
 
 
-# ---------------------------------------------------------------- CIFAR-10
-
-
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Builds dicts, lists, bytes and numpy arrays; refuses every other global, so no code runs."""
-
-    def find_class(self, module: str, name: str):
-        if (module, name) in (("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct")):
-            return _np_reconstruct  # pickles from numpy 1 and 2 name it differently
-        if module == "numpy" and name in ("ndarray", "dtype"):
-            return getattr(np, name)
-        if (module, name) == ("_codecs", "encode"):
-            return codecs.encode
-        raise DDPMError(f"refusing to unpickle {module}.{name}: a CIFAR-10 batch holds only numpy arrays")
-
-
-def _read_cifar(path: Path) -> Optional[Tuple[np.ndarray, np.ndarray]]:
-    """uint8 images [50000, 3, 32, 32] and labels from a CIFAR-10 archive or folder; None if
-    ``path`` holds no CIFAR-10 batches (then it may be a folder of images)."""
-    if path.is_dir():
-        for d in (path, *(path / x for x in _CIFAR_DIRS)):
-            blobs = {n: (d / n).read_bytes() for n in _PY_BATCHES + _BIN_BATCHES if (d / n).is_file()}
-            if blobs:
-                return _decode_cifar(str(d), blobs)
-        return None
-    return _decode_cifar(str(path), _read_tar(path))
-
-
-def _read_tar(path: Path) -> Dict[str, bytes]:
-    """The data_batch_* members of a tar archive (any compression), read in memory; refuses
-    archives with absolute, ``..`` or link members."""
-    blobs: Dict[str, bytes] = {}
-    try:
-        with tarfile.open(path, "r:*") as tf:
-            for m in tf:
-                parts = re.split(r"[/\\]", m.name)
-                if m.name.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", m.name) or ".." in parts:
-                    raise DDPMError(f"refusing archive {path}: member {m.name!r} points outside the archive")
-                if m.issym() or m.islnk():
-                    raise DDPMError(f"refusing archive {path}: member {m.name!r} is a link")
-                if m.isfile() and parts[-1] in _PY_BATCHES + _BIN_BATCHES and parts[-1] not in blobs:
-                    blobs[parts[-1]] = tf.extractfile(m).read()
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
-        raise DDPMError(f"cannot read {path} as a CIFAR-10 archive: {e}") from None
-    return blobs
-
-
-def _decode_cifar(where: str, blobs: Dict[str, bytes]) -> Optional[Tuple[np.ndarray, np.ndarray]]:
-    if not blobs:
-        return None
-    names = _PY_BATCHES if any(n in blobs for n in _PY_BATCHES) else _BIN_BATCHES
-    missing = [n for n in names if n not in blobs]
-    if missing:
-        raise DDPMError(f"CIFAR-10 data in {where} is missing {', '.join(missing)}")
-    decode = _decode_py_batch if names is _PY_BATCHES else _decode_bin_batch
-    data, labels = zip(*(decode(f"{where}: {n}", blobs[n]) for n in names))
-    labels = np.concatenate(labels)
-    if labels.size and (labels.min() < 0 or labels.max() > 9):
-        raise DDPMError(f"CIFAR-10 data in {where} has labels outside 0..9")
-    return np.concatenate(data).reshape(-1, 3, 32, 32), labels
-
-
-def _decode_py_batch(where: str, blob: bytes) -> Tuple[np.ndarray, np.ndarray]:
-    """A python-format batch: pickled dict with b"data" uint8 [n, 3072] (1024 R, 1024 G, 1024 B,
-    each row-major 32 x 32) and b"labels" (n ints)."""
-    try:
-        d = _NumpyOnlyUnpickler(io.BytesIO(blob), encoding="bytes").load()
-        data, labels = d[b"data"], np.asarray(d[b"labels"], dtype=np.int64)
-    except DDPMError as e:
-        raise DDPMError(f"{where}: {e}") from None
-    except Exception as e:  # truncated / corrupt pickle, or not the expected dict
-        raise DDPMError(f"{where}: not a CIFAR-10 python batch ({type(e).__name__}: {e})") from None
-    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
-            and data.shape[1] == 3072 and labels.shape == (data.shape[0],)):
-        raise DDPMError(f"{where}: not a CIFAR-10 python batch (expected uint8 data [n, 3072] and n labels)")
-    return data, labels
-
-
-def _decode_bin_batch(where: str, blob: bytes) -> Tuple[np.ndarray, np.ndarray]:
-    """A binary-format batch: records of 1 label byte + 3072 pixel bytes (same layout as above)."""
-    if not blob or len(blob) % 3073:
-        raise DDPMError(f"{where}: not a CIFAR-10 binary batch ({len(blob)} bytes, not a multiple of 3073)")
-    rec = np.frombuffer(blob, np.uint8).reshape(-1, 3073)
-    return rec[:, 1:], rec[:, 0].astype(np.int64)

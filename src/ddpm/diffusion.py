@@ -7,22 +7,21 @@ Images are float tensors in [-1, 1], layout NCHW. ``t`` is an int64 tensor [B] o
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Dict, Optional, Sequence
 
 import torch
 from torch import Tensor
 
+from .losses import discretized_gaussian_log_likelihood, mean_bits_per_dim, normal_kl
 from .schedule import NoiseSchedule
 
-__all__ = ["GaussianDiffusion", "VAR_TYPES", "normal_kl", "discretized_gaussian_log_likelihood"]
+__all__ = ["GaussianDiffusion", "VAR_TYPES", "extract", "draw_normal"]
 
 Model = Callable[[Tensor, Tensor], Tensor]
 VAR_TYPES = ("fixedlarge", "fixedsmall")
-LN2 = math.log(2.0)
 
 
-def _extract(table: Tensor, t: Tensor, like: Tensor) -> Tensor:
+def extract(table: Tensor, t: Tensor, like: Tensor) -> Tensor:
     """table[t] cast to ``like``'s dtype/device and shaped [B, 1, 1, ...] to broadcast over ``like``."""
     out = table.to(like.device)[t.to(like.device).long()].to(like.dtype)
     return out.reshape(t.shape[0], *([1] * (like.ndim - 1)))
@@ -63,35 +62,36 @@ class GaussianDiffusion:
     def q_mean_variance(self, x0: Tensor, t: Tensor):
         """q(x_t | x_0) = N(sqrt(abar_t) x0, (1 - abar_t) I) (Eq. 4): (mean, variance, log_variance)."""
         s = self.schedule
-        mean = _extract(s.sqrt_alphas_cumprod, t, x0) * x0
-        var = _extract(1.0 - s.alphas_cumprod, t, x0)
-        return mean, var, _extract((1.0 - s.alphas_cumprod).log(), t, x0)
+        mean = extract(s.sqrt_alphas_cumprod, t, x0) * x0
+        var = extract(1.0 - s.alphas_cumprod, t, x0)
+        return mean, var, extract((1.0 - s.alphas_cumprod).log(), t, x0)
 
     def q_sample(self, x0: Tensor, t: Tensor, noise: Optional[Tensor] = None) -> Tensor:
         """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps (Eq. 4; the tutorial's ``perturb_x``)."""
         if noise is None:
             noise = torch.randn_like(x0)
         s = self.schedule
-        return _extract(s.sqrt_alphas_cumprod, t, x0) * x0 + _extract(s.sqrt_one_minus_alphas_cumprod, t, x0) * noise
+        return extract(s.sqrt_alphas_cumprod, t, x0) * x0 + extract(s.sqrt_one_minus_alphas_cumprod, t, x0) * noise
 
     def q_posterior(self, x0: Tensor, xt: Tensor, t: Tensor):
         """q(x_{t-1} | x_t, x_0) = N(mu-tilde, beta-tilde I) (Eqs. 6-7): (mean, variance, log_variance)."""
         s = self.schedule
-        mean = _extract(s.posterior_mean_coef1, t, xt) * x0 + _extract(s.posterior_mean_coef2, t, xt) * xt
-        return mean, _extract(s.posterior_variance, t, xt), _extract(s.posterior_log_variance_clipped, t, xt)
+        mean = extract(s.posterior_mean_coef1, t, xt) * x0 + extract(s.posterior_mean_coef2, t, xt) * xt
+        return mean, extract(s.posterior_variance, t, xt), extract(s.posterior_log_variance_clipped, t, xt)
 
     def predict_x0_from_eps(self, xt: Tensor, t: Tensor, eps: Tensor) -> Tensor:
         """Invert Eq. 4: x0 = x_t / sqrt(abar_t) - sqrt(1/abar_t - 1) eps."""
         s = self.schedule
-        return _extract(s.sqrt_recip_alphas_cumprod, t, xt) * xt - _extract(s.sqrt_recipm1_alphas_cumprod, t, xt) * eps
+        return extract(s.sqrt_recip_alphas_cumprod, t, xt) * xt - extract(s.sqrt_recipm1_alphas_cumprod, t, xt) * eps
 
     # ----------------------------------------------------------------------------- reverse process
     def p_mean_variance(self, model: Model, xt: Tensor, t: Tensor, clip_denoised: bool = True) -> Dict[str, Tensor]:
         """p_theta(x_{t-1} | x_t): dict(mean, variance, log_variance, pred_x0, eps).
 
-        The mean is mu-tilde(x_t, x0_hat) with x0_hat predicted from eps (clipped to [-1, 1] when
-        ``clip_denoised``); unclipped, this equals Eq. 11:
-        mu = 1/sqrt(alpha_t) (x_t - beta_t / sqrt(1 - abar_t) eps).
+        Unclipped, the mean is Eq. 11 in the tutorial's form, mu = reciprocal_sqrt_alphas * (x_t -
+        remove_noise_coeff * eps) = 1/sqrt(alpha_t) (x_t - beta_t / sqrt(1 - abar_t) eps). With
+        ``clip_denoised`` it is mu-tilde(x_t, x0_hat) of Eq. 7 with x0_hat predicted from eps and clipped
+        to [-1, 1]: the same number wherever the clip changes nothing.
         """
         eps = model(xt, t)
         if eps.shape != xt.shape:
@@ -100,11 +100,14 @@ class GaussianDiffusion:
         pred_x0 = self.predict_x0_from_eps(xt, t, eps)
         if clip_denoised:
             pred_x0 = pred_x0.clamp(-1.0, 1.0)
-        mean, _, _ = self.q_posterior(pred_x0, xt, t)
+            mean, _, _ = self.q_posterior(pred_x0, xt, t)
+        else:
+            s = self.schedule
+            mean = extract(s.reciprocal_sqrt_alphas, t, xt) * (xt - extract(s.remove_noise_coeff, t, xt) * eps)
         return {
             "mean": mean,
-            "variance": _extract(self.model_variance, t, xt),
-            "log_variance": _extract(self.model_log_variance, t, xt),
+            "variance": extract(self.model_variance, t, xt),
+            "log_variance": extract(self.model_log_variance, t, xt),
             "pred_x0": pred_x0,
             "eps": eps,
         }
@@ -118,7 +121,7 @@ class GaussianDiffusion:
         """
         out = self.p_mean_variance(model, xt, t, clip_denoised=clip_denoised)
         if noise is None:
-            noise = _randn(xt.shape, generator, xt)
+            noise = draw_normal(xt.shape, generator, xt)
         nonzero = (t != 0).to(xt.dtype).reshape(-1, *([1] * (xt.ndim - 1)))  # no noise at the last step
         x_prev = out["mean"] + nonzero * torch.exp(0.5 * out["log_variance"]) * noise
         return x_prev, out["pred_x0"]
@@ -134,7 +137,7 @@ class GaussianDiffusion:
         """
         if device is None:
             device = generator.device if generator is not None else torch.device("cpu")
-        x = _randn(tuple(shape), generator, torch.empty(0, device=device, dtype=dtype))
+        x = draw_normal(tuple(shape), generator, torch.empty(0, device=device, dtype=dtype))
         steps = range(self.T - 1, -1, -1)
         if progress:
             from tqdm.auto import tqdm
@@ -167,7 +170,7 @@ class GaussianDiffusion:
             steps = tqdm(steps, desc="bits/dim", unit="step", leave=False)
         for i in steps:
             t = torch.full((b,), i, device=x0.device, dtype=torch.long)
-            xt = self.q_sample(x0, t, _randn(x0.shape, generator, x0))
+            xt = self.q_sample(x0, t, draw_normal(x0.shape, generator, x0))
             out = self.p_mean_variance(model, xt, t, clip_denoised=clip_denoised)
             if i == 0:
                 nats = -discretized_gaussian_log_likelihood(x0, out["mean"], 0.5 * out["log_variance"])
@@ -175,7 +178,7 @@ class GaussianDiffusion:
                 mean_q, _, logvar_q = self.q_posterior(x0, xt, t)
                 nats = normal_kl(mean_q.double(), logvar_q.double(), out["mean"].double(),
                                  out["log_variance"].double())
-            terms[:, i] = _bits_per_dim(nats)
+            terms[:, i] = mean_bits_per_dim(nats)
         prior = self.prior_bits_per_dim(x0)
         total = prior + terms.sum(1)
         return {"total": total, "prior": prior, "terms": terms} if return_terms else total
@@ -185,9 +188,18 @@ class GaussianDiffusion:
         t = torch.full((x0.shape[0],), self.T - 1, device=x0.device, dtype=torch.long)
         mean, _, logvar = self.q_mean_variance(x0.double(), t)
         kl = normal_kl(mean, logvar, torch.zeros_like(mean), torch.zeros_like(logvar))
-        return _bits_per_dim(kl)
+        return mean_bits_per_dim(kl)
 
     # ----------------------------------------------------------------------------- training
+    def min_snr_weights(self, gamma: float) -> Tensor:
+        """Per-step weights of L_simple under min-SNR-gamma (Hang et al. 2023): min(SNR_t, gamma) / SNR_t with
+        SNR_t = abar_t / (1 - abar_t); float32 [T]."""
+        if not gamma > 0:
+            raise ValueError(f"gamma must be positive, got {gamma!r}")
+        abar = self.schedule.alphas_cumprod
+        snr = abar / (1 - abar)
+        return (snr.clamp(max=gamma) / snr).float()
+
     def training_loss(self, model: Model, x0: Tensor, t: Optional[Tensor] = None, noise: Optional[Tensor] = None,
                       *, generator: Optional[torch.Generator] = None) -> Tensor:
         """Algorithm 1's L_simple: ||eps - eps_theta(x_t, t)||^2, mean over pixels, shape [B].
@@ -198,37 +210,13 @@ class GaussianDiffusion:
         if t is None:
             t = torch.randint(0, self.T, (b,), device=x0.device, generator=generator)
         if noise is None:
-            noise = _randn(x0.shape, generator, x0)
+            noise = draw_normal(x0.shape, generator, x0)
         xt = self.q_sample(x0, t, noise)
         eps = model(xt, t)
         return (noise - eps.to(noise.dtype)).pow(2).flatten(1).mean(dim=1)
 
 
-def normal_kl(mean1: Tensor, logvar1: Tensor, mean2: Tensor, logvar2: Tensor) -> Tensor:
-    """KL(N(mean1, exp(logvar1)) || N(mean2, exp(logvar2))) elementwise, in nats."""
-    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
-
-
-def discretized_gaussian_log_likelihood(x: Tensor, mean: Tensor, log_scale: Tensor) -> Tensor:
-    """log P(x) for x on the 256-level grid of [-1, 1] under N(mean, exp(log_scale)^2) integrated over
-    the bin of width 2/255 around x, with open-ended edge bins at -1 and 1 (exact normal CDF), in nats."""
-    x, mean, log_scale = x.double(), mean.double(), log_scale.double()
-    inv_std = torch.exp(-log_scale)
-    upper, lower = inv_std * (x - mean + 1.0 / 255), inv_std * (x - mean - 1.0 / 255)
-    log_cdf_upper = torch.special.log_ndtr(upper)  # log P(X < x + 1/255)
-    log_sf_lower = torch.special.log_ndtr(-lower)  # log P(X > x - 1/255)
-    # log(Phi(u) - Phi(l)), evaluated on whichever side of the mean keeps it accurate
-    mid = torch.where(lower > 0, log_sf_lower + torch.log1p(-torch.exp(torch.special.log_ndtr(-upper) - log_sf_lower)),
-                      log_cdf_upper + torch.log1p(-torch.exp(torch.special.log_ndtr(lower) - log_cdf_upper)))
-    return torch.where(x < -0.999, log_cdf_upper, torch.where(x > 0.999, log_sf_lower, mid))
-
-
-def _bits_per_dim(nats: Tensor) -> Tensor:
-    """Per-element nats [B, ...] -> per-image mean in bits [B]."""
-    return nats.flatten(1).mean(1) / LN2
-
-
-def _randn(shape, generator: Optional[torch.Generator], like: Tensor) -> Tensor:
+def draw_normal(shape, generator: Optional[torch.Generator], like: Tensor) -> Tensor:
     """N(0, I) of ``shape`` on ``like``'s device/dtype, drawn from ``generator`` when given."""
     if generator is None:
         return torch.randn(shape, device=like.device, dtype=like.dtype)

@@ -1,4 +1,4 @@
-"""Measuring models: bits/dim over a data set, Fréchet distance and the feature extractors it uses.
+"""Distances between image sets: the Fréchet distance and the feature extractors it is computed on.
 
 Feature extractors map images in [-1, 1] to feature vectors:
 - ``digits``: ``DigitClassifier``, a small CNN trained on the shipped MNIST digits by
@@ -10,21 +10,24 @@ scipy is imported only where used.
 
 from __future__ import annotations
 
-from importlib import resources
 import hashlib
-import warnings
 import json
 import os
+import warnings
+from importlib import resources
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .atomic import atomic_path
+from .data import to_float
+
 __all__ = ["DigitClassifier", "load_digit_classifier", "frechet_distance", "gaussian_stats", "FEATURES",
-           "get_features", "extract_features", "reference_stats", "evaluate_bpd"]
+           "get_features", "extract_features", "reference_stats"]
 
 CLASSIFIER_FILE = "digit_classifier.safetensors"
 
@@ -122,8 +125,6 @@ def extract_features(net: nn.Module, images: Tensor, *, batch_size: int = 100, d
     """uint8 images [N, C, H, W] -> float64 features [N, D] from ``net.features`` (inputs mapped to [-1, 1])."""
     from tqdm.auto import tqdm
 
-    from .data import to_float
-
     if images.dtype != torch.uint8 or images.ndim != 4:
         raise ValueError(f"expected uint8 images [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
     device = torch.device(device or "cpu")
@@ -149,53 +150,6 @@ def reference_stats(net: nn.Module, name: str, images: Tensor, source: str, cach
     mu, sigma = gaussian_stats(extract_features(net, images, desc=f"{name} features of real images", **kw))
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(cache.name + ".tmp.npz")
-        np.savez(tmp, mu=mu, sigma=sigma, n=len(images), source=json.dumps(source), extractor=name)
-        os.replace(tmp, cache)
+        with atomic_path(cache) as tmp:
+            np.savez(tmp, mu=mu, sigma=sigma, n=len(images), source=json.dumps(source), extractor=name)
     return mu, sigma
-
-
-# ----------------------------------------------------------------------------- bits/dim
-def evaluate_bpd(diffusion, model: nn.Module, images: Tensor, *, batch_size: int = 100, seed: int = 0,
-                 device=None, progress: bool = True,
-                 on_batch: Optional[Callable[[int], None]] = None) -> Dict[str, np.ndarray]:
-    """Eq. 5's bound for each of uint8 ``images`` [N, C, H, W], batched: total [N], prior [N], terms [N, T].
-
-    ``terms[:, 0]`` is the decoder's -log p(x_0|x_1), ``terms[:, t]`` the KL at step t+1 (0-based t);
-    everything in bits/dim. Costs T model calls per batch; one progress bar over all of them.
-    """
-    from tqdm.auto import tqdm
-
-    from .data import to_float
-
-    device = torch.device(device or "cpu")
-    model = model.to(device).eval()
-    g = torch.Generator(device=device).manual_seed(seed)
-    totals, priors, terms = [], [], []
-    T = diffusion.T
-    n_batches = -(-len(images) // batch_size)
-    with tqdm(total=n_batches * T, desc=f"bits/dim of {len(images)} images", unit="step", dynamic_ncols=True,
-              disable=not progress) as bar:
-        counting = _CountCalls(model, bar)
-        for i in range(0, len(images), batch_size):
-            x0 = to_float(images[i:i + batch_size].to(device))
-            with torch.no_grad():
-                out = diffusion.bits_per_dim(counting, x0, generator=g, return_terms=True)
-            totals.append(out["total"].cpu())
-            priors.append(out["prior"].cpu())
-            terms.append(out["terms"].cpu())
-            if on_batch is not None:
-                on_batch(i + len(x0))
-    return {"total": torch.cat(totals).numpy(), "prior": torch.cat(priors).numpy(), "terms": torch.cat(terms).numpy()}
-
-
-class _CountCalls:
-    """Wraps a model so that each call advances a progress bar by one."""
-
-    def __init__(self, model, bar):
-        self.model, self.bar = model, bar
-
-    def __call__(self, x, t):
-        out = self.model(x, t)
-        self.bar.update(1)
-        return out

@@ -1,6 +1,16 @@
-"""Process-wide settings the ``ddpm`` command applies before it works.
+"""The process the work runs in: threads, malloc, device, precision and the torchrun process group.
 
-PyTorch frees every activation at the end of a step and allocates it again in the next. glibc's malloc
+Training and sampling both import these; nothing here knows about models or runs.
+
+Threads. OpenMP threads spin while they wait for work. On a machine where another process keeps the
+cores busy they spin against it: measured here (benchmarks/threads.py, 2 cores, a second PyTorch process
+busy), mnist forwards took 6.8x their idle time with the default settings and 1.7x with
+``OMP_WAIT_POLICY=PASSIVE``, which costs about 6-15% when the machine is idle. So the ``ddpm`` command
+looks at the load for 0.2 s before torch loads and asks for passive waiting only when other processes
+keep at least half a core busy; ``--threads N`` (default: the cores this process may use) and the user's
+own OMP_* settings win.
+
+Memory. PyTorch frees every activation at the end of a step and allocates it again in the next. glibc's malloc
 serves blocks above its mmap threshold (128 KiB at start, rising with use to at most 32 MiB) with fresh
 ``mmap`` calls and hands freed memory at the top of the heap back to the kernel, so every step faults
 its activations in again and the kernel zeroes each page first. Measured on this project's 2-core CPU
@@ -11,11 +21,16 @@ stay in the process and are reused: about 100 faults per step, peak memory uncha
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import sys
+import time
+from typing import Dict, Optional, Tuple
 
-__all__ = ["keep_freed_memory"]
+__all__ = ["keep_freed_memory", "usable_cores", "busy_cores", "thread_settings", "configure_threads",
+           "choose_device", "bf16_supported", "resolve_precision", "autocast", "init_distributed", "rank_world",
+           "barrier", "close_distributed", "any_process", "shares"]
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
@@ -44,3 +59,173 @@ def keep_freed_memory(threshold: int = 1 << 30) -> bool:
             libc.mallopt(_M_TRIM_THRESHOLD, int(threshold)))
     except (OSError, AttributeError):
         return False
+
+
+# ----------------------------------------------------------------------------- threads
+def usable_cores() -> int:
+    """The CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _cpu_times() -> Optional[Tuple[int, int]]:
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return sum(v), v[3] + (v[4] if len(v) > 4 else 0)  # total, idle + iowait
+
+
+def busy_cores(interval: float = 0.2) -> float:
+    """How many cores other processes keep busy, measured over ``interval`` seconds while this one sleeps
+    (Linux; elsewhere the 1-minute load average)."""
+    a = _cpu_times()
+    if a is None:
+        try:
+            return float(os.getloadavg()[0])
+        except (AttributeError, OSError):
+            return 0.0
+    time.sleep(interval)
+    b = _cpu_times()
+    total, idle = b[0] - a[0], b[1] - a[1]
+    return (os.cpu_count() or 1) * (1 - idle / total) if total > 0 else 0.0
+
+
+def thread_settings(threads: Optional[int] = None, *, busy: Optional[float] = None) -> Dict[str, str]:
+    """The OpenMP environment for ``threads`` threads (None: the user's OMP_NUM_THREADS, else every usable
+    core), with passive waiting when other processes keep at least half a core busy (``busy`` cores; measured
+    when not given) and the user has not chosen a wait policy."""
+    env: Dict[str, str] = {}
+    if threads is not None or "OMP_NUM_THREADS" not in os.environ:
+        env["OMP_NUM_THREADS"] = str(threads or usable_cores())
+    if not any(k in os.environ for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")):
+        if (busy_cores() if busy is None else busy) >= 0.5:
+            env["OMP_WAIT_POLICY"] = "PASSIVE"
+    return env
+
+
+def configure_threads(threads: Optional[int] = None) -> Dict[str, str]:
+    """Apply :func:`thread_settings` to this process. The wait policy can only take effect before torch is
+    imported; after that, only the thread count is set (``torch.set_num_threads``). Returns what was set."""
+    if "torch" in sys.modules:
+        import torch
+
+        n = threads or int(os.environ.get("OMP_NUM_THREADS", 0) or usable_cores())
+        torch.set_num_threads(n)
+        return {"threads": str(n)}
+    env = thread_settings(threads)
+    os.environ.update(env)
+    return env
+
+
+# ----------------------------------------------------------------------------- device and precision
+def choose_device(name: str = "auto"):
+    """``auto``: the GPU of this process's local rank (torchrun) or the first one, else the CPU."""
+    import torch
+
+    from .errors import DDPMError
+
+    if name == "auto":
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise DDPMError(f"unknown device {name!r}; use auto, cpu or cuda") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DDPMError(f"device {name!r} requested but CUDA is not available")
+    return dev
+
+
+def bf16_supported(device) -> bool:
+    """Whether bf16 matmuls/convolutions run natively (CPU: AVX-512 BF16 / AMX; CUDA: Ampere or newer)."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return False
+
+
+def resolve_precision(precision: str, device) -> str:
+    """'auto' -> 'bf16' where the hardware supports it natively, else 'fp32'."""
+    if precision == "auto":
+        return "bf16" if bf16_supported(device) else "fp32"
+    return precision
+
+
+def autocast(device, precision: str):
+    """The autocast context for ``precision`` on ``device`` (fp32: none)."""
+    import torch
+
+    if resolve_precision(precision, device) == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# ----------------------------------------------------------------------------- torchrun
+def init_distributed(device) -> Tuple[int, int]:
+    """Under torchrun (WORLD_SIZE > 1): join the process group (nccl on GPUs, gloo on CPUs). (rank, world)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            if device.type == "cuda":
+                torch.cuda.set_device(device)
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank_world()
+
+
+def rank_world() -> Tuple[int, int]:
+    """(rank, world_size) of this process: (0, 1) unless torch.distributed is initialised."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def close_distributed() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def any_process(flag: bool, device) -> bool:
+    """Whether ``flag`` is true in any process (itself, outside torchrun)."""
+    if rank_world()[1] == 1:
+        return flag
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def shares(total: int, parts: int) -> list:
+    """Split range(total) into ``parts`` contiguous ranges whose sizes differ by at most one."""
+    base, extra = divmod(total, parts)
+    out, start = [], 0
+    for i in range(parts):
+        size = base + (1 if i < extra else 0)
+        out.append(range(start, start + size))
+        start += size
+    return out

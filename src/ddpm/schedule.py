@@ -83,9 +83,9 @@ class NoiseSchedule:
         scale = 1000.0 / T
         lo, hi = beta_start * scale, beta_end * scale
         if hi >= 1:
-            raise ValueError(
-                f"T={T} scales beta_end={beta_end!r} to {hi!r} (x1000/T), which is not below 1; use a larger T"
-            )
+            smallest = math.floor(beta_end * 1000) + 1  # the first T with beta_end * 1000 / T < 1
+            raise ValueError(f"T={T} scales beta_end={beta_end!r} to {hi:g} (x1000/T), which is not below 1; "
+                             f"the smallest T that works is {smallest}")
         betas = torch.linspace(lo, hi, T, dtype=torch.float64)
         return cls(betas, spec={"kind": "linear", "T": T, "beta_start": beta_start, "beta_end": beta_end})
 

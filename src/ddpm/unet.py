@@ -10,86 +10,16 @@ zero-initialised output layers. The network never sees beta: ``UNet(x_t, t) -> e
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
-from typing import Dict, List, Optional, Tuple
+from dataclasses import asdict
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["UNet", "UNetConfig", "PRESETS", "timestep_embedding"]
+from .config import PRESETS, UNetConfig
 
-
-@dataclass(frozen=True)
-class UNetConfig:
-    """Architecture of :class:`UNet`. ``attn_resolutions`` are feature-map sizes in pixels."""
-
-    in_channels: int = 3
-    out_channels: Optional[int] = None  # None: same as in_channels
-    image_size: int = 32
-    ch: int = 128
-    ch_mult: Tuple[int, ...] = (1, 2, 2, 2)
-    num_res_blocks: int = 2
-    attn_resolutions: Tuple[int, ...] = (16,)
-    dropout: float = 0.1
-    num_groups: int = 32
-
-    def __post_init__(self):
-        object.__setattr__(self, "ch_mult", tuple(int(m) for m in self.ch_mult))
-        object.__setattr__(self, "attn_resolutions", tuple(int(r) for r in self.attn_resolutions))
-        for name in ("in_channels", "image_size", "ch", "num_res_blocks", "num_groups"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"UNet {name} must be a positive integer, got {v!r}")
-        if self.out_channels is not None and self.out_channels < 1:
-            raise ValueError(f"UNet out_channels must be positive, got {self.out_channels!r}")
-        if not self.ch_mult or min(self.ch_mult) < 1:
-            raise ValueError(f"UNet ch_mult must be a non-empty tuple of positive integers, got {self.ch_mult!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"UNet dropout must lie in [0, 1), got {self.dropout!r}")
-        for c in {self.ch * m for m in self.ch_mult}:
-            if c % self.num_groups:
-                raise ValueError(f"UNet width {c} is not divisible by num_groups={self.num_groups}")
-        if self.image_size % (2 ** (len(self.ch_mult) - 1)):
-            raise ValueError(
-                f"UNet image_size={self.image_size} must be divisible by 2**{len(self.ch_mult) - 1} "
-                f"(one halving per level after the first)"
-            )
-
-    @property
-    def resolutions(self) -> List[int]:
-        """Feature-map size at each level, top to bottom."""
-        return [self.image_size // 2**i for i in range(len(self.ch_mult))]
-
-    def to_dict(self) -> Dict:
-        d = asdict(self)
-        d["ch_mult"], d["attn_resolutions"] = list(self.ch_mult), list(self.attn_resolutions)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Dict) -> "UNetConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown UNet config field(s): {', '.join(sorted(unknown))}")
-        return cls(**d)
-
-
-PRESETS: Dict[str, UNetConfig] = {
-    # The paper's CIFAR-10 model: 35.7M parameters (diffusers' google/ddpm-cifar10-32 port: 35,746,307).
-    "cifar10": UNetConfig(in_channels=3, image_size=32, ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2,
-                          attn_resolutions=(16,), dropout=0.1),
-    # The paper's CelebA-HQ / LSUN 256x256 model: ~114M parameters.
-    "celebahq256": UNetConfig(in_channels=3, image_size=256, ch=128, ch_mult=(1, 1, 2, 2, 4, 4), num_res_blocks=2,
-                              attn_resolutions=(16,), dropout=0.0),
-    # The CPU demo's network for 28x28 digits (0.69M parameters): chosen by measured sample quality per
-    # minute of CPU time (see README); a 1.1M variant with 32 channels at 28x28 did worse in the same time.
-    "mnist": UNetConfig(in_channels=1, image_size=28, ch=16, ch_mult=(1, 2, 4), num_res_blocks=1,
-                        attn_resolutions=(7,), dropout=0.0, num_groups=8),
-    # A few thousand parameters: for tests and smoke runs.
-    "tiny": UNetConfig(in_channels=1, image_size=16, ch=4, ch_mult=(1, 2), num_res_blocks=1,
-                       attn_resolutions=(), dropout=0.0, num_groups=2),
-}
+__all__ = ["UNet", "UNetConfig", "timestep_embedding"]
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
@@ -263,7 +193,7 @@ class UNet(nn.Module):
         """A preset architecture: 'cifar10', 'celebahq256' (the paper's), 'mnist' (CPU demo), 'tiny' (tests)."""
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
-        cfg = PRESETS[name]
+        cfg = PRESETS[name].model
         if overrides:
             cfg = UNetConfig(**{**asdict(cfg), **overrides})
         return cls(cfg)

@@ -6,19 +6,19 @@ matplotlib, imported only inside the plotting functions (the ``plot`` extra).
 
 from __future__ import annotations
 
-import csv
 import math
 import os
-from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from .atomic import atomic_path
+from .data import to_uint8
 from .errors import DDPMError
 
-__all__ = ["make_grid", "save_grid", "plot_loss", "labelled_grid", "noise_strip", "Trajectory", "plot_schedule",
+__all__ = ["make_grid", "save_grid", "save_picture", "plot_loss", "labelled_grid", "noise_strip", "Trajectory", "plot_schedule",
            "plot_bpd_terms", "plot_fd_steps", "NOISE_STEPS"]
 
 NOISE_STEPS = (0, 50, 100, 200, 400, 600, 800, 999)
@@ -48,17 +48,26 @@ def save_grid(images: torch.Tensor, path: PathLike, nrow: Optional[int] = None, 
     img = Image.fromarray(grid[..., 0] if grid.shape[2] == 1 else grid)
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    img.save(path)
+    save_picture(img, path)
 
 
-def _pyplot():
+def save_picture(img: Image.Image, path: PathLike) -> None:
+    """Save a PIL image (format by the name) aside and rename it into place."""
+    with atomic_path(path) as tmp:
+        img.save(tmp)
+
+
+def _pyplot(required: bool = True):
+    """matplotlib's pyplot on the Agg backend; None (or, when ``required``, DDPMError) without matplotlib."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise DDPMError("this plot needs matplotlib: pip install 'ddpm[plot]'") from None
+        if not required:
+            return None
+        raise DDPMError("this plot needs matplotlib: pip install 'ddpm-tool[plot]'") from None
     return plt
 
 
@@ -66,10 +75,9 @@ def _save_fig(fig, out_png: PathLike) -> None:
     """Save a figure aside and rename it into place, so a reader never sees half a PNG."""
     import matplotlib.pyplot as plt
 
-    tmp = Path(out_png).with_name(f".{Path(out_png).name}.tmp.png")
-    fig.savefig(tmp)
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    os.replace(tmp, out_png)
 
 
 def _font(size: int):
@@ -107,8 +115,6 @@ def labelled_grid(rows: Sequence[Sequence[np.ndarray]], col_labels: Sequence[str
 
 def _hwc(x: torch.Tensor) -> np.ndarray:
     """One image in [-1, 1], [C, H, W] -> uint8 [H, W, C]."""
-    from .data import to_uint8
-
     return to_uint8(x.detach().float().cpu()).permute(1, 2, 0).numpy()
 
 
@@ -146,16 +152,19 @@ class Trajectory:
     step at t) and the predicted x_0 at a few steps, for a strip and a GIF.
 
     ``indices``: the sampler's 0-based step indices (``sampler.indices``); the step at index i is the
-    paper's step t = i + 1. Kept: the taken steps nearest to each of ``keep`` (paper numbering) and
+    paper's step t = i + 1. Kept: the taken steps nearest to each of ``keep`` (paper numbering; default
+    T, 0.8 T, ..., 0.05 T and 1) and
     ``frames`` steps spread evenly over the chain for the GIF. Only those, and only the first
     ``samples`` images of the batch, are held in memory.
     """
 
-    def __init__(self, indices: Sequence[int], keep: Sequence[int] = (1000, 800, 600, 400, 200, 100, 50, 1),
-                 frames: int = 0, samples: int = 4):
+    def __init__(self, indices: Sequence[int], keep: Optional[Sequence[int]] = None, frames: int = 0,
+                 samples: int = 4):
         self.samples = samples
         steps = [i + 1 for i in indices]
         T = steps[-1]
+        if keep is None:  # t = T, 0.8 T, ..., 0.05 T and 1
+            keep = [max(1, round(f * T)) for f in (1.0, 0.8, 0.6, 0.4, 0.2, 0.1, 0.05, 0.0)]
 
         def nearest(w):
             return min(steps, key=lambda s: abs(s - w))
@@ -186,6 +195,9 @@ class Trajectory:
         size = self.kept[self.strip_steps[0]][0].shape[-1]
         return labelled_grid(rows, [f"t={s}" for s in self.strip_steps], labels, scale=_scale_for(size))
 
+    def save_strip(self, path: PathLike) -> None:
+        save_picture(self.strip(), path)
+
     def save_gif(self, path: PathLike, ms: int = 80) -> None:
         """Each frame: the samples' x_{t-1} over their predicted x_0 at one t; the last frame is held."""
         if not self.gif_steps:
@@ -199,9 +211,8 @@ class Trajectory:
         grey = self.kept[self.gif_steps[0]][0].shape[1] == 1
         images = [im.convert("L") if grey else im.quantize(256) for im in images]  # GIF frames are palette images
         durations = [ms] * (len(images) - 1) + [1500]
-        tmp = Path(path).with_name(f".{Path(path).name}.tmp.gif")
-        images[0].save(tmp, save_all=True, append_images=images[1:], duration=durations, loop=0)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            images[0].save(tmp, save_all=True, append_images=images[1:], duration=durations, loop=0)
 
 
 def plot_schedule(schedules: Dict[str, object], out_png: PathLike) -> None:
@@ -278,23 +289,14 @@ def plot_fd_steps(rows: Sequence[Dict[str, float]], out_png: PathLike, title: st
     _save_fig(fig, out_png)
 
 
-def plot_loss(metrics_csv: PathLike, out_png: PathLike) -> bool:
-    """Draw the training loss (and learning rate) from metrics.csv. Returns False if matplotlib is missing."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+def plot_loss(rows: Sequence[Dict[str, float]], out_png: PathLike) -> bool:
+    """Draw the training loss (and learning rate) of metrics rows (``run.read_metrics``). Returns False, drawing
+    nothing, without matplotlib or rows."""
+    plt = _pyplot(required=False)
+    rows = [r for r in rows if "loss" in r and "lr" in r]
+    if plt is None or not rows:
         return False
-    steps, loss, lr = [], [], []
-    with open(metrics_csv, newline="") as f:
-        for row in csv.DictReader(f):
-            steps.append(int(row["step"]))
-            loss.append(float(row["loss"]))
-            lr.append(float(row["lr"]))
-    if not steps:
-        return False
+    steps, loss, lr = [r["step"] for r in rows], [r["loss"] for r in rows], [r["lr"] for r in rows]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     ax.plot(steps, loss, color="#1f77b4", lw=1.2, label="loss (L_simple)")
     if len(loss) >= 10:  # a running mean makes the trend readable through the noise
@@ -308,11 +310,9 @@ def plot_loss(metrics_csv: PathLike, out_png: PathLike) -> bool:
     ax2 = ax.twinx()
     ax2.plot(steps, lr, color="#7f7f7f", lw=1, ls="--", label="learning rate")
     ax2.set_ylabel("learning rate", color="#7f7f7f")
-    lines = ax.get_legend_handles_labels()
-    lines2 = ax2.get_legend_handles_labels()
+    lines, lines2 = ax.get_legend_handles_labels(), ax2.get_legend_handles_labels()
     ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="upper right", fontsize=8)
     ax.set_title("training loss")
     fig.tight_layout()
     _save_fig(fig, out_png)
     return True
-

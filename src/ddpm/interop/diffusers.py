@@ -28,9 +28,10 @@ from typing import Any, Dict, Tuple
 
 import torch
 
-from ..checkpoint import save_checkpoint, write_config, written_aside
+from ..atomic import written_aside
 from ..config import DiffusionConfig, RunConfig, make_run_config
 from ..errors import DDPMError
+from ..run import IMPORTED_DATA, is_run, save_checkpoint, write_config
 from ..unet import UNet, UNetConfig
 
 __all__ = ["read_diffusers", "import_diffusers", "export_diffusers", "to_diffusers_state_dict",
@@ -38,7 +39,6 @@ __all__ = ["read_diffusers", "import_diffusers", "export_diffusers", "to_diffuse
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 WEIGHTS_BIN = "diffusion_pytorch_model.bin"
-IMPORTED_DATA = "imported"  # the train.data of an imported run: there is no training data to resume with
 
 # Config fields whose value must be exactly this for the network to be the paper's (absent: the default).
 _REQUIRED = {
@@ -69,6 +69,9 @@ def unet_config_from_diffusers(cfg: Dict[str, Any], where: str = "unet/config.js
     for key, want in _REQUIRED.items():
         if key in cfg and cfg[key] != want:
             raise DDPMError(f"{where}: unsupported {key} = {cfg[key]!r} (the DDPM UNet has {want!r})")
+    if "down_block_types" not in cfg or "block_out_channels" not in cfg:
+        raise DDPMError(f"{where} is not a diffusers UNet2DModel config (it has no down_block_types and "
+                        "block_out_channels)")
     downs, ups = list(cfg.get("down_block_types", [])), list(cfg.get("up_block_types", []))
     chans = [int(c) for c in cfg.get("block_out_channels", [])]
     if not downs or len(downs) != len(ups) or len(chans) != len(downs):
@@ -305,6 +308,9 @@ def read_diffusers(path: os.PathLike) -> Tuple[UNet, DiffusionConfig]:
     root = Path(path)
     if not root.is_dir():
         raise DDPMError(f"{root} is not a folder (expected a diffusers pipeline directory or its unet/ folder)")
+    if is_run(root) and "preset" in _read_json(root / "config.json"):  # a unet/ folder has a config.json too
+        raise DDPMError(f"{root} is a ddpm run, not a diffusers directory: use it as it is (e.g. ddpm sample "
+                        f"--run {root}), or write it as one with ddpm export")
     unet_dir = root / "unet" if (root / "unet").is_dir() else root
     if not (unet_dir / "config.json").is_file():
         raise DDPMError(f"{root} is not a diffusers DDPM directory: no unet/config.json or config.json")

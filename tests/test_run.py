@@ -1,12 +1,14 @@
-"""Faults: damaged checkpoints are detected and skipped, a run has one trainer, a full disk stops cleanly."""
+"""Run directories (run.py): checkpoints written atomically and checked, damaged ones skipped, one trainer per
+run, a full disk stops cleanly, no pickle, metrics.csv written and read back."""
 
 import errno
+import json
 
 import pytest
 import torch
 
 from ddpm import load_checkpoint
-from ddpm.checkpoint import list_checkpoints, run_lock, write_config
+from ddpm.run import MetricsLog, list_checkpoints, read_metrics, run_lock, save_checkpoint, write_config
 from ddpm.cli import main
 from ddpm.errors import DDPMError
 
@@ -73,7 +75,7 @@ def test_a_second_trainer_on_a_run_is_refused(tmp_path, capsys):
 
 
 def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    import ddpm.checkpoint as ck
+    import ddpm.run as ck
 
     cfg = tiny_config(steps=9, save_every=3)
     run = tmp_path / "r"
@@ -101,31 +103,6 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
 
 
-def test_written_aside_renames_only_a_finished_folder(tmp_path):
-    from ddpm.checkpoint import written_aside
-
-    final = tmp_path / "out"
-    stale = tmp_path / ".tmp-out-killed"  # left by a writer that was killed mid-write
-    stale.mkdir()
-    with pytest.raises(RuntimeError):
-        with written_aside(final) as tmp:
-            (tmp / "a.txt").write_text("half")
-            raise RuntimeError("interrupted")
-    assert not final.exists() and sorted(p.name for p in tmp_path.iterdir()) == [".tmp-out-killed"]
-    with written_aside(final) as tmp:
-        (tmp / "sub").mkdir()
-        (tmp / "sub" / "a.txt").write_text("whole")
-    assert (final / "sub" / "a.txt").read_text() == "whole"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # the stale folder is gone too
-    with pytest.raises(OSError):  # never merged into or over an existing folder unless asked
-        with written_aside(final) as tmp:
-            (tmp / "b.txt").write_text("new")
-    assert sorted(p.name for p in final.iterdir()) == ["sub"] and len(list(tmp_path.iterdir())) == 1
-    with written_aside(final, replace=True) as tmp:
-        (tmp / "b.txt").write_text("new")
-    assert sorted(p.name for p in final.iterdir()) == ["b.txt"]
-
-
 def test_a_pickle_planted_in_a_run_runs_nothing(tmp_path, monkeypatch, capsys):
     import hashlib
     import json
@@ -148,3 +125,85 @@ def test_a_pickle_planted_in_a_run_runs_nothing(tmp_path, monkeypatch, capsys):
     assert main(["sample", "--run", str(run), "--n", "2", "--out", str(tmp_path / "s.png")]) == 1
     assert main(["train", "--out", str(run), "--resume", "--steps", "6", "--quiet"]) == 1
     assert not (tmp_path / "PWNED").exists()
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    tr = tiny_trainer(tiny_config())
+    tr.train_step()
+    good = tr.save(tmp_path)
+    tr.train_step()
+    import ddpm.run as ck
+
+    calls = {"n": 0}
+    real = ck.save_file
+
+    def dies_on_second_file(tensors, path, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            real(tensors, path, *a, **k)
+            with open(path, "r+b") as f:  # half-written, then the process "dies"
+                f.truncate(10)
+            raise OSError("No space left on device")
+        return real(tensors, path, *a, **k)
+
+    monkeypatch.setattr(ck, "save_file", dies_on_second_file)
+    with pytest.raises(OSError):
+        tr.save(tmp_path)
+    assert list_checkpoints(tmp_path) == [good]
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".tmp")]
+    monkeypatch.undo()
+
+
+def test_a_damaged_checkpoint_is_detected(tmp_path):
+    tr = tiny_trainer(tiny_config())
+    tr.train_step()
+    path = tr.save(tmp_path)
+    (tmp_path / "config.json").write_text(tiny_config().to_json())
+    data = bytearray((path / "model.safetensors").read_bytes())
+    data[-5] ^= 0xFF
+    (path / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(DDPMError, match="model.safetensors does not match its checksum"):
+        load_checkpoint(tmp_path)
+
+
+def test_load_checkpoint_fields_and_no_pickle(tmp_path, monkeypatch):
+    cfg = tiny_config(steps=4, save_every=2)
+    tr = tiny_trainer(cfg)
+    tr.fit(tmp_path, progress=False)
+    write_config(tmp_path, cfg)
+    import pickle
+
+    def refuse(*a, **k):
+        raise AssertionError("pickle used")
+
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    ck = load_checkpoint(tmp_path)
+    assert ck.step == 4 and ck.config == cfg and ck.diffusion.T == 100
+    assert not ck.model.training and not ck.ema_model.training
+    for k, v in ck.ema_model.state_dict().items():
+        assert torch.equal(v, tr.ema.state_dict()[k])
+    state = json.loads((ck.path / "state.json").read_text())
+    assert state["step"] == 4 and "rng" in state
+
+
+def test_save_checkpoint_public_api(tmp_path):
+    tr = tiny_trainer(tiny_config())
+    p = save_checkpoint(tmp_path, step=3, model=tr.model, ema_model=tr.ema)
+    assert p.name == "step-00000003" and (p / "manifest.json").is_file()
+
+
+def test_metrics_log_rows_round_trip_and_a_resume_drops_later_rows(tmp_path):
+    path = tmp_path / "metrics.csv"
+    log = MetricsLog(path, 0)
+    for step in (2, 4, 6):
+        log.append({"step": step, "loss": 1.0 / step, "lr": 1e-3, "grad_norm": 0.5, "img_per_s": 10.0,
+                    "elapsed_s": float(step), "skipped": 0})
+    with open(path, "a") as f:
+        f.write("8,0.1")  # a write cut short by a kill
+    rows = read_metrics(path)
+    assert [r["step"] for r in rows] == [2, 4, 6] and rows[1]["loss"] == pytest.approx(0.25, rel=1e-5)
+    MetricsLog(path, 4)  # resumed from the checkpoint at step 4: step 6 will be trained and logged again
+    assert [r["step"] for r in read_metrics(path)] == [2, 4]
+    assert path.read_text().splitlines()[0] == "step,loss,lr,grad_norm,img_per_s,elapsed_s,skipped"

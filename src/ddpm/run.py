@@ -1,4 +1,5 @@
-"""Run directories and checkpoints: safetensors for tensors, JSON for everything else, never pickle.
+"""Run directories: config.json, checkpoints, the lock and metrics.csv. Safetensors for tensors, JSON for
+everything else, never pickle; every file is written aside and renamed (``ddpm.atomic``).
 
 A run directory::
 
@@ -9,39 +10,45 @@ A run directory::
         optimizer.safetensors           Adam's moments (+ its param_groups in state.json)
         state.json                      step, RNG states, EMA step count, ...
         manifest.json                   sha256 and size of every file above (written last)
-    RUN/metrics.csv, RUN/loss.png, RUN/samples/
+    RUN/metrics.csv                     one row every --log-every steps (MetricsLog, read_metrics)
+    RUN/loss.png, RUN/samples/step-00001000.png
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import errno
-import glob
 import hashlib
 import json
+import logging
+import math
 import os
-import sys
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .atomic import atomic_write_text, written_aside
 from .config import RunConfig
 from .diffusion import GaussianDiffusion
 from .errors import DDPMError
 from .unet import UNet
 
 __all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "list_checkpoints", "read_config", "write_config",
-           "atomic_write_text", "written_aside", "checkpoint_step", "run_lock"]
+           "checkpoint_step", "step_name", "run_lock", "is_run", "MetricsLog", "read_metrics", "METRICS",
+           "IMPORTED_DATA"]
 
+log = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
 CKPT_DIR = "checkpoints"
 FILES = ("model.safetensors", "ema.safetensors", "optimizer.safetensors", "state.json")
+METRICS = ("step", "loss", "lr", "grad_norm", "img_per_s", "elapsed_s", "skipped")
+IMPORTED_DATA = "imported"  # the train.data of a run imported from diffusers: it has no data, optimizer or RNGs
 
 
 @dataclass
@@ -58,42 +65,18 @@ class Checkpoint:
     optimizer_state: Optional[Dict[str, Any]] = None
 
 
-# ----------------------------------------------------------------------------- small file helpers
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: PathLike, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, fsync, then rename over ``path``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
+# ----------------------------------------------------------------------------- config.json
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def is_run(path: PathLike) -> bool:
+    """Whether ``path`` is a ddpm run directory (it holds a config.json)."""
+    return (Path(path) / "config.json").is_file()
 
 
 def write_config(run_dir: PathLike, config: RunConfig) -> None:
@@ -140,40 +123,13 @@ def _state_dict_cpu(model: nn.Module) -> Dict[str, torch.Tensor]:
 
 
 # ----------------------------------------------------------------------------- save / list / load
+def step_name(step: int) -> str:
+    """The name of everything a run keeps per step (checkpoint folders, sample grids): ``step-00001000``."""
+    return f"step-{int(step):08d}"
+
+
 def _step_dir(run_dir: Path, step: int) -> Path:
-    return run_dir / CKPT_DIR / f"step-{step:08d}"
-
-
-@contextlib.contextmanager
-def written_aside(final: Path, *, replace: bool = False, stale: Optional[str] = None) -> Iterator[Path]:
-    """Yield a hidden temporary folder beside ``final`` to fill; when the block succeeds, every file in
-    it is fsynced and the folder renamed to ``final`` (an existing ``final`` is removed first only when
-    ``replace``); when it fails, the folder is removed. Folders left by a process killed mid-write are
-    removed after a successful write: those matching the glob ``stale`` beside ``final`` (default: the
-    ones written for ``final`` itself, ``.tmp-<name>-*``).
-    """
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".tmp-{final.name}-"
-    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=final.parent))
-    try:
-        yield tmp
-        for f in sorted(tmp.rglob("*")):
-            if f.is_file():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-            else:
-                _fsync_dir(f)
-        _fsync_dir(tmp)
-        if replace and final.exists():  # e.g. a signal right after a periodic save of the same step
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-        _fsync_dir(final.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    for left in final.parent.glob(stale or f"{glob.escape(prefix)}*"):
-        shutil.rmtree(left, ignore_errors=True)
+    return run_dir / CKPT_DIR / step_name(step)
 
 
 def save_checkpoint(run_dir: PathLike, *, step: int, model: nn.Module, ema_model: nn.Module,
@@ -313,7 +269,7 @@ def load_checkpoint(run_dir: PathLike, step: Optional[int] = None, *, map_locati
     config = read_config(run_dir)
     candidates = list_checkpoints(run_dir)
     if step is not None:
-        candidates = [p for p in candidates if p.name == f"step-{step:08d}"]
+        candidates = [p for p in candidates if p.name == step_name(step)]
         if not candidates:
             raise DDPMError(f"{run_dir} has no checkpoint at step {step}")
     if not candidates:
@@ -336,8 +292,7 @@ def load_checkpoint(run_dir: PathLike, step: Optional[int] = None, *, map_locati
             problems.append(str(e))
             continue
         if problems:
-            print(f"ddpm: warning: {'; '.join(problems)}; using the newest intact checkpoint, {path.name}",
-                  file=sys.stderr)
+            log.warning("%s; using the newest intact checkpoint, %s", "; ".join(problems), path.name)
         break
     else:
         raise DDPMError(f"no intact checkpoint in {run_dir}: {'; '.join(problems)}")
@@ -345,3 +300,40 @@ def load_checkpoint(run_dir: PathLike, step: Optional[int] = None, *, map_locati
     ema.to(map_location).eval()
     return Checkpoint(model=model, ema_model=ema, diffusion=config.diffusion.build(), config=config,
                       step=int(state["step"]), path=path, state=state, optimizer_state=opt_state)
+
+
+# ----------------------------------------------------------------------------- metrics.csv
+class MetricsLog:
+    """RUN/metrics.csv, one row every --log-every steps. Opening it for a run resumed at ``step`` first drops
+    the rows logged after that step (they belong to steps that will be trained again)."""
+
+    def __init__(self, path: PathLike, step: int, columns: Sequence[str] = METRICS):
+        self.path, self.columns = Path(path), tuple(columns)
+        rows = [r for r in read_metrics(self.path) if r["step"] <= step] if self.path.exists() else []
+        lines = [",".join(self.columns)] + [",".join(_cell(r.get(k, "")) for k in self.columns) for r in rows]
+        atomic_write_text(self.path, "\n".join(lines) + "\n")
+
+    def append(self, row: Dict[str, Any]) -> None:
+        with open(self.path, "a") as f:
+            f.write(",".join(_cell(row.get(k, "")) for k in self.columns) + "\n")
+
+
+def _cell(v: Any) -> str:
+    return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+
+def read_metrics(path: PathLike) -> List[Dict[str, float]]:
+    """The rows of a metrics.csv as dicts of floats (``step`` an int). A row with too few cells (a write cut
+    short by a kill) is skipped; empty cells are left out of their row."""
+    rows = []
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            if None in r.values() or None in r:
+                continue
+            try:
+                row = {k: float(v) for k, v in r.items() if v != ""}
+                row["step"] = int(r["step"])
+            except (TypeError, ValueError, KeyError):
+                continue
+            rows.append(row)
+    return rows

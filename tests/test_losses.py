@@ -1,4 +1,5 @@
-"""Bits/dim (Eq. 5) against an analytic computation in numpy/scipy with an oracle model."""
+"""The likelihood: the discretised decoder (losses.py) and the bound of Eq. 5 (GaussianDiffusion.bits_per_dim)
+against an analytic computation in numpy/scipy with an oracle model."""
 
 import numpy as np
 import pytest
@@ -6,7 +7,9 @@ import torch
 from scipy.stats import norm
 
 from ddpm import GaussianDiffusion, NoiseSchedule
-from ddpm.diffusion import discretized_gaussian_log_likelihood
+from ddpm.losses import discretized_gaussian_log_likelihood
+
+from helpers import OracleEps
 
 
 def analytic_bpd(x_star: np.ndarray, T: int, var_type: str) -> float:
@@ -36,13 +39,7 @@ def test_oracle_bits_per_dim_is_analytic(T, var_type):
     g = torch.Generator().manual_seed(0)
     x_star = torch.randint(0, 256, (1, 3, 4, 4), generator=g).double() / 255 * 2 - 1
     x_star[0, 0, 0, :2] = torch.tensor([-1.0, 1.0], dtype=torch.float64)  # both open-ended edge bins
-    ab = d.schedule.alphas_cumprod
-
-    def oracle(xt, t):
-        a = ab[t].view(-1, 1, 1, 1)
-        return (xt - a.sqrt() * x_star) / (1 - a).sqrt()
-
-    out = d.bits_per_dim(oracle, x_star.expand(2, -1, -1, -1), generator=g, return_terms=True)
+    out = d.bits_per_dim(OracleEps(d, x_star), x_star.expand(2, -1, -1, -1), generator=g, return_terms=True)
     expected = analytic_bpd(x_star.numpy(), T, var_type)
     assert out["total"].shape == (2,) and out["terms"].shape == (2, T)
     np.testing.assert_allclose(out["total"].numpy(), expected, rtol=2e-3)
@@ -63,8 +60,7 @@ def test_decoder_probabilities_sum_to_one():
 def test_a_wrong_model_costs_more_bits():
     d = GaussianDiffusion(NoiseSchedule.linear(T=100))
     x = torch.randint(0, 256, (2, 1, 4, 4)).double() / 255 * 2 - 1
-    ab = d.schedule.alphas_cumprod
-    oracle = lambda xt, t: (xt - ab[t].view(-1, 1, 1, 1).sqrt() * x) / (1 - ab[t].view(-1, 1, 1, 1)).sqrt()  # noqa
+    oracle = OracleEps(d, x)
     zero = lambda xt, t: torch.zeros_like(xt)  # noqa: E731
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     assert (d.bits_per_dim(zero, x, generator=g()) > d.bits_per_dim(oracle, x, generator=g()) + 0.5).all()

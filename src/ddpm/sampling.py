@@ -11,16 +11,18 @@ is the original (0-based) index of the step just taken.
 
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
-from .diffusion import GaussianDiffusion, _extract, _randn
+from .data import to_uint8
+from .diffusion import GaussianDiffusion, draw_normal, extract
+from .runtime import autocast
 from .schedule import NoiseSchedule
 
-__all__ = ["SAMPLERS", "SPACINGS", "make_sampler", "step_indices", "ddim_update", "Sampler", "Ancestral", "Respaced",
-           "DDIM", "generate"]
+__all__ = ["SAMPLERS", "SPACINGS", "make_sampler", "step_indices", "respace", "ddim_update", "Sampler", "Ancestral",
+           "Respaced", "DDIM", "generate", "sample_checkpoint"]
 
 SAMPLERS = ("ancestral", "respaced", "ddim")
 SPACINGS = ("uniform", "quadratic")
@@ -69,7 +71,7 @@ class Sampler:
                  dtype: torch.dtype = torch.float32) -> Tensor:
         if device is None:
             device = generator.device if generator is not None else torch.device("cpu")
-        x = _randn(tuple(shape), generator, torch.empty(0, device=device, dtype=dtype))  # x_T ~ N(0, I)
+        x = draw_normal(tuple(shape), generator, torch.empty(0, device=device, dtype=dtype))  # x_T ~ N(0, I)
         order = list(range(len(self.indices) - 1, -1, -1))
         if progress:
             from tqdm.auto import tqdm
@@ -85,6 +87,28 @@ class Sampler:
         raise NotImplementedError
 
 
+def respace(diffusion: GaussianDiffusion, indices: Sequence[int]) -> GaussianDiffusion:
+    """The process over the kept steps tau_1 < ... < tau_K (Nichol & Dhariwal 2021, Sec. 4): betas
+    beta'_k = 1 - abar_{tau_k} / abar_{tau_{k-1}}, with abar before tau_1 equal to 1. All T steps kept: the
+    process itself (not a recomputed copy, so Algorithm 2 over all steps is exactly ``diffusion.sample``)."""
+    if list(indices) == list(range(diffusion.T)):
+        return diffusion
+    abar = diffusion.schedule.alphas_cumprod[list(indices)]
+    prev = torch.cat([abar.new_ones(1), abar[:-1]])
+    return GaussianDiffusion(NoiseSchedule(1.0 - abar / prev), var_type=diffusion.var_type)
+
+
+class _OriginalTimesteps:
+    """The model as the respaced process calls it: step k of the respaced chain is step tau_k of the original,
+    and the network sees the original t."""
+
+    def __init__(self, model, timesteps: Tensor):
+        self.model, self.timesteps = model, timesteps
+
+    def __call__(self, x: Tensor, k: Tensor) -> Tensor:
+        return self.model(x, self.timesteps.to(x.device)[k])
+
+
 class Respaced(Sampler):
     """Algorithm 2 on the respaced process over the kept indices tau_1 < ... < tau_K (all T: ancestral)."""
 
@@ -92,16 +116,12 @@ class Respaced(Sampler):
 
     def __init__(self, diffusion: GaussianDiffusion, steps: Optional[int] = None, spacing: str = "uniform"):
         super().__init__(diffusion, steps, spacing)
-        abar = diffusion.schedule.alphas_cumprod[self.indices]
-        prev = torch.cat([abar.new_ones(1), abar[:-1]])
-        self.respaced = GaussianDiffusion(NoiseSchedule(1.0 - abar / prev), var_type=diffusion.var_type)
-        self._tau = torch.tensor(self.indices, dtype=torch.long)
+        self.process = respace(diffusion, self.indices)
+        self.timesteps = torch.tensor(self.indices, dtype=torch.long)  # tau_k, the original index of step k
 
     def step(self, model, x: Tensor, k: int, generator):
-        tau = self._tau.to(x.device)
-        wrapped = lambda xt, i: model(xt, tau[i])  # noqa: E731 - the network sees the original t
         t = torch.full((x.shape[0],), k, device=x.device, dtype=torch.long)
-        return self.respaced.p_sample(wrapped, x, t, generator=generator)
+        return self.process.p_sample(_OriginalTimesteps(model, self.timesteps), x, t, generator=generator)
 
 
 class Ancestral(Respaced):
@@ -113,8 +133,7 @@ class Ancestral(Respaced):
         if steps not in (None, diffusion.T):
             raise ValueError(f"the ancestral sampler takes all T={diffusion.T} steps; for {steps} steps use "
                              "the respaced or ddim sampler")
-        Sampler.__init__(self, diffusion, None, "uniform")
-        self.respaced, self._tau = diffusion, torch.arange(diffusion.T)  # exactly diffusion.sample
+        super().__init__(diffusion, None, spacing)
 
 
 def ddim_update(x: Tensor, eps: Tensor, abar_t: Tensor, abar_prev: Tensor, eta: float = 0.0,
@@ -148,7 +167,8 @@ class DDIM(Sampler):
             raise ValueError(f"eta must be >= 0, got {eta!r}")
         self.eta, self.clip_denoised = float(eta), clip_denoised
         abar = diffusion.schedule.alphas_cumprod[self.indices]
-        self._abar, self._abar_prev = abar, torch.cat([abar.new_ones(1), abar[:-1]])  # abar before tau_1 is 1
+        # abar at tau_k and at the step before it (1 before tau_1), float64 [K]
+        self.alphas_cumprod, self.alphas_cumprod_prev = abar, torch.cat([abar.new_ones(1), abar[:-1]])
 
     def _model_eps(self, model, x: Tensor, k: int) -> Tensor:
         t = torch.full((x.shape[0],), self.indices[k], device=x.device, dtype=torch.long)
@@ -156,11 +176,11 @@ class DDIM(Sampler):
 
     def _abars(self, k: int, x: Tensor):
         kk = torch.full((x.shape[0],), k, dtype=torch.long)
-        return _extract(self._abar, kk, x), _extract(self._abar_prev, kk, x)
+        return extract(self.alphas_cumprod, kk, x), extract(self.alphas_cumprod_prev, kk, x)
 
     def step(self, model, x: Tensor, k: int, generator):
         a, a_prev = self._abars(k, x)
-        noise = _randn(x.shape, generator, x) if self.eta > 0 and k > 0 else None
+        noise = draw_normal(x.shape, generator, x) if self.eta > 0 and k > 0 else None
         return ddim_update(x, self._model_eps(model, x, k), a, a_prev, self.eta, noise, self.clip_denoised)
 
     @torch.no_grad()
@@ -180,18 +200,28 @@ class DDIM(Sampler):
         return x
 
 
-def make_sampler(name: str, diffusion: GaussianDiffusion, *, steps: Optional[int] = None, eta: float = 0.0,
-                 spacing: str = "uniform") -> Sampler:
-    """A sampler by name, all with the same call: ``sampler(model, shape, *, generator, progress, callback)``."""
+def make_sampler(name: str, diffusion: GaussianDiffusion, *, steps: Optional[int] = None,
+                 eta: Optional[float] = None, spacing: Optional[str] = None) -> Sampler:
+    """A sampler by name, all with the same call: ``sampler(model, shape, *, generator, progress, callback)``.
+
+    ``steps`` (network calls) is for respaced and ddim, ``spacing`` for respaced and ddim, ``eta`` for ddim
+    only: an option the sampler would ignore is an error, never silently dropped.
+    """
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
+    if eta is not None and name != "ddim":
+        raise ValueError(f"eta is an option of the ddim sampler; the {name} sampler has no use for it")
     if name == "ancestral":
+        if spacing is not None:
+            raise ValueError("spacing is an option of the respaced and ddim samplers; the ancestral sampler "
+                             "takes every step")
         return Ancestral(diffusion, steps)
     if name == "respaced":
-        return Respaced(diffusion, steps, spacing)
-    if name == "ddim":
-        return DDIM(diffusion, steps, spacing, eta)
-    raise ValueError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
+        return Respaced(diffusion, steps, spacing or "uniform")
+    return DDIM(diffusion, steps, spacing or "uniform", 0.0 if eta is None else eta)
 
 
+@torch.no_grad()
 def generate(model, sampler: Sampler, n: int, image_shape: Sequence[int], *, seed: int = 0, batch_size: int = 256,
              device=None, precision: str = "fp32", progress: bool = True, callback: Callback = None) -> Tensor:
     """``n`` images as uint8 [N, C, H, W], in batches, with one progress bar over all network calls.
@@ -202,11 +232,7 @@ def generate(model, sampler: Sampler, n: int, image_shape: Sequence[int], *, see
     """
     from tqdm.auto import tqdm
 
-    from .data import to_uint8
-    from .train import resolve_precision
-
     device = torch.device(device or "cpu")
-    bf16 = resolve_precision(precision, device) == "bf16"
     model = model.to(device).eval()
     g = torch.Generator(device=device).manual_seed(seed)
     batches = [min(batch_size, n - i) for i in range(0, n, batch_size)]
@@ -220,7 +246,18 @@ def generate(model, sampler: Sampler, n: int, image_shape: Sequence[int], *, see
                 if first and callback is not None:
                     callback(t, x, pred_x0)
 
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            with autocast(device, precision):
                 x = sampler(model, (b, *image_shape), generator=g, device=device, callback=step_done)
             out.append(to_uint8(x).cpu())
     return torch.cat(out)
+
+
+def sample_checkpoint(ckpt, n: int, *, sampler: Union[str, Sampler] = "ancestral", steps: Optional[int] = None,
+                      eta: Optional[float] = None, spacing: Optional[str] = None, ema: bool = True, **kw) -> Tensor:
+    """``n`` images (uint8 [N, C, H, W]) from a loaded run (``ddpm.load_checkpoint``): its EMA weights unless
+    ``ema=False``; ``sampler`` a Sampler, or a name with ``steps``/``eta``/``spacing`` (see ``make_sampler``);
+    other keywords go to :func:`generate`."""
+    if isinstance(sampler, str):
+        sampler = make_sampler(sampler, ckpt.diffusion, steps=steps, eta=eta, spacing=spacing)
+    c, s = ckpt.config.model.in_channels, ckpt.config.model.image_size
+    return generate(ckpt.ema_model if ema else ckpt.model, sampler, n, (c, s, s), **kw)

@@ -1,0 +1,55 @@
+"""The training examples of every step, as pure functions of (seed, step, position in the global batch).
+
+Example k = step * batch_size + position is image ``perm_epoch[k % N]`` of a fresh permutation every epoch,
+flipped or not, with its own t and eps, all drawn from generators named by (seed, step, position). So the
+data position *is* the step (a resumed run sees exactly the examples a straight run would have), and the
+examples of a batch do not depend on how it is split across processes or micro-batches.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .data import ImageData, to_float
+from .rng import generator
+
+__all__ = ["Batches"]
+
+
+class Batches:
+    """The examples of ``data`` for a run with ``seed``, global ``batch_size`` and ``T`` diffusion steps."""
+
+    def __init__(self, data: ImageData, *, seed: int, batch_size: int, T: int, hflip: bool):
+        self.data, self.seed, self.batch_size, self.T, self.hflip = data, seed, batch_size, T, hflip
+        self._perms: Dict[int, Tensor] = {}  # the permutation of the epoch last used
+
+    def indices(self, step: int, positions: range) -> Tensor:
+        """Dataset indices (int64) of the examples at ``positions`` of the global batch of ``step``."""
+        n = len(self.data)
+        out = []
+        for j in positions:
+            k = step * self.batch_size + j
+            epoch = k // n
+            if epoch not in self._perms:
+                self._perms = {epoch: torch.randperm(n, generator=generator(self.seed, "epoch", epoch))}
+            out.append(self._perms[epoch][k % n])
+        return torch.stack(out)
+
+    def make(self, step: int, positions: Optional[range] = None, device=None) -> Tuple[Tensor, Tensor, Tensor]:
+        """(x0, t, noise) of ``positions`` (default: the whole batch) of ``step``: x0 float [B, C, H, W] in [-1, 1],
+        t int64 [B] in [0, T-1], noise float [B, C, H, W]."""
+        positions = positions if positions is not None else range(self.batch_size)
+        x0 = to_float(self.data.images[self.indices(step, positions)])
+        ts, noises = [], []
+        for j, pos in enumerate(positions):
+            g = generator(self.seed, "example", step, pos)
+            ts.append(torch.randint(0, self.T, (1,), generator=g))
+            flip = torch.rand((), generator=g) < 0.5
+            noises.append(torch.randn(x0.shape[1:], generator=g))
+            if self.hflip and flip:
+                x0[j] = x0[j].flip(-1)
+        t, noise = torch.cat(ts), torch.stack(noises)
+        return x0.to(device), t.to(device), noise.to(device)

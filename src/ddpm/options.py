@@ -1,0 +1,270 @@
+"""The options of the `ddpm` command line: one parser per command, the flags of train derived from the typed
+configs (``ddpm.config``), so that every option is spelled and explained once. ``ddpm.cli`` runs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any, Dict, List, Optional
+
+EPILOG = """examples:
+  ddpm demo                                         # train on the shipped digits, write samples (CPU, minutes)
+  ddpm train --data mnist --preset tiny --out runs/tiny --steps 200
+  ddpm train --data ~/cifar-10-python.tar.gz --preset cifar10 --out runs/cifar10
+  ddpm train --out runs/cifar10 --resume            # continue exactly where it stopped
+  ddpm sample --run runs/cifar10 --n 64 --out grid.png
+  ddpm eval --run ddpm-demo --metric bpd --n 100    # the paper's NLL bound, in bits/dim
+  ddpm eval --run ddpm-demo --metric fd --sampler ddim --steps 10,50,100
+  ddpm noise photo.jpg --out strip.png              # the forward process as a picture
+  ddpm import ./ddpm-cifar10-32 --out runs/paper    # a diffusers DDPM pipeline directory -> a run
+  ddpm export --run ddpm-demo --format diffusers --out demo-diffusers
+
+Run `ddpm COMMAND --help` for each command's options."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (and exit status 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Shows a default where there is one to show (not for None/False, which mean "unset"/"off")."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if not any(action.default is v for v in (None, False, argparse.SUPPRESS)) and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _int_list(text: str, low: Optional[int] = None) -> List[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from None
+    if not values or (low is not None and min(values) < low):
+        raise argparse.ArgumentTypeError(f"expected integers >= {low} separated by commas, got {text!r}")
+    return values
+
+
+def _config_flags(parser, cls, skip=(), by_preset: bool = False) -> None:
+    """One CLI flag per dataclass field: the config is the one source of truth for names and help. Flags are
+    unset (None) unless given; ``by_preset`` shows each preset's default."""
+    from .config import PRESETS, TrainConfig, flag
+
+    part = "train" if cls is TrainConfig else "diffusion"
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        kw: Dict[str, Any] = {"dest": f.name, "default": None, "help": f.metadata.get("help", "")}
+        if f.metadata.get("choices"):
+            kw["choices"] = f.metadata["choices"]
+        if f.type in ("Optional[bool]", "bool"):
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            kw["type"] = {"int": int, "float": float, "str": str}[str(f.type)]
+        values = {p: getattr(x, part).get(f.name, f.default) for p, x in PRESETS.items()} if by_preset else {}
+        if f.name != "data" and f.default is not None:
+            kw["help"] += (f" (default: {f.default!r})" if len(set(values.values())) <= 1 else
+                           " (default: " + ", ".join(f"{p} {v!r}" for p, v in values.items()) + ")")
+        parser.add_argument(flag(f.name), **kw)
+
+
+def _sampler_flags(p, many: bool = False) -> None:
+    from .sampling import SAMPLERS, SPACINGS
+
+    p.add_argument("--sampler", choices=SAMPLERS, default="ancestral",
+                   help="ancestral: Algorithm 2 over all T steps; respaced: Algorithm 2 over --steps of them; "
+                        "ddim: DDIM over --steps with --eta")
+    p.add_argument("--steps", type=(lambda s: _int_list(s, 1)) if many else _positive_int, default=None,
+                   help="network calls per image (respaced, ddim)" + ("; a list such as 10,20,50 measures each"
+                                                                      if many else ""))
+    p.add_argument("--eta", type=float, default=None, help="DDIM noise: 0 deterministic (default), 1 DDPM-like")
+    p.add_argument("--spacing", choices=SPACINGS, default=None, help="which of the T steps respaced/ddim keep "
+                                                                     "(default: uniform)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
+    p.add_argument("--batch-size", type=_positive_int, default=256, help="images per batch")
+    p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True, help="use the EMA weights")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="fp32",
+                   help="network precision while sampling (bf16: autocast; auto: bf16 where the hardware has it)")
+
+
+class _Commands:
+    """The subparsers: each command with its help, description, examples and the shared options."""
+
+    def __init__(self, parser: argparse.ArgumentParser, handlers: Dict[str, Any]):
+        self.sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+        self.handlers = handlers
+        self.common = argparse.ArgumentParser(add_help=False)
+        self.common.add_argument("--threads", type=_positive_int, default=None,
+                                 help="CPU threads (default: the cores this process may use; OpenMP waits passively "
+                                      "when other processes keep the cores busy)")
+        self.device = argparse.ArgumentParser(add_help=False)
+        self.device.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:1, ...")
+
+    def add(self, name: str, help: str, description: str, examples: str, device: bool = True):
+        p = self.sub.add_parser(name, help=help, description=description, formatter_class=_Formatter,
+                                epilog="examples:\n  " + examples.replace("; ", "\n  "),
+                                parents=[self.common, self.device] if device else [self.common])
+        p.set_defaults(func=self.handlers[name])
+        return p
+
+
+def build_parser(handlers: Dict[str, Any]) -> argparse.ArgumentParser:
+    """The parser of every command; ``handlers`` maps a command's name to the function that runs it."""
+    from . import __version__
+
+    parser = _Parser(prog="ddpm", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+                     description="Denoising Diffusion Probabilistic Models (Ho, Jain, Abbeel 2020): train, sample, "
+                                 "measure.")
+    parser.add_argument("--version", action="version", version=f"ddpm {__version__}")
+    parser.add_argument("--traceback", action="store_true", help="show the full Python traceback on errors")
+    commands = _Commands(parser, handlers)
+    for add in (_demo, _train, _sample, _eval, _noise, _import, _export, _schedule):
+        add(commands)
+    return parser
+
+
+def _demo(c: _Commands) -> None:
+    from .demo import DEMO_DIR, DEMO_SAMPLER, DEMO_SAMPLES
+
+    p = c.add("demo", "train on the shipped MNIST digits and write samples (a few minutes on a CPU)",
+                "Train the 'mnist' preset on the 5,000 digits shipped in the package, then write EMA samples to "
+                "RUN/samples.png and RUN/samples.npz. A new demo first times this machine, then trains as many "
+                "steps as fit in --minutes (so the learning-rate schedule runs to its end). Run again, it continues "
+                "a demo stopped early (e.g. by Ctrl-C); a finished one only draws its samples again.",
+                "ddpm demo; ddpm demo --out long-demo --minutes 20")
+    p.add_argument("--out", default=DEMO_DIR, help="run directory")
+    p.add_argument("--minutes", type=float, default=9.5, help="time budget of the whole demo, training and sampling")
+    p.add_argument("--steps", type=_positive_int, default=None,
+                   help="training steps, fixed (default: as many as fit in --minutes, at most the mnist recipe's)")
+    p.add_argument("--n", type=_positive_int, default=DEMO_SAMPLES, help="number of samples to draw")
+    p.add_argument("--sampling-steps", type=_positive_int, default=DEMO_SAMPLER[1],
+                   help=f"network calls per sample ({DEMO_SAMPLER[0]} sampler; 1000 = the full Algorithm 2)")
+
+
+def _train(c: _Commands) -> None:
+    from .config import PRESETS, DiffusionConfig, TrainConfig
+
+    p = c.add("train", "train a model (the paper's recipe by default)",
+                "Train eps_theta with Algorithm 1. A new run needs --data and --out; `--out RUN --resume` continues "
+                "an existing run bit-exactly (only how long it runs and how it reports may change). Unset options "
+                "come from the preset (the paper's recipe for cifar10 and celebahq256). Ctrl-C saves and stops.\n\n"
+                "presets:\n" + "\n".join(f"  {k:<12} {v.summary}" for k, v in PRESETS.items()),
+                "ddpm train --data mnist --preset tiny --out runs/tiny --steps 200; "
+                "ddpm train --data ./my_images --preset cifar10 --out runs/mine --batch-size 32; "
+                "ddpm train --out runs/mine --resume --steps 100000")
+    p.add_argument("--out", required=True, help="run directory (must not exist unless --resume)")
+    p.add_argument("--preset", choices=list(PRESETS), default=None,
+                   help="network and recipe (default: mnist for --data mnist, else cifar10)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _config_flags(p, TrainConfig, by_preset=True)
+    _config_flags(p.add_argument_group("diffusion (fixed for the life of a run)"), DiffusionConfig, by_preset=True)
+
+
+def _sample(c: _Commands) -> None:
+    p = c.add("sample", "generate images from a trained run (Algorithm 2 or a faster sampler)",
+                "Generate images with the run's EMA weights. --out decides the format: FILE.png a grid, FILE.npz a "
+                "uint8 array arr_0 [N, H, W, C], DIR/ one PNG per image. Where it will write is checked first.",
+                "ddpm sample --run ddpm-demo --n 64 --out grid.png; "
+                "ddpm sample --run runs/cifar10 --n 50000 --out samples.npz --sampler ddim --steps 50")
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--n", type=_positive_int, default=64, help="number of images")
+    p.add_argument("--out", required=True, help="FILE.png, FILE.npz or a folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    _sampler_flags(p)
+    p.add_argument("--trajectory", metavar="PNG", help="also draw the reverse process of the first few samples: "
+                                                       "x_t and the predicted x_0 at t = T, 0.8 T, ..., 1")
+    p.add_argument("--gif", metavar="GIF", help="also animate the reverse process of the first few samples")
+
+
+def _eval(c: _Commands) -> None:
+    from .metrics import FEATURES
+
+    p = c.add("eval", "measure a run: bits/dim (the paper's NLL bound) or Fréchet distance",
+                "bpd: the variational bound of Eq. 5 (prior + T-1 KL terms + the discretised decoder) on --n real "
+                "images, in bits/dim with its standard error; writes the per-t terms (CSV) and their plot. T network "
+                "calls per image.\nfd: draws --n samples and gives the Fréchet distance between features of the "
+                "samples and of the real images, FD@n (digits: the shipped digit classifier; inception: the FID "
+                "network from --inception PATH). FD falls as n grows: compare FDs at equal n. Several --steps give "
+                "a table, a CSV and a plot of FD against steps and seconds.",
+                "ddpm eval --run ddpm-demo --metric bpd --n 100; "
+                "ddpm eval --run ddpm-demo --metric fd --sampler ddim --steps 10,20,50,100; "
+                "ddpm eval --run runs/cifar10 --metric fd --n 50000 --inception pt_inception-2015-12-05-6726825d.pth")
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--metric", required=True, choices=["bpd", "fd"], help="what to measure")
+    p.add_argument("--data", default=None, help="real images: a data source as for train (default: the run's)")
+    p.add_argument("--n", type=_positive_int, default=None,
+                   help="bpd: real images to evaluate (default 100); fd: samples to draw (default 1000)")
+    p.add_argument("--out", default=None, help="folder for the CSV, plots and cached statistics (default: RUN/eval)")
+    p.add_argument("--features", choices=FEATURES, default="auto", help="fd features: digits (shipped classifier), "
+                   "inception (needs --inception); auto: digits for 1-channel runs, else inception")
+    p.add_argument("--inception", metavar="PATH", default=None,
+                   help="the FID Inception weights file pt_inception-2015-12-05-6726825d.pth (never downloaded)")
+    p.add_argument("--samples", metavar="NPZ", default=None,
+                   help="fd of these samples (arr_0 uint8 [N, H, W, C], e.g. from ddpm sample) instead of new ones")
+    _sampler_flags(p, many=True)
+
+
+def _noise(c: _Commands) -> None:
+    from .config import DiffusionConfig
+    from .viz import NOISE_STEPS
+
+    p = c.add("noise", "draw the forward process: an image and its noised versions x_t",
+                "x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps for one image at several t (one eps for all), as a "
+                "labelled strip. t = 0 is the image itself, t = T is x_T.",
+                "ddpm noise photo.jpg --out strip.png; ddpm noise mnist:7 --out strip.png --schedule cosine; "
+                "ddpm noise photo.jpg --out strip.png --run runs/cifar10 --t 0,10,100,1000", device=False)
+    p.add_argument("image", help="an image file, or mnist:K for image K of the shipped digits (a digit K %% 10: "
+                                 "mnist:7 is a seven)")
+    p.add_argument("--out", required=True, help="the strip, a .png")
+    p.add_argument("--t", type=_int_list, default=list(NOISE_STEPS), help="steps to show, separated by commas")
+    p.add_argument("--size", type=_positive_int, default=128, help="resize the short side to this and centre-crop")
+    p.add_argument("--seed", type=int, default=0, help="seed of eps")
+    p.add_argument("--run", default=None, help="take the schedule from this run (else the flags below)")
+    _config_flags(p, DiffusionConfig, skip=("var_type",))
+
+
+def _import(c: _Commands) -> None:
+    p = c.add("import", "turn a diffusers DDPM pipeline directory into a run (no diffusers needed)",
+                "Read a diffusers DDPM pipeline directory (model_index.json, unet/, scheduler/; or a bare unet/ "
+                "folder) whose UNet2DModel is of the DDPM family, and write a run directory that `ddpm sample` and "
+                "`ddpm eval` use like any other. Weights: safetensors, or a .bin read with "
+                "torch.load(weights_only=True).",
+                "ddpm import ./ddpm-cifar10-32 --out runs/paper-cifar10; "
+                "ddpm sample --run runs/paper-cifar10 --n 64 --out grid.png --sampler ddim --steps 50", device=False)
+    p.add_argument("dir", help="a diffusers pipeline directory, or its unet/ folder")
+    p.add_argument("--out", required=True, help="the run directory to create (must not exist)")
+
+
+def _export(c: _Commands) -> None:
+    p = c.add("export", "write a run as a diffusers DDPMPipeline directory",
+                "Write RUN's weights (EMA by default) as a diffusers pipeline directory that "
+                "DDPMPipeline.from_pretrained(DIR) loads.",
+                "ddpm export --run ddpm-demo --format diffusers --out ddpm-demo-diffusers", device=False)
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--format", required=True, choices=["diffusers"], help="the output format")
+    p.add_argument("--out", required=True, help="the directory to create (must not exist)")
+    p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True, help="export the EMA weights")
+
+
+def _schedule(c: _Commands) -> None:
+    p = c.add("schedule", "plot beta_t, alpha-bar_t and the signal-to-noise ratio of the schedules",
+                "Plot the linear (the paper's) and cosine (improved DDPM) schedules side by side.",
+                "ddpm schedule --out schedule.png --T 1000", device=False)
+    p.add_argument("--out", required=True, help="the plot, a .png")
+    p.add_argument("--T", type=_positive_int, default=1000, help="number of diffusion steps")

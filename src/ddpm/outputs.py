@@ -1,0 +1,89 @@
+"""Where generated images go: a PNG grid, an ``.npz`` array or a folder of PNGs, chosen by the name.
+
+``check_output(path)`` says before any work starts whether ``path`` can be written (its kind known, its
+folder there and writable, nothing in the way); ``write_images`` writes atomically, so an interrupted
+job never leaves a half-written output.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+import torch
+
+from .atomic import atomic_path, written_aside
+from .errors import DDPMError
+
+__all__ = ["output_kind", "check_output", "check_writable_folder", "write_images"]
+
+PathLike = Union[str, os.PathLike]
+
+
+def output_kind(path: PathLike) -> str:
+    """``png`` (a grid), ``npz`` (uint8 ``arr_0`` [N, H, W, C]) or ``dir`` (one PNG per image), by the name."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in (".png", ".npz"):
+        return suffix[1:]
+    if suffix == "" or path.is_dir():
+        return "dir"
+    raise DDPMError(f"unknown output type {path.suffix!r} for {path}: use FILE.png, FILE.npz or a folder")
+
+
+def check_writable_folder(folder: PathLike, what: PathLike) -> None:
+    """DDPMError unless a file can be created in ``folder`` (tried for real: permission bits do not tell root)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DDPMError(f"cannot write {what}: folder {folder} does not exist")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".ddpm-write-test-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise DDPMError(f"cannot write {what}: folder {folder} is not writable ({e.strerror})") from None
+
+
+def check_output(path: PathLike, *, overwrite: bool = False) -> str:
+    """The kind of ``path`` (see :func:`output_kind`) after checking that it can be written: its folder exists
+    and takes files, and nothing is in the way (an existing file, or a folder that is not empty, only with
+    ``overwrite``; never a file where a folder goes or the other way round)."""
+    path = Path(path)
+    kind = output_kind(path)
+    check_writable_folder(path.parent, path)
+    if kind == "dir":
+        if path.exists() and not path.is_dir():
+            raise DDPMError(f"cannot write a folder of images at {path}: a file of that name is in the way")
+        if path.is_dir() and any(path.iterdir()) and not overwrite:
+            raise DDPMError(f"{path} is a folder that is not empty; choose another --out or pass --overwrite")
+    elif path.is_dir():
+        raise DDPMError(f"cannot write {path}: it is a folder")
+    elif path.exists() and not overwrite:
+        raise DDPMError(f"{path} already exists; choose another --out or pass --overwrite")
+    return kind
+
+
+def write_images(images: torch.Tensor, path: PathLike, *, labels: Optional[torch.Tensor] = None,
+                 nrow: Optional[int] = None) -> None:
+    """uint8 [N, C, H, W] -> a PNG grid (``nrow`` per row), an ``.npz`` (``arr_0`` [N, H, W, C]; ``arr_1`` the
+    labels when given) or a folder ``000000.png ...``; written aside and renamed into place."""
+    from PIL import Image
+
+    from .viz import save_grid
+
+    path = Path(path)
+    kind = output_kind(path)
+    arr = images.permute(0, 2, 3, 1).cpu().numpy()
+    if kind == "png":
+        save_grid(images, path, nrow=nrow, scale=2 if images.shape[-1] < 64 else 1)
+    elif kind == "npz":
+        extra = {} if labels is None else {"arr_1": labels.cpu().numpy().astype(np.int64)}
+        with atomic_path(path) as tmp:
+            np.savez(tmp, arr_0=arr, **extra)
+    else:
+        with written_aside(path, replace=True) as tmp:
+            for i, a in enumerate(arr):
+                Image.fromarray(a[..., 0] if a.shape[2] == 1 else a).save(tmp / f"{i:06d}.png")
