@@ -1,4 +1,5 @@
-"""ddpm/runtime.py: the malloc setting the CLI applies, checked by its effect (page faults), not its return value."""
+"""ddpm/runtime.py: threads set before torch loads, the malloc setting (checked by its effect, page faults), and the
+split of a batch across processes."""
 
 import json
 import os
@@ -68,3 +69,39 @@ def test_the_cli_applies_it_before_a_command_runs(monkeypatch, tmp_path):
 def test_nothing_changes_off_glibc(monkeypatch):
     monkeypatch.setattr(runtime.sys, "platform", "darwin")
     assert runtime.keep_freed_memory() is False
+
+
+def test_thread_settings(monkeypatch):
+    for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+        monkeypatch.delenv(k, raising=False)
+    assert runtime.thread_settings(3, busy=0.0) == {"OMP_NUM_THREADS": "3"}
+    assert runtime.thread_settings(None, busy=1.2) == {"OMP_NUM_THREADS": str(runtime.usable_cores()),
+                                                       "OMP_WAIT_POLICY": "PASSIVE"}
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert runtime.thread_settings(None, busy=1.2) == {}  # the user's own settings win
+    assert runtime.thread_settings(2, busy=1.2) == {"OMP_NUM_THREADS": "2"}  # ... except an explicit --threads
+
+
+def test_busy_cores_sees_another_process():
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        assert runtime.busy_cores(0.5) > 0.5
+    finally:
+        busy.kill()
+        busy.wait()
+
+
+def test_the_command_sets_threads_before_torch_loads(tmp_path):
+    """In a fresh process, `ddpm ... --threads 1` reaches torch (which reads OMP_NUM_THREADS when it loads)."""
+    code = ("import sys; from ddpm import cli; assert 'torch' not in sys.modules; "
+            f"cli.main(['schedule', '--out', {str(tmp_path / 's.png')!r}, '--threads', '1']); "
+            "import torch, os; print(torch.get_num_threads(), os.environ['OMP_NUM_THREADS'])")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMP_")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split() == ["1", "1"]
+
+
+def test_shares_split_contiguously_and_evenly():
+    assert [list(r) for r in runtime.shares(7, 3)] == [[0, 1, 2], [3, 4], [5, 6]]
+    assert [len(r) for r in runtime.shares(2, 4)] == [1, 1, 0, 0]

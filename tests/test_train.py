@@ -12,20 +12,10 @@ import torch
 
 from ddpm import load_checkpoint
 from ddpm.run import list_checkpoints, save_checkpoint, write_config
-from ddpm.config import PRESETS, make_run_config
+from ddpm.config import make_run_config
 from ddpm.errors import DDPMError
 
 from helpers import assert_same_state, tiny_config, tiny_data, tiny_trainer
-
-
-def test_paper_recipe_is_the_default_for_paper_presets():
-    cfg = make_run_config("cifar10", train={"data": "x"})
-    t, d = cfg.train, cfg.diffusion
-    assert (t.lr, t.batch_size, t.warmup, t.grad_clip, t.ema_decay, t.steps) == (2e-4, 128, 5000, 1.0, 0.9999, 800_000)
-    assert (d.T, d.schedule, d.beta_start, d.beta_end, d.var_type) == (1000, "linear", 1e-4, 0.02, "fixedlarge")
-    assert cfg.model.dropout == 0.1
-    assert make_run_config("celebahq256", train={"data": "x"}).train.lr == 2e-5
-    assert set(PRESETS) == {"cifar10", "celebahq256", "mnist", "tiny"}
 
 
 def test_warmup_is_linear_then_constant():

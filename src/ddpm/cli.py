@@ -91,7 +91,7 @@ def cmd_sample(args) -> int:
     from .sampling import make_sampler, sample_checkpoint
     from .viz import Trajectory
 
-    out = Path(args.out)
+    out = args.out
     check_output(out, overwrite=args.overwrite)  # before anything is loaded or sampled
     pictures = {"trajectory": args.trajectory and _picture_out(args.trajectory),
                 "gif": args.gif and _picture_out(args.gif, ".gif")}

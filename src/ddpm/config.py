@@ -89,10 +89,7 @@ class UNetConfig:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "UNetConfig":
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown UNet config field(s): {', '.join(sorted(unknown))}")
-        return cls(**d)
+        return _from_dict(cls, d, "UNet config")
 
 
 @dataclass(frozen=True)

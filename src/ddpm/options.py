@@ -142,11 +142,11 @@ def _demo(c: _Commands) -> None:
     from .demo import DEMO_DIR, DEMO_SAMPLER, DEMO_SAMPLES
 
     p = c.add("demo", "train on the shipped MNIST digits and write samples (a few minutes on a CPU)",
-                "Train the 'mnist' preset on the 5,000 digits shipped in the package, then write EMA samples to "
-                "RUN/samples.png and RUN/samples.npz. A new demo first times this machine, then trains as many "
-                "steps as fit in --minutes (so the learning-rate schedule runs to its end). Run again, it continues "
-                "a demo stopped early (e.g. by Ctrl-C); a finished one only draws its samples again.",
-                "ddpm demo; ddpm demo --out long-demo --minutes 20")
+              "Train the 'mnist' preset on the 5,000 digits shipped in the package, then write EMA samples to "
+              "RUN/samples.png and RUN/samples.npz. A new demo first times this machine, then trains as many "
+              "steps as fit in --minutes (so the learning-rate schedule runs to its end). Run again, it continues "
+              "a demo stopped early (e.g. by Ctrl-C); a finished one only draws its samples again.",
+              "ddpm demo; ddpm demo --out long-demo --minutes 20")
     p.add_argument("--out", default=DEMO_DIR, help="run directory")
     p.add_argument("--minutes", type=float, default=9.5, help="time budget of the whole demo, training and sampling")
     p.add_argument("--steps", type=_positive_int, default=None,
@@ -160,13 +160,13 @@ def _train(c: _Commands) -> None:
     from .config import PRESETS, DiffusionConfig, TrainConfig
 
     p = c.add("train", "train a model (the paper's recipe by default)",
-                "Train eps_theta with Algorithm 1. A new run needs --data and --out; `--out RUN --resume` continues "
-                "an existing run bit-exactly (only how long it runs and how it reports may change). Unset options "
-                "come from the preset (the paper's recipe for cifar10 and celebahq256). Ctrl-C saves and stops.\n\n"
-                "presets:\n" + "\n".join(f"  {k:<12} {v.summary}" for k, v in PRESETS.items()),
-                "ddpm train --data mnist --preset tiny --out runs/tiny --steps 200; "
-                "ddpm train --data ./my_images --preset cifar10 --out runs/mine --batch-size 32; "
-                "ddpm train --out runs/mine --resume --steps 100000")
+              "Train eps_theta with Algorithm 1. A new run needs --data and --out; `--out RUN --resume` continues "
+              "an existing run bit-exactly (only how long it runs and how it reports may change). Unset options "
+              "come from the preset (the paper's recipe for cifar10 and celebahq256). Ctrl-C saves and stops.\n\n"
+              "presets:\n" + "\n".join(f"  {k:<12} {v.summary}" for k, v in PRESETS.items()),
+              "ddpm train --data mnist --preset tiny --out runs/tiny --steps 200; "
+              "ddpm train --data ./my_images --preset cifar10 --out runs/mine --batch-size 32; "
+              "ddpm train --out runs/mine --resume --steps 100000")
     p.add_argument("--out", required=True, help="run directory (must not exist unless --resume)")
     p.add_argument("--preset", choices=list(PRESETS), default=None,
                    help="network and recipe (default: mnist for --data mnist, else cifar10)")
@@ -178,10 +178,10 @@ def _train(c: _Commands) -> None:
 
 def _sample(c: _Commands) -> None:
     p = c.add("sample", "generate images from a trained run (Algorithm 2 or a faster sampler)",
-                "Generate images with the run's EMA weights. --out decides the format: FILE.png a grid, FILE.npz a "
-                "uint8 array arr_0 [N, H, W, C], DIR/ one PNG per image. Where it will write is checked first.",
-                "ddpm sample --run ddpm-demo --n 64 --out grid.png; "
-                "ddpm sample --run runs/cifar10 --n 50000 --out samples.npz --sampler ddim --steps 50")
+              "Generate images with the run's EMA weights. --out decides the format: FILE.png a grid, FILE.npz a "
+              "uint8 array arr_0 [N, H, W, C], DIR/ one PNG per image. Where it will write is checked first.",
+              "ddpm sample --run ddpm-demo --n 64 --out grid.png; "
+              "ddpm sample --run runs/cifar10 --n 50000 --out samples.npz --sampler ddim --steps 50")
     p.add_argument("--run", required=True, help="run directory")
     p.add_argument("--n", type=_positive_int, default=64, help="number of images")
     p.add_argument("--out", required=True, help="FILE.png, FILE.npz or a folder")
@@ -196,15 +196,15 @@ def _eval(c: _Commands) -> None:
     from .metrics import FEATURES
 
     p = c.add("eval", "measure a run: bits/dim (the paper's NLL bound) or Fréchet distance",
-                "bpd: the variational bound of Eq. 5 (prior + T-1 KL terms + the discretised decoder) on --n real "
-                "images, in bits/dim with its standard error; writes the per-t terms (CSV) and their plot. T network "
-                "calls per image.\nfd: draws --n samples and gives the Fréchet distance between features of the "
-                "samples and of the real images, FD@n (digits: the shipped digit classifier; inception: the FID "
-                "network from --inception PATH). FD falls as n grows: compare FDs at equal n. Several --steps give "
-                "a table, a CSV and a plot of FD against steps and seconds.",
-                "ddpm eval --run ddpm-demo --metric bpd --n 100; "
-                "ddpm eval --run ddpm-demo --metric fd --sampler ddim --steps 10,20,50,100; "
-                "ddpm eval --run runs/cifar10 --metric fd --n 50000 --inception pt_inception-2015-12-05-6726825d.pth")
+              "bpd: the variational bound of Eq. 5 (prior + T-1 KL terms + the discretised decoder) on --n real "
+              "images, in bits/dim with its standard error; writes the per-t terms (CSV) and their plot. T network "
+              "calls per image.\nfd: draws --n samples and gives the Fréchet distance between features of the "
+              "samples and of the real images, FD@n (digits: the shipped digit classifier; inception: the FID "
+              "network from --inception PATH). FD falls as n grows: compare FDs at equal n. Several --steps give "
+              "a table, a CSV and a plot of FD against steps and seconds.",
+              "ddpm eval --run ddpm-demo --metric bpd --n 100; "
+              "ddpm eval --run ddpm-demo --metric fd --sampler ddim --steps 10,20,50,100; "
+              "ddpm eval --run runs/cifar10 --metric fd --n 50000 --inception pt_inception-2015-12-05-6726825d.pth")
     p.add_argument("--run", required=True, help="run directory")
     p.add_argument("--metric", required=True, choices=["bpd", "fd"], help="what to measure")
     p.add_argument("--data", default=None, help="real images: a data source as for train (default: the run's)")
@@ -225,10 +225,10 @@ def _noise(c: _Commands) -> None:
     from .viz import NOISE_STEPS
 
     p = c.add("noise", "draw the forward process: an image and its noised versions x_t",
-                "x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps for one image at several t (one eps for all), as a "
-                "labelled strip. t = 0 is the image itself, t = T is x_T.",
-                "ddpm noise photo.jpg --out strip.png; ddpm noise mnist:7 --out strip.png --schedule cosine; "
-                "ddpm noise photo.jpg --out strip.png --run runs/cifar10 --t 0,10,100,1000", device=False)
+              "x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps for one image at several t (one eps for all), as a "
+              "labelled strip. t = 0 is the image itself, t = T is x_T.",
+              "ddpm noise photo.jpg --out strip.png; ddpm noise mnist:7 --out strip.png --schedule cosine; "
+              "ddpm noise photo.jpg --out strip.png --run runs/cifar10 --t 0,10,100,1000", device=False)
     p.add_argument("image", help="an image file, or mnist:K for image K of the shipped digits (a digit K %% 10: "
                                  "mnist:7 is a seven)")
     p.add_argument("--out", required=True, help="the strip, a .png")
@@ -241,21 +241,21 @@ def _noise(c: _Commands) -> None:
 
 def _import(c: _Commands) -> None:
     p = c.add("import", "turn a diffusers DDPM pipeline directory into a run (no diffusers needed)",
-                "Read a diffusers DDPM pipeline directory (model_index.json, unet/, scheduler/; or a bare unet/ "
-                "folder) whose UNet2DModel is of the DDPM family, and write a run directory that `ddpm sample` and "
-                "`ddpm eval` use like any other. Weights: safetensors, or a .bin read with "
-                "torch.load(weights_only=True).",
-                "ddpm import ./ddpm-cifar10-32 --out runs/paper-cifar10; "
-                "ddpm sample --run runs/paper-cifar10 --n 64 --out grid.png --sampler ddim --steps 50", device=False)
+              "Read a diffusers DDPM pipeline directory (model_index.json, unet/, scheduler/; or a bare unet/ "
+              "folder) whose UNet2DModel is of the DDPM family, and write a run directory that `ddpm sample` and "
+              "`ddpm eval` use like any other. Weights: safetensors, or a .bin read with "
+              "torch.load(weights_only=True).",
+              "ddpm import ./ddpm-cifar10-32 --out runs/paper-cifar10; "
+              "ddpm sample --run runs/paper-cifar10 --n 64 --out grid.png --sampler ddim --steps 50", device=False)
     p.add_argument("dir", help="a diffusers pipeline directory, or its unet/ folder")
     p.add_argument("--out", required=True, help="the run directory to create (must not exist)")
 
 
 def _export(c: _Commands) -> None:
     p = c.add("export", "write a run as a diffusers DDPMPipeline directory",
-                "Write RUN's weights (EMA by default) as a diffusers pipeline directory that "
-                "DDPMPipeline.from_pretrained(DIR) loads.",
-                "ddpm export --run ddpm-demo --format diffusers --out ddpm-demo-diffusers", device=False)
+              "Write RUN's weights (EMA by default) as a diffusers pipeline directory that "
+              "DDPMPipeline.from_pretrained(DIR) loads.",
+              "ddpm export --run ddpm-demo --format diffusers --out ddpm-demo-diffusers", device=False)
     p.add_argument("--run", required=True, help="run directory")
     p.add_argument("--format", required=True, choices=["diffusers"], help="the output format")
     p.add_argument("--out", required=True, help="the directory to create (must not exist)")
@@ -264,7 +264,7 @@ def _export(c: _Commands) -> None:
 
 def _schedule(c: _Commands) -> None:
     p = c.add("schedule", "plot beta_t, alpha-bar_t and the signal-to-noise ratio of the schedules",
-                "Plot the linear (the paper's) and cosine (improved DDPM) schedules side by side.",
-                "ddpm schedule --out schedule.png --T 1000", device=False)
+              "Plot the linear (the paper's) and cosine (improved DDPM) schedules side by side.",
+              "ddpm schedule --out schedule.png --T 1000", device=False)
     p.add_argument("--out", required=True, help="the plot, a .png")
     p.add_argument("--T", type=_positive_int, default=1000, help="number of diffusion steps")

@@ -24,12 +24,14 @@ PathLike = Union[str, os.PathLike]
 
 
 def output_kind(path: PathLike) -> str:
-    """``png`` (a grid), ``npz`` (uint8 ``arr_0`` [N, H, W, C]) or ``dir`` (one PNG per image), by the name."""
+    """``png`` (a grid), ``npz`` (uint8 ``arr_0`` [N, H, W, C]) or ``dir`` (one PNG per image), by the name: a
+    name without a suffix, ending in a slash, or of an existing folder is a folder."""
+    folder = isinstance(path, str) and path.endswith(("/", os.sep))
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix in (".png", ".npz"):
+    if suffix in (".png", ".npz") and not folder:
         return suffix[1:]
-    if suffix == "" or path.is_dir():
+    if suffix == "" or folder or path.is_dir():
         return "dir"
     raise DDPMError(f"unknown output type {path.suffix!r} for {path}: use FILE.png, FILE.npz or a folder")
 
@@ -51,8 +53,8 @@ def check_output(path: PathLike, *, overwrite: bool = False) -> str:
     """The kind of ``path`` (see :func:`output_kind`) after checking that it can be written: its folder exists
     and takes files, and nothing is in the way (an existing file, or a folder that is not empty, only with
     ``overwrite``; never a file where a folder goes or the other way round)."""
-    path = Path(path)
     kind = output_kind(path)
+    path = Path(path)
     check_writable_folder(path.parent, path)
     if kind == "dir":
         if path.exists() and not path.is_dir():
@@ -74,8 +76,8 @@ def write_images(images: torch.Tensor, path: PathLike, *, labels: Optional[torch
 
     from .viz import save_grid
 
-    path = Path(path)
     kind = output_kind(path)
+    path = Path(path)
     arr = images.permute(0, 2, 3, 1).cpu().numpy()
     if kind == "png":
         save_grid(images, path, nrow=nrow, scale=2 if images.shape[-1] < 64 else 1)
