@@ -1,6 +1,6 @@
 # The two commands for a fresh machine: `make demo` and `make test`.
 # Both create .venv on first use: PyTorch first (TORCH, the CPU build pinned for this machine;
-# on a GPU machine use e.g. `make TORCH=torch`), then ddpm with its dev extra.
+# on a GPU machine use e.g. `make TORCH=torch`), then this package (ddpm-tool) with its dev extra.
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
 VENV := .venv

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ddpm.data import load_data, to_float
-from ddpm.metrics import frechet_distance, gaussian_stats, load_digit_classifier
+from ddpm.metrics import digit_classifier_heldout, frechet_distance, gaussian_stats, load_digit_classifier
 
 
 def judge(arr: np.ndarray, confidence: float = 0.9, draws: int = 5) -> dict:
@@ -27,7 +27,7 @@ def judge(arr: np.ndarray, confidence: float = 0.9, draws: int = 5) -> dict:
         probs = net(x).softmax(1)
         f_gen = net.features(x).numpy()
         f_real = net.features(real).numpy()
-        real_conf = (net(real[::10]).softmax(1).max(1).values >= confidence).float().mean().item()
+        real_conf = (net(real[digit_classifier_heldout(len(real))]).softmax(1).max(1).values >= confidence).float().mean().item()
     conf, label = probs.max(1)
     n = len(x)
     counts = np.bincount(label[conf >= confidence].numpy(), minlength=10)

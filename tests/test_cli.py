@@ -311,3 +311,11 @@ def test_resume_with_more_steps_of_a_cosine_run_says_how_the_learning_rate_chang
     assert "cosine learning-rate decay now ends at step 12 instead of 6" in line
     assert "goes from 0 to 0.000" in line  # at step 6 it had reached 0; stretched to 12 it is half way up again
     assert load_checkpoint(out).step == 12
+
+
+def test_a_leading_double_dash_is_passed_over(tmp_path, capsys):
+    """`torchrun ... -m ddpm -- train ...` hands ddpm `-- train ...`: the form that keeps torchrun's parser off
+    ddpm's flags must run like the plain one."""
+    code, _, err = run(capsys, "--", "schedule", "--out", tmp_path / "s.png", "--T", "50")
+    assert code == 0, err
+    assert (tmp_path / "s.png").stat().st_size > 1000

@@ -259,6 +259,8 @@ def _early_threads(argv: List[str]) -> Optional[int]:
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    if argv[:1] == ["--"]:  # `torchrun ... -m ddpm -- train ...`: the `--` keeps torchrun's parser off our flags
+        argv = argv[1:]
     if any(a in COMMANDS for a in argv):  # a command will run: threads first, before torch loads
         configure_threads(_early_threads(argv))
     from .errors import DDPMError

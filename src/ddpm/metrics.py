@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from .atomic import atomic_path
 from .data import to_float
 
-__all__ = ["DigitClassifier", "load_digit_classifier", "frechet_distance", "gaussian_stats", "FEATURES",
+__all__ = ["DigitClassifier", "load_digit_classifier", "digit_classifier_heldout", "frechet_distance", "gaussian_stats", "FEATURES",
            "get_features", "extract_features", "reference_stats"]
 
 CLASSIFIER_FILE = "digit_classifier.safetensors"
@@ -59,6 +59,12 @@ class DigitClassifier(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))
+
+
+def digit_classifier_heldout(n: int = 5000) -> Tensor:
+    """Which images of the ``mnist`` source the shipped classifier was not trained on: every 10th image of each
+    digit (image K with (K // 10) % 10 == 0; the source interleaves the classes), 500 of the 5,000."""
+    return (torch.arange(n) // 10) % 10 == 0
 
 
 def load_digit_classifier(path: Optional[str] = None) -> DigitClassifier:

@@ -91,7 +91,7 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self._ddp = DistributedDataParallel(self.model, device_ids=ids, broadcast_buffers=False)
+            self._ddp = DistributedDataParallel(self.model, device_ids=ids)  # the UNet has no buffers
         self._net = self._ddp or self.model  # what the training step calls
         if config.compile:
             self._net = torch.compile(self._net)
