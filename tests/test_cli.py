@@ -128,6 +128,10 @@ def _bad_things(tmp_path, trained):
         "out_channels": 1, "block_out_channels": [16, 32], "layers_per_block": 1,
         "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"], "up_block_types": ["UpBlock2D", "UpBlock2D"]}))
     out["foreign"] = tmp_path / "foreign"
+    d = tmp_path / "otherjson"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"_class_name": "UNet2DModel", "sample_size": 16}))
+    out["otherjson"] = d
     return out
 
 
@@ -199,6 +203,7 @@ def _bad_things(tmp_path, trained):
         (["sample", "--run", "{trained}", "--out", "{tmp}/x.png", "--spacing", "quadratic"], "spacing is an option of"),
         (["train", "--out", "{tmp}/never", "--resume"], "does not exist, so there is nothing to resume"),
         (["import", "{trained}", "--out", "{tmp}/r"], "is a ddpm run, not a diffusers directory"),
+        (["import", "{otherjson}", "--out", "{tmp}/r"], "is not a diffusers UNet2DModel config (it has no down_block"),
         (["demo", "--out", "{trained}"], "is a run of preset 'tiny', not a demo run"),
         (["demo", "--out", "{tmp}/d", "--minutes", "0.3"], "--minutes 0.3 leaves no time to train"),
         (["eval", "--run", "{trained}", "--metric", "fd", "--n", "1"], "needs --n >= 2 samples"),
@@ -244,13 +249,14 @@ def test_eval_fd_over_steps_writes_a_table_and_reuses_reference_stats(trained, t
     out = tmp_path / "ev"
     argv = ["eval", "--run", trained, "--metric", "fd", "--n", "12", "--out", out, "--sampler", "ddim",
             "--steps", "2,5"]
-    code, stdout, _ = run(capsys, *argv)
+    code, stdout, err = run(capsys, *argv)
     assert code == 0
+    assert "FD from 12 samples of 128-d features is biased upwards" in err
     rows = (out / "fd.csv").read_text().strip().splitlines()
     assert rows[0].startswith("sampler,steps") and [r.split(",")[1] for r in rows[1:]] == ["2", "5"]
     assert all(float(r.split(",")[6]) > 0 for r in rows[1:])
     assert (out / "fd_vs_steps.png").is_file()
-    assert "ddim" in stdout and "FD" in stdout
+    assert "ddim" in stdout and "FD@12" in stdout  # FD depends on n: the report names it
     cache = list(out.glob("ref_stats_digits_*.npz"))
     assert len(cache) == 1
     stamp = cache[0].stat().st_mtime_ns

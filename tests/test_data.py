@@ -75,6 +75,17 @@ def test_mnist_native():
     assert d.images.min() == 0 and d.images.max() == 255
 
 
+def test_load_image_mnist_k_is_image_k_of_the_source():
+    digits = load_data("mnist", channels=1, image_size=28)
+    for k in (7, 17, 4999):
+        x = load_image(f"mnist:{k}", 28)
+        assert x.shape == (1, 28, 28) and torch.equal(to_uint8(x), digits.images[k])
+        assert digits.labels[k] == k % 10  # mnist:7 is a seven
+    assert load_image("mnist:3", 56).shape == (1, 56, 56)
+    with pytest.raises(DDPMError, match="K must be an index from 0 to 4999"):
+        load_image("mnist:5000", 28)
+
+
 def test_mnist_to_rgb_32():
     images, _ = _mnist_file()
     d = load_data("mnist", channels=3, image_size=32)
