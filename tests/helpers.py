@@ -1,6 +1,5 @@
 """Small shared builders for the tests: a tiny data set, config and trainer, and the one-image oracle."""
 
-import dataclasses
 
 import torch
 
@@ -24,10 +23,14 @@ class OracleEps(torch.nn.Module):
         return (xt - a.sqrt() * self.x_star.to(xt.dtype)) / (1 - a).sqrt()
 
 
-def tiny_data(n: int = 24, size: int = 16, channels: int = 1, seed: int = 0) -> ImageData:
+def tiny_data(n: int = 24, size: int = 16, channels: int = 1, seed: int = 0, classes: int = 0) -> ImageData:
+    """Random images; with ``classes``, labelled image k -> class k % classes, named c0, c1, ..."""
     g = torch.Generator().manual_seed(seed)
     images = torch.randint(0, 256, (n, channels, size, size), generator=g, dtype=torch.uint8)
-    return ImageData(images=images, labels=None, name="random", hflip=True)
+    if not classes:
+        return ImageData(images=images, labels=None, name="random", hflip=True)
+    return ImageData(images=images, labels=torch.arange(n) % classes, name="random", hflip=True,
+                     classes=tuple(f"c{i}" for i in range(classes)))
 
 
 def tiny_config(**train):

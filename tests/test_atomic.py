@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from ddpm.atomic import atomic_path, atomic_write_text, written_aside
+from ddpm.atomic import atomic_path, atomic_write_text
 
 
 def test_written_aside_renames_only_a_finished_folder(tmp_path):

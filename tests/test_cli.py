@@ -35,6 +35,13 @@ def trained(tmp_path_factory):
     return run_dir
 
 
+@pytest.fixture(scope="module")
+def conditional(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("cli") / "cond"
+    assert main(["train", "--data", "mnist", "--out", str(run_dir), "--steps", "4", "--class-cond", *TINY]) == 0
+    return run_dir
+
+
 def test_train_writes_a_complete_run(trained):
     cfg = json.loads((trained / "config.json").read_text())
     assert cfg["preset"] == "tiny" and cfg["train"]["steps"] == 6 and cfg["diffusion"]["T"] == 60
@@ -43,10 +50,11 @@ def test_train_writes_a_complete_run(trained):
     assert load_checkpoint(trained).step == 6
 
 
-def test_resume_through_the_cli_is_bit_identical(tmp_path, capsys):
+@pytest.mark.parametrize("cond", [[], ["--class-cond", "--p-uncond", "0.3"]], ids=["unconditional", "class-cond"])
+def test_resume_through_the_cli_is_bit_identical(cond, tmp_path, capsys):
     a, b = tmp_path / "a", tmp_path / "b"
-    assert run(capsys, "train", "--data", "mnist", "--out", a, "--steps", "8", *TINY)[0] == 0
-    assert run(capsys, "train", "--data", "mnist", "--out", b, "--steps", "5", *TINY)[0] == 0
+    assert run(capsys, "train", "--data", "mnist", "--out", a, "--steps", "8", *TINY, *cond)[0] == 0
+    assert run(capsys, "train", "--data", "mnist", "--out", b, "--steps", "5", *TINY, *cond)[0] == 0
     code, _, err = run(capsys, "train", "--out", b, "--resume", "--steps", "8", "--quiet")
     assert code == 0 and "resuming" in err and "from step 5" in err
     ca, cb = load_checkpoint(a), load_checkpoint(b)
@@ -76,6 +84,39 @@ def test_fast_samplers_through_the_cli(trained, tmp_path, capsys):
                            "--sampler", sampler, "--steps", "7", *(["--eta", "0.5"] if sampler == "ddim" else []))
         assert code == 0, err
         assert np.load(tmp_path / f"{sampler}.npz")["arr_0"].shape == (2, 16, 16, 1)
+
+
+def test_a_class_conditional_run_samples_what_is_asked_for(conditional, tmp_path, capsys):
+    cfg = json.loads((conditional / "config.json").read_text())
+    assert cfg["classes"] == list("0123456789") and cfg["model"]["num_classes"] == 10 and cfg["train"]["class_cond"]
+    code, _, err = run(capsys, "sample", "--run", conditional, "--n", "20", "--class", "all", "--out",
+                       tmp_path / "all.npz", "--sampler", "ddim", "--steps", "5", "--guidance", "1.5")
+    assert code == 0, err
+    with np.load(tmp_path / "all.npz") as z:
+        assert z["arr_0"].shape == (20, 16, 16, 1) and z["arr_1"].dtype == np.int64
+        assert z["arr_1"].tolist() == [c for c in range(10) for _ in range(2)]
+    assert run(capsys, "sample", "--run", conditional, "--n", "20", "--class", "all", "--out", tmp_path / "all.png",
+               "--sampler", "ddim", "--steps", "5")[0] == 0
+    assert Image.open(tmp_path / "all.png").size == (2 * (2 + 2 * 18), 2 * (2 + 10 * 18))  # a row per class
+    assert run(capsys, "sample", "--run", conditional, "--n", "3", "--class", "7", "--out", tmp_path / "7.npz",
+               "--sampler", "respaced", "--steps", "5")[0] == 0
+    assert np.load(tmp_path / "7.npz")["arr_1"].tolist() == [7, 7, 7]
+    assert run(capsys, "sample", "--run", conditional, "--n", "2", "--out", tmp_path / "u.npz")[0] == 0  # null class
+    assert "arr_1" not in np.load(tmp_path / "u.npz").files
+
+
+def test_eval_of_a_class_conditional_run(conditional, tmp_path, capsys):
+    code, stdout, err = run(capsys, "eval", "--run", conditional, "--metric", "fd", "--n", "20", "--out",
+                            tmp_path / "ev", "--sampler", "ddim", "--steps", "3", "--guidance", "1")
+    assert code == 0, err
+    assert "of the samples are their class" in stdout
+    header, row = (tmp_path / "ev" / "fd.csv").read_text().strip().splitlines()
+    values = dict(zip(header.split(","), row.split(",")))
+    assert values["guidance"] == "1" and 0 <= float(values["class_match"]) <= 1
+    code, stdout, err = run(capsys, "eval", "--run", conditional, "--metric", "bpd", "--n", "2", "--out",
+                            tmp_path / "ev")
+    assert code == 0, err
+    assert json.loads((tmp_path / "ev" / "bpd.json").read_text())["conditional"] is True
 
 
 def _corrupt_folder(tmp_path):
@@ -209,13 +250,30 @@ def _bad_things(tmp_path, trained):
         (["eval", "--run", "{trained}", "--metric", "fd", "--n", "1"], "needs --n >= 2 samples"),
         (["eval", "--run", "{trained}", "--metric", "bpd", "--eta", "1"], "--eta is for --metric fd"),
         (["schedule", "--out", "{tmp}/s.png", "--T", "10"], "the smallest T that works is 21"),
+        # class-conditional runs
+        (["sample", "--run", "{trained}", "--out", "{tmp}/x.png", "--class", "3"], "needs a class-conditional run"),
+        (["sample", "--run", "{conditional}", "--out", "{tmp}/x.png", "--n", "2", "--class", "zebra"],
+         "unknown class 'zebra'; the run's classes: 0, 1, 2"),
+        (["sample", "--run", "{conditional}", "--out", "{tmp}/x.png", "--n", "2", "--class", "12"],
+         "--class 12: the run has 10 classes, 0-9"),
+        (["sample", "--run", "{conditional}", "--out", "{tmp}/x.png", "--class", "all"], "--n 64 is not a multiple of 10"),
+        (["sample", "--run", "{conditional}", "--out", "{tmp}/x.png", "--class", "1", "--guidance", "-1"],
+         "expected a number >= 0, got -1"),
+        (["sample", "--run", "{conditional}", "--out", "{tmp}/x.png", "--guidance", "2"], "guidance needs requested"),
+        (["eval", "--run", "{trained}", "--metric", "fd", "--guidance", "1"], "--guidance needs a class-conditional"),
+        (["train", "--data", "{loose}", "--out", "{tmp}/r", "--class-cond"], "are not in class subfolders"),
+        (["train", "--data", "mnist", "--out", "{tmp}/r", "--class-cond", "--p-uncond", "1"], "--p-uncond must lie in"),
         (["noise", "mnist", "--out", "{tmp}/s.png", "--schedule", "quadratic"], "invalid choice: 'quadratic'"),
     ],
 )
-def test_bad_input_gets_one_line_and_nonzero_exit(argv, pattern, trained, tmp_path, capsys):
+def test_bad_input_gets_one_line_and_nonzero_exit(argv, pattern, trained, conditional, tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    Image.new("L", (8, 8), 3).save(loose / "a.png")
     subs = {"tmp": tmp_path, "empty": empty, "trained": trained, "corrupt": _corrupt_folder(tmp_path),
+            "conditional": conditional, "loose": loose,
             "readonly": _read_only_folder(tmp_path), **_bad_things(tmp_path, trained)}
     (tmp_path / "existing.png").write_bytes(b"a picture the user keeps")
     subs["existing"] = tmp_path / "existing.png"

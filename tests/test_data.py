@@ -75,6 +75,11 @@ def test_mnist_native():
     assert d.images.min() == 0 and d.images.max() == 255
 
 
+def test_mnist_classes_are_the_digits():
+    d = load_data("mnist", channels=1, image_size=28)
+    assert d.classes == tuple("0123456789") and d.require_labels() == d.classes
+
+
 def test_load_image_mnist_k_is_image_k_of_the_source():
     digits = load_data("mnist", channels=1, image_size=28)
     for k in (7, 17, 4999):
@@ -356,6 +361,7 @@ def test_cifar_formats(tmp_path, fmt, form):
     assert d.images.shape == (20, 3, 32, 32) and d.images.dtype == torch.uint8 and d.images.is_contiguous()
     assert torch.equal(d.images, images)
     assert torch.equal(d.labels, labels)
+    assert d.classes == ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
 def test_cifar_converted_to_gray_and_resized(tmp_path):
@@ -441,3 +447,40 @@ def test_cifar_damaged(tmp_path):
     (tmp_path / "plain.bin").write_bytes(b"\x00" * 100)
     with pytest.raises(DDPMError, match="plain.bin"):
         load_data(str(tmp_path / "plain.bin"), channels=3, image_size=32)
+
+
+# ---------------------------------------------------------------- labels from class subfolders
+
+
+def _class_tree(root, layout):
+    """Write a folder of solid-gray PNGs: ``layout`` maps a relative path to a gray level."""
+    for rel, level in layout.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        if rel.endswith(".png"):
+            Image.new("L", (8, 8), level).save(root / rel)
+        else:
+            (root / rel).write_text("not an image")
+    return root
+
+
+def test_class_subfolders_give_sorted_labels(tmp_path):
+    root = _class_tree(tmp_path / "tree", {"dog/a.png": 10, "cat/b.png": 20, "cat/c.png": 30, "owl/x/d.png": 40,
+                                           "empty/notes.txt": 0})
+    d = load_data(str(root), channels=1, image_size=8)
+    assert d.classes == ("cat", "dog", "owl")  # sorted; a folder without images is no class
+    by_level = {int(img[0, 0, 0]): int(lab) for img, lab in zip(d.images, d.labels)}
+    assert by_level == {10: 1, 20: 0, 30: 0, 40: 2}  # cat = 0, dog = 1, owl = 2 (nested folders count)
+    assert d.require_labels() == ("cat", "dog", "owl")
+
+
+def test_a_folder_without_class_subfolders_has_no_labels(tmp_path):
+    loose = _class_tree(tmp_path / "loose", {"a.png": 1, "b.png": 2})
+    d = load_data(str(loose), channels=1, image_size=8)
+    assert d.labels is None and d.classes is None
+    with pytest.raises(DDPMError, match="not in class subfolders .*loose/cat/\\*.png"):
+        d.require_labels()
+    mixed = _class_tree(tmp_path / "mixed", {"a.png": 1, "cat/b.png": 2, "dog/c.png": 3})
+    d = load_data(str(mixed), channels=1, image_size=8)
+    assert d.labels is None and len(d) == 3  # an unconditional run still uses every image
+    with pytest.raises(DDPMError, match="1 of its images lie outside the class subfolders"):
+        d.require_labels()

@@ -43,14 +43,14 @@ def test_micro_batches_cover_the_batch_once():
     assert [i for r in parts for i in r] == list(range(10))
 
 
-def _train(tmp_path, name, nproc, steps=4, resume=False):
+def _train(tmp_path, name, nproc, steps=4, resume=False, extra=()):
     out = tmp_path / name
-    args = ["-m", "ddpm", "train", "--out", str(out), "--steps", str(steps), "--quiet"]
+    args = ["-m", "ddpm", "--", "train", "--out", str(out), "--steps", str(steps), "--quiet"]
     if resume:
         args.append("--resume")
     else:
         args += ["--data", "mnist", "--preset", "tiny", "--batch-size", "8", "--T", "50", "--log-every", "2",
-                 "--save-every", "2", "--precision", "fp32"]  # bf16 rounding would depend on the split
+                 "--save-every", "2", "--precision", "fp32", *extra]  # bf16 rounding would depend on the split
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
@@ -63,11 +63,14 @@ def _train(tmp_path, name, nproc, steps=4, resume=False):
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
-def test_two_torchrun_processes_give_the_weights_of_one(tmp_path):
-    one_model, one_ema, _, _ = _train(tmp_path, "one", 1)
-    two_model, two_ema, out, err = _train(tmp_path, "two", 2)
+@pytest.mark.parametrize("extra", [(), ("--class-cond", "--p-uncond", "0.3")], ids=["unconditional", "class-cond"])
+def test_two_torchrun_processes_give_the_weights_of_one(extra, tmp_path):
+    one_model, one_ema, _, _ = _train(tmp_path, "one", 1, extra=extra)
+    two_model, two_ema, out, err = _train(tmp_path, "two", 2, extra=extra)
+    if extra:
+        assert "label_emb.weight" in one_model
     assert _max_diff(one_model, two_model) < 1e-5 and _max_diff(one_ema, two_ema) < 1e-5
-    assert err.count("training tiny") == 1  # only rank 0 talks
+    assert err.count("training ") == 1  # only rank 0 talks
     rows = (out / "metrics.csv").read_text().strip().splitlines()
     assert len(rows) == 3  # header + steps 2 and 4, written once
 

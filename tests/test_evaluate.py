@@ -1,6 +1,5 @@
 """ddpm.evaluate: bits/dim over a data set (batched, with an oracle) and the report files."""
 
-import json
 
 import numpy as np
 import torch
@@ -28,5 +27,5 @@ def test_evaluate_bpd_batches_give_the_per_image_bound():
 def test_read_samples_takes_the_layout_sample_writes(tmp_path):
     arr = np.random.default_rng(0).integers(0, 256, (3, 8, 6, 1), dtype=np.uint8)
     np.savez(tmp_path / "s.npz", arr_0=arr)
-    x = read_samples(tmp_path / "s.npz")
-    assert x.shape == (3, 1, 8, 6) and torch.equal(x.permute(0, 2, 3, 1), torch.from_numpy(arr))
+    x, labels = read_samples(tmp_path / "s.npz")
+    assert labels is None and x.shape == (3, 1, 8, 6) and torch.equal(x.permute(0, 2, 3, 1), torch.from_numpy(arr))

@@ -161,3 +161,30 @@ def test_import_and_export_through_the_cli(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "imported from a diffusers pipeline" in err and "Traceback" not in err
     assert main(["export", "--run", str(tmp_path / "run"), "--format", "diffusers", "--out", str(tmp_path / "x")]) == 1
+
+
+def test_a_class_conditional_unet_gives_diffusers_outputs_both_ways(tmp_path):
+    """num_class_embeds = K + 1 (the null class last), class_embed_type None: diffusers' class embedding is added to
+    the time embedding exactly where ours is, so given labels both networks agree, imported and exported."""
+    cfg = {**SMALL, "num_class_embeds": 4}
+    theirs, path = pipeline_dir(tmp_path, cfg)
+    (path / "classes.json").write_text(json.dumps(["cat", "dog", "owl"]))
+    ckpt = load_checkpoint(import_diffusers(path, tmp_path / "run"))
+    assert ckpt.config.model.num_classes == 3 and ckpt.config.classes == ("cat", "dog", "owl")
+    assert ckpt.config.train.class_cond
+    g = torch.Generator().manual_seed(3)
+    x, t, y = torch.randn(4, 1, 16, 16, generator=g), torch.tensor([0, 10, 500, 999]), torch.tensor([0, 1, 2, 3])
+    with torch.no_grad():
+        ref = theirs(x, t, class_labels=y).sample
+        ours = ckpt.ema_model(x, t, y)
+        other = ckpt.ema_model(x, t, torch.tensor([1, 2, 3, 0]))
+    err = (ours - ref).abs().max().item()
+    assert err < 1e-4 * max(1.0, ref.abs().max().item())
+    assert (other - ref).abs().max().item() > max(5e-4, 20 * err)  # the labels matter, far beyond the tolerance
+    out = export_diffusers(ckpt.ema_model, ckpt.config.diffusion, tmp_path / "exported", ckpt.config.classes)
+    pipe = DDPMPipeline.from_pretrained(out)
+    assert pipe.unet.config.num_class_embeds == 4 and pipe.unet.config.class_embed_type is None
+    with torch.no_grad():
+        back = pipe.unet.eval()(x, t, class_labels=y).sample
+    assert (back - ref).abs().max().item() < 1e-4 * max(1.0, ref.abs().max().item())
+    assert json.loads((out / "classes.json").read_text()) == ["cat", "dog", "owl"]

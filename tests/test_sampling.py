@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ddpm import GaussianDiffusion, NoiseSchedule
-from ddpm.sampling import DDIM, Ancestral, Respaced, ddim_update, make_sampler, step_indices
+from ddpm.sampling import DDIM, Ancestral, Guided, Respaced, class_labels, ddim_update, make_sampler, step_indices
 
 from helpers import OracleEps
 
@@ -146,3 +146,62 @@ def test_respaced_with_the_oracle_lands_on_the_image():
     for name in ("respaced", "ddim"):
         x = make_sampler(name, d, steps=20)(oracle, (3, 1, 6, 6), generator=torch.Generator().manual_seed(1))
         torch.testing.assert_close(x, x_star.expand_as(x), atol=1e-4, rtol=0)
+
+
+# ----------------------------------------------------------------------------- classifier-free guidance
+class _TwoHeaded:
+    """A fake conditional model with known outputs: eps = y + 0.01 t (its class as a number), the null class 9."""
+
+    calls = 0
+
+    def __call__(self, x, t, y):
+        type(self).calls += 1
+        return (y.to(x.dtype) + 0.01 * t.to(x.dtype)).view(-1, 1, 1, 1).expand_as(x).clone()
+
+
+def test_guidance_is_one_batched_forward_of_the_formula():
+    x, t, y = torch.zeros(3, 1, 2, 2), torch.tensor([5, 6, 7]), torch.tensor([1, 2, 3])
+    model = _TwoHeaded()
+    for w in (0.5, 2.0):
+        _TwoHeaded.calls = 0
+        eps = Guided(model, y, null_class=9, guidance=w)(x, t)
+        cond, uncond = y + 0.01 * t, 9 + 0.01 * t
+        assert torch.allclose(eps[:, 0, 0, 0], (1 + w) * cond - w * uncond) and _TwoHeaded.calls == 1
+    assert torch.equal(Guided(model, y, 9, 0.0)(x, t), model(x, t, y))  # W = 0: the plain conditional model
+    with pytest.raises(ValueError, match="guidance weight must be >= 0"):
+        Guided(model, y, 9, -1.0)
+
+
+def test_every_sampler_passes_labels_and_guidance_through():
+    d = GaussianDiffusion(NoiseSchedule.linear(T=50))
+    x_star = torch.stack([torch.full((1, 4, 4), -0.5), torch.full((1, 4, 4), 0.3)])  # class 0 and class 1
+
+    def conditional_oracle(x, t, y):  # the exact eps for "class c is the image x_star[c]"; the null class is 0
+        return OracleEps(d, x_star[torch.where(y == 2, 0, y)])(x, t)
+
+    # guided, the oracle of class c becomes the oracle of (1 + w) x*_c - w x*_null: class 0 (the null's image) stays
+    # -0.5, class 1 is pushed away from it, to (1 + w) 0.3 + 0.5 w = 0.62 (clipped to [-1, 1] where it would leave)
+    labels, w = torch.tensor([0, 1, 1, 0]), 0.4
+    expected = ((1 + w) * x_star[labels] - w * x_star[0]).clamp(-1, 1)
+    assert expected[1].max() == pytest.approx(0.3 + 0.4 * 0.8)
+    for name in ("ancestral", "respaced", "ddim"):
+        smp = make_sampler(name, d, steps=None if name == "ancestral" else 10)
+        out = smp(Guided(conditional_oracle, labels, null_class=2, guidance=w), (4, 1, 4, 4),
+                  generator=torch.Generator().manual_seed(0))
+        torch.testing.assert_close(out, expected, atol=2e-3, rtol=0)
+
+
+def test_class_labels_by_index_name_list_and_all():
+    names = ("cat", "dog", "7")
+    assert class_labels(None, names, 4) is None
+    assert class_labels("dog", names, 3).tolist() == [1, 1, 1]
+    assert class_labels("1", names, 2).tolist() == [1, 1]
+    assert class_labels("7", names, 2).tolist() == [2, 2]  # a class name wins over an index
+    assert class_labels("all", names, 6).tolist() == [0, 0, 1, 1, 2, 2]  # class by class: a grid row each
+    assert class_labels("2,cat", names, 4).tolist() == [2, 2, 0, 0]
+    for spec, classes, n, pattern in [("0", None, 4, "needs a class-conditional run"),
+                                      ("zebra", names, 3, "unknown class 'zebra'; the run's classes: cat, dog, 7"),
+                                      ("12", names, 3, "--class 12: the run has 3 classes, 0-2"),
+                                      ("all", names, 4, "--n 4 is not a multiple of 3 \\(try --n 3 or 6\\)")]:
+        with pytest.raises(ValueError, match=pattern):
+            class_labels(spec, classes, n)

@@ -2,7 +2,6 @@
 
 import copy
 import dataclasses
-import json
 import os
 import signal
 
@@ -11,7 +10,7 @@ import pytest
 import torch
 
 from ddpm import load_checkpoint
-from ddpm.run import list_checkpoints, save_checkpoint, write_config
+from ddpm.run import list_checkpoints, write_config
 from ddpm.config import make_run_config
 from ddpm.errors import DDPMError
 
@@ -31,11 +30,37 @@ def test_every_image_once_per_epoch_and_batches_fixed_by_step():
     other = tiny_trainer(cfg, data=tiny_data(n=20))
     for s in (0, 7, 3):
         a, b = tr.batches.make(s), other.batches.make(s)
-        assert all(torch.equal(u, v) for u, v in zip(a, b))
+        assert all(torch.equal(u, v) for u, v in zip(a[:3], b[:3])) and a[3] is None  # unconditional: no labels
     # positions of a global batch can be produced in pieces (as data-parallel workers do)
     full = tr.batches.make(2)
     halves = [tr.batches.make(2, range(0, 3)), tr.batches.make(2, range(3, 5))]
-    assert all(torch.equal(f, torch.cat([h[i] for h in halves])) for i, f in enumerate(full))
+    assert all(torch.equal(f, torch.cat([h[i] for h in halves])) for i, f in enumerate(full[:3]))
+
+
+def test_label_dropout_share_and_determinism():
+    """A class-conditional run's labels: the data's, or with probability p_uncond the null class, drawn from the
+    example's own generator, so they depend on (seed, step, position) only."""
+    from ddpm.batches import Batches
+
+    data = tiny_data(n=40, classes=4)
+    make = lambda seed=0: Batches(data, seed=seed, batch_size=50, T=100, hflip=False, p_uncond=0.3)  # noqa: E731
+    batches = make()
+    ys, idx = [], []
+    for step in range(40):  # 2,000 examples
+        _, _, _, y = batches.make(step)
+        ys.append(y)
+        idx.append(batches.indices(step, range(50)))
+    y, idx = torch.cat(ys), torch.cat(idx)
+    null = y == 4
+    share, se = null.float().mean().item(), (0.3 * 0.7 / len(y)) ** 0.5
+    assert abs(share - 0.3) < 5 * se, share
+    assert torch.equal(y[~null], data.labels[idx[~null]])  # the rest keep their own label
+    whole, parts = make().make(7), [make().make(7, range(0, 20)), make().make(7, range(20, 50))]
+    assert torch.equal(whole[3], torch.cat([p[3] for p in parts]))  # however the batch is split
+    assert not torch.equal(make(seed=1).make(7)[3], whole[3])
+    # the unconditional draws are untouched by the label's: t, noise and flips as without labels
+    plain = Batches(data, seed=0, batch_size=50, T=100, hflip=False).make(7)
+    assert all(torch.equal(a, b) for a, b in zip(plain[:3], whole[:3])) and plain[3] is None
 
 
 def test_ema_follows_its_formula_from_step_one():
@@ -65,7 +90,7 @@ def test_min_snr_weighting_follows_its_formula(gamma):
     abar = np.cumprod(1 - betas)
     snr = abar / (1 - abar)
     w = np.minimum(snr, gamma) / snr if gamma else np.ones(T)
-    _, t, noise = tr.batches.make(0)
+    _, t, noise, _ = tr.batches.make(0)
     expected = np.mean(w[t.numpy()] * noise.double().pow(2).flatten(1).mean(1).numpy())
     assert tr.train_step()["loss"] == pytest.approx(expected, rel=1e-6)
     if gamma:

@@ -138,3 +138,19 @@ def test_config_validation_and_round_trip():
         UNet.from_preset("huge")
     cfg = PRESETS["cifar10"].model
     assert UNetConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_class_conditional_net_adds_a_label_embedding_with_a_null_class():
+    torch.manual_seed(0)
+    net = _perturb_zero_layers(small(num_classes=3)).eval()
+    assert net.label_emb.num_embeddings == 4  # three classes and the null class
+    x, t = torch.randn(4, 3, 16, 16), torch.tensor([1, 2, 3, 4])
+    with torch.no_grad():
+        null = net(x, t, torch.full((4,), 3))
+        assert torch.equal(net(x, t), null)  # no labels: the null class
+        cat, dog = net(x, t, torch.zeros(4, dtype=torch.long)), net(x, t, torch.ones(4, dtype=torch.long))
+    assert (cat - dog).abs().max() > 1e-3 and (cat - null).abs().max() > 1e-3
+    plain = small()
+    assert plain.label_emb is None
+    with pytest.raises(ValueError, match="unconditional"):
+        plain(x, t, torch.zeros(4, dtype=torch.long))

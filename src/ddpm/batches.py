@@ -1,7 +1,8 @@
 """The training examples of every step, as pure functions of (seed, step, position in the global batch).
 
 Example k = step * batch_size + position is image ``perm_epoch[k % N]`` of a fresh permutation every epoch,
-flipped or not, with its own t and eps, all drawn from generators named by (seed, step, position). So the
+flipped or not, with its own t and eps (and, for a class-conditional run, its label or, with probability
+``p_uncond``, the null class), all drawn from generators named by (seed, step, position). So the
 data position *is* the step (a resumed run sees exactly the examples a straight run would have), and the
 examples of a batch do not depend on how it is split across processes or micro-batches.
 """
@@ -20,10 +21,15 @@ __all__ = ["Batches"]
 
 
 class Batches:
-    """The examples of ``data`` for a run with ``seed``, global ``batch_size`` and ``T`` diffusion steps."""
+    """The examples of ``data`` for a run with ``seed``, global ``batch_size`` and ``T`` diffusion steps.
+    ``p_uncond`` not None: labelled examples (a class-conditional run), the null class ``len(data.classes)``
+    in place of the label with that probability."""
 
-    def __init__(self, data: ImageData, *, seed: int, batch_size: int, T: int, hflip: bool):
+    def __init__(self, data: ImageData, *, seed: int, batch_size: int, T: int, hflip: bool,
+                 p_uncond: Optional[float] = None):
         self.data, self.seed, self.batch_size, self.T, self.hflip = data, seed, batch_size, T, hflip
+        self.p_uncond = p_uncond
+        self.null_class = len(data.require_labels()) if p_uncond is not None else None
         self._perms: Dict[int, Tensor] = {}  # the permutation of the epoch last used
 
     def indices(self, step: int, positions: range) -> Tensor:
@@ -38,11 +44,14 @@ class Batches:
             out.append(self._perms[epoch][k % n])
         return torch.stack(out)
 
-    def make(self, step: int, positions: Optional[range] = None, device=None) -> Tuple[Tensor, Tensor, Tensor]:
-        """(x0, t, noise) of ``positions`` (default: the whole batch) of ``step``: x0 float [B, C, H, W] in [-1, 1],
-        t int64 [B] in [0, T-1], noise float [B, C, H, W]."""
+    def make(self, step: int, positions: Optional[range] = None,
+             device=None) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
+        """(x0, t, noise, y) of ``positions`` (default: the whole batch) of ``step``: x0 float [B, C, H, W] in
+        [-1, 1], t int64 [B] in [0, T-1], noise float [B, C, H, W], y int64 [B] labels (None: unconditional)."""
         positions = positions if positions is not None else range(self.batch_size)
-        x0 = to_float(self.data.images[self.indices(step, positions)])
+        index = self.indices(step, positions)
+        x0 = to_float(self.data.images[index])
+        y = None if self.p_uncond is None else self.data.labels[index].clone()
         ts, noises = [], []
         for j, pos in enumerate(positions):
             g = generator(self.seed, "example", step, pos)
@@ -51,5 +60,7 @@ class Batches:
             noises.append(torch.randn(x0.shape[1:], generator=g))
             if self.hflip and flip:
                 x0[j] = x0[j].flip(-1)
+            if y is not None and torch.rand((), generator=g) < self.p_uncond:  # drawn after all of the above
+                y[j] = self.null_class
         t, noise = torch.cat(ts), torch.stack(noises)
-        return x0.to(device), t.to(device), noise.to(device)
+        return x0.to(device), t.to(device), noise.to(device), None if y is None else y.to(device)

@@ -25,7 +25,9 @@ try:
 except ImportError:  # numpy < 2
     from numpy.core.multiarray import _reconstruct as _np_reconstruct
 
-__all__ = ["read_cifar10"]
+__all__ = ["read_cifar10", "CIFAR10_CLASSES"]
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 _PY_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 _BIN_BATCHES = tuple(f"data_batch_{i}.bin" for i in range(1, 6))

@@ -52,12 +52,13 @@ def cmd_demo(args) -> int:
                    sampling_steps=args.sampling_steps, device=choose_device(args.device))
     f = res.files
     print(f"demo finished in {res.minutes:.1f} min after {res.step} steps:\n"
-          f"  {f['samples.png']}   a grid of {args.n} generated digits\n"
-          f"  {f['samples.npz']}   the same as uint8 arr_0 [N, H, W, C]\n"
-          f"  {f['loss.png']}      the loss curve; metrics in {f['metrics.csv']}")
+          f"  {f['samples.png']}                {args.n} generated digits, a row each for 0 to 9\n"
+          f"  {f['samples.npz']}                the same: uint8 arr_0 [N, H, W, C], their digits arr_1\n"
+          f"  {f['samples_unconditional.png']}  {args.n} digits of the same network with no digit asked for\n"
+          f"  {f['loss.png']}                   the loss curve; metrics in {f['metrics.csv']}")
     if res.status == "finished":
-        print(f"(for a longer run: ddpm demo --out NEW --minutes M, or ddpm train --data mnist --out RUN, the full "
-              "recipe)", file=sys.stderr)
+        print("(for a longer run: ddpm demo --out NEW --minutes M, or ddpm train --data mnist --class-cond --out RUN, "
+              "the full recipe)", file=sys.stderr)
     return 0
 
 
@@ -88,7 +89,7 @@ def cmd_sample(args) -> int:
     from .outputs import check_output, write_images
     from .run import load_checkpoint
     from .runtime import choose_device
-    from .sampling import make_sampler, sample_checkpoint
+    from .sampling import class_labels, make_sampler, sample_checkpoint
     from .viz import Trajectory
 
     out = args.out
@@ -98,12 +99,15 @@ def cmd_sample(args) -> int:
     device = choose_device(args.device)
     ckpt = load_checkpoint(args.run, map_location=device)
     sampler = make_sampler(args.sampler, ckpt.diffusion, steps=args.steps, eta=args.eta, spacing=args.spacing)
+    labels = class_labels(args.class_, ckpt.config.classes, args.n)
     trajectory = None
     if args.trajectory or args.gif:
         trajectory = Trajectory(sampler.indices, frames=40 if args.gif else 0, samples=min(4, args.n))
     images = sample_checkpoint(ckpt, args.n, sampler=sampler, seed=args.seed, batch_size=args.batch_size,
-                               ema=args.ema, device=device, precision=args.precision, callback=trajectory)
-    write_images(images, out)
+                               labels=labels, guidance=args.guidance, ema=args.ema, device=device,
+                               precision=args.precision, callback=trajectory)
+    rows = 0 if labels is None else len(labels.unique())
+    write_images(images, out, labels=labels, nrow=args.n // rows if rows > 1 else None)
     print(f"wrote {args.n} samples from {args.run} (step {ckpt.step}, {'EMA' if args.ema else 'raw'} weights) "
           f"to {out}", file=sys.stderr)
     if pictures["trajectory"]:
@@ -138,9 +142,11 @@ def cmd_eval(args) -> int:
     out = Path(args.out) if args.out else Path(args.run) / "eval"
     if args.out and not out.parent.is_dir():
         raise DDPMError(f"cannot write into {out}: folder {out.parent} does not exist")
-    samples = read_samples(args.samples) if args.samples else None
+    samples, sample_labels = read_samples(args.samples) if args.samples else (None, None)
     device = choose_device(args.device)
     ckpt = load_checkpoint(args.run, map_location=device)
+    if args.guidance and not ckpt.config.classes:
+        raise DDPMError("--guidance needs a class-conditional run (trained with --class-cond); this one is not")
     if args.metric == "fd":
         for k in args.steps or [None]:  # every sampler setting is checked before any work
             make_sampler(args.sampler, ckpt.diffusion, steps=k, eta=args.eta, spacing=args.spacing)
@@ -159,8 +165,9 @@ def cmd_eval(args) -> int:
         print(f"per-t terms: {out / 'bpd_terms.csv'}, plot: {out / 'bpd_terms.png'}", file=sys.stderr)
         return 0
     rows = fd_report(ckpt, real, out, features, n=args.n or 1000, sampler=args.sampler, steps=args.steps or [None],
-                     samples=samples, title=str(args.run), eta=args.eta, spacing=args.spacing, seed=args.seed,
-                     batch_size=args.batch_size, ema=args.ema, device=device, precision=args.precision)
+                     samples=samples, sample_labels=sample_labels, title=str(args.run), eta=args.eta,
+                     spacing=args.spacing, seed=args.seed, batch_size=args.batch_size, ema=args.ema, device=device,
+                     precision=args.precision, guidance=args.guidance)
     _print_fd(rows, real, out)
     return 0
 
@@ -170,8 +177,9 @@ def _print_fd(rows, real, out: Path) -> None:
     print(f"Fréchet distance of {rows[0]['features']} features to {len(real)} real images of {real.name}:")
     print(f"{'sampler':>10} {'steps':>6} {'n':>6} {'seconds':>9} {'s/image':>9} {'FD@' + str(n):>10}")
     for r in rows:
+        match = f"   {100 * r['class_match']:.1f}% of the samples are their class" if "class_match" in r else ""
         print(f"{r['sampler']:>10} {r['steps']:>6} {r['n']:>6} {r['seconds']:>9.1f} {r['seconds_per_image']:>9.4f} "
-              f"{r['fd']:>10.3f}")
+              f"{r['fd']:>10.3f}{match}")
     if n < 10 * dims:
         print(f"note: FD from {n} samples of {dims}-d features is biased upwards (it falls as n grows); compare FDs "
               f"only at equal n", file=sys.stderr)
@@ -227,7 +235,7 @@ def cmd_export(args) -> int:
 
     out = _new_dir(args.out)
     ckpt = load_checkpoint(args.run)
-    export_diffusers(ckpt.ema_model if args.ema else ckpt.model, ckpt.config.diffusion, out)
+    export_diffusers(ckpt.ema_model if args.ema else ckpt.model, ckpt.config.diffusion, out, ckpt.config.classes)
     print(f"exported {args.run} (step {ckpt.step}, {'EMA' if args.ema else 'raw'} weights) to {out}; "
           f"load it with diffusers.DDPMPipeline.from_pretrained({str(out)!r})", file=sys.stderr)
     return 0

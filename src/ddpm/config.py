@@ -12,14 +12,14 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .diffusion import VAR_TYPES, GaussianDiffusion
 from .errors import DDPMError
 from .schedule import NoiseSchedule
 
 __all__ = ["UNetConfig", "DiffusionConfig", "TrainConfig", "RunConfig", "Preset", "PRESETS", "make_run_config",
-           "resume_config", "RESUMABLE", "PRECISIONS", "flag"]
+           "resume_config", "with_classes", "RESUMABLE", "PRECISIONS", "flag"]
 
 PRECISIONS = ("auto", "fp32", "bf16")
 LR_SCHEDULES = ("constant", "cosine")
@@ -56,6 +56,7 @@ class UNetConfig:
     attn_resolutions: Tuple[int, ...] = (16,)
     dropout: float = 0.1
     num_groups: int = 32
+    num_classes: int = 0  # > 0: class-conditional, with one more embedding row, index num_classes, for "no class"
 
     def __post_init__(self):
         object.__setattr__(self, "ch_mult", tuple(int(m) for m in self.ch_mult))
@@ -64,6 +65,8 @@ class UNetConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"UNet {name} must be a positive integer, got {v!r}")
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 0:
+            raise ValueError(f"UNet num_classes must be a non-negative integer, got {self.num_classes!r}")
         if self.out_channels is not None and self.out_channels < 1:
             raise ValueError(f"UNet out_channels must be positive, got {self.out_channels!r}")
         if not self.ch_mult or min(self.ch_mult) < 1:
@@ -128,6 +131,10 @@ class TrainConfig:
     ema_decay: float = _opt("decay of the exponential moving average of the weights", default=0.9999)
     hflip: Optional[bool] = _opt("random horizontal flips (default: on for CIFAR-10 and folders, off for mnist)",
                                  default=None)
+    class_cond: bool = _opt("train a class-conditional model on the data's labels (mnist, CIFAR-10, a folder of "
+                            "class subfolders), with a null class for classifier-free guidance", default=False)
+    p_uncond: float = _opt("with --class-cond: the share of training examples whose label is replaced by the null "
+                           "class (what classifier-free guidance needs)", default=0.1)
     seed: int = _opt("seed for initialisation, data order and every random draw", default=0)
     log_every: int = _opt("write a metrics.csv row every N steps", default=100)
     sample_every: int = _opt("write a grid of EMA samples every N steps (0: never)", default=10_000)
@@ -150,6 +157,7 @@ class TrainConfig:
         checks = [("lr", self.lr > 0, "must be positive"), ("ema_decay", 0 <= self.ema_decay < 1, "must lie in [0, 1)"),
                   ("snr_gamma", self.snr_gamma >= 0, "must be >= 0"), ("grad_clip", self.grad_clip >= 0, "must be >= 0"),
                   ("time_limit", self.time_limit >= 0, "must be >= 0"),
+                  ("p_uncond", 0 <= self.p_uncond < 1, "must lie in [0, 1)"),
                   ("lr_schedule", self.lr_schedule in LR_SCHEDULES, f"must be one of {', '.join(LR_SCHEDULES)}"),
                   ("precision", self.precision in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}")]
         for name, ok, what in checks:
@@ -203,14 +211,24 @@ PRESETS: Dict[str, Preset] = {
 
 @dataclass(frozen=True)
 class RunConfig:
+    """A run. ``classes``: the names of a class-conditional run's classes (``model.num_classes`` of them)."""
+
     preset: str
     model: UNetConfig
     diffusion: DiffusionConfig
     train: TrainConfig
+    classes: Optional[Tuple[str, ...]] = None
+
+    def __post_init__(self):
+        if self.classes is not None:
+            object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"preset": self.preset, "model": self.model.to_dict(), "diffusion": asdict(self.diffusion),
-                "train": asdict(self.train)}
+        d = {"preset": self.preset, "model": self.model.to_dict(), "diffusion": asdict(self.diffusion),
+             "train": asdict(self.train)}
+        if self.classes is not None:
+            d["classes"] = list(self.classes)
+        return d
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2) + "\n"
@@ -220,9 +238,23 @@ class RunConfig:
         try:
             return cls(preset=str(d["preset"]), model=UNetConfig.from_dict(d["model"]),
                        diffusion=_from_dict(DiffusionConfig, d["diffusion"], "DiffusionConfig"),
-                       train=_from_dict(TrainConfig, d["train"], "TrainConfig"))
+                       train=_from_dict(TrainConfig, d["train"], "TrainConfig"), classes=d.get("classes"))
         except (KeyError, TypeError) as e:
             raise DDPMError(f"config is missing or has a malformed field: {e}") from None
+
+
+def with_classes(cfg: RunConfig, classes: Optional[Sequence[str]]) -> RunConfig:
+    """``cfg`` for data with these class names: a class-conditional run (``train.class_cond``) gets one network
+    class per name (and the names); an unconditional run stays as it is."""
+    if not cfg.train.class_cond:
+        return cfg
+    classes = tuple(classes or ())
+    if not classes:
+        raise DDPMError("--class-cond needs class labels, and the data has none")
+    if cfg.classes is not None and tuple(cfg.classes) != classes:
+        raise DDPMError(f"the run was trained on the classes {', '.join(cfg.classes)}, the data has "
+                        f"{', '.join(classes)}")
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=len(classes)), classes=classes)
 
 
 def _merged(base: Dict[str, Any], over: Optional[Dict[str, Any]]) -> Dict[str, Any]:

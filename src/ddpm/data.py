@@ -5,7 +5,8 @@
 
 - ``"mnist"``: the 5,000-image MNIST subset shipped in ``ddpm/assets`` (see its README for the
   attribution), 500 images per digit, in interleaved class order: image K is a digit K % 10;
-- a folder of images (png, jpg, jpeg, bmp, webp; searched recursively, hidden entries skipped);
+- a folder of images (png, jpg, jpeg, bmp, webp; searched recursively, hidden entries skipped), labelled
+  by its subfolders when every image lies in one (``root/cat/*.png``: the ImageFolder convention);
 - CIFAR-10 from a local file or folder in either official format (the python pickles or the binary
   records, as the ``.tar.gz`` or extracted): the 50,000 training images of ``data_batch_1..5``.
 
@@ -29,12 +30,13 @@ import torch
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
-from .cifar10 import read_cifar10
+from .cifar10 import CIFAR10_CLASSES, read_cifar10
 from .errors import DDPMError
 
 __all__ = ["ImageData", "load_data", "load_image", "to_float", "to_uint8", "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+MNIST_CLASSES = tuple(str(d) for d in range(10))
 _HIGH_DEPTH = ("I", "I;16", "I;16L", "I;16B", "I;16N")  # 16-bit sources, scaled 0..65535 -> 0..255
 
 
@@ -53,18 +55,28 @@ class ImageData:
     """A data set in memory.
 
     ``images``: uint8 [N, C, H, W] in [0, 255], contiguous, already at the requested channels and size.
-    ``labels``: int64 [N] class labels when the source has them (mnist, cifar10), else None.
-    ``name``: "mnist", "cifar10", or the folder's path.
-    ``hflip``: whether random horizontal flips suit the data (not for digits).
+    ``labels``: int64 [N] class indices into ``classes`` when the source has labels (mnist, cifar10, a
+    folder of class subfolders), else None. ``classes``: the class names (mnist "0".."9"; CIFAR-10's ten
+    names; a folder's subfolder names, sorted). ``name``: "mnist", "cifar10", or the folder's path.
+    ``hflip``: whether random horizontal flips suit the data (not for digits). ``unlabelled``: why a source
+    without labels has none (for the error a conditional run gives).
     """
 
     images: torch.Tensor
     labels: Optional[torch.Tensor]
     name: str
     hflip: bool
+    classes: Optional[Tuple[str, ...]] = None
+    unlabelled: str = ""
 
     def __len__(self) -> int:
         return self.images.shape[0]
+
+    def require_labels(self) -> Tuple[str, ...]:
+        """The class names, or DDPMError saying why this source has no labels."""
+        if self.labels is None or not self.classes:
+            raise DDPMError(f"--class-cond needs class labels, and {self.name} has none: {self.unlabelled}")
+        return self.classes
 
 
 def load_data(src: str, *, channels: int, image_size: int, progress: bool = False) -> ImageData:
@@ -77,7 +89,7 @@ def load_data(src: str, *, channels: int, image_size: int, progress: bool = Fals
     src = os.fspath(src)
     if src == "mnist":
         images, labels = _load_mnist()
-        return _make(images, labels, "mnist", False, channels, image_size, progress)
+        return _make(images, labels, "mnist", False, channels, image_size, progress, MNIST_CLASSES)
     path = Path(src).expanduser()
     if not path.exists():
         raise DDPMError(
@@ -85,7 +97,7 @@ def load_data(src: str, *, channels: int, image_size: int, progress: bool = Fals
         )
     cifar = read_cifar10(path)
     if cifar is not None:
-        return _make(*cifar, "cifar10", True, channels, image_size, progress)
+        return _make(*cifar, "cifar10", True, channels, image_size, progress, CIFAR10_CLASSES)
     if path.is_file():
         raise DDPMError(f"{src}: not a CIFAR-10 archive (no data_batch_1..5 inside); expected 'mnist', "
                         "a folder of images, or a CIFAR-10 archive/folder")
@@ -93,7 +105,7 @@ def load_data(src: str, *, channels: int, image_size: int, progress: bool = Fals
 
 
 def _make(images: np.ndarray, labels: Optional[np.ndarray], name: str, hflip: bool,
-          channels: int, size: int, progress: bool) -> ImageData:
+          channels: int, size: int, progress: bool, classes: Tuple[str, ...]) -> ImageData:
     """uint8 [N, c, h, w] array (+ labels) -> ImageData at the requested channels and size."""
     n, c, h, w = images.shape
     if c != channels or h != size or w != size:
@@ -104,7 +116,7 @@ def _make(images: np.ndarray, labels: Optional[np.ndarray], name: str, hflip: bo
             out[i] = _chw(_fit(Image.fromarray(np.ascontiguousarray(hwc)).convert(mode), size))
         images = out
     lab = None if labels is None else torch.from_numpy(np.asarray(labels, dtype=np.int64))
-    return ImageData(torch.from_numpy(np.ascontiguousarray(images)), lab, name, hflip)
+    return ImageData(torch.from_numpy(np.ascontiguousarray(images)), lab, name, hflip, classes)
 
 
 # ---------------------------------------------------------------- images: modes, size, arrays
@@ -199,6 +211,21 @@ def _list_images(root: Path) -> List[Path]:
     return sorted(found)
 
 
+def folder_classes(root: Path, paths: List[Path]) -> Tuple[Optional[Tuple[str, ...]], Optional[List[int]], str]:
+    """The ImageFolder convention: ``root/<class>/**/*.png``, classes the first-level subfolder names (those
+    with images), sorted. Returns (classes, one label per path, ""), or (None, None, why there are no labels)."""
+    first = [p.relative_to(root).parts for p in paths]
+    loose = sum(len(parts) == 1 for parts in first)
+    if loose == len(paths):
+        return None, None, (f"its images are not in class subfolders (put each class's images in a subfolder of "
+                            f"its own: {root}/cat/*.png, {root}/dog/*.png)")
+    if loose:
+        return None, None, f"{loose} of its images lie outside the class subfolders"
+    classes = tuple(sorted({parts[0] for parts in first}))
+    index = {c: i for i, c in enumerate(classes)}
+    return classes, [index[parts[0]] for parts in first], ""
+
+
 def _load_folder(root: Path, name: str, channels: int, size: int, progress: bool) -> ImageData:
     paths = _list_images(root)
     if not paths:
@@ -207,6 +234,8 @@ def _load_folder(root: Path, name: str, channels: int, size: int, progress: bool
     mode = "L" if channels == 1 else "RGB"
     for i, p in enumerate(tqdm(paths, desc=f"loading {name}", unit="img", disable=not progress)):
         out[i] = _chw(_fit(_to_mode(_open_image(p), mode), size))
-    return ImageData(torch.from_numpy(out), None, name, True)
+    classes, labels, why = folder_classes(root, paths)
+    return ImageData(torch.from_numpy(out), None if labels is None else torch.tensor(labels, dtype=torch.int64),
+                     name, True, classes, why)
 
 

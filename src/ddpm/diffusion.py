@@ -1,6 +1,7 @@
 """The Gaussian diffusion process of Ho et al. (2020): forward q, reverse p_theta, the loss.
 
-The model is never owned here: every method takes ``model(x_t, t) -> eps`` as an argument.
+The model is never owned here: every method takes ``model(x_t, t) -> eps`` as an argument (a
+class-conditional one is called ``model(x_t, t, y)`` where labels ``y`` are given).
 Images are float tensors in [-1, 1], layout NCHW. ``t`` is an int64 tensor [B] of indices
 0..T-1: index 0 is the paper's t = 1.
 """
@@ -152,15 +153,19 @@ class GaussianDiffusion:
 
     # ----------------------------------------------------------------------------- likelihood
     @torch.no_grad()
-    def bits_per_dim(self, model: Model, x0: Tensor, *, generator: Optional[torch.Generator] = None,
-                     clip_denoised: bool = True, return_terms: bool = False, progress: bool = False):
+    def bits_per_dim(self, model: Model, x0: Tensor, *, y: Optional[Tensor] = None,
+                     generator: Optional[torch.Generator] = None, clip_denoised: bool = True,
+                     return_terms: bool = False, progress: bool = False):
         """The variational bound of Eq. 5 for each image, in bits/dim: shape [B].
 
         L = KL(q(x_T|x0) || N(0, I)) + sum_{t>1} KL(q(x_{t-1}|x_t, x0) || p(x_{t-1}|x_t)) - log p(x0|x1),
         with the discretised Gaussian decoder (bins of 2/255). Costs T model calls per batch.
         ``x0`` must lie on the 256-level grid of [-1, 1] (``data.to_float`` of uint8 images).
         With ``return_terms`` returns a dict: total [B], prior [B], terms [B, T] (index 0: decoder NLL).
+        ``y``: the images' labels, for a class-conditional model.
         """
+        if y is not None:
+            model = _with_labels(model, y)
         b = x0.shape[0]
         terms = torch.zeros(b, self.T, dtype=torch.float64, device=x0.device)
         steps = range(self.T - 1, -1, -1)
@@ -201,10 +206,11 @@ class GaussianDiffusion:
         return (snr.clamp(max=gamma) / snr).float()
 
     def training_loss(self, model: Model, x0: Tensor, t: Optional[Tensor] = None, noise: Optional[Tensor] = None,
-                      *, generator: Optional[torch.Generator] = None) -> Tensor:
+                      *, y: Optional[Tensor] = None, generator: Optional[torch.Generator] = None) -> Tensor:
         """Algorithm 1's L_simple: ||eps - eps_theta(x_t, t)||^2, mean over pixels, shape [B].
 
-        ``t`` defaults to uniform indices in [0, T-1], ``noise`` to N(0, I) (drawn from ``generator``).
+        ``t`` defaults to uniform indices in [0, T-1], ``noise`` to N(0, I) (drawn from ``generator``);
+        ``y`` are the labels a class-conditional model is given.
         """
         b = x0.shape[0]
         if t is None:
@@ -212,7 +218,7 @@ class GaussianDiffusion:
         if noise is None:
             noise = draw_normal(x0.shape, generator, x0)
         xt = self.q_sample(x0, t, noise)
-        eps = model(xt, t)
+        eps = model(xt, t) if y is None else model(xt, t, y)
         return (noise - eps.to(noise.dtype)).pow(2).flatten(1).mean(dim=1)
 
 
@@ -222,3 +228,8 @@ def draw_normal(shape, generator: Optional[torch.Generator], like: Tensor) -> Te
         return torch.randn(shape, device=like.device, dtype=like.dtype)
     out = torch.randn(shape, generator=generator, device=generator.device, dtype=like.dtype)
     return out.to(like.device)
+
+
+def _with_labels(model: Model, y: Tensor) -> Model:
+    """``model`` with its labels bound: ``(x_t, t) -> model(x_t, t, y)``."""
+    return lambda xt, t: model(xt, t, y)

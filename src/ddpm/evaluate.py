@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from .run import IMPORTED_DATA
 from .sampling import sample_checkpoint
 from .viz import plot_bpd_terms, plot_fd_steps
 
-__all__ = ["evaluate_bpd", "bpd_report", "fd_report", "real_images", "read_samples"]
+__all__ = ["evaluate_bpd", "bpd_report", "fd_report", "real_images", "read_samples", "labels_like", "class_match"]
 
 
 def real_images(src: str, cfg) -> ImageData:
@@ -36,19 +36,23 @@ def real_images(src: str, cfg) -> ImageData:
     return data
 
 
-def read_samples(path) -> Tensor:
-    """uint8 [N, C, H, W] from an ``.npz`` whose ``arr_0`` is uint8 [N, H, W, C] with N >= 2 (ddpm sample's)."""
+def read_samples(path) -> Tuple[Tensor, Optional[Tensor]]:
+    """uint8 [N, C, H, W] from an ``.npz`` whose ``arr_0`` is uint8 [N, H, W, C] with N >= 2 (ddpm sample's), and
+    its ``arr_1`` (each image's requested class) when it has one."""
     p = Path(path)
     if not p.is_file():
         raise DDPMError(f"samples file {p} not found")
     try:
         with np.load(p, allow_pickle=False) as z:
             arr = z["arr_0"]
+            labels = z["arr_1"].astype(np.int64) if "arr_1" in z.files else None
     except (ValueError, KeyError, OSError) as e:
         raise DDPMError(f"{p} is not an .npz with arr_0 uint8 [N, H, W, C]: {e}") from None
     if arr.dtype != np.uint8 or arr.ndim != 4 or len(arr) < 2:
         raise DDPMError(f"{p}: arr_0 must be uint8 [N, H, W, C] with N >= 2, got {arr.dtype} {arr.shape}")
-    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+    if labels is not None and labels.shape != (len(arr),):
+        raise DDPMError(f"{p}: arr_1 must hold one class per image, got shape {labels.shape}")
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous(), None if labels is None else torch.from_numpy(labels)
 
 
 # ----------------------------------------------------------------------------- bits/dim
@@ -58,15 +62,16 @@ class _CountCalls:
     def __init__(self, model, bar):
         self.model, self.bar = model, bar
 
-    def __call__(self, x, t):
-        out = self.model(x, t)
+    def __call__(self, *args):
+        out = self.model(*args)
         self.bar.update(1)
         return out
 
 
-def evaluate_bpd(diffusion, model: nn.Module, images: Tensor, *, batch_size: int = 100, seed: int = 0,
-                 device=None, progress: bool = True) -> Dict[str, np.ndarray]:
-    """Eq. 5's bound for each of uint8 ``images`` [N, C, H, W], batched: total [N], prior [N], terms [N, T].
+def evaluate_bpd(diffusion, model: nn.Module, images: Tensor, *, labels: Optional[Tensor] = None,
+                 batch_size: int = 100, seed: int = 0, device=None, progress: bool = True) -> Dict[str, np.ndarray]:
+    """Eq. 5's bound for each of uint8 ``images`` [N, C, H, W], batched: total [N], prior [N], terms [N, T];
+    ``labels`` (int64 [N]) are given to a class-conditional model.
 
     ``terms[:, 0]`` is the decoder's -log p(x_0|x_1), ``terms[:, t]`` the KL at step t+1 (0-based t);
     everything in bits/dim. Costs T model calls per batch; one progress bar over all of them.
@@ -83,10 +88,15 @@ def evaluate_bpd(diffusion, model: nn.Module, images: Tensor, *, batch_size: int
         counting = _CountCalls(model, bar)
         for i in range(0, len(images), batch_size):
             x0 = to_float(images[i:i + batch_size].to(device))
-            res = diffusion.bits_per_dim(counting, x0, generator=g, return_terms=True)
+            y = None if labels is None else labels[i:i + batch_size].to(device)
+            res = diffusion.bits_per_dim(counting, x0, y=y, generator=g, return_terms=True)
             for k in out:
                 out[k].append(res[k].cpu())
     return {k: torch.cat(v).numpy() for k, v in out.items()}
+
+
+def _csv_cell(v: Any) -> str:
+    return "" if v is None else f"{v:.6g}" if isinstance(v, float) else str(v)
 
 
 def _std_error(v: np.ndarray) -> float:
@@ -95,12 +105,15 @@ def _std_error(v: np.ndarray) -> float:
 
 def bpd_report(ckpt, data: ImageData, out: Path, *, n: int = 100, seed: int = 0, ema: bool = True,
                batch_size: int = 100, device=None, title: str = "") -> Dict[str, Any]:
-    """bits/dim of ``n`` images of ``data`` drawn with ``seed``; writes ``bpd_terms.csv`` (every term with its
-    standard error), ``bpd.json`` (the summary, returned) and ``bpd_terms.png`` into ``out``."""
+    """bits/dim of ``n`` images of ``data`` drawn with ``seed`` (a class-conditional run is given their true
+    labels); writes ``bpd_terms.csv`` (every term with its standard error), ``bpd.json`` (the summary, returned)
+    and ``bpd_terms.png`` into ``out``."""
     n = min(n, len(data))
-    pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n]
-    res = evaluate_bpd(ckpt.diffusion, ckpt.ema_model if ema else ckpt.model, data.images[pick.sort().values],
-                       batch_size=min(batch_size, n), seed=seed, device=device)
+    pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    labels = _true_labels(ckpt, data)
+    res = evaluate_bpd(ckpt.diffusion, ckpt.ema_model if ema else ckpt.model, data.images[pick],
+                       labels=None if labels is None else labels[pick], batch_size=min(batch_size, n), seed=seed,
+                       device=device)
     total, prior, terms = res["total"], res["prior"], res["terms"]
     T = terms.shape[1]
     lines = ["term,t,bits_per_dim,std_error", f"prior,{T},{prior.mean():.8g},{_std_error(prior):.4g}"]
@@ -108,7 +121,8 @@ def bpd_report(ckpt, data: ImageData, out: Path, *, n: int = 100, seed: int = 0,
     lines += [f"decoder,1,{terms[:, 0].mean():.8g},{_std_error(terms[:, 0]):.4g}",
               f"total,,{total.mean():.8g},{_std_error(total):.4g}"]
     atomic_write_text(out / "bpd_terms.csv", "\n".join(lines) + "\n")
-    summary = {"step": ckpt.step, "data": data.name, "n": n, "ema": ema, "bits_per_dim": float(total.mean()),
+    summary = {"step": ckpt.step, "data": data.name, "n": n, "ema": ema, "conditional": labels is not None,
+               "bits_per_dim": float(total.mean()),
                "std_error": _std_error(total), "prior": float(prior.mean()), "decoder": float(terms[:, 0].mean()),
                "kl_terms": float(terms[:, 1:].sum(1).mean())}
     atomic_write_text(out / "bpd.json", json.dumps(summary, indent=2) + "\n")
@@ -117,33 +131,73 @@ def bpd_report(ckpt, data: ImageData, out: Path, *, n: int = 100, seed: int = 0,
     return summary
 
 
+def _true_labels(ckpt, data: ImageData) -> Optional[Tensor]:
+    """The labels of ``data`` for a class-conditional run (checked against the run's classes), else None."""
+    if not ckpt.config.classes:
+        return None
+    if tuple(data.require_labels()) != tuple(ckpt.config.classes):
+        raise DDPMError(f"the run's classes ({', '.join(ckpt.config.classes)}) are not the data's "
+                        f"({', '.join(data.classes)})")
+    return data.labels
+
+
+def labels_like(labels: Tensor, n: int, seed: int = 0) -> Tensor:
+    """``n`` labels drawn like the data's: a random subset of ``labels`` (with replacement where n exceeds them)."""
+    g = torch.Generator().manual_seed(seed)
+    if n <= len(labels):
+        return labels[torch.randperm(len(labels), generator=g)[:n]]
+    return labels[torch.randint(0, len(labels), (n,), generator=g)]
+
+
+def class_match(classifier: nn.Module, images: Tensor, labels: Tensor, confidence: float = 0.9,
+                device=None) -> Dict[str, float]:
+    """How many of ``images`` a classifier labels as their requested class: the share (``class_match``) and the
+    share labelled so with probability >= ``confidence`` (``confident_match``)."""
+    with torch.no_grad():
+        probs = torch.cat([classifier(to_float(images[i:i + 500].to(device))).softmax(1).cpu()
+                           for i in range(0, len(images), 500)])
+    p, pred = probs.max(1)
+    hit = pred == labels.cpu()
+    return {"class_match": hit.float().mean().item(), "confident_match": (hit & (p >= confidence)).float().mean().item()}
+
+
 # ----------------------------------------------------------------------------- Fréchet distance
 def fd_report(ckpt, data: ImageData, out: Path, features, *, n: int = 1000, sampler: str = "ancestral",
-              steps: Sequence[Optional[int]] = (None,), samples: Optional[Tensor] = None, title: str = "",
-              **sampling) -> List[Dict[str, Any]]:
+              steps: Sequence[Optional[int]] = (None,), samples: Optional[Tensor] = None,
+              sample_labels: Optional[Tensor] = None, title: str = "", **sampling) -> List[Dict[str, Any]]:
     """Fréchet distance of ``features`` ((name, network)) between samples and the real images of ``data``: one
     row per entry of ``steps`` (``n`` samples each drawn with ``sampler``; ``sampling`` keywords go to
     ``sampling.sample_checkpoint``), or one row for given ``samples``. Writes ``fd.csv`` (and, for several rows,
     ``fd_vs_steps.png``) into ``out``; the real images' statistics are cached there. Returns the rows (with the
-    features' dimension ``dims``: FD@n is strongly biased while n is small against it)."""
+    features' dimension ``dims``: FD@n is strongly biased while n is small against it).
+
+    A class-conditional run samples labels drawn like the data's (with ``guidance`` from ``sampling``); where the
+    features come with a classifier (``digits``), each row also holds the share of samples it labels as their
+    requested class (``class_match``, ``confident_match``); given ``samples`` are judged so with ``sample_labels``."""
     feat_name, net = features
     device = sampling.get("device")
     mu_r, sig_r = reference_stats(net, feat_name, data.images, data.name, cache_dir=out, device=device, progress=True)
+    true = _true_labels(ckpt, data)
+    labels = sample_labels if samples is not None else None if true is None else labels_like(true, n, sampling.get("seed", 0))
     sets = [("file", 0, samples, float("nan"))] if samples is not None else []
     for k in ([] if samples is not None else steps):
         t0 = time.perf_counter()
-        images = sample_checkpoint(ckpt, n, sampler=sampler, steps=k, **sampling)
+        images = sample_checkpoint(ckpt, n, sampler=sampler, steps=k, labels=labels, **sampling)
         sets.append((sampler, k or ckpt.diffusion.T, images, time.perf_counter() - t0))
     rows = []
     for name, k, images, seconds in sets:
         mu, sig = gaussian_stats(extract_features(net, images, device=device, progress=True,
                                                   desc=f"{feat_name} features of samples"))
-        rows.append({"dims": len(mu), "sampler": name, "steps": k, "eta": (sampling.get("eta") or 0.0) if name == "ddim" else None,
-                     "n": len(images), "seconds": seconds, "seconds_per_image": seconds / len(images),
-                     "fd": frechet_distance(mu, sig, mu_r, sig_r), "features": feat_name})
-    lines = ["sampler,steps,eta,n,seconds,seconds_per_image,fd,features"] + [
-        f"{r['sampler']},{r['steps']},{'' if r['eta'] is None else r['eta']},{r['n']},{r['seconds']:.3f},"
-        f"{r['seconds_per_image']:.6f},{r['fd']:.6g},{feat_name}" for r in rows]
+        rows.append({"dims": len(mu), "sampler": name, "steps": k, "n": len(images), "seconds": seconds,
+                     "eta": (sampling.get("eta") or 0.0) if name == "ddim" else None,
+                     "guidance": sampling.get("guidance", 0.0) if labels is not None else None,
+                     "seconds_per_image": seconds / len(images), "fd": frechet_distance(mu, sig, mu_r, sig_r),
+                     "features": feat_name,
+                     **(class_match(net, images, labels, device=device) if labels is not None and feat_name == "digits"
+                        else {})})
+    columns = ["sampler", "steps", "eta", "guidance", "n", "seconds", "seconds_per_image", "fd", "features",
+               "class_match", "confident_match"]
+    lines = [",".join(columns)] + [",".join(_csv_cell(r.get(c)) for c in columns) for r in rows]
     atomic_write_text(out / "fd.csv", "\n".join(lines) + "\n")
     if len(rows) > 1:
         plot_fd_steps(rows, out / "fd_vs_steps.png",

@@ -50,6 +50,16 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return v
+
+
 def _int_list(text: str, low: Optional[int] = None) -> List[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
@@ -100,6 +110,9 @@ def _sampler_flags(p, many: bool = False) -> None:
     p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True, help="use the EMA weights")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="fp32",
                    help="network precision while sampling (bf16: autocast; auto: bf16 where the hardware has it)")
+    p.add_argument("--guidance", type=_non_negative_float, default=0.0,
+                   help="classifier-free guidance weight W of a class-conditional run: eps = (1 + W) eps(x, y) - W "
+                        "eps(x, null); 0 is the plain conditional model")
 
 
 class _Commands:
@@ -181,11 +194,15 @@ def _sample(c: _Commands) -> None:
               "Generate images with the run's EMA weights. --out decides the format: FILE.png a grid, FILE.npz a "
               "uint8 array arr_0 [N, H, W, C], DIR/ one PNG per image. Where it will write is checked first.",
               "ddpm sample --run ddpm-demo --n 64 --out grid.png; "
+              "ddpm sample --run ddpm-demo --n 100 --class all --guidance 1 --out digits.png; "
               "ddpm sample --run runs/cifar10 --n 50000 --out samples.npz --sampler ddim --steps 50")
     p.add_argument("--run", required=True, help="run directory")
     p.add_argument("--n", type=_positive_int, default=64, help="number of images")
     p.add_argument("--out", required=True, help="FILE.png, FILE.npz or a folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--class", dest="class_", metavar="CLASS", default=None,
+                   help="a class-conditional run's class: an index or a name (7, dog), a list (0,1,2) or all, in "
+                        "equal numbers, a grid row per class (default: the unconditional model, the null class)")
     _sampler_flags(p)
     p.add_argument("--trajectory", metavar="PNG", help="also draw the reverse process of the first few samples: "
                                                        "x_t and the predicted x_0 at t = T, 0.8 T, ..., 1")

@@ -22,7 +22,6 @@ import errno
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 from dataclasses import dataclass, field

@@ -6,7 +6,9 @@
 - ``ddim``: Song et al. (2021), Eq. 12, with eta (0: deterministic; 1: DDPM-like noise).
 
 Every sampler returns x_0 in [-1, 1] and calls ``callback(t, x, pred_x0)`` after each step, where t
-is the original (0-based) index of the step just taken.
+is the original (0-based) index of the step just taken. Samplers see the model as ``model(x_t, t)``; for a
+class-conditional network :class:`Guided` binds the labels and the guidance weight, so every sampler works
+with classifier-free guidance.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from .runtime import autocast
 from .schedule import NoiseSchedule
 
 __all__ = ["SAMPLERS", "SPACINGS", "make_sampler", "step_indices", "respace", "ddim_update", "Sampler", "Ancestral",
-           "Respaced", "DDIM", "generate", "sample_checkpoint"]
+           "Respaced", "DDIM", "Guided", "class_labels", "generate", "sample_checkpoint"]
 
 SAMPLERS = ("ancestral", "respaced", "ddim")
 SPACINGS = ("uniform", "quadratic")
@@ -221,11 +223,63 @@ def make_sampler(name: str, diffusion: GaussianDiffusion, *, steps: Optional[int
     return DDIM(diffusion, steps, spacing or "uniform", 0.0 if eta is None else eta)
 
 
+class Guided:
+    """A class-conditional model as a sampler calls it, ``(x_t, t) -> eps``, for labels ``y`` [B] with classifier-free
+    guidance weight ``w`` (Ho & Salimans 2022): eps = (1 + w) eps(x, t, y) - w eps(x, t, null), the conditional and
+    the null halves in one batched forward; w = 0 is the plain conditional model."""
+
+    def __init__(self, model, y: Tensor, null_class: int, guidance: float = 0.0):
+        if not guidance >= 0:
+            raise ValueError(f"the guidance weight must be >= 0, got {guidance!r}")
+        self.model, self.y, self.null_class, self.w = model, y, null_class, float(guidance)
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        y = self.y.to(x.device)
+        if self.w == 0:
+            return self.model(x, t, y)
+        cond, uncond = self.model(torch.cat([x, x]), torch.cat([t, t]),
+                                  torch.cat([y, torch.full_like(y, self.null_class)])).chunk(2)
+        return (1 + self.w) * cond - self.w * uncond
+
+
+def class_labels(spec: Optional[str], classes: Optional[Sequence[str]], n: int) -> Optional[Tensor]:
+    """The requested class of each of ``n`` images: ``spec`` a class ("7", "dog"), a list ("0,1,2") or "all", in
+    equal numbers, class by class (int64 [n]); None for no spec. A token is a class name, else an index 0..K-1."""
+    if spec is None:
+        return None
+    if not classes:
+        raise ValueError("--class needs a class-conditional run (trained with --class-cond); this one is not")
+    names = list(classes)
+    wanted = list(range(len(names))) if spec == "all" else [_class_index(tok.strip(), names)
+                                                            for tok in spec.split(",") if tok.strip()]
+    if not wanted:
+        raise ValueError(f"--class {spec!r} names no class")
+    if n % len(wanted):
+        lo, hi = n // len(wanted) * len(wanted), (n // len(wanted) + 1) * len(wanted)
+        raise ValueError(f"--class {spec} asks for equal numbers of {len(wanted)} classes: --n {n} is not a multiple "
+                         f"of {len(wanted)} (try --n {lo or hi} or {hi})")
+    return torch.tensor(wanted, dtype=torch.long).repeat_interleave(n // len(wanted))
+
+
+def _class_index(token: str, names: List[str]) -> int:
+    if token in names:
+        return names.index(token)
+    if token.isdigit():
+        if int(token) < len(names):
+            return int(token)
+        raise ValueError(f"--class {token}: the run has {len(names)} classes, 0-{len(names) - 1}")
+    shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
+    raise ValueError(f"unknown class {token!r}; the run's classes: {shown}")
+
+
 @torch.no_grad()
 def generate(model, sampler: Sampler, n: int, image_shape: Sequence[int], *, seed: int = 0, batch_size: int = 256,
-             device=None, precision: str = "fp32", progress: bool = True, callback: Callback = None) -> Tensor:
+             labels: Optional[Tensor] = None, guidance: float = 0.0, device=None, precision: str = "fp32",
+             progress: bool = True, callback: Callback = None) -> Tensor:
     """``n`` images as uint8 [N, C, H, W], in batches, with one progress bar over all network calls.
 
+    ``labels`` (int64 [n]) asks a class-conditional UNet for these classes, with guidance weight ``guidance``;
+    without labels such a network samples its null class (the unconditional model).
     ``callback(t, x, pred_x0)``, if given, sees every step of the first batch (e.g. a ``viz.Trajectory``).
     ``precision`` "bf16" runs the network under bf16 autocast ("auto": where the hardware has it).
     The same ``seed`` and ``batch_size`` give the same images.
@@ -234,6 +288,11 @@ def generate(model, sampler: Sampler, n: int, image_shape: Sequence[int], *, see
 
     device = torch.device(device or "cpu")
     model = model.to(device).eval()
+    null_class = getattr(getattr(model, "config", None), "num_classes", 0)
+    if labels is not None and (not null_class or len(labels) != n):
+        raise ValueError("labels need a class-conditional network and one label per image")
+    if guidance and labels is None:
+        raise ValueError("guidance needs requested classes (--class)")
     g = torch.Generator(device=device).manual_seed(seed)
     batches = [min(batch_size, n - i) for i in range(0, n, batch_size)]
     out = []
@@ -246,8 +305,10 @@ def generate(model, sampler: Sampler, n: int, image_shape: Sequence[int], *, see
                 if first and callback is not None:
                     callback(t, x, pred_x0)
 
+            net = model if labels is None else Guided(model, labels[i * batch_size:i * batch_size + b], null_class,
+                                                      guidance)
             with autocast(device, precision):
-                x = sampler(model, (b, *image_shape), generator=g, device=device, callback=step_done)
+                x = sampler(net, (b, *image_shape), generator=g, device=device, callback=step_done)
             out.append(to_uint8(x).cpu())
     return torch.cat(out)
 

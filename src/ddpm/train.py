@@ -14,29 +14,31 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import logging
 import math
 import signal
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Callable, Dict, Iterator, Optional
 
 import torch
 from torch import nn
 
-from .config import RunConfig, TrainConfig, make_run_config, resume_config
+from .config import RunConfig, TrainConfig, make_run_config, resume_config, with_classes
 from .batches import Batches
 from .data import ImageData, load_data
 from .diffusion import GaussianDiffusion
 from .errors import DDPMError
 from .rng import derive_seed, rng_state, set_rng_state
-from .run import (IMPORTED_DATA, Checkpoint, MetricsLog, checkpoint_step, is_run, list_checkpoints, load_checkpoint,
-                  read_config, read_metrics, run_lock, save_checkpoint, step_name, write_config)
+from .reporting import Reporter, progress_bar
+from .run import (IMPORTED_DATA, Checkpoint, checkpoint_step, is_run, list_checkpoints, load_checkpoint, read_config,
+                  run_lock, save_checkpoint, step_name, write_config)
 from .runtime import any_process, autocast, barrier, rank_world, shares
 from .sampling import Ancestral, generate
 from .unet import UNet
-from .viz import plot_loss, save_grid
+from .viz import save_grid
 
 __all__ = ["Trainer", "learning_rate", "train_run", "plan_run", "TrainResult"]
 
@@ -78,7 +80,8 @@ class Trainer:
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.optimizer = _adam(self.model.parameters(), config.lr)
         self.batches = Batches(data, seed=config.seed, batch_size=config.batch_size, T=diffusion.T,
-                               hflip=data.hflip if config.hflip is None else config.hflip)
+                               hflip=data.hflip if config.hflip is None else config.hflip,
+                               p_uncond=config.p_uncond if config.class_cond else None)
         self.step = 0  # number of optimisation steps done
         self.ema_updates = 0
         self.skipped = 0  # steps skipped for a non-finite loss or gradient (--skip-nonfinite)
@@ -95,7 +98,7 @@ class Trainer:
         self._net = self._ddp or self.model  # what the training step calls
         if config.compile:
             self._net = torch.compile(self._net)
-        self._log = {"loss": 0.0, "grad_norm": 0.0, "n": 0}
+        self.log_acc = {"loss": 0.0, "grad_norm": 0.0, "n": 0}
         self.stop_reason: Optional[str] = None  # set (e.g. by a signal) to stop after the current step
         # per-timestep weights of L_simple under --snr-gamma; None: the paper's unweighted mean
         self.loss_weights = diffusion.min_snr_weights(config.snr_gamma).to(self.device) if config.snr_gamma else None
@@ -110,6 +113,15 @@ class Trainer:
     def lr_at(self, step: int) -> float:
         return learning_rate(self.config, step)
 
+    def set_steps(self, steps: int) -> None:
+        """Change the total number of steps of a run in progress. With a cosine decay, do it no later than the
+        end of the warm-up: until then no learning rate depends on the total, so the run is the one it would have
+        been with ``steps`` from the start."""
+        if self.config.lr_schedule == "cosine" and self.step > self.config.warmup:
+            raise ValueError(f"the cosine decay began at step {self.config.warmup}: the total can no longer change")
+        self.config = dataclasses.replace(self.config, steps=steps)
+        self.config.validate()
+
     def _loss_and_backward(self) -> torch.Tensor:
         """The global batch's mean loss (float64, summed over processes), its gradient accumulated.
 
@@ -119,11 +131,11 @@ class Trainer:
         micro = self.micro_batches()
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         for i, positions in enumerate(micro):
-            x0, t, noise = self.batches.make(self.step, positions, self.device)
+            x0, t, noise, y = self.batches.make(self.step, positions, self.device)
             sync = i == len(micro) - 1 or self._ddp is None
             with contextlib.nullcontext() if sync else self._ddp.no_sync():
                 with autocast(self.device, self.config.precision):
-                    per_example = self.diffusion.training_loss(self._net, x0, t, noise)
+                    per_example = self.diffusion.training_loss(self._net, x0, t, noise, y=y)
                     if self.loss_weights is not None:
                         per_example = per_example * self.loss_weights[t]
                     loss = per_example.mean()
@@ -172,7 +184,8 @@ class Trainer:
     # ------------------------------------------------------------------------- state
     def state(self) -> Dict[str, Any]:
         """JSON-able trainer state that is not in the weights or the optimizer."""
-        return {"ema_updates": self.ema_updates, "skipped": self.skipped, "rng": rng_state(), "log_acc": dict(self._log)}
+        return {"ema_updates": self.ema_updates, "skipped": self.skipped, "rng": rng_state(),
+                "log_acc": dict(self.log_acc)}
 
     def load(self, ckpt: Checkpoint) -> None:
         """Restore model, EMA, optimizer, step, RNGs and the metrics accumulator from a checkpoint."""
@@ -183,7 +196,7 @@ class Trainer:
         self.step = ckpt.step
         self.ema_updates = int(ckpt.state.get("ema_updates", ckpt.step))
         self.skipped = int(ckpt.state.get("skipped", 0))
-        self._log = dict(ckpt.state.get("log_acc", self._log))
+        self.log_acc = dict(ckpt.state.get("log_acc", self.log_acc))
         if "rng" in ckpt.state:
             set_rng_state(ckpt.state["rng"])
 
@@ -200,32 +213,40 @@ class Trainer:
         save_grid(images, path, scale=2 if shape[-1] < 64 else 1)
 
     # ------------------------------------------------------------------------- the loop
-    def fit(self, run_dir: Path, *, progress: bool = True) -> str:
+    def fit(self, run_dir: Path, *, progress: bool = True, on_step: Optional[Callable[["Trainer"], None]] = None) -> str:
         """Train until ``config.steps`` (or a signal, or ``time_limit``). Returns why it stopped: "done",
         "time limit", the signal's name, or "stopped by another process". Saves a checkpoint every
-        ``save_every`` steps and whenever it stops. Under torchrun only rank 0 writes."""
-        run_dir, cfg, main = Path(run_dir), self.config, self.rank == 0
+        ``save_every`` steps and whenever it stops. Under torchrun only rank 0 writes. ``on_step(trainer)`` is
+        called after every step; it may change ``trainer.config`` (e.g. its ``steps``, see ``set_steps``)."""
+        run_dir, main = Path(run_dir), self.rank == 0
         if main:
             run_dir.mkdir(parents=True, exist_ok=True)
-        reporter = _Reporter(self, run_dir) if main else None
+        reporter = Reporter(self, run_dir) if main else None
         first_step, start = self.step, time.monotonic()
-        bar = _progress(progress and main, total=cfg.steps, initial=self.step)
+        bar = progress_bar(progress and main, total=self.config.steps, initial=self.step)
         reason = "done"
         with _stop_on_signals(self):
-            while self.step < cfg.steps:
+            while self.step < self.config.steps:
+                cfg = self.config
                 out = self.train_step()
                 if not out.get("skipped"):
-                    self._log = {"loss": self._log["loss"] + out["loss"], "n": self._log["n"] + 1,
-                                 "grad_norm": self._log["grad_norm"] + out["grad_norm"]}
+                    acc = self.log_acc
+                    self.log_acc = {"loss": acc["loss"] + out["loss"], "grad_norm": acc["grad_norm"] + out["grad_norm"],
+                                    "n": acc["n"] + 1}
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                     row = reporter.row(out["lr"]) if main else None
-                    self._log = {"loss": 0.0, "grad_norm": 0.0, "n": 0}
+                    self.log_acc = {"loss": 0.0, "grad_norm": 0.0, "n": 0}
                     if bar is not None:
                         bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['img_per_s']:.1f}")
                 if bar is not None:
                     bar.update(1)
                 if main:
                     self._periodic(run_dir)
+                if on_step is not None:
+                    on_step(self)
+                    if bar is not None and bar.total != self.config.steps:
+                        bar.total = self.config.steps
+                        bar.refresh()
                 if cfg.time_limit and time.monotonic() - start > cfg.time_limit * 60:
                     self.stop_reason = self.stop_reason or "time limit"
                 if any_process(self.stop_reason is not None, self.device):
@@ -247,41 +268,6 @@ class Trainer:
             self.sample_grid(run_dir / "samples" / f"{step_name(self.step)}.png")
         if self.step % cfg.save_every == 0 and self.step < cfg.steps:
             self.save(run_dir)
-
-
-class _Reporter:
-    """metrics.csv rows and the loss plot of a fitting Trainer (rank 0)."""
-
-    def __init__(self, trainer: Trainer, run_dir: Path):
-        self.trainer, self.run_dir = trainer, run_dir
-        self.metrics = MetricsLog(run_dir / "metrics.csv", trainer.step)
-        self.start = self.last_t = self.last_plot = time.monotonic()
-        self.last_step = trainer.step
-
-    def row(self, lr: float) -> Dict[str, float]:
-        tr, now = self.trainer, time.monotonic()
-        acc, n = tr._log, tr._log["n"]
-        row = {"step": tr.step, "loss": acc["loss"] / n if n else float("nan"), "lr": lr,
-               "grad_norm": acc["grad_norm"] / n if n else float("nan"),
-               "img_per_s": (tr.step - self.last_step) * tr.config.batch_size / max(now - self.last_t, 1e-9),
-               "elapsed_s": now - self.start, "skipped": tr.skipped}
-        self.metrics.append(row)
-        self.last_t, self.last_step = now, tr.step
-        if now - self.last_plot > 30:  # drawing costs ~0.2 s: not every row
-            self.plot()
-        return row
-
-    def plot(self) -> None:
-        plot_loss(read_metrics(self.metrics.path), self.run_dir / "loss.png")
-        self.last_plot = time.monotonic()
-
-
-def _progress(enabled: bool, **kw):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(desc="training", unit="step", dynamic_ncols=True, **kw)
 
 
 @contextlib.contextmanager
@@ -340,9 +326,11 @@ def plan_run(run: Path, *, train: Dict[str, Any], diffusion: Dict[str, Any], pre
                            diffusion=diffusion)
 
 
-def train_run(run: Path, cfg: RunConfig, *, device, progress: bool = True) -> TrainResult:
+def train_run(run: Path, cfg: RunConfig, *, device, progress: bool = True,
+              on_step: Optional[Callable[[Trainer], None]] = None) -> TrainResult:
     """Build data, model and Trainer for ``cfg``, continue from the run's newest checkpoint if it has one, and
-    train to ``cfg.train.steps``. Under torchrun every process runs this; only rank 0 writes to ``run``."""
+    train to ``cfg.train.steps``. Under torchrun every process runs this; only rank 0 writes to ``run``.
+    ``on_step`` goes to ``Trainer.fit``."""
     run = Path(run)
     rank, world = rank_world()
     main = rank == 0
@@ -354,6 +342,7 @@ def train_run(run: Path, cfg: RunConfig, *, device, progress: bool = True) -> Tr
                      progress=progress and main)
     if len(data) == 0:
         raise DDPMError(f"data source {cfg.train.data!r} has no images")
+    cfg = with_classes(cfg, data.require_labels() if cfg.train.class_cond else None)
     torch.manual_seed(cfg.train.seed)
     trainer = Trainer(UNet(cfg.model), diffusion, data, cfg.train, device=device)
     with run_lock(run) if main else contextlib.nullcontext():  # a second trainer on this run is refused
@@ -366,10 +355,11 @@ def train_run(run: Path, cfg: RunConfig, *, device, progress: bool = True) -> Tr
         if main:
             write_config(run, cfg)
             where = f"{world} processes ({device.type})" if world > 1 else str(device)
+            what = f"class-conditional {cfg.preset} ({len(cfg.classes)} classes)" if cfg.classes else cfg.preset
             log.info("training %s (%.2fM parameters) on %s (%d images) for %d steps of %d on %s; run: %s",
-                     cfg.preset, trainer.model.num_parameters() / 1e6, data.name, len(data), cfg.train.steps,
+                     what, trainer.model.num_parameters() / 1e6, data.name, len(data), cfg.train.steps,
                      cfg.train.batch_size, where, run)
-        reason = trainer.fit(run, progress=progress)
+        reason = trainer.fit(run, progress=progress, on_step=on_step)
         barrier()  # rank 0 has written the last checkpoint before anyone returns
     last = list_checkpoints(run)
     return TrainResult(reason, trainer.step, last[-1] if last else None)

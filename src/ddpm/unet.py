@@ -5,6 +5,11 @@ t added in every residual block, single-head self-attention at the chosen resolu
 middle, ``num_res_blocks`` blocks per resolution on the way down and ``num_res_blocks + 1`` on the
 way up (with skip connections), strided-conv down-sampling, nearest + conv up-sampling, and
 zero-initialised output layers. The network never sees beta: ``UNet(x_t, t) -> eps``.
+
+Class-conditional (``num_classes`` K > 0): an embedding of the label, K + 1 rows with row K the "null"
+class of classifier-free guidance (Ho & Salimans 2022), is added to the time embedding before it enters
+the residual blocks, as in improved-diffusion's ``label_emb`` and diffusers' ``UNet2DModel(num_class_embeds)``:
+``UNet(x_t, t, y) -> eps``.
 """
 
 from __future__ import annotations
@@ -147,6 +152,7 @@ class UNet(nn.Module):
         self.config = cfg = config
         ch, groups, temb_ch = cfg.ch, cfg.num_groups, 4 * cfg.ch
         self.temb = nn.Sequential(nn.Linear(ch, temb_ch), nn.SiLU(), nn.Linear(temb_ch, temb_ch))
+        self.label_emb = nn.Embedding(cfg.num_classes + 1, temb_ch) if cfg.num_classes else None
         self.conv_in = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
 
         def block(i, o):
@@ -198,10 +204,18 @@ class UNet(nn.Module):
             cfg = UNetConfig(**{**asdict(cfg), **overrides})
         return cls(cfg)
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, y: Optional[Tensor] = None) -> Tensor:
+        """x float [B, C, H, W]; t int64 [B] (or a scalar) indices 0..T-1; y int64 [B] labels in 0..num_classes of a
+        class-conditional net, num_classes (and y=None) meaning the null class -> eps [B, C, H, W]."""
         if t.ndim == 0:
             t = t.expand(x.shape[0])
         emb = self.temb(timestep_embedding(t, self.config.ch).to(x.dtype))
+        if self.label_emb is not None:
+            if y is None:
+                y = torch.full((x.shape[0],), self.config.num_classes, dtype=torch.long, device=x.device)
+            emb = emb + self.label_emb(y).to(emb.dtype)
+        elif y is not None:
+            raise ValueError("this UNet is unconditional (num_classes=0); it takes no labels")
         h = self.conv_in(x)
         hs = [h]
         for level in self.down:

@@ -15,7 +15,11 @@ down-sampling); then every weight has one place in :class:`ddpm.UNet`:
     up_blocks.i...                    up.i...            (i = 0 is the lowest resolution in both)
     conv_norm_out                     norm_out
 
-Old checkpoints name the attention weights query/key/value/proj_attn; both spellings are read.
+    label_emb                         class_embedding    (a class-conditional run: num_class_embeds = K + 1, the
+                                                         null class last; class_embed_type None)
+
+Old checkpoints name the attention weights query/key/value/proj_attn; both spellings are read. A
+conditional run's class names travel in ``classes.json`` beside ``model_index.json`` (diffusers ignores it).
 Weights are read as safetensors, or a ``.bin`` only through ``torch.load(weights_only=True)``.
 """
 
@@ -24,7 +28,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 
@@ -39,6 +43,7 @@ __all__ = ["read_diffusers", "import_diffusers", "export_diffusers", "to_diffuse
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 WEIGHTS_BIN = "diffusion_pytorch_model.bin"
+CLASSES = "classes.json"  # a conditional run's class names, beside model_index.json
 
 # Config fields whose value must be exactly this for the network to be the paper's (absent: the default).
 _REQUIRED = {
@@ -52,7 +57,6 @@ _REQUIRED = {
     "resnet_time_scale_shift": "default",
     "add_attention": True,
     "class_embed_type": None,
-    "num_class_embeds": None,
     "upsample_type": "conv",
     "downsample_type": "conv",
     "attn_norm_num_groups": None,
@@ -107,11 +111,14 @@ def unet_config_from_diffusers(cfg: Dict[str, Any], where: str = "unet/config.js
             raise DDPMError(f"{where}: unsupported attention_head_dim = {head_dim!r}: the DDPM UNet has one "
                             f"attention head (attention_head_dim null or {chans[-1]})")
     in_ch, out_ch = int(cfg.get("in_channels", 3)), int(cfg.get("out_channels", 3))
+    embeds = cfg.get("num_class_embeds")
+    if embeds is not None and (not isinstance(embeds, int) or embeds < 2):
+        raise DDPMError(f"{where}: unsupported num_class_embeds = {embeds!r} (K classes + the null class, K >= 1)")
     try:
         return UNetConfig(in_channels=in_ch, out_channels=None if out_ch == in_ch else out_ch, image_size=int(size),
                           ch=ch, ch_mult=tuple(c // ch for c in chans), num_res_blocks=int(cfg.get("layers_per_block", 2)),
                           attn_resolutions=tuple(sorted(attn, reverse=True)), dropout=float(cfg.get("dropout", 0.0)),
-                          num_groups=int(cfg.get("norm_num_groups", 32)))
+                          num_groups=int(cfg.get("norm_num_groups", 32)), num_classes=(embeds or 1) - 1)
     except ValueError as e:
         raise DDPMError(f"{where}: {e}") from None
 
@@ -144,6 +151,8 @@ def unet_config_to_diffusers(cfg: UNetConfig) -> Dict[str, Any]:
         "norm_eps": 1e-6,
         "resnet_time_scale_shift": "default",
         "add_attention": True,
+        "class_embed_type": None,
+        "num_class_embeds": cfg.num_classes + 1 if cfg.num_classes else None,
     }
 
 
@@ -191,6 +200,7 @@ def _maps(model: UNet):
     """ddpm -> diffusers module prefixes: ({plain module: name}, [(attention block, name)])."""
     plain = {"temb.0": "time_embedding.linear_1", "temb.2": "time_embedding.linear_2", "conv_in": "conv_in",
              "norm_out": "conv_norm_out", "conv_out": "conv_out"}
+    embeddings = {"label_emb": "class_embedding"} if model.label_emb is not None else {}
     attn = [("mid_attn", "mid_block.attentions.0")]
 
     def resblock(ours: str, theirs: str, block) -> None:
@@ -211,17 +221,19 @@ def _maps(model: UNet):
                 plain[f"{side}.{i}.resample.conv"] = f"{theirs}.{side}samplers.0.conv"
     resblock("mid_block1", "mid_block.resnets.0", model.mid_block1)
     resblock("mid_block2", "mid_block.resnets.1", model.mid_block2)
-    return plain, attn
+    return plain, attn, embeddings
 
 
 def to_diffusers_state_dict(model: UNet) -> Dict[str, torch.Tensor]:
     """ddpm.UNet weights under diffusers' UNet2DModel names (current attention spelling)."""
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     out: Dict[str, torch.Tensor] = {}
-    plain, attn = _maps(model)
+    plain, attn, embeddings = _maps(model)
     for ours, theirs in plain.items():
         for p in ("weight", "bias"):
             out[f"{theirs}.{p}"] = sd.pop(f"{ours}.{p}")
+    for ours, theirs in embeddings.items():
+        out[f"{theirs}.weight"] = sd.pop(f"{ours}.weight")
     for ours, theirs in attn:
         for p in ("weight", "bias"):
             out[f"{theirs}.group_norm.{p}"] = sd.pop(f"{ours}.norm.{p}")
@@ -239,7 +251,7 @@ def from_diffusers_state_dict(tensors: Dict[str, torch.Tensor], cfg: UNetConfig,
     src = dict(tensors)
     state: Dict[str, torch.Tensor] = {}
     model = UNet(cfg)
-    plain, attn = _maps(model)
+    plain, attn, embeddings = _maps(model)
 
     def take(name: str, *aliases: str) -> torch.Tensor:
         for n in (name, *aliases):
@@ -250,6 +262,8 @@ def from_diffusers_state_dict(tensors: Dict[str, torch.Tensor], cfg: UNetConfig,
     for ours, theirs in plain.items():
         for p in ("weight", "bias"):
             state[f"{ours}.{p}"] = take(f"{theirs}.{p}")
+    for ours, theirs in embeddings.items():
+        state[f"{ours}.weight"] = take(f"{theirs}.weight")
     for ours, theirs in attn:
         for p in ("weight", "bias"):
             state[f"{ours}.norm.{p}"] = take(f"{theirs}.group_norm.{p}")
@@ -326,16 +340,34 @@ def import_diffusers(path: os.PathLike, run_dir: os.PathLike) -> Path:
     run_dir = Path(run_dir)
     model, diffusion = read_diffusers(path)
     preset = "cifar10" if model.config.in_channels == 3 else "mnist"
-    base = make_run_config(preset, train={"data": IMPORTED_DATA})
-    cfg = RunConfig(preset=preset, model=model.config, diffusion=diffusion, train=base.train)
+    k = model.config.num_classes
+    base = make_run_config(preset, train={"data": IMPORTED_DATA, "class_cond": bool(k)})
+    cfg = RunConfig(preset=preset, model=model.config, diffusion=diffusion, train=base.train,
+                    classes=_read_classes(Path(path), k) if k else None)
     with written_aside(run_dir) as tmp:
         write_config(tmp, cfg)
         save_checkpoint(tmp, step=0, model=model, ema_model=model, state={"imported_from": str(Path(path).resolve())})
     return run_dir
 
 
-def export_diffusers(model: UNet, diffusion: DiffusionConfig, out_dir: os.PathLike) -> Path:
-    """Write a diffusers DDPMPipeline directory (model_index.json, unet/, scheduler/) for ``model``."""
+def _read_classes(root: Path, k: int) -> Tuple[str, ...]:
+    """The class names of a conditional pipeline: ``classes.json`` (as ddpm export writes it), else "0".."K-1"."""
+    path = root / CLASSES
+    if not path.is_file():
+        return tuple(str(i) for i in range(k))
+    try:
+        names = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DDPMError(f"{path} is not valid JSON: {e}") from None
+    if not (isinstance(names, list) and len(names) == k and all(isinstance(n, str) for n in names)):
+        raise DDPMError(f"{path} must list the names of the {k} classes of unet/config.json")
+    return tuple(names)
+
+
+def export_diffusers(model: UNet, diffusion: DiffusionConfig, out_dir: os.PathLike,
+                     classes: Optional[Sequence[str]] = None) -> Path:
+    """Write a diffusers DDPMPipeline directory (model_index.json, unet/, scheduler/) for ``model``; a
+    class-conditional model's class names go to ``classes.json``."""
     from safetensors.torch import save_file
 
     out = Path(out_dir)
@@ -348,4 +380,7 @@ def export_diffusers(model: UNet, diffusion: DiffusionConfig, out_dir: os.PathLi
         index = {"_class_name": "DDPMPipeline", "scheduler": ["diffusers", "DDPMScheduler"],
                  "unet": ["diffusers", "UNet2DModel"]}
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+        if model.config.num_classes:
+            names = list(classes or (str(i) for i in range(model.config.num_classes)))
+            (tmp / CLASSES).write_text(json.dumps(names, indent=1) + "\n")
     return out
