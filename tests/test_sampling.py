@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from ddpm import GaussianDiffusion, NoiseSchedule
-from ddpm.sampling import DDIM, Ancestral, Guided, Respaced, class_labels, ddim_update, make_sampler, step_indices
+from ddpm.conditioning import Guided, class_labels
+from ddpm.sampling import DDIM, Ancestral, Respaced, ddim_update, make_sampler, step_indices
 
 from helpers import OracleEps
 
@@ -205,3 +206,45 @@ def test_class_labels_by_index_name_list_and_all():
                                       ("all", names, 4, "--n 4 is not a multiple of 3 \\(try --n 3 or 6\\)")]:
         with pytest.raises(ValueError, match=pattern):
             class_labels(spec, classes, n)
+
+
+# ----------------------------------------------------------------------------- DPM-Solver++(2M)
+@pytest.mark.parametrize("K", [5, 10, 20, 25])
+@pytest.mark.parametrize("clip", [False, True])
+def test_dpm_solver_pp_steps_match_diffusers(K, clip):
+    """Step by step against diffusers' DPMSolverMultistepScheduler (dpmsolver++, order 2, midpoint, the last step to
+    sigma 0) on our timesteps, with a fixed model; clipping x0 to [-1, 1] is its thresholding with
+    sample_max_value 1 (the quantile is then irrelevant: s = 1). Its sigmas are float32, its steps run in float32."""
+    diffusers = pytest.importorskip("diffusers")
+    d = GaussianDiffusion(NoiseSchedule.linear())
+    smp = make_sampler("dpm++", d, steps=K)
+    if not clip:
+        smp.clip_denoised = False
+    ref = diffusers.DPMSolverMultistepScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4,
+                                                beta_end=0.02, algorithm_type="dpmsolver++", solver_order=2,
+                                                thresholding=clip, sample_max_value=1.0, final_sigmas_type="zero",
+                                                lower_order_final=True)
+    ref.alphas_cumprod = d.schedule.alphas_cumprod.clone()  # float64: its float32 table loses 1 - abar near t = 0
+    ref.set_timesteps(timesteps=smp.indices[::-1])
+    g = torch.Generator().manual_seed(K)
+    x = torch.randn(2, 3, 8, 8, generator=g, dtype=torch.float64)
+    weights = torch.randn(2, 3, 8, 8, generator=g, dtype=torch.float64)
+    model = lambda xt, t: torch.tanh(xt * weights + 1e-3 * t.view(-1, 1, 1, 1))  # noqa: E731 - fixed, x-dependent
+    smp.reset()
+    for k in range(K - 1, -1, -1):  # each step from the same x_t (diffusers keeps its own history of x0)
+        tau = smp.indices[k]
+        eps = model(x, torch.full((2,), tau))
+        theirs = ref.step(eps.float(), tau, x.float()).prev_sample
+        x, _ = smp.step(model, x, k, None)
+        err = (x.float() - theirs).abs().max().item()
+        assert err <= 1e-5 * max(1.0, theirs.abs().max().item()), (k, err)
+
+
+def test_dpm_solver_pp_with_the_oracle_lands_on_the_image():
+    d = GaussianDiffusion(NoiseSchedule.linear())
+    x_star = torch.rand(1, 1, 6, 6) * 1.6 - 0.8
+    for K in (10, 20):
+        x = make_sampler("dpm++", d, steps=K)(OracleEps(d, x_star), (3, 1, 6, 6),
+                                             generator=torch.Generator().manual_seed(1))
+        torch.testing.assert_close(x, x_star.expand_as(x), atol=1e-4, rtol=0)
+    assert make_sampler("dpm++", d).steps == 20  # its default: 20 network calls

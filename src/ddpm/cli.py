@@ -21,28 +21,6 @@ def _fields(args: argparse.Namespace, cls) -> Dict[str, Any]:
     return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
 
 
-def _picture_out(path: str, suffix: str = ".png") -> Path:
-    from .errors import DDPMError
-    from .outputs import check_writable_folder
-
-    out = Path(path)
-    if out.suffix.lower() != suffix:
-        raise DDPMError(f"{out} must end in {suffix}")
-    check_writable_folder(out.parent, out)
-    return out
-
-
-def _new_dir(path: str) -> Path:
-    from .errors import DDPMError
-    from .outputs import check_writable_folder
-
-    out = Path(path)
-    if out.exists():
-        raise DDPMError(f"{out} already exists; choose another --out")
-    check_writable_folder(out.parent, out)
-    return out
-
-
 # ----------------------------------------------------------------------------- commands
 def cmd_demo(args) -> int:
     from .demo import run_demo
@@ -86,36 +64,42 @@ def cmd_train(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    from .outputs import check_output, write_images
+    from .conditioning import class_labels
+    from .errors import DDPMError
+    from .jobs import parse_seeds, sample_job
+    from .outputs import check_picture_path, check_writable_folder, output_kind
     from .run import load_checkpoint
-    from .runtime import choose_device
-    from .sampling import class_labels, make_sampler, sample_checkpoint
-    from .viz import Trajectory
+    from .runtime import choose_device, close_distributed, init_distributed
+    from .sampling import make_sampler
+    from .viz import reverse_process_pictures
 
-    out = args.out
-    check_output(out, overwrite=args.overwrite)  # before anything is loaded or sampled
-    pictures = {"trajectory": args.trajectory and _picture_out(args.trajectory),
-                "gif": args.gif and _picture_out(args.gif, ".gif")}
+    if args.seeds and args.n is not None:
+        raise DDPMError("give --seeds A-B or --seed S --n N, not both")
+    seeds = parse_seeds(args.seeds) if args.seeds else range(args.seed, args.seed + (args.n or 64))
+    output_kind(args.out), check_writable_folder(Path(args.out).parent, args.out)  # before anything is loaded
+    pictures = {"strip": args.trajectory and check_picture_path(args.trajectory),
+                "gif": args.gif and check_picture_path(args.gif, ".gif")}
     device = choose_device(args.device)
-    ckpt = load_checkpoint(args.run, map_location=device)
-    sampler = make_sampler(args.sampler, ckpt.diffusion, steps=args.steps, eta=args.eta, spacing=args.spacing)
-    labels = class_labels(args.class_, ckpt.config.classes, args.n)
-    trajectory = None
-    if args.trajectory or args.gif:
-        trajectory = Trajectory(sampler.indices, frames=40 if args.gif else 0, samples=min(4, args.n))
-    images = sample_checkpoint(ckpt, args.n, sampler=sampler, seed=args.seed, batch_size=args.batch_size,
-                               labels=labels, guidance=args.guidance, ema=args.ema, device=device,
-                               precision=args.precision, callback=trajectory)
-    rows = 0 if labels is None else len(labels.unique())
-    write_images(images, out, labels=labels, nrow=args.n // rows if rows > 1 else None)
-    print(f"wrote {args.n} samples from {args.run} (step {ckpt.step}, {'EMA' if args.ema else 'raw'} weights) "
-          f"to {out}", file=sys.stderr)
-    if pictures["trajectory"]:
-        trajectory.save_strip(pictures["trajectory"])
-        print(f"wrote the reverse process of {trajectory.samples} samples to {args.trajectory}", file=sys.stderr)
-    if pictures["gif"]:
-        trajectory.save_gif(pictures["gif"])
-        print(f"wrote its animation to {args.gif}", file=sys.stderr)
+    rank, _ = init_distributed(device)
+    try:
+        ckpt = load_checkpoint(args.run, map_location=device)
+        sampler = make_sampler(args.sampler, ckpt.diffusion, steps=args.steps, eta=args.eta, spacing=args.spacing)
+        kw = dict(guidance=args.guidance, ema=args.ema, precision=args.precision, device=device)
+        job, done = sample_job(args.out, ckpt, sampler, seeds=seeds, class_spec=args.class_, overwrite=args.overwrite,
+                               batch_size=args.batch_size, chunk=args.chunk, **kw)
+        if rank == 0 and (pictures["strip"] or pictures["gif"]):
+            few = range(min(4, len(seeds)))
+            labels = class_labels(args.class_, ckpt.config.classes, len(seeds), few)
+            reverse_process_pictures(ckpt, sampler, seeds=seeds[:len(few)], labels=labels, **kw, **pictures)
+    finally:
+        close_distributed()
+    if rank == 0:
+        again = f"; {done} of them were drawn by an earlier run of this job" if done else ""
+        print(f"wrote {len(seeds)} samples (seeds {seeds.start}-{seeds.stop - 1}) from {args.run} (step {ckpt.step}, "
+              f"{'EMA' if args.ema else 'raw'} weights) to {args.out}{again}", file=sys.stderr)
+        for what, path in (("the reverse process of the first samples", args.trajectory), ("its animation", args.gif)):
+            if path:
+                print(f"wrote {what} to {path}", file=sys.stderr)
     return 0
 
 
@@ -192,9 +176,10 @@ def cmd_noise(args) -> int:
     from .data import load_image
     from .errors import DDPMError
     from .run import read_config
+    from .outputs import check_picture_path
     from .viz import noise_strip, save_picture
 
-    out = _picture_out(args.out)
+    out = check_picture_path(args.out)
     flags = _fields(args, DiffusionConfig)
     if args.run is not None and flags:
         raise DDPMError(f"--run takes the schedule from the run; drop {', '.join('--' + k for k in flags)}")
@@ -207,9 +192,10 @@ def cmd_noise(args) -> int:
 
 def cmd_schedule(args) -> int:
     from .schedule import NoiseSchedule
+    from .outputs import check_picture_path
     from .viz import plot_schedule
 
-    out = _picture_out(args.out)
+    out = check_picture_path(args.out)
     plot_schedule({f"linear (T={args.T})": NoiseSchedule.linear(args.T),
                    f"cosine (T={args.T})": NoiseSchedule.cosine(args.T)}, out)
     print(f"wrote {out}", file=sys.stderr)
@@ -218,9 +204,10 @@ def cmd_schedule(args) -> int:
 
 def cmd_import(args) -> int:
     from .interop.diffusers import import_diffusers
+    from .outputs import check_new_folder
     from .run import read_config
 
-    out = _new_dir(args.out)
+    out = check_new_folder(args.out)
     import_diffusers(args.dir, out)
     cfg = read_config(out)
     m, d = cfg.model, cfg.diffusion
@@ -231,9 +218,10 @@ def cmd_import(args) -> int:
 
 def cmd_export(args) -> int:
     from .interop.diffusers import export_diffusers
+    from .outputs import check_new_folder
     from .run import load_checkpoint
 
-    out = _new_dir(args.out)
+    out = check_new_folder(args.out)
     ckpt = load_checkpoint(args.run)
     export_diffusers(ckpt.ema_model if args.ema else ckpt.model, ckpt.config.diffusion, out, ckpt.config.classes)
     print(f"exported {args.run} (step {ckpt.step}, {'EMA' if args.ema else 'raw'} weights) to {out}; "

@@ -29,7 +29,8 @@ from .errors import DDPMError
 from .outputs import write_images
 from .run import checkpoint_step, is_run, list_checkpoints, load_checkpoint, read_config, write_config
 from .runtime import autocast
-from .sampling import class_labels, sample_checkpoint
+from .conditioning import class_labels
+from .sampling import sample_checkpoint
 from .train import Trainer, train_run
 from .unet import UNet
 

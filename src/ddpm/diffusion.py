@@ -222,10 +222,13 @@ class GaussianDiffusion:
         return (noise - eps.to(noise.dtype)).pow(2).flatten(1).mean(dim=1)
 
 
-def draw_normal(shape, generator: Optional[torch.Generator], like: Tensor) -> Tensor:
-    """N(0, I) of ``shape`` on ``like``'s device/dtype, drawn from ``generator`` when given."""
+def draw_normal(shape, generator, like: Tensor) -> Tensor:
+    """N(0, I) of ``shape`` on ``like``'s device/dtype, drawn from ``generator`` when given: a torch.Generator, or
+    one generator per image (``rng.ImageGenerators``, anything with ``randn(shape, dtype)``)."""
     if generator is None:
         return torch.randn(shape, device=like.device, dtype=like.dtype)
+    if hasattr(generator, "randn"):
+        return generator.randn(shape, dtype=like.dtype).to(like.device)
     out = torch.randn(shape, generator=generator, device=generator.device, dtype=like.dtype)
     return out.to(like.device)
 

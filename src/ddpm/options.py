@@ -98,13 +98,13 @@ def _sampler_flags(p, many: bool = False) -> None:
 
     p.add_argument("--sampler", choices=SAMPLERS, default="ancestral",
                    help="ancestral: Algorithm 2 over all T steps; respaced: Algorithm 2 over --steps of them; "
-                        "ddim: DDIM over --steps with --eta")
+                        "ddim: DDIM over --steps with --eta; dpm++: DPM-Solver++(2M), good in 15-25 steps")
     p.add_argument("--steps", type=(lambda s: _int_list(s, 1)) if many else _positive_int, default=None,
-                   help="network calls per image (respaced, ddim)" + ("; a list such as 10,20,50 measures each"
-                                                                      if many else ""))
+                   help="network calls per image (respaced, ddim: default T; dpm++: default 20)" +
+                        ("; a list such as 10,20,50 measures each" if many else ""))
     p.add_argument("--eta", type=float, default=None, help="DDIM noise: 0 deterministic (default), 1 DDPM-like")
-    p.add_argument("--spacing", choices=SPACINGS, default=None, help="which of the T steps respaced/ddim keep "
-                                                                     "(default: uniform)")
+    p.add_argument("--spacing", choices=SPACINGS, default=None, help="which of the T steps respaced, ddim and dpm++ "
+                                                                     "keep (default: uniform)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
     p.add_argument("--batch-size", type=_positive_int, default=256, help="images per batch")
     p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True, help="use the EMA weights")
@@ -192,14 +192,24 @@ def _train(c: _Commands) -> None:
 def _sample(c: _Commands) -> None:
     p = c.add("sample", "generate images from a trained run (Algorithm 2 or a faster sampler)",
               "Generate images with the run's EMA weights. --out decides the format: FILE.png a grid, FILE.npz a "
-              "uint8 array arr_0 [N, H, W, C], DIR/ one PNG per image. Where it will write is checked first.",
+              "uint8 array arr_0 [N, H, W, C] (and arr_1, the classes asked for), DIR/ one PNG per image. Image i is "
+              "the image of seed S+i whatever the batch size or number of processes. Where it will write is checked "
+              "first; finished chunks are kept next to --out, so the same command run again after a kill or Ctrl-C "
+              "continues. On N processes: torchrun --nproc_per_node=N -m ddpm -- sample ... (the -- keeps torchrun's "
+              "own parser off ddpm's options).",
               "ddpm sample --run ddpm-demo --n 64 --out grid.png; "
               "ddpm sample --run ddpm-demo --n 100 --class all --guidance 1 --out digits.png; "
-              "ddpm sample --run runs/cifar10 --n 50000 --out samples.npz --sampler ddim --steps 50")
+              "ddpm sample --run runs/cifar10 --seeds 0-49999 --out samples.npz --sampler dpm++ --steps 20; "
+              "torchrun --nproc_per_node=4 -m ddpm -- sample --run runs/cifar10 --seeds 0-49999 --out samples.npz")
     p.add_argument("--run", required=True, help="run directory")
-    p.add_argument("--n", type=_positive_int, default=64, help="number of images")
+    p.add_argument("--n", type=_positive_int, default=None, help="number of images: seeds --seed .. --seed + n - 1 "
+                                                                  "(default: 64)")
+    p.add_argument("--seeds", metavar="A-B", default=None, help="the images of seeds A to B (instead of --seed/--n): "
+                                                                "image i depends on its seed alone")
     p.add_argument("--out", required=True, help="FILE.png, FILE.npz or a folder")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out, or a job of other settings")
+    p.add_argument("--chunk", type=_positive_int, default=None,
+                   help="images per resumable chunk (default: 1000, fewer for small jobs)")
     p.add_argument("--class", dest="class_", metavar="CLASS", default=None,
                    help="a class-conditional run's class: an index or a name (7, dog), a list (0,1,2) or all, in "
                         "equal numbers, a grid row per class (default: the unconditional model, the null class)")

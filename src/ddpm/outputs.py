@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+import zipfile
 from pathlib import Path
-from typing import Optional, Union
+from typing import Dict, Iterable, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -18,7 +19,8 @@ import torch
 from .atomic import atomic_path, written_aside
 from .errors import DDPMError
 
-__all__ = ["output_kind", "check_output", "check_writable_folder", "write_images"]
+__all__ = ["output_kind", "check_output", "check_writable_folder", "check_picture_path", "check_new_folder",
+           "write_images", "write_npz"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -47,6 +49,24 @@ def check_writable_folder(folder: PathLike, what: PathLike) -> None:
         os.unlink(probe)
     except OSError as e:
         raise DDPMError(f"cannot write {what}: folder {folder} is not writable ({e.strerror})") from None
+
+
+def check_picture_path(path: PathLike, suffix: str = ".png") -> Path:
+    """A picture's path, checked before the work that draws it: the right suffix, a folder that takes files."""
+    out = Path(path)
+    if out.suffix.lower() != suffix:
+        raise DDPMError(f"{out} must end in {suffix}")
+    check_writable_folder(out.parent, out)
+    return out
+
+
+def check_new_folder(path: PathLike) -> Path:
+    """A folder to create: it must not exist, and its parent must take files."""
+    out = Path(path)
+    if out.exists():
+        raise DDPMError(f"{out} already exists; choose another --out")
+    check_writable_folder(out.parent, out)
+    return out
 
 
 def check_output(path: PathLike, *, overwrite: bool = False) -> str:
@@ -82,10 +102,31 @@ def write_images(images: torch.Tensor, path: PathLike, *, labels: Optional[torch
     if kind == "png":
         save_grid(images, path, nrow=nrow, scale=2 if images.shape[-1] < 64 else 1)
     elif kind == "npz":
-        extra = {} if labels is None else {"arr_1": labels.cpu().numpy().astype(np.int64)}
-        with atomic_path(path) as tmp:
-            np.savez(tmp, arr_0=arr, **extra)
+        arrays = {"arr_0": (arr.shape, arr.dtype, [arr])}
+        if labels is not None:
+            lab = labels.cpu().numpy().astype(np.int64)
+            arrays["arr_1"] = (lab.shape, lab.dtype, [lab])
+        write_npz(path, arrays)
     else:
         with written_aside(path, replace=True) as tmp:
             for i, a in enumerate(arr):
                 Image.fromarray(a[..., 0] if a.shape[2] == 1 else a).save(tmp / f"{i:06d}.png")
+
+
+def write_npz(path: PathLike, arrays: Dict[str, Tuple[Sequence[int], np.dtype, Iterable[np.ndarray]]]) -> None:
+    """An ``.npz`` that ``np.load`` reads, written aside and renamed, streaming: each array is given as its shape,
+    dtype and the pieces that make it up, in order along the first axis, so memory holds one piece at a time. The
+    zip entries carry a fixed date, so the same arrays give the same bytes (``np.savez`` stamps the time)."""
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, (shape, dtype, pieces) in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with zf.open(info, "w", force_zip64=True) as f:
+                np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                                         "fortran_order": False, "shape": tuple(shape)})
+                written = 0
+                for piece in pieces:
+                    piece = np.ascontiguousarray(piece, dtype=dtype)
+                    f.write(piece.tobytes())
+                    written += len(piece)
+                if written != shape[0]:
+                    raise ValueError(f"{name}: {written} rows written, the header says {shape[0]}")

@@ -15,7 +15,7 @@ from typing import Any, Dict
 import numpy as np
 import torch
 
-__all__ = ["derive_seed", "generator", "rng_state", "set_rng_state"]
+__all__ = ["derive_seed", "generator", "ImageGenerators", "rng_state", "set_rng_state"]
 
 
 def derive_seed(*parts: Any) -> int:
@@ -27,6 +27,26 @@ def derive_seed(*parts: Any) -> int:
 def generator(*parts: Any, device="cpu") -> torch.Generator:
     """A torch generator seeded with ``derive_seed(*parts)``."""
     return torch.Generator(device=device).manual_seed(derive_seed(*parts))
+
+
+class ImageGenerators:
+    """One generator per image of a batch (NVlabs/edm's StackedRandomGenerator idea): ``randn`` of shape [B, ...]
+    draws row j from image j's own generator, so an image's noise (x_T and every step's) depends on its seed
+    alone, not on the batch it is drawn in. Image seed s seeds its generator with ``derive_seed("image", s)``."""
+
+    def __init__(self, seeds, device="cpu"):
+        self.device = torch.device(device)
+        self.seeds = [int(s) for s in seeds]
+        self.generators = [generator("image", s, device=self.device) for s in self.seeds]
+
+    def __len__(self) -> int:
+        return len(self.generators)
+
+    def randn(self, shape, dtype=torch.float32) -> torch.Tensor:
+        if shape[0] != len(self.generators):
+            raise ValueError(f"{len(self.generators)} generators cannot draw a batch of {shape[0]}")
+        return torch.stack([torch.randn(tuple(shape[1:]), generator=g, device=self.device, dtype=dtype)
+                            for g in self.generators])
 
 
 def _b64(t: torch.Tensor) -> str:

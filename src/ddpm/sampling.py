@@ -4,29 +4,35 @@
 - ``respaced``: Algorithm 2 over K of the T steps, with the betas recomputed for the kept steps
   (Nichol & Dhariwal 2021, Sec. 4): beta'_i = 1 - abar_{tau_i} / abar_{tau_{i-1}}.
 - ``ddim``: Song et al. (2021), Eq. 12, with eta (0: deterministic; 1: DDPM-like noise).
+- ``dpm++``: DPM-Solver++(2M) (Lu et al. 2022), the second-order multistep solver of the probability-flow ODE
+  in its data-prediction form, with x0 clipped to [-1, 1]; good images in 15-25 network calls.
 
 Every sampler returns x_0 in [-1, 1] and calls ``callback(t, x, pred_x0)`` after each step, where t
 is the original (0-based) index of the step just taken. Samplers see the model as ``model(x_t, t)``; for a
-class-conditional network :class:`Guided` binds the labels and the guidance weight, so every sampler works
-with classifier-free guidance.
+class-conditional network ``conditioning.Guided`` binds the labels and the guidance weight, so every sampler
+works with classifier-free guidance. ``generate`` draws every image from its own generator (``rng.ImageGenerators``),
+so image i depends on its seed and the sampler's settings only, not on the batch it is drawn in.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable, List, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
+from .conditioning import Guided
 from .data import to_uint8
 from .diffusion import GaussianDiffusion, draw_normal, extract
+from .rng import ImageGenerators
 from .runtime import autocast
 from .schedule import NoiseSchedule
 
 __all__ = ["SAMPLERS", "SPACINGS", "make_sampler", "step_indices", "respace", "ddim_update", "Sampler", "Ancestral",
-           "Respaced", "DDIM", "Guided", "class_labels", "generate", "sample_checkpoint"]
+           "Respaced", "DDIM", "DPMSolverPP", "generate", "sample_checkpoint", "default_steps"]
 
-SAMPLERS = ("ancestral", "respaced", "ddim")
+SAMPLERS = ("ancestral", "respaced", "ddim", "dpm++")
 SPACINGS = ("uniform", "quadratic")
 Callback = Optional[Callable[[int, Tensor, Tensor], None]]
 
@@ -74,6 +80,7 @@ class Sampler:
         if device is None:
             device = generator.device if generator is not None else torch.device("cpu")
         x = draw_normal(tuple(shape), generator, torch.empty(0, device=device, dtype=dtype))  # x_T ~ N(0, I)
+        self.reset()
         order = list(range(len(self.indices) - 1, -1, -1))
         if progress:
             from tqdm.auto import tqdm
@@ -84,6 +91,9 @@ class Sampler:
             if callback is not None:
                 callback(self.indices[k], x, pred_x0)
         return x.clamp(-1.0, 1.0)
+
+    def reset(self) -> None:
+        """Forget what earlier steps left (a multistep solver's history); called before each chain."""
 
     def step(self, model, x: Tensor, k: int, generator):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -202,12 +212,57 @@ class DDIM(Sampler):
         return x
 
 
+class DPMSolverPP(Sampler):
+    """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++: Fast Solver for Guided Sampling of Diffusion Probabilistic
+    Models", Algorithm 2) over the kept indices, x0 clipped to [-1, 1] (``clip_denoised``).
+
+    With alpha_t = sqrt(abar_t), sigma_t = sqrt(1 - abar_t), lambda_t = log(alpha_t / sigma_t) and the data
+    prediction x0_t = (x_t - sigma_t eps) / alpha_t, a step from s to t (h = lambda_t - lambda_s) is
+    x_t = (sigma_t / sigma_s) x_s - alpha_t (e^{-h} - 1) D, with D = x0_s on the first step (DPM-Solver++1, i.e.
+    DDIM) and D = x0_s + (x0_s - x0_prev) h / (2 h_prev) after it (the multistep midpoint rule). The last step
+    goes to sigma = 0 and returns x0 of the last network call (diffusers' final_sigmas_type "zero").
+    """
+
+    name = "dpm++"
+
+    def __init__(self, diffusion: GaussianDiffusion, steps: Optional[int] = None, spacing: str = "uniform",
+                 clip_denoised: bool = True):
+        super().__init__(diffusion, default_steps("dpm++", diffusion) if steps is None else steps, spacing)
+        abar = diffusion.schedule.alphas_cumprod[self.indices]  # float64 [K]
+        self.alpha, self.sigma = abar.sqrt(), (1 - abar).sqrt()
+        self.lam = self.alpha.log() - self.sigma.log()
+        self.clip_denoised = clip_denoised
+        self._prev = None  # (x0, lambda) of the step before
+
+    def reset(self) -> None:
+        self._prev = None
+
+    def step(self, model, x: Tensor, k: int, generator):
+        t = torch.full((x.shape[0],), self.indices[k], device=x.device, dtype=torch.long)
+        eps = model(x, t).to(x.dtype)
+        x0 = (x - float(self.sigma[k]) * eps) / float(self.alpha[k])
+        if self.clip_denoised:
+            x0 = x0.clamp(-1.0, 1.0)
+        if k == 0:  # to sigma = 0: the data prediction itself
+            return x0, x0
+        h = float(self.lam[k - 1] - self.lam[k])
+        d = x0 if self._prev is None else x0 + (x0 - self._prev[0]) * (h / (2 * float(self.lam[k] - self._prev[1])))
+        self._prev = (x0, self.lam[k])
+        x_next = float(self.sigma[k - 1] / self.sigma[k]) * x - float(self.alpha[k - 1]) * math.expm1(-h) * d
+        return x_next, x0
+
+
+def default_steps(name: str, diffusion: GaussianDiffusion) -> int:
+    """Network calls per image when none are asked for: all T for Algorithm 2, 20 for DPM-Solver++, T otherwise."""
+    return min(20, diffusion.T) if name == "dpm++" else diffusion.T
+
+
 def make_sampler(name: str, diffusion: GaussianDiffusion, *, steps: Optional[int] = None,
                  eta: Optional[float] = None, spacing: Optional[str] = None) -> Sampler:
     """A sampler by name, all with the same call: ``sampler(model, shape, *, generator, progress, callback)``.
 
-    ``steps`` (network calls) is for respaced and ddim, ``spacing`` for respaced and ddim, ``eta`` for ddim
-    only: an option the sampler would ignore is an error, never silently dropped.
+    ``steps`` (network calls) and ``spacing`` are for respaced, ddim and dpm++, ``eta`` for ddim only: an option
+    the sampler would ignore is an error, never silently dropped.
     """
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
@@ -215,77 +270,35 @@ def make_sampler(name: str, diffusion: GaussianDiffusion, *, steps: Optional[int
         raise ValueError(f"eta is an option of the ddim sampler; the {name} sampler has no use for it")
     if name == "ancestral":
         if spacing is not None:
-            raise ValueError("spacing is an option of the respaced and ddim samplers; the ancestral sampler "
+            raise ValueError("spacing is an option of the respaced, ddim and dpm++ samplers; the ancestral sampler "
                              "takes every step")
         return Ancestral(diffusion, steps)
     if name == "respaced":
         return Respaced(diffusion, steps, spacing or "uniform")
+    if name == "dpm++":
+        return DPMSolverPP(diffusion, steps, spacing or "uniform")
     return DDIM(diffusion, steps, spacing or "uniform", 0.0 if eta is None else eta)
 
 
-class Guided:
-    """A class-conditional model as a sampler calls it, ``(x_t, t) -> eps``, for labels ``y`` [B] with classifier-free
-    guidance weight ``w`` (Ho & Salimans 2022): eps = (1 + w) eps(x, t, y) - w eps(x, t, null), the conditional and
-    the null halves in one batched forward; w = 0 is the plain conditional model."""
-
-    def __init__(self, model, y: Tensor, null_class: int, guidance: float = 0.0):
-        if not guidance >= 0:
-            raise ValueError(f"the guidance weight must be >= 0, got {guidance!r}")
-        self.model, self.y, self.null_class, self.w = model, y, null_class, float(guidance)
-
-    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
-        y = self.y.to(x.device)
-        if self.w == 0:
-            return self.model(x, t, y)
-        cond, uncond = self.model(torch.cat([x, x]), torch.cat([t, t]),
-                                  torch.cat([y, torch.full_like(y, self.null_class)])).chunk(2)
-        return (1 + self.w) * cond - self.w * uncond
-
-
-def class_labels(spec: Optional[str], classes: Optional[Sequence[str]], n: int) -> Optional[Tensor]:
-    """The requested class of each of ``n`` images: ``spec`` a class ("7", "dog"), a list ("0,1,2") or "all", in
-    equal numbers, class by class (int64 [n]); None for no spec. A token is a class name, else an index 0..K-1."""
-    if spec is None:
-        return None
-    if not classes:
-        raise ValueError("--class needs a class-conditional run (trained with --class-cond); this one is not")
-    names = list(classes)
-    wanted = list(range(len(names))) if spec == "all" else [_class_index(tok.strip(), names)
-                                                            for tok in spec.split(",") if tok.strip()]
-    if not wanted:
-        raise ValueError(f"--class {spec!r} names no class")
-    if n % len(wanted):
-        lo, hi = n // len(wanted) * len(wanted), (n // len(wanted) + 1) * len(wanted)
-        raise ValueError(f"--class {spec} asks for equal numbers of {len(wanted)} classes: --n {n} is not a multiple "
-                         f"of {len(wanted)} (try --n {lo or hi} or {hi})")
-    return torch.tensor(wanted, dtype=torch.long).repeat_interleave(n // len(wanted))
-
-
-def _class_index(token: str, names: List[str]) -> int:
-    if token in names:
-        return names.index(token)
-    if token.isdigit():
-        if int(token) < len(names):
-            return int(token)
-        raise ValueError(f"--class {token}: the run has {len(names)} classes, 0-{len(names) - 1}")
-    shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
-    raise ValueError(f"unknown class {token!r}; the run's classes: {shown}")
-
-
 @torch.no_grad()
-def generate(model, sampler: Sampler, n: int, image_shape: Sequence[int], *, seed: int = 0, batch_size: int = 256,
-             labels: Optional[Tensor] = None, guidance: float = 0.0, device=None, precision: str = "fp32",
-             progress: bool = True, callback: Callback = None) -> Tensor:
-    """``n`` images as uint8 [N, C, H, W], in batches, with one progress bar over all network calls.
+def generate(model, sampler: Sampler, n: Optional[int], image_shape: Sequence[int], *, seed: int = 0,
+             seeds: Optional[Sequence[int]] = None, batch_size: int = 256, labels: Optional[Tensor] = None,
+             guidance: float = 0.0, device=None, precision: str = "fp32", progress: bool = True,
+             callback: Callback = None, bar=None) -> Tensor:
+    """Images as uint8 [N, C, H, W]: those of ``seeds`` (default ``seed, seed + 1, ..., seed + n - 1``), drawn in
+    batches of ``batch_size``, each image from its own generator: image i is a function of its seed and the
+    sampler's settings only (on a CPU in fp32, bit for bit whatever the batch size; see ``UNet``).
 
-    ``labels`` (int64 [n]) asks a class-conditional UNet for these classes, with guidance weight ``guidance``;
-    without labels such a network samples its null class (the unconditional model).
+    ``labels`` (int64, one per image) asks a class-conditional UNet for these classes, with guidance weight
+    ``guidance``; without labels such a network samples its null class (the unconditional model).
     ``callback(t, x, pred_x0)``, if given, sees every step of the first batch (e.g. a ``viz.Trajectory``).
-    ``precision`` "bf16" runs the network under bf16 autocast ("auto": where the hardware has it).
-    The same ``seed`` and ``batch_size`` give the same images.
+    ``precision`` "bf16" runs the network under bf16 autocast ("auto": where the hardware has it). The progress
+    bar counts images (``bar``: a tqdm bar to advance instead of a new one).
     """
     from tqdm.auto import tqdm
 
+    seeds = list(range(seed, seed + n)) if seeds is None else [int(s) for s in seeds]
+    n = len(seeds)
     device = torch.device(device or "cpu")
     model = model.to(device).eval()
     null_class = getattr(getattr(model, "config", None), "num_classes", 0)
@@ -293,23 +306,27 @@ def generate(model, sampler: Sampler, n: int, image_shape: Sequence[int], *, see
         raise ValueError("labels need a class-conditional network and one label per image")
     if guidance and labels is None:
         raise ValueError("guidance needs requested classes (--class)")
-    g = torch.Generator(device=device).manual_seed(seed)
-    batches = [min(batch_size, n - i) for i in range(0, n, batch_size)]
+    own = bar is None
+    bar = bar or tqdm(total=n, desc=f"sampling ({sampler.name}, {sampler.steps} steps)", unit="img",
+                      dynamic_ncols=True, disable=not progress)
     out = []
-    desc = f"sampling {n} images ({sampler.name}, {sampler.steps} steps)"
-    with tqdm(total=len(batches) * sampler.steps, desc=desc, unit="step", dynamic_ncols=True,
-              disable=not progress) as bar:
-        for i, b in enumerate(batches):
+    try:
+        for i in range(0, n, batch_size):
+            b = min(batch_size, n - i)
+
             def step_done(t, x, pred_x0, first=(i == 0)):
-                bar.update(1)
+                bar.update(b / sampler.steps)
                 if first and callback is not None:
                     callback(t, x, pred_x0)
 
-            net = model if labels is None else Guided(model, labels[i * batch_size:i * batch_size + b], null_class,
-                                                      guidance)
+            net = model if labels is None else Guided(model, labels[i:i + b], null_class, guidance)
             with autocast(device, precision):
-                x = sampler(net, (b, *image_shape), generator=g, device=device, callback=step_done)
+                x = sampler(net, (b, *image_shape), generator=ImageGenerators(seeds[i:i + b], device),
+                            device=device, callback=step_done)
             out.append(to_uint8(x).cpu())
+    finally:
+        if own:
+            bar.close()
     return torch.cat(out)
 
 

@@ -1,0 +1,203 @@
+"""Sampling jobs at scale: the images of a range of seeds, drawn chunk by chunk.
+
+Image i of a job is the image of seed ``seeds[i]`` (``sampling.generate``), so a job can be cut anywhere. Each
+finished chunk is written aside and renamed into ``.<output>.parts/`` next to the output, with ``job.json`` saying
+what the job is; the same command run again after a kill or Ctrl-C draws only the missing chunks, and under
+torchrun each process draws its share of them (chunk k goes to rank k mod world). When every chunk is there the
+output is assembled, streaming (memory does not grow with the number of images), and the parts are removed.
+A job of other settings in the way is refused, never mixed in.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from .atomic import atomic_write_text, written_aside
+from .errors import DDPMError
+from .outputs import check_output, output_kind, write_images, write_npz
+
+__all__ = ["JobSpec", "SampleJob", "parse_seeds", "CHUNK", "GRID_LIMIT"]
+
+log = logging.getLogger(__name__)
+CHUNK = 1000  # images per chunk: what a kill can cost at most
+GRID_LIMIT = 10_000  # images in one PNG grid at most (for more, write .npz or a folder)
+
+
+def parse_seeds(text: str) -> range:
+    """``A-B`` (inclusive) or ``A``: the seeds of a job, as a range."""
+    m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+))?\s*", text)
+    if not m:
+        raise DDPMError(f"--seeds {text!r}: expected a range of seeds such as 0-49999 (first-last), or one seed")
+    a, b = int(m.group(1)), int(m.group(2) if m.group(2) is not None else m.group(1))
+    if b < a:
+        raise DDPMError(f"--seeds {text}: the last seed ({b}) comes before the first ({a})")
+    return range(a, b + 1)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What decides a job's images: the run and its checkpoint, the sampler's settings, the classes and the seeds.
+    (Not the batch size, the number of processes or the device order: they change nothing.)"""
+
+    run: str
+    step: int
+    ema: bool
+    sampler: str
+    steps: int
+    eta: Optional[float]
+    spacing: Optional[str]
+    guidance: float
+    classes: Optional[str]
+    first_seed: int
+    n: int
+    precision: str
+    chunk: int = CHUNK
+
+    def differences(self, other: Dict[str, Any]) -> List[str]:
+        return [f"{k} {other.get(k)!r} (now {v!r})" for k, v in asdict(self).items() if other.get(k) != v]
+
+
+class SampleJob:
+    """The job ``spec`` writing ``out`` (a ``.png`` grid, an ``.npz`` or a folder of PNGs)."""
+
+    def __init__(self, out, spec: JobSpec):
+        self.out, self.spec, self.kind = Path(out), spec, output_kind(out)
+        self.parts = self.out.parent / f".{self.out.name}.parts"
+        if self.kind == "png" and spec.n > GRID_LIMIT:
+            raise DDPMError(f"a PNG grid of {spec.n} images is too large (at most {GRID_LIMIT}); write FILE.npz or a "
+                            "folder")
+
+    @property
+    def chunks(self) -> List[range]:
+        c, n = self.spec.chunk, self.spec.n
+        return [range(i, min(i + c, n)) for i in range(0, n, c)]
+
+    def _chunk_file(self, k: int) -> Path:
+        return self.parts / f"chunk-{k:06d}.npz"
+
+    def prepare(self, *, overwrite: bool = False, main: bool = True) -> int:
+        """Check, before any sampling, that the job can write its output, and set up (or find) its parts. Returns how
+        many images earlier runs of the same job have already drawn."""
+        if self.parts.is_dir():
+            try:
+                found = json.loads((self.parts / "job.json").read_text())
+            except (OSError, ValueError):
+                found = {}
+            diff = self.spec.differences(found)
+            if diff and not overwrite:
+                raise DDPMError(f"{self.parts} holds a job with other settings in the way of this one ("
+                                f"{'; '.join(diff[:3])}); delete it, run that job again, or pass --overwrite")
+            if diff and main:
+                shutil.rmtree(self.parts)
+        if not self.parts.is_dir():
+            check_output(self.out, overwrite=overwrite)
+            if main:
+                self.parts.mkdir()
+                atomic_write_text(self.parts / "job.json", json.dumps(asdict(self.spec), indent=1) + "\n")
+        return sum(len(r) for k, r in enumerate(self.chunks) if self._chunk_file(k).is_file())
+
+    def missing(self, rank: int = 0, world: int = 1) -> List[int]:
+        """The chunks this process still has to draw."""
+        return [k for k in range(len(self.chunks)) if k % world == rank and not self._chunk_file(k).is_file()]
+
+    def run(self, draw: Callable[[range], Tuple[torch.Tensor, Optional[torch.Tensor]]], *, rank: int = 0,
+            world: int = 1, bar=None) -> None:
+        """Draw this process's missing chunks: ``draw(span)`` returns the uint8 images [len(span), C, H, W] of the
+        job's images ``span`` and their labels (or None)."""
+        for k in self.missing(rank, world):
+            images, labels = draw(self.chunks[k])
+            write_images(images, self._chunk_file(k), labels=labels)
+            if bar is not None:
+                bar.set_postfix(chunks=f"{k + 1}/{len(self.chunks)}")
+
+    def _pieces(self, key: str):
+        for k in range(len(self.chunks)):
+            with np.load(self._chunk_file(k), allow_pickle=False) as z:
+                yield z[key]
+
+    def assemble(self) -> Path:
+        """Write the output from the finished chunks (streaming) and remove the parts."""
+        todo = [k for k in range(len(self.chunks)) if not self._chunk_file(k).is_file()]
+        if todo:
+            raise DDPMError(f"{self.parts}: chunks {todo[:5]} are not drawn yet")
+        with np.load(self._chunk_file(0), allow_pickle=False) as z:
+            shape, labelled = z["arr_0"].shape[1:], "arr_1" in z.files
+        n = self.spec.n
+        if self.kind == "npz":
+            arrays = {"arr_0": ((n, *shape), np.uint8, self._pieces("arr_0"))}
+            if labelled:
+                arrays["arr_1"] = ((n,), np.int64, self._pieces("arr_1"))
+            write_npz(self.out, arrays)
+        elif self.kind == "png":
+            images = torch.from_numpy(np.concatenate(list(self._pieces("arr_0")))).permute(0, 3, 1, 2)
+            rows = len(set(np.concatenate(list(self._pieces("arr_1"))).tolist())) if labelled else 0
+            write_images(images, self.out, nrow=n // rows if rows > 1 else None)
+        else:
+            self._assemble_folder()
+        shutil.rmtree(self.parts, ignore_errors=True)
+        return self.out
+
+    def _assemble_folder(self) -> None:
+        from PIL import Image
+
+        with written_aside(self.out, replace=True) as tmp:
+            i = 0
+            for arr in self._pieces("arr_0"):
+                for a in arr:
+                    Image.fromarray(a[..., 0] if a.shape[2] == 1 else a).save(tmp / f"{i:06d}.png")
+                    i += 1
+
+
+def chunk_size(n: int) -> int:
+    """Images per chunk by default: CHUNK, or a twentieth of a smaller job (at least 256), so a kill costs little
+    and the chunks stay large enough to batch well. Never the batch size's business: a rerun may change that."""
+    return min(CHUNK, max(256, math.ceil(n / 20)))
+
+
+def sample_job(out, ckpt, sampler, *, seeds: range, class_spec: Optional[str] = None, guidance: float = 0.0,
+               ema: bool = True, precision: str = "fp32", batch_size: int = 256, device=None, overwrite: bool = False,
+               chunk: Optional[int] = None, progress: bool = True) -> Tuple[SampleJob, int]:
+    """Draw the images of ``seeds`` from a loaded run with ``sampler`` into ``out``, as a resumable job (under
+    torchrun, shared between the processes; rank 0 assembles the output). Returns the job and how many images
+    earlier runs of it had drawn already."""
+    from tqdm.auto import tqdm
+
+    from .conditioning import class_labels
+    from .runtime import barrier, rank_world
+    from .sampling import generate
+
+    rank, world = rank_world()
+    n = len(seeds)
+    class_labels(class_spec, ckpt.config.classes, n, range(0))  # a bad --class fails before anything is written
+    spec = JobSpec(run=str(Path(ckpt.path).resolve().parents[1]), step=ckpt.step, ema=ema, sampler=sampler.name,
+                   steps=sampler.steps, eta=getattr(sampler, "eta", None), spacing=sampler.spacing, guidance=guidance,
+                   classes=class_spec, first_seed=seeds.start, n=n, precision=precision, chunk=chunk or chunk_size(n))
+    job = SampleJob(out, spec)
+    done = job.prepare(overwrite=overwrite, main=rank == 0)
+    barrier()
+    model = ckpt.ema_model if ema else ckpt.model
+    c, s = ckpt.config.model.in_channels, ckpt.config.model.image_size
+    mine = sum(len(job.chunks[k]) for k in job.missing(rank, world))
+    with tqdm(total=mine, desc=f"sampling ({sampler.name}, {sampler.steps} steps)", unit="img", dynamic_ncols=True,
+              disable=not progress or rank != 0) as bar:
+        def draw(span: range):
+            labels = class_labels(class_spec, ckpt.config.classes, n, span)
+            images = generate(model, sampler, None, (c, s, s), seeds=seeds[span.start:span.stop], labels=labels,
+                              guidance=guidance, batch_size=batch_size, device=device, precision=precision, bar=bar)
+            return images, labels
+
+        job.run(draw, rank=rank, world=world, bar=bar)
+    barrier()
+    if rank == 0:
+        job.assemble()
+    return job, done
