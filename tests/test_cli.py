@@ -250,6 +250,16 @@ def _bad_things(tmp_path, trained):
         (["eval", "--run", "{trained}", "--metric", "fd", "--n", "1"], "needs --n >= 2 samples"),
         (["eval", "--run", "{trained}", "--metric", "bpd", "--eta", "1"], "--eta is for --metric fd"),
         (["schedule", "--out", "{tmp}/s.png", "--T", "10"], "the smallest T that works is 21"),
+        # sampling jobs
+        (["sample", "--run", "{trained}", "--out", "{tmp}/x.npz", "--seeds", "5-2"], "comes before the first"),
+        (["sample", "--run", "{trained}", "--out", "{tmp}/x.npz", "--seeds", "abc"], "expected a range of seeds"),
+        (["sample", "--run", "{trained}", "--out", "{tmp}/x.npz", "--seeds", "0-9", "--n", "3"], "not both"),
+        (["sample", "--run", "{trained}", "--out", "{tmp}/big.png", "--n", "10001"], "too large"),
+        (["sample", "--run", "{trained}", "--out", "{tmp}/x.npz", "--sampler", "dpm++", "--steps", "61"], "[1, 60]"),
+        (["interpolate", "--run", "{trained}", "mnist:1", "mnist:2", "--t", "61", "--out", "{tmp}/i.png"],
+         "t must lie in [1, 60]"),
+        (["interpolate", "--run", "{trained}", "mnist:1", "{tmp}/none.png", "--out", "{tmp}/i.png"], "not found"),
+        (["interpolate", "--run", "{trained}", "mnist:1", "mnist:2", "--out", "{tmp}/i.jpg"], "must end in .png"),
         # class-conditional runs
         (["sample", "--run", "{trained}", "--out", "{tmp}/x.png", "--class", "3"], "needs a class-conditional run"),
         (["sample", "--run", "{conditional}", "--out", "{tmp}/x.png", "--n", "2", "--class", "zebra"],
@@ -375,6 +385,14 @@ def test_resume_with_more_steps_of_a_cosine_run_says_how_the_learning_rate_chang
     assert "cosine learning-rate decay now ends at step 12 instead of 6" in line
     assert "goes from 0 to 0.000" in line  # at step 6 it had reached 0; stretched to 12 it is half way up again
     assert load_checkpoint(out).step == 12
+
+
+def test_interpolate_writes_a_strip(trained, tmp_path, capsys):
+    code, _, err = run(capsys, "interpolate", "--run", trained, "mnist:3", "mnist:8", "--t", "30", "--n", "5",
+                       "--out", tmp_path / "i.png", "--mix", "slerp")
+    assert code == 0, err
+    strip = Image.open(tmp_path / "i.png")
+    assert strip.width > 7 * 16 and "5 slerp mixtures of mnist:3 and mnist:8" in err  # A, five mixtures, B
 
 
 def test_a_leading_double_dash_is_passed_over(tmp_path, capsys):

@@ -248,3 +248,34 @@ def test_dpm_solver_pp_with_the_oracle_lands_on_the_image():
                                              generator=torch.Generator().manual_seed(1))
         torch.testing.assert_close(x, x_star.expand_as(x), atol=1e-4, rtol=0)
     assert make_sampler("dpm++", d).steps == 20  # its default: 20 network calls
+
+
+
+@pytest.mark.parametrize("K", [10, 20])
+def test_sde_dpm_solver_pp_steps_match_diffusers(K):
+    """The stochastic twin against diffusers' algorithm_type "sde-dpmsolver++", given the same noise each step."""
+    diffusers = pytest.importorskip("diffusers")
+    d = GaussianDiffusion(NoiseSchedule.linear())
+    smp = make_sampler("sde-dpm++", d, steps=K)
+    ref = diffusers.DPMSolverMultistepScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4,
+                                                beta_end=0.02, algorithm_type="sde-dpmsolver++", solver_order=2,
+                                                thresholding=True, sample_max_value=1.0, final_sigmas_type="zero")
+    ref.alphas_cumprod = d.schedule.alphas_cumprod.clone()
+    ref.set_timesteps(timesteps=smp.indices[::-1])
+    g = torch.Generator().manual_seed(K)
+    x = torch.randn(2, 3, 8, 8, generator=g, dtype=torch.float64)
+    weights = torch.randn(2, 3, 8, 8, generator=g, dtype=torch.float64)
+    model = lambda xt, t: torch.tanh(xt * weights + 1e-3 * t.view(-1, 1, 1, 1))  # noqa: E731
+    smp.reset()
+    for k in range(K - 1, -1, -1):
+        tau = smp.indices[k]
+        z = torch.randn(x.shape, generator=torch.Generator().manual_seed(100 + k), dtype=torch.float64)
+
+        class Fixed:  # hands the sampler the noise diffusers is given
+            def randn(self, shape, dtype):
+                return z.to(dtype)
+
+        theirs = ref.step(model(x, torch.full((2,), tau)).float(), tau, x.float(), variance_noise=z.float()).prev_sample
+        x, _ = smp.step(model, x, k, Fixed())
+        err = (x.float() - theirs).abs().max().item()
+        assert err <= 1e-5 * max(1.0, theirs.abs().max().item()), (k, err)

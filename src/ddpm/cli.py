@@ -116,7 +116,7 @@ def _check_eval_flags(args) -> None:
 
 def cmd_eval(args) -> int:
     from .errors import DDPMError
-    from .evaluate import bpd_report, fd_report, read_samples, real_images
+    from .evaluate import bpd_report, fd_report, fd_table, read_samples, real_images
     from .metrics import get_features
     from .run import load_checkpoint
     from .runtime import choose_device
@@ -152,23 +152,13 @@ def cmd_eval(args) -> int:
                      samples=samples, sample_labels=sample_labels, title=str(args.run), eta=args.eta,
                      spacing=args.spacing, seed=args.seed, batch_size=args.batch_size, ema=args.ema, device=device,
                      precision=args.precision, guidance=args.guidance)
-    _print_fd(rows, real, out)
-    return 0
-
-
-def _print_fd(rows, real, out: Path) -> None:
-    n, dims = rows[0]["n"], rows[0]["dims"]
-    print(f"Fréchet distance of {rows[0]['features']} features to {len(real)} real images of {real.name}:")
-    print(f"{'sampler':>10} {'steps':>6} {'n':>6} {'seconds':>9} {'s/image':>9} {'FD@' + str(n):>10}")
-    for r in rows:
-        match = f"   {100 * r['class_match']:.1f}% of the samples are their class" if "class_match" in r else ""
-        print(f"{r['sampler']:>10} {r['steps']:>6} {r['n']:>6} {r['seconds']:>9.1f} {r['seconds_per_image']:>9.4f} "
-              f"{r['fd']:>10.3f}{match}")
-    if n < 10 * dims:
-        print(f"note: FD from {n} samples of {dims}-d features is biased upwards (it falls as n grows); compare FDs "
-              f"only at equal n", file=sys.stderr)
+    lines, note = fd_table(rows, real)
+    print("\n".join(lines))
+    if note:
+        print(note, file=sys.stderr)
     print(f"table: {out / 'fd.csv'}" + (f", plot: {out / 'fd_vs_steps.png'}" if len(rows) > 1 else ""),
           file=sys.stderr)
+    return 0
 
 
 def cmd_noise(args) -> int:
@@ -187,6 +177,26 @@ def cmd_noise(args) -> int:
     save_picture(noise_strip(diffusion, load_image(args.image, args.size), args.t, seed=args.seed), out)
     print(f"wrote the forward process of {args.image} at t = {', '.join(map(str, args.t))} (T = {diffusion.T}) "
           f"to {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_interpolate(args) -> int:
+    from .data import load_image
+    from .interpolate import interpolate
+    from .outputs import check_picture_path
+    from .run import load_checkpoint
+    from .runtime import choose_device
+    from .viz import interpolation_strip, save_picture
+
+    out = check_picture_path(args.out)
+    device = choose_device(args.device)
+    ckpt = load_checkpoint(args.run, map_location=device)
+    xa, xb = (load_image(spec, ckpt.config.model.image_size, ckpt.config.model.in_channels) for spec in (args.a, args.b))
+    mixed = interpolate(ckpt.ema_model if args.ema else ckpt.model, ckpt.diffusion, xa, xb, args.t, n=args.n,
+                        mix=args.mix, seed=args.seed, device=device)
+    save_picture(interpolation_strip(xa, mixed, xb), out)
+    print(f"wrote {args.n} {args.mix} mixtures of {args.a} and {args.b} encoded to t = {args.t} (of "
+          f"{ckpt.diffusion.T}) to {out}", file=sys.stderr)
     return 0
 
 
@@ -230,7 +240,7 @@ def cmd_export(args) -> int:
 
 
 HANDLERS = {"demo": cmd_demo, "train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "noise": cmd_noise,
-            "schedule": cmd_schedule, "import": cmd_import, "export": cmd_export}
+            "interpolate": cmd_interpolate, "schedule": cmd_schedule, "import": cmd_import, "export": cmd_export}
 COMMANDS = tuple(HANDLERS)
 
 

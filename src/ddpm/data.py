@@ -171,10 +171,10 @@ def _load_mnist() -> Tuple[np.ndarray, np.ndarray]:
     return images[order, None], labels[order]
 
 
-def load_image(spec: str, size: int) -> torch.Tensor:
+def load_image(spec: str, size: int, channels: Optional[int] = None) -> torch.Tensor:
     """One picture as float [C, size, size] in [-1, 1]: an image file (gray stays gray, anything else is RGB) or
     ``mnist:K``, image K of the shipped digits (a digit K % 10: ``mnist:7`` is a seven). Short side resized to
-    ``size``, centre-cropped."""
+    ``size``, centre-cropped; converted to ``channels`` (1 or 3) when given."""
     if spec == "mnist" or spec.startswith("mnist:"):
         images, _ = _load_mnist()
         k = spec.partition(":")[2] or "0"
@@ -183,7 +183,7 @@ def load_image(spec: str, size: int) -> torch.Tensor:
         im = Image.fromarray(images[int(k), 0])
     else:
         im = _open_image(Path(spec))
-    grey = im.mode in ("1", "L", "LA", "F") or im.mode in _HIGH_DEPTH
+    grey = im.mode in ("1", "L", "LA", "F") or im.mode in _HIGH_DEPTH if channels is None else channels == 1
     return to_float(torch.from_numpy(_chw(_fit(_to_mode(im, "L" if grey else "RGB"), size)).copy()))
 
 

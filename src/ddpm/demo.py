@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 DEMO_DIR = "ddpm-demo"
 DEMO_SAMPLES = 100
 DEMO_BATCH = 256  # images per sampling batch
-DEMO_SAMPLER = ("respaced", 250)  # Algorithm 2 over 250 of the 1000 steps (BENCHMARKS.md: chosen by measurement)
+DEMO_SAMPLER = ("sde-dpm++", 20)  # SDE-DPM-Solver++(2M), 20 network calls (BENCHMARKS.md: chosen by measurement)
 DEMO_GUIDANCE = 1.0  # classifier-free guidance weight of the per-digit rows (BENCHMARKS.md)
 DEMO_P_UNCOND = 0.1  # the share of training labels replaced by the null class
 

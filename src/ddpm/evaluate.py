@@ -23,7 +23,7 @@ from .run import IMPORTED_DATA
 from .sampling import sample_checkpoint
 from .viz import plot_bpd_terms, plot_fd_steps
 
-__all__ = ["evaluate_bpd", "bpd_report", "fd_report", "real_images", "read_samples", "labels_like", "class_match"]
+__all__ = ["evaluate_bpd", "bpd_report", "fd_report", "fd_table", "real_images", "read_samples", "labels_like", "class_match"]
 
 
 def real_images(src: str, cfg) -> ImageData:
@@ -203,3 +203,18 @@ def fd_report(ckpt, data: ImageData, out: Path, features, *, n: int = 1000, samp
         plot_fd_steps(rows, out / "fd_vs_steps.png",
                       title=f"{title} (step {ckpt.step}), FD@{rows[0]['n']}, {feat_name} features")
     return rows
+
+
+def fd_table(rows: List[Dict[str, Any]], real: ImageData) -> Tuple[List[str], str]:
+    """The lines of an FD report (FD@n: it depends on n), and a note when n is small against the features'
+    dimension (then FD is strongly biased upwards), else ""."""
+    n, dims = rows[0]["n"], rows[0]["dims"]
+    lines = [f"Fréchet distance of {rows[0]['features']} features to {len(real)} real images of {real.name}:",
+             f"{'sampler':>10} {'steps':>6} {'n':>6} {'seconds':>9} {'s/image':>9} {'FD@' + str(n):>10}"]
+    for r in rows:
+        match = f"   {100 * r['class_match']:.1f}% of the samples are their class" if "class_match" in r else ""
+        lines.append(f"{r['sampler']:>10} {r['steps']:>6} {r['n']:>6} {r['seconds']:>9.1f} "
+                     f"{r['seconds_per_image']:>9.4f} {r['fd']:>10.3f}{match}")
+    note = (f"note: FD from {n} samples of {dims}-d features is biased upwards (it falls as n grows); compare FDs "
+            "only at equal n") if n < 10 * dims else ""
+    return lines, note

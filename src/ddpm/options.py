@@ -98,13 +98,15 @@ def _sampler_flags(p, many: bool = False) -> None:
 
     p.add_argument("--sampler", choices=SAMPLERS, default="ancestral",
                    help="ancestral: Algorithm 2 over all T steps; respaced: Algorithm 2 over --steps of them; "
-                        "ddim: DDIM over --steps with --eta; dpm++: DPM-Solver++(2M), good in 15-25 steps")
+                        "ddim: DDIM over --steps with --eta; dpm++: DPM-Solver++(2M); sde-dpm++: its stochastic twin, "
+                        "as good as Algorithm 2 in 20 steps")
     p.add_argument("--steps", type=(lambda s: _int_list(s, 1)) if many else _positive_int, default=None,
-                   help="network calls per image (respaced, ddim: default T; dpm++: default 20)" +
+                   help="network calls per image (respaced, ddim: default T; dpm++, sde-dpm++: default 20)" +
                         ("; a list such as 10,20,50 measures each" if many else ""))
     p.add_argument("--eta", type=float, default=None, help="DDIM noise: 0 deterministic (default), 1 DDPM-like")
-    p.add_argument("--spacing", choices=SPACINGS, default=None, help="which of the T steps respaced, ddim and dpm++ "
-                                                                     "keep (default: uniform)")
+    p.add_argument("--spacing", choices=SPACINGS, default=None, help="which of the T steps respaced, ddim and the "
+                                                                     "dpm++ samplers keep (default: uniform; "
+                                                                     "quadratic for sde-dpm++)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
     p.add_argument("--batch-size", type=_positive_int, default=256, help="images per batch")
     p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True, help="use the EMA weights")
@@ -146,7 +148,7 @@ def build_parser(handlers: Dict[str, Any]) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ddpm {__version__}")
     parser.add_argument("--traceback", action="store_true", help="show the full Python traceback on errors")
     commands = _Commands(parser, handlers)
-    for add in (_demo, _train, _sample, _eval, _noise, _import, _export, _schedule):
+    for add in (_demo, _train, _sample, _eval, _noise, _interpolate, _import, _export, _schedule):
         add(commands)
     return parser
 
@@ -264,6 +266,28 @@ def _noise(c: _Commands) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of eps")
     p.add_argument("--run", default=None, help="take the schedule from this run (else the flags below)")
     _config_flags(p, DiffusionConfig, skip=("var_type",))
+
+
+def _interpolate(c: _Commands) -> None:
+    from .interpolate import MIXES
+
+    p = c.add("interpolate", "mix two images in the latent x_t and decode the mixtures (the paper's Sec. 4.3)",
+              "Encode images A and B to step --t of the forward process with the same noise, mix the two latents "
+              "for lambda = 0 .. 1 and decode each mixture with the reverse process (the same noise for every "
+              "one, so lambda 0 and 1 are the reconstructions of A and B); a strip A, the mixtures, B.",
+              "ddpm interpolate --run ddpm-demo mnist:3 mnist:8 --t 500 --out strip.png; "
+              "ddpm interpolate --run runs/celebahq a.png b.png --t 250 --mix slerp --out strip.png")
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("a", help="an image file, or mnist:K")
+    p.add_argument("b", help="the other image")
+    p.add_argument("--t", type=_positive_int, default=500, help="the step to encode to (1..T; larger: the mixtures "
+                                                                "share less of A and B)")
+    p.add_argument("--out", required=True, help="the strip, a .png")
+    p.add_argument("--n", type=lambda v: max(2, _positive_int(v)), default=9, help="mixtures, lambda = 0 .. 1")
+    p.add_argument("--mix", choices=MIXES, default="linear",
+                   help="linear in x_t (the paper's) or slerp (along the great circle: keeps the noise's norm)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the encoding and decoding noise")
+    p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True, help="use the EMA weights")
 
 
 def _import(c: _Commands) -> None:

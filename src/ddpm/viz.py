@@ -19,7 +19,7 @@ from .data import to_uint8
 from .errors import DDPMError
 
 __all__ = ["make_grid", "save_grid", "save_picture", "plot_loss", "labelled_grid", "noise_strip", "Trajectory",
-           "reverse_process_pictures", "plot_schedule",
+           "reverse_process_pictures", "interpolation_strip", "plot_schedule",
            "plot_bpd_terms", "plot_fd_steps", "NOISE_STEPS"]
 
 NOISE_STEPS = (0, 50, 100, 200, 400, 600, 800, 999)
@@ -214,6 +214,14 @@ class Trajectory:
         durations = [ms] * (len(images) - 1) + [1500]
         with atomic_path(path) as tmp:
             images[0].save(tmp, save_all=True, append_images=images[1:], duration=durations, loop=0)
+
+
+def interpolation_strip(xa: torch.Tensor, mixed: torch.Tensor, xb: torch.Tensor) -> Image.Image:
+    """A, the decoded mixtures (uint8 [L, C, H, W], lambda = 0 .. 1) and B (each [C, H, W] in [-1, 1]), labelled."""
+    panels = [_hwc(xa), *(m.permute(1, 2, 0).numpy() for m in mixed), _hwc(xb)]
+    n = len(mixed)
+    labels = ["A"] + [f"{i / max(n - 1, 1):.2f}" for i in range(n)] + ["B"]
+    return labelled_grid([panels], labels, scale=_scale_for(xa.shape[-1]))
 
 
 def reverse_process_pictures(ckpt, sampler, *, seeds: Sequence[int], labels=None, guidance: float = 0.0,
