@@ -24,7 +24,8 @@ MIXES = ("linear", "slerp")
 
 def mix_latents(a: Tensor, b: Tensor, lambdas: Sequence[float], mix: str = "linear") -> Tensor:
     """[L, C, H, W] mixtures of two latents [C, H, W]: ``linear`` (1 - l) a + l b (the paper's), or ``slerp``,
-    along the great circle between them, which keeps the norm of the noise that linear mixing shrinks."""
+    along the great circle between them, which keeps the norm of the noise that linear mixing shrinks (on the demo
+    model 61% of slerp mixtures were clear digits against 51% of linear ones: BENCHMARKS.md)."""
     if mix not in MIXES:
         raise ValueError(f"mix must be one of {', '.join(MIXES)}, got {mix!r}")
     lambdas = [float(v) for v in lambdas]
@@ -69,7 +70,7 @@ def reconstruct(model, diffusion: GaussianDiffusion, x0: Tensor, t: int, *, seed
 
 
 def interpolate(model, diffusion: GaussianDiffusion, xa: Tensor, xb: Tensor, t: int, *, n: int = 9,
-                mix: str = "linear", seed: int = 0, device=None, lambdas: Optional[Sequence[float]] = None) -> Tensor:
+                mix: str = "slerp", seed: int = 0, device=None, lambdas: Optional[Sequence[float]] = None) -> Tensor:
     """Decoded mixtures of two images [C, H, W] in [-1, 1] encoded to step t with the same noise: uint8 [n, C, H, W],
     for lambda = 0, 1/(n-1), ..., 1 (or ``lambdas``)."""
     if xa.shape != xb.shape:

@@ -276,7 +276,7 @@ def _interpolate(c: _Commands) -> None:
               "for lambda = 0 .. 1 and decode each mixture with the reverse process (the same noise for every "
               "one, so lambda 0 and 1 are the reconstructions of A and B); a strip A, the mixtures, B.",
               "ddpm interpolate --run ddpm-demo mnist:3 mnist:8 --t 500 --out strip.png; "
-              "ddpm interpolate --run runs/celebahq a.png b.png --t 250 --mix slerp --out strip.png")
+              "ddpm interpolate --run runs/celebahq a.png b.png --t 250 --mix linear --out strip.png")
     p.add_argument("--run", required=True, help="run directory")
     p.add_argument("a", help="an image file, or mnist:K")
     p.add_argument("b", help="the other image")
@@ -284,8 +284,9 @@ def _interpolate(c: _Commands) -> None:
                                                                 "share less of A and B)")
     p.add_argument("--out", required=True, help="the strip, a .png")
     p.add_argument("--n", type=lambda v: max(2, _positive_int(v)), default=9, help="mixtures, lambda = 0 .. 1")
-    p.add_argument("--mix", choices=MIXES, default="linear",
-                   help="linear in x_t (the paper's) or slerp (along the great circle: keeps the noise's norm)")
+    p.add_argument("--mix", choices=MIXES, default="slerp",
+                   help="slerp (along the great circle: keeps the noise's norm; measured clearer than linear) or "
+                        "linear in x_t (the paper's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the encoding and decoding noise")
     p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True, help="use the EMA weights")
 

@@ -305,6 +305,7 @@ def plot_fd_steps(rows: Sequence[Dict[str, float]], out_png: PathLike, title: st
     a2.set_xlabel("seconds per image")
     for ax in (a1, a2):
         ax.set_xscale("log")
+        ax.set_yscale("log")  # FD spans orders of magnitude over a few steps
         ax.set_ylabel("Fréchet distance")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
