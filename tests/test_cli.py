@@ -50,11 +50,19 @@ def test_train_writes_a_complete_run(trained):
     assert load_checkpoint(trained).step == 6
 
 
-@pytest.mark.parametrize("cond", [[], ["--class-cond", "--p-uncond", "0.3"]], ids=["unconditional", "class-cond"])
+@pytest.mark.parametrize("cond", [[], ["--class-cond", "--p-uncond", "0.3"], "folder"],
+                         ids=["unconditional", "class-cond", "cached-folder"])
 def test_resume_through_the_cli_is_bit_identical(cond, tmp_path, capsys):
     a, b = tmp_path / "a", tmp_path / "b"
-    assert run(capsys, "train", "--data", "mnist", "--out", a, "--steps", "8", *TINY, *cond)[0] == 0
-    assert run(capsys, "train", "--data", "mnist", "--out", b, "--steps", "5", *TINY, *cond)[0] == 0
+    data = "mnist"
+    if cond == "folder":  # a source read from the decoded cache (memory-mapped)
+        data, cond = tmp_path / "imgs", ["--channels", "3"]
+        data.mkdir()
+        rng = np.random.default_rng(0)
+        for i in range(30):
+            Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(data / f"{i}.png")
+    assert run(capsys, "train", "--data", data, "--out", a, "--steps", "8", *TINY, *cond)[0] == 0
+    assert run(capsys, "train", "--data", data, "--out", b, "--steps", "5", *TINY, *cond)[0] == 0
     code, _, err = run(capsys, "train", "--out", b, "--resume", "--steps", "8", "--quiet")
     assert code == 0 and "resuming" in err and "from step 5" in err
     ca, cb = load_checkpoint(a), load_checkpoint(b)
@@ -250,6 +258,11 @@ def _bad_things(tmp_path, trained):
         (["eval", "--run", "{trained}", "--metric", "fd", "--n", "1"], "needs --n >= 2 samples"),
         (["eval", "--run", "{trained}", "--metric", "bpd", "--eta", "1"], "--eta is for --metric fd"),
         (["schedule", "--out", "{tmp}/s.png", "--T", "10"], "the smallest T that works is 21"),
+        (["train", "--data", "mnist", "--out", "{tmp}/r", "--preset", "tiny", "--image-size", "9"],
+         "image_size=9 must be divisible by 2"),
+        (["train", "--data", "mnist", "--out", "{tmp}/r", "--channels", "2"], "invalid choice: 2"),
+        (["data", "info", "{tmp}/nowhere"], "not found"),
+        (["data", "info", "{empty}"], "no images"),
         # sampling jobs
         (["sample", "--run", "{trained}", "--out", "{tmp}/x.npz", "--seeds", "5-2"], "comes before the first"),
         (["sample", "--run", "{trained}", "--out", "{tmp}/x.npz", "--seeds", "abc"], "expected a range of seeds"),
@@ -366,6 +379,23 @@ def test_help_teaches(capsys):
         assert "preset's recipe" not in out  # no preset here: the defaults shown are the real ones
     code, out, _ = run(capsys, "noise", "--help")
     assert "(default: 1000)" in out and "(default: 'linear')" in out
+
+
+def test_a_preset_at_another_size_and_channels(tmp_path, capsys):
+    code, _, err = run(capsys, "train", "--data", "mnist", "--out", tmp_path / "r", "--steps", "1", *TINY,
+                       "--image-size", "8", "--channels", "3")
+    assert code == 0, err
+    cfg = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert (cfg["model"]["image_size"], cfg["model"]["in_channels"]) == (8, 3)
+    assert np.load(_sampled(tmp_path, capsys))["arr_0"].shape == (2, 8, 8, 3)
+    code, _, err = run(capsys, "train", "--out", tmp_path / "r", "--resume", "--image-size", "16")
+    assert code == 1 and "the run was trained with --image-size 8; a resumed run cannot change it" in err
+
+
+def _sampled(tmp_path, capsys):
+    assert run(capsys, "sample", "--run", tmp_path / "r", "--n", "2", "--out", tmp_path / "s.npz", "--sampler",
+               "ddim", "--steps", "3")[0] == 0
+    return tmp_path / "s.npz"
 
 
 def test_resume_of_a_finished_run_says_so_and_changes_nothing(trained, capsys):

@@ -364,6 +364,19 @@ def test_cifar_formats(tmp_path, fmt, form):
     assert d.classes == ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
+@pytest.mark.parametrize("fmt", ["py", "bin"])
+def test_cifar_test_split(tmp_path, fmt):
+    src = _write_tar(tmp_path / "cifar.tar.gz", _cifar_files(fmt))
+    d = load_data(f"{src}:test", channels=3, image_size=32)
+    assert d.name == "cifar10:test" and len(d) == PER_BATCH
+    assert torch.equal(d.images, torch.from_numpy(np.stack([_cifar_image(k).transpose(2, 0, 1)
+                                                            for k in range(100, 100 + PER_BATCH)])))
+    assert d.labels.tolist() == [_label(k) for k in range(100, 100 + PER_BATCH)]
+    assert len(load_data(str(src), channels=3, image_size=32)) == 5 * PER_BATCH  # the train split, cached apart
+    with pytest.raises(DDPMError, match="a split is a CIFAR-10 archive's"):
+        load_data(f"{tmp_path}:test", channels=3, image_size=32)
+
+
 def test_cifar_converted_to_gray_and_resized(tmp_path):
     src = _write_tar(tmp_path / "c.tar.gz", _cifar_files("py"))
     d = load_data(str(src), channels=1, image_size=32)

@@ -63,11 +63,21 @@ def _train(tmp_path, name, nproc, steps=4, resume=False, extra=()):
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
-@pytest.mark.parametrize("extra", [(), ("--class-cond", "--p-uncond", "0.3")], ids=["unconditional", "class-cond"])
+@pytest.mark.parametrize("extra", [(), ("--class-cond", "--p-uncond", "0.3"), "folder"],
+                         ids=["unconditional", "class-cond", "cached-folder"])
 def test_two_torchrun_processes_give_the_weights_of_one(extra, tmp_path):
+    if extra == "folder":  # rank 0 builds the decoded cache while rank 1 waits, then both memory-map it
+        import numpy as np
+        from PIL import Image
+
+        (tmp_path / "imgs").mkdir()
+        rng = np.random.default_rng(0)
+        for i in range(40):
+            Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(tmp_path / "imgs" / f"{i}.png")
+        extra = ("--data", str(tmp_path / "imgs"))
     one_model, one_ema, _, _ = _train(tmp_path, "one", 1, extra=extra)
     two_model, two_ema, out, err = _train(tmp_path, "two", 2, extra=extra)
-    if extra:
+    if "--class-cond" in extra:
         assert "label_emb.weight" in one_model
     assert _max_diff(one_model, two_model) < 1e-5 and _max_diff(one_ema, two_ema) < 1e-5
     assert err.count("training ") == 1  # only rank 0 talks

@@ -228,3 +228,19 @@ def test_compiled_training_matches_eager():
     assert compiled_losses == pytest.approx(eager_losses, rel=1e-4)
     assert max((eager[k] - compiled[k]).abs().max().item() for k in eager) < 1e-4
     assert max((eager[k] - start[k]).abs().max().item() for k in eager) > 1e-3  # the steps moved the weights
+
+
+def test_the_prefetcher_hands_out_exactly_the_batches_of_each_step():
+    from ddpm.batches import Batches, Prefetcher
+
+    data = tiny_data(n=30, classes=3)
+    batches = Batches(data, seed=0, batch_size=6, T=50, hflip=True, p_uncond=0.2)
+    pre = Prefetcher(batches, [range(0, 4), range(4, 6)], "cpu")
+    try:
+        for step in (0, 1, 2, 7, 8, 3):  # in order (prefetched) and out of order (drawn on the spot)
+            got = pre.get(step)
+            for positions, parts in zip([range(0, 4), range(4, 6)], got):
+                want = batches.make(step, positions)
+                assert all(torch.equal(a, b) for a, b in zip(parts, want))
+    finally:
+        pre.close()

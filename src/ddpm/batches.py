@@ -9,7 +9,8 @@ examples of a batch do not depend on how it is split across processes or micro-b
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from concurrent.futures import ThreadPoolExecutor
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -17,7 +18,7 @@ from torch import Tensor
 from .data import ImageData, to_float
 from .rng import generator
 
-__all__ = ["Batches"]
+__all__ = ["Batches", "Prefetcher"]
 
 
 class Batches:
@@ -64,3 +65,34 @@ class Batches:
                 y[j] = self.null_class
         t, noise = torch.cat(ts), torch.stack(noises)
         return x0.to(device), t.to(device), noise.to(device), None if y is None else y.to(device)
+
+
+class Prefetcher:
+    """The micro-batches of a step, assembled on a background thread while the step before trains, and on a GPU
+    pinned and copied without blocking. ``get(step)`` returns what ``Batches.make`` would (the same tensors: the
+    examples are pure functions of the step), just sooner."""
+
+    def __init__(self, batches: Batches, micro: Sequence[range], device):
+        self.batches, self.micro, self.device = batches, list(micro), torch.device(device)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ddpm-batches")
+        self._next = None  # (step, future)
+
+    def _make(self, step: int) -> List[Tuple]:
+        out = []
+        for positions in self.micro:
+            parts = self.batches.make(step, positions)
+            if self.device.type == "cuda":
+                parts = tuple(None if p is None else p.pin_memory().to(self.device, non_blocking=True) for p in parts)
+            out.append(parts)
+        return out
+
+    def get(self, step: int) -> List[Tuple]:
+        pending, self._next = self._next, None
+        ready = pending[1].result() if pending is not None else None  # also: nothing runs beside the call below
+        batch = ready if pending is not None and pending[0] == step else self._make(step)
+        self._next = (step + 1, self._pool.submit(self._make, step + 1))
+        return batch
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._next = None

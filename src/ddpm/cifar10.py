@@ -29,8 +29,9 @@ __all__ = ["read_cifar10", "CIFAR10_CLASSES"]
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
-_PY_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
-_BIN_BATCHES = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
+SPLITS = {"train": (tuple(f"data_batch_{i}" for i in range(1, 6)), tuple(f"data_batch_{i}.bin" for i in range(1, 6))),
+          "test": (("test_batch",), ("test_batch.bin",))}
+_ALL = tuple(n for py, binary in SPLITS.values() for n in py + binary)
 _CIFAR_DIRS = ("cifar-10-batches-py", "cifar-10-batches-bin")
 
 
@@ -47,16 +48,16 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         raise DDPMError(f"refusing to unpickle {module}.{name}: a CIFAR-10 batch holds only numpy arrays")
 
 
-def read_cifar10(path: Path) -> Optional[Tuple[np.ndarray, np.ndarray]]:
-    """uint8 images [50000, 3, 32, 32] and labels from a CIFAR-10 archive or folder; None if
-    ``path`` holds no CIFAR-10 batches (then it may be a folder of images)."""
+def read_cifar10(path: Path, split: str = "train") -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    """uint8 images [50000, 3, 32, 32] (the ``test`` split: [10000, ...]) and labels from a CIFAR-10 archive or
+    folder; None if ``path`` holds no CIFAR-10 batches (then it may be a folder of images)."""
     if path.is_dir():
         for d in (path, *(path / x for x in _CIFAR_DIRS)):
-            blobs = {n: (d / n).read_bytes() for n in _PY_BATCHES + _BIN_BATCHES if (d / n).is_file()}
+            blobs = {n: (d / n).read_bytes() for n in _ALL if (d / n).is_file()}
             if blobs:
-                return _decode_cifar(str(d), blobs)
+                return _decode_cifar(str(d), blobs, split)
         return None
-    return _decode_cifar(str(path), _read_tar(path))
+    return _decode_cifar(str(path), _read_tar(path), split)
 
 
 def _read_tar(path: Path) -> Dict[str, bytes]:
@@ -71,21 +72,23 @@ def _read_tar(path: Path) -> Dict[str, bytes]:
                     raise DDPMError(f"refusing archive {path}: member {m.name!r} points outside the archive")
                 if m.issym() or m.islnk():
                     raise DDPMError(f"refusing archive {path}: member {m.name!r} is a link")
-                if m.isfile() and parts[-1] in _PY_BATCHES + _BIN_BATCHES and parts[-1] not in blobs:
+                if m.isfile() and parts[-1] in _ALL and parts[-1] not in blobs:
                     blobs[parts[-1]] = tf.extractfile(m).read()
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
         raise DDPMError(f"cannot read {path} as a CIFAR-10 archive: {e}") from None
     return blobs
 
 
-def _decode_cifar(where: str, blobs: Dict[str, bytes]) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+def _decode_cifar(where: str, blobs: Dict[str, bytes], split: str) -> Optional[Tuple[np.ndarray, np.ndarray]]:
     if not blobs:
         return None
-    names = _PY_BATCHES if any(n in blobs for n in _PY_BATCHES) else _BIN_BATCHES
+    py, binary = SPLITS[split]
+    python_format = any(n in blobs for py_names, _ in SPLITS.values() for n in py_names)
+    names = py if python_format else binary
     missing = [n for n in names if n not in blobs]
     if missing:
-        raise DDPMError(f"CIFAR-10 data in {where} is missing {', '.join(missing)}")
-    decode = _decode_py_batch if names is _PY_BATCHES else _decode_bin_batch
+        raise DDPMError(f"CIFAR-10 data in {where} is missing {', '.join(missing)} (the {split} split)")
+    decode = _decode_py_batch if python_format else _decode_bin_batch
     data, labels = zip(*(decode(f"{where}: {n}", blobs[n]) for n in names))
     labels = np.concatenate(labels)
     if labels.size and (labels.min() < 0 or labels.max() > 9):

@@ -7,18 +7,13 @@ line on stderr with a non-zero exit. Nothing heavy is imported before the thread
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import List, Optional
 
+from .options import early_threads, fields_of
 from .runtime import configure_threads, keep_freed_memory
-
-
-def _fields(args: argparse.Namespace, cls) -> Dict[str, Any]:
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
 
 
 # ----------------------------------------------------------------------------- commands
@@ -28,12 +23,8 @@ def cmd_demo(args) -> int:
 
     res = run_demo(Path(args.out), minutes=args.minutes, steps=args.steps, n=args.n,
                    sampling_steps=args.sampling_steps, device=choose_device(args.device))
-    f = res.files
-    print(f"demo finished in {res.minutes:.1f} min after {res.step} steps:\n"
-          f"  {f['samples.png']}                {args.n} generated digits, a row each for 0 to 9\n"
-          f"  {f['samples.npz']}                the same: uint8 arr_0 [N, H, W, C], their digits arr_1\n"
-          f"  {f['samples_unconditional.png']}  {args.n} digits of the same network with no digit asked for\n"
-          f"  {f['loss.png']}                   the loss curve; metrics in {f['metrics.csv']}")
+    print(f"demo finished in {res.minutes:.1f} min after {res.step} steps:")
+    print("\n".join(f"  {path}{' ' * (27 - len(path.name))}{what}" for path, what in res.described()))
     if res.status == "finished":
         print("(for a longer run: ddpm demo --out NEW --minutes M, or ddpm train --data mnist --class-cond --out RUN, "
               "the full recipe)", file=sys.stderr)
@@ -46,12 +37,13 @@ def cmd_train(args) -> int:
     from .train import plan_run, train_run
 
     run = Path(args.out)
-    cfg = plan_run(run, train=_fields(args, TrainConfig), diffusion=_fields(args, DiffusionConfig),
-                   preset=args.preset, resume=args.resume)
+    cfg = plan_run(run, train=fields_of(args, TrainConfig), diffusion=fields_of(args, DiffusionConfig),
+                   preset=args.preset, resume=args.resume,
+                   model={"image_size": args.image_size, "in_channels": args.channels})
     device = choose_device(args.device)
     rank, _ = init_distributed(device)
     try:
-        res = train_run(run, cfg, device=device, progress=not args.quiet)
+        res = train_run(run, cfg, device=device, progress=not args.quiet, cache_dir=args.cache_dir)
     finally:
         close_distributed()
     if rank == 0 and res.reason == "finished already":
@@ -116,7 +108,7 @@ def _check_eval_flags(args) -> None:
 
 def cmd_eval(args) -> int:
     from .errors import DDPMError
-    from .evaluate import bpd_report, fd_report, fd_table, read_samples, real_images
+    from .evaluate import bpd_line, bpd_report, fd_report, fd_table, read_samples, real_images
     from .metrics import get_features
     from .run import load_checkpoint
     from .runtime import choose_device
@@ -135,7 +127,7 @@ def cmd_eval(args) -> int:
         for k in args.steps or [None]:  # every sampler setting is checked before any work
             make_sampler(args.sampler, ckpt.diffusion, steps=k, eta=args.eta, spacing=args.spacing)
         features = get_features(args.features, channels=ckpt.config.model.in_channels, inception=args.inception)
-    real = real_images(args.data or ckpt.config.train.data, ckpt.config)
+    real = real_images(args.data or ckpt.config.train.data, ckpt.config, args.cache_dir)
     if samples is not None and samples.shape[1:] != real.images.shape[1:]:
         raise DDPMError(f"{args.samples}: samples are {tuple(samples.shape[1:])} (C, H, W) but the real images "
                         f"{tuple(real.images.shape[1:])}")
@@ -143,9 +135,7 @@ def cmd_eval(args) -> int:
     if args.metric == "bpd":
         r = bpd_report(ckpt, real, out, n=args.n or 100, seed=args.seed, ema=args.ema, batch_size=args.batch_size,
                        device=device, title=str(args.run))
-        print(f"bits/dim: {r['bits_per_dim']:.4f} +- {r['std_error']:.4f} (mean +- standard error over {r['n']} "
-              f"images of {r['data']}; prior {r['prior']:.2g}, KL terms {r['kl_terms']:.4f}, decoder "
-              f"{r['decoder']:.4f})")
+        print(bpd_line(r))
         print(f"per-t terms: {out / 'bpd_terms.csv'}, plot: {out / 'bpd_terms.png'}", file=sys.stderr)
         return 0
     rows = fd_report(ckpt, real, out, features, n=args.n or 1000, sampler=args.sampler, steps=args.steps or [None],
@@ -170,7 +160,7 @@ def cmd_noise(args) -> int:
     from .viz import noise_strip, save_picture
 
     out = check_picture_path(args.out)
-    flags = _fields(args, DiffusionConfig)
+    flags = fields_of(args, DiffusionConfig)
     if args.run is not None and flags:
         raise DDPMError(f"--run takes the schedule from the run; drop {', '.join('--' + k for k in flags)}")
     diffusion = (read_config(args.run).diffusion if args.run else DiffusionConfig(**flags)).build()
@@ -197,6 +187,19 @@ def cmd_interpolate(args) -> int:
     save_picture(interpolation_strip(xa, mixed, xb), out)
     print(f"wrote {args.n} {args.mix} mixtures of {args.a} and {args.b} encoded to t = {args.t} (of "
           f"{ckpt.diffusion.T}) to {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_data(args) -> int:
+    from .data import cache_info, describe, load_data
+
+    info = cache_info(args.src, preset=args.preset, channels=args.channels, image_size=args.image_size,
+                      cache_dir=args.cache_dir)
+    if args.action == "build":
+        load_data(args.src, channels=info["channels"], image_size=info["size"], progress=True,
+                  cache_dir=args.cache_dir, skip_bad=args.skip_bad_images)
+        info = cache_info(args.src, channels=info["channels"], image_size=info["size"], cache_dir=args.cache_dir)
+    print("\n".join(describe(info, verify=args.verify)))
     return 0
 
 
@@ -240,7 +243,8 @@ def cmd_export(args) -> int:
 
 
 HANDLERS = {"demo": cmd_demo, "train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "noise": cmd_noise,
-            "interpolate": cmd_interpolate, "schedule": cmd_schedule, "import": cmd_import, "export": cmd_export}
+            "interpolate": cmd_interpolate, "data": cmd_data, "schedule": cmd_schedule, "import": cmd_import,
+            "export": cmd_export}
 COMMANDS = tuple(HANDLERS)
 
 
@@ -253,22 +257,12 @@ class _StderrHandler(logging.Handler):
         print(level + record.getMessage(), file=sys.stderr)
 
 
-def _early_threads(argv: List[str]) -> Optional[int]:
-    """--threads N (or --threads=N), read before the parser (and torch) is imported; a bad value is left for the
-    parser to report."""
-    for i, a in enumerate(argv):
-        value = argv[i + 1] if a == "--threads" and i + 1 < len(argv) else a[10:] if a.startswith("--threads=") else None
-        if value is not None:
-            return int(value) if value.isdigit() and int(value) > 0 else None
-    return None
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     if argv[:1] == ["--"]:  # `torchrun ... -m ddpm -- train ...`: the `--` keeps torchrun's parser off our flags
         argv = argv[1:]
     if any(a in COMMANDS for a in argv):  # a command will run: threads first, before torch loads
-        configure_threads(_early_threads(argv))
+        configure_threads(early_threads(argv))
     from .errors import DDPMError
     from .options import build_parser
 

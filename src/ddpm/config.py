@@ -19,7 +19,7 @@ from .errors import DDPMError
 from .schedule import NoiseSchedule
 
 __all__ = ["UNetConfig", "DiffusionConfig", "TrainConfig", "RunConfig", "Preset", "PRESETS", "make_run_config",
-           "resume_config", "with_classes", "RESUMABLE", "PRECISIONS", "flag"]
+           "resume_config", "with_classes", "RESUMABLE", "PRECISIONS", "MODEL_FLAGS", "flag"]
 
 PRECISIONS = ("auto", "fp32", "bf16")
 LR_SCHEDULES = ("constant", "cosine")
@@ -135,6 +135,8 @@ class TrainConfig:
                             "class subfolders), with a null class for classifier-free guidance", default=False)
     p_uncond: float = _opt("with --class-cond: the share of training examples whose label is replaced by the null "
                            "class (what classifier-free guidance needs)", default=0.1)
+    skip_bad_images: bool = _opt("leave unreadable images out of the data (listed in RUN/skipped_images.txt) instead "
+                                 "of stopping at the first", default=False)
     seed: int = _opt("seed for initialisation, data order and every random draw", default=0)
     log_every: int = _opt("write a metrics.csv row every N steps", default=100)
     sample_every: int = _opt("write a grid of EMA samples every N steps (0: never)", default=10_000)
@@ -274,22 +276,26 @@ def make_run_config(preset: str, *, train: Optional[Dict[str, Any]] = None,
     return cfg
 
 
+# The network's fields a training run may set from the command line (``--image-size``, ``--channels``).
+MODEL_FLAGS = {"image_size": "--image-size", "in_channels": "--channels"}
+
 # What a resumed run may change: how long it runs and how it reports, never what it computes.
 RESUMABLE = frozenset({"steps", "log_every", "sample_every", "save_every", "keep", "n_samples", "time_limit",
                        "grad_accum", "compile", "skip_nonfinite"})
 
 
 def resume_config(saved: RunConfig, train: Dict[str, Any], diffusion: Dict[str, Any],
-                  preset: Optional[str] = None) -> RunConfig:
+                  preset: Optional[str] = None, model: Optional[Dict[str, Any]] = None) -> RunConfig:
     """``saved`` with the RESUMABLE fields of ``train`` applied; any other field that differs is an error."""
     fixed = {**{k: v for k, v in train.items() if k not in RESUMABLE and v is not None},
-             **{k: v for k, v in diffusion.items() if v is not None}}
+             **{k: v for k, v in {**diffusion, **(model or {})}.items() if v is not None}}
     if preset is not None:
         fixed["preset"] = preset
-    current = {**asdict(saved.train), **asdict(saved.diffusion), "preset": saved.preset}
+    current = {**asdict(saved.train), **asdict(saved.diffusion), **asdict(saved.model), "preset": saved.preset}
     for k, v in fixed.items():
         if current.get(k) != v:
-            raise DDPMError(f"the run was trained with {flag(k)} {current.get(k)!r}; a resumed run cannot change it "
+            raise DDPMError(f"the run was trained with {MODEL_FLAGS.get(k, flag(k))} {current.get(k)!r}; a resumed run "
+                            "cannot change it "
                             f"(only {', '.join(sorted(flag(r) for r in RESUMABLE))} can)")
     new = dataclasses.replace(saved.train, **{k: v for k, v in train.items() if k in RESUMABLE and v is not None})
     new.validate()

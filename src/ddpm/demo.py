@@ -63,6 +63,15 @@ class DemoResult:
     minutes: float
     status: str  # "new", "continued" or "finished" (a finished run only drew its samples again)
     files: Dict[str, Path]
+    n: int = DEMO_SAMPLES
+
+    def described(self):
+        """(path, what it holds) of each file the demo wrote."""
+        what = {"samples.png": f"{self.n} generated digits, a row each for 0 to 9",
+                "samples.npz": "the same: uint8 arr_0 [N, H, W, C], their digits arr_1",
+                "samples_unconditional.png": f"{self.n} digits of the same network with no digit asked for",
+                "loss.png": f"the loss curve; metrics in {self.files['metrics.csv']}"}
+        return [(self.files[name], text) for name, text in what.items()]
 
 
 def _time_forward(net, x, t, device, calls: int = 7) -> float:
@@ -207,4 +216,4 @@ def _draw(run: Path, n: int, sampling_steps: int, device, t0: float, status: str
     write_images(images, files["samples.png"], nrow=n // 10)
     write_images(images, files["samples.npz"], labels=labels)
     write_images(sample_checkpoint(ckpt, n, **kw), files["samples_unconditional.png"])
-    return DemoResult(run, ckpt.step, (time.monotonic() - t0) / 60, status, files)
+    return DemoResult(run, ckpt.step, (time.monotonic() - t0) / 60, status, files, n)

@@ -23,14 +23,16 @@ from .run import IMPORTED_DATA
 from .sampling import sample_checkpoint
 from .viz import plot_bpd_terms, plot_fd_steps
 
-__all__ = ["evaluate_bpd", "bpd_report", "fd_report", "fd_table", "real_images", "read_samples", "labels_like", "class_match"]
+__all__ = ["evaluate_bpd", "bpd_report", "bpd_line", "fd_report", "fd_table", "real_images", "read_samples", "labels_like", "class_match"]
 
 
-def real_images(src: str, cfg) -> ImageData:
+def real_images(src: str, cfg, cache_dir=None) -> ImageData:
     """The real images to measure a run of config ``cfg`` against: source ``src`` at the run's channels and size."""
     if src == IMPORTED_DATA:
-        raise DDPMError("this run was imported and has no data of its own: pass --data SRC (e.g. a CIFAR-10 archive)")
-    data = load_data(src, channels=cfg.model.in_channels, image_size=cfg.model.image_size, progress=True)
+        raise DDPMError("this run was imported and has no data of its own: pass --data SRC (e.g. a CIFAR-10 archive, "
+                        "or its test split: cifar-10-python.tar.gz:test)")
+    data = load_data(src, channels=cfg.model.in_channels, image_size=cfg.model.image_size, progress=True,
+                     cache_dir=cache_dir, skip_bad=cfg.train.skip_bad_images)
     if len(data) == 0:
         raise DDPMError(f"data source {src!r} has no images")
     return data
@@ -176,7 +178,8 @@ def fd_report(ckpt, data: ImageData, out: Path, features, *, n: int = 1000, samp
     requested class (``class_match``, ``confident_match``); given ``samples`` are judged so with ``sample_labels``."""
     feat_name, net = features
     device = sampling.get("device")
-    mu_r, sig_r = reference_stats(net, feat_name, data.images, data.name, cache_dir=out, device=device, progress=True)
+    mu_r, sig_r = reference_stats(net, feat_name, data.images, data.name, cache_dir=out, key=data.key, device=device,
+                                  progress=True)
     true = _true_labels(ckpt, data)
     labels = sample_labels if samples is not None else None if true is None else labels_like(true, n, sampling.get("seed", 0))
     sets = [("file", 0, samples, float("nan"))] if samples is not None else []
@@ -203,6 +206,12 @@ def fd_report(ckpt, data: ImageData, out: Path, features, *, n: int = 1000, samp
         plot_fd_steps(rows, out / "fd_vs_steps.png",
                       title=f"{title} (step {ckpt.step}), FD@{rows[0]['n']}, {feat_name} features")
     return rows
+
+
+def bpd_line(r: Dict[str, Any]) -> str:
+    """The one-line summary of a ``bpd_report``."""
+    return (f"bits/dim: {r['bits_per_dim']:.4f} +- {r['std_error']:.4f} (mean +- standard error over {r['n']} images "
+            f"of {r['data']}; prior {r['prior']:.2g}, KL terms {r['kl_terms']:.4f}, decoder {r['decoder']:.4f})")
 
 
 def fd_table(rows: List[Dict[str, Any]], real: ImageData) -> Tuple[List[str], str]:

@@ -142,13 +142,18 @@ def extract_features(net: nn.Module, images: Tensor, *, batch_size: int = 100, d
 
 
 def reference_stats(net: nn.Module, name: str, images: Tensor, source: str, cache_dir: Optional[os.PathLike] = None,
-                    **kw) -> Tuple[np.ndarray, np.ndarray]:
+                    key: str = "", **kw) -> Tuple[np.ndarray, np.ndarray]:
     """Mean and covariance of the features of real ``images``, cached as ``.npz`` in ``cache_dir``.
 
-    The cache file is keyed by the extractor, the source's name and the images' bytes, so a changed
-    data set is never matched with stale statistics.
+    The cache file is keyed by the extractor and the images (``key``, e.g. ``ImageData.key``; else a hash of
+    their bytes, read in blocks), so a changed data set is never matched with stale statistics.
     """
-    digest = hashlib.blake2b(images.numpy().tobytes(), digest_size=8).hexdigest()
+    if not key:
+        h = hashlib.blake2b(digest_size=8)
+        for i in range(0, len(images), 4096):  # in blocks: a memory-mapped data set is never copied whole
+            h.update(images[i:i + 4096].contiguous().numpy().tobytes())
+        key = h.hexdigest()
+    digest = hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
     cache = Path(cache_dir) / f"ref_stats_{name}_{digest}.npz" if cache_dir is not None else None
     if cache is not None and cache.is_file():
         with np.load(cache, allow_pickle=False) as z:

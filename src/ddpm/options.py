@@ -23,6 +23,20 @@ EPILOG = """examples:
 Run `ddpm COMMAND --help` for each command's options."""
 
 
+def fields_of(args: argparse.Namespace, cls) -> Dict[str, Any]:
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
+
+
+def early_threads(argv: List[str]) -> Optional[int]:
+    """--threads N (or --threads=N), read before the parser (and torch) is imported; a bad value is left for the
+    parser to report."""
+    for i, a in enumerate(argv):
+        value = argv[i + 1] if a == "--threads" and i + 1 < len(argv) else a[10:] if a.startswith("--threads=") else None
+        if value is not None:
+            return int(value) if value.isdigit() and int(value) > 0 else None
+    return None
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line on stderr (and exit status 2)."""
 
@@ -148,7 +162,7 @@ def build_parser(handlers: Dict[str, Any]) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ddpm {__version__}")
     parser.add_argument("--traceback", action="store_true", help="show the full Python traceback on errors")
     commands = _Commands(parser, handlers)
-    for add in (_demo, _train, _sample, _eval, _noise, _interpolate, _import, _export, _schedule):
+    for add in (_demo, _train, _sample, _eval, _noise, _interpolate, _data, _import, _export, _schedule):
         add(commands)
     return parser
 
@@ -187,8 +201,39 @@ def _train(c: _Commands) -> None:
                    help="network and recipe (default: mnist for --data mnist, else cifar10)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _data_flags(p)
     _config_flags(p, TrainConfig, by_preset=True)
     _config_flags(p.add_argument_group("diffusion (fixed for the life of a run)"), DiffusionConfig, by_preset=True)
+
+
+def _data_flags(p, build: bool = True) -> None:
+    """--image-size, --channels and --cache-dir: what the decoded cache is built at, and where."""
+    p.add_argument("--image-size", type=_positive_int, default=None,
+                   help="the network's image size (default: the preset's; e.g. the cifar10 network at 64)")
+    p.add_argument("--channels", type=int, choices=(1, 3), default=None, help="1 gray, 3 RGB (default: the preset's)")
+    p.add_argument("--cache-dir", default=None,
+                   help="where decoded data is cached (default: $DDPM_CACHE_DIR, else ~/.cache/ddpm)")
+
+
+def _data(c: _Commands) -> None:
+    p = c.add("data", "what a data source holds, and its decoded cache",
+              "info: what SRC holds (images, classes) and whether a decoded cache of it exists at the preset's (or "
+              "--image-size/--channels') size, and where. build: decode it into the cache now (in parallel, "
+              "once), so that training starts at once. A folder or CIFAR-10 archive is decoded once per size and "
+              "channels into $DDPM_CACHE_DIR (default ~/.cache/ddpm) and memory-mapped from then on; a changed "
+              "folder gets a new cache. Delete the folder to clear it.",
+              "ddpm data info ./my_images --preset celebahq256; ddpm data build ~/data/lsun --image-size 256; "
+              "ddpm data info cifar-10-python.tar.gz:test", device=False)
+    p.add_argument("action", choices=("info", "build"), help="info, or build the cache")
+    p.add_argument("src", help="a data source as for train: mnist, a folder, a CIFAR-10 archive (PATH:test for its "
+                               "test split)")
+    from .config import PRESETS
+
+    p.add_argument("--preset", choices=list(PRESETS), default=None, help="its size and channels (default: mnist for "
+                                                                         "mnist, else cifar10)")
+    _data_flags(p)
+    p.add_argument("--skip-bad-images", action="store_true", help="build: leave unreadable images out")
+    p.add_argument("--verify", action="store_true", help="info: check every byte of the cache against its checksum")
 
 
 def _sample(c: _Commands) -> None:
@@ -236,7 +281,10 @@ def _eval(c: _Commands) -> None:
               "ddpm eval --run runs/cifar10 --metric fd --n 50000 --inception pt_inception-2015-12-05-6726825d.pth")
     p.add_argument("--run", required=True, help="run directory")
     p.add_argument("--metric", required=True, choices=["bpd", "fd"], help="what to measure")
-    p.add_argument("--data", default=None, help="real images: a data source as for train (default: the run's)")
+    p.add_argument("--data", default=None, help="real images: a data source as for train, e.g. "
+                                                "cifar-10-python.tar.gz:test (default: the run's)")
+    p.add_argument("--cache-dir", default=None, help="where decoded data is cached (default: $DDPM_CACHE_DIR, else "
+                                                     "~/.cache/ddpm)")
     p.add_argument("--n", type=_positive_int, default=None,
                    help="bpd: real images to evaluate (default 100); fd: samples to draw (default 1000)")
     p.add_argument("--out", default=None, help="folder for the CSV, plots and cached statistics (default: RUN/eval)")

@@ -333,8 +333,12 @@ def generate(model, sampler: Sampler, n: Optional[int], image_shape: Sequence[in
         for i in range(0, n, batch_size):
             b = min(batch_size, n - i)
 
+            done = [0]
+
             def step_done(t, x, pred_x0, first=(i == 0)):
-                bar.update(b / sampler.steps)
+                done[0] += 1  # b images advance by b/steps a step; the last step rounds the batch off exactly
+                k = sampler.steps
+                bar.update(b / k if done[0] < k else b - (k - 1) * (b / k))
                 if first and callback is not None:
                     callback(t, x, pred_x0)
 

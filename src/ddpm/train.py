@@ -27,7 +27,8 @@ import torch
 from torch import nn
 
 from .config import RunConfig, TrainConfig, make_run_config, resume_config, with_classes
-from .batches import Batches
+from .atomic import atomic_write_text
+from .batches import Batches, Prefetcher
 from .data import ImageData, load_data
 from .diffusion import GaussianDiffusion
 from .errors import DDPMError
@@ -100,6 +101,7 @@ class Trainer:
             self._net = torch.compile(self._net)
         self.log_acc = {"loss": 0.0, "grad_norm": 0.0, "n": 0}
         self.stop_reason: Optional[str] = None  # set (e.g. by a signal) to stop after the current step
+        self._prefetch: Optional[Prefetcher] = None  # the next step's batch, assembled while this one trains
         # per-timestep weights of L_simple under --snr-gamma; None: the paper's unweighted mean
         self.loss_weights = diffusion.min_snr_weights(config.snr_gamma).to(self.device) if config.snr_gamma else None
 
@@ -129,9 +131,12 @@ class Trainer:
         across processes, averaged by DDP) gradient is the gradient of the global batch's mean loss.
         """
         micro = self.micro_batches()
+        if self._prefetch is None:
+            self._prefetch = Prefetcher(self.batches, micro, self.device)
         total = torch.zeros((), dtype=torch.float64, device=self.device)
-        for i, positions in enumerate(micro):
-            x0, t, noise, y = self.batches.make(self.step, positions, self.device)
+        for i, (positions, (x0, t, noise, y)) in enumerate(zip(micro, self._prefetch.get(self.step))):
+            x0, t, noise = x0.to(self.device), t.to(self.device), noise.to(self.device)
+            y = None if y is None else y.to(self.device)
             sync = i == len(micro) - 1 or self._ddp is None
             with contextlib.nullcontext() if sync else self._ddp.no_sync():
                 with autocast(self.device, self.config.precision):
@@ -254,6 +259,9 @@ class Trainer:
                     break
         if bar is not None:
             bar.close()
+        if self._prefetch is not None:
+            self._prefetch.close()
+            self._prefetch = None
         if main:
             reporter.plot()
             if self.step != first_step or not list_checkpoints(run_dir):  # a finished run is not rewritten
@@ -302,17 +310,18 @@ class TrainResult:
 
 
 def plan_run(run: Path, *, train: Dict[str, Any], diffusion: Dict[str, Any], preset: Optional[str] = None,
-             resume: bool = False) -> RunConfig:
+             resume: bool = False, model: Optional[Dict[str, Any]] = None) -> RunConfig:
     """The config of a training run in ``run``: a resumed run's saved config with the changes a resumed run
-    may make (``config.resume_config``), or a new run's from its preset and the overrides. Refuses, before
-    anything is written: resuming what does not exist, overwriting an existing run, a new run without data."""
+    may make (``config.resume_config``), or a new run's from its preset and the overrides (``model``: fields of
+    the network, e.g. ``image_size``, ``in_channels``). Refuses, before anything is written: resuming what does
+    not exist, overwriting an existing run, a new run without data."""
     run = Path(run)
     if resume and is_run(run):
         saved = read_config(run)
         if saved.train.data == IMPORTED_DATA:
             raise DDPMError(f"{run} holds weights imported from a diffusers pipeline, without the data, optimizer "
                             "and random states that a resumed run continues: sample, evaluate or export it")
-        return resume_config(saved, train, diffusion, preset)
+        return resume_config(saved, train, diffusion, preset, model)
     if resume and not run.exists():
         raise DDPMError(f"{run} does not exist, so there is nothing to resume; start a new run with --data SRC "
                         "(without --resume)")
@@ -322,15 +331,34 @@ def plan_run(run: Path, *, train: Dict[str, Any], diffusion: Dict[str, Any], pre
         raise DDPMError(f"{run} already exists; pass --resume to continue it, or choose another --out")
     if train.get("data") is None:
         raise DDPMError("--data is required for a new run: 'mnist', a folder of images, or a CIFAR-10 archive")
-    return make_run_config(preset or ("mnist" if train["data"] == "mnist" else "cifar10"), train=train,
-                           diffusion=diffusion)
+    try:
+        return make_run_config(preset or ("mnist" if train["data"] == "mnist" else "cifar10"), train=train,
+                               diffusion=diffusion, model=model)
+    except ValueError as e:  # the network's own checks, e.g. an image size its levels cannot halve
+        raise DDPMError(f"{e} (--image-size / --channels)") from None
 
 
-def train_run(run: Path, cfg: RunConfig, *, device, progress: bool = True,
+def _training_data(cfg: RunConfig, main: bool, progress: bool, cache_dir) -> ImageData:
+    """The run's data (from the decoded cache, which rank 0 builds first, if needed, while the others wait)."""
+    if not main:
+        barrier()
+    data = load_data(cfg.train.data, channels=cfg.model.in_channels, image_size=cfg.model.image_size,
+                     progress=progress and main, cache_dir=cache_dir, skip_bad=cfg.train.skip_bad_images)
+    if main:
+        barrier()
+    if len(data) == 0:
+        raise DDPMError(f"data source {cfg.train.data!r} has no images")
+    if data.skipped and main:
+        log.warning("left out %d unreadable images of %s (--skip-bad-images; listed in skipped_images.txt)",
+                    len(data.skipped), data.name)
+    return data
+
+
+def train_run(run: Path, cfg: RunConfig, *, device, progress: bool = True, cache_dir=None,
               on_step: Optional[Callable[[Trainer], None]] = None) -> TrainResult:
     """Build data, model and Trainer for ``cfg``, continue from the run's newest checkpoint if it has one, and
     train to ``cfg.train.steps``. Under torchrun every process runs this; only rank 0 writes to ``run``.
-    ``on_step`` goes to ``Trainer.fit``."""
+    ``cache_dir``: where the decoded cache lives (``cache.cache_root``); ``on_step`` goes to ``Trainer.fit``."""
     run = Path(run)
     rank, world = rank_world()
     main = rank == 0
@@ -338,10 +366,7 @@ def train_run(run: Path, cfg: RunConfig, *, device, progress: bool = True,
     done = list_checkpoints(run)
     if done and checkpoint_step(done[-1]) >= cfg.train.steps:
         return TrainResult("finished already", checkpoint_step(done[-1]), done[-1])
-    data = load_data(cfg.train.data, channels=cfg.model.in_channels, image_size=cfg.model.image_size,
-                     progress=progress and main)
-    if len(data) == 0:
-        raise DDPMError(f"data source {cfg.train.data!r} has no images")
+    data = _training_data(cfg, main, progress, cache_dir)
     cfg = with_classes(cfg, data.require_labels() if cfg.train.class_cond else None)
     torch.manual_seed(cfg.train.seed)
     trainer = Trainer(UNet(cfg.model), diffusion, data, cfg.train, device=device)
@@ -354,6 +379,8 @@ def train_run(run: Path, cfg: RunConfig, *, device, progress: bool = True,
         barrier()  # every process has checked the run directory before rank 0 writes to it
         if main:
             write_config(run, cfg)
+            if data.skipped:
+                atomic_write_text(run / "skipped_images.txt", "\n".join(data.skipped) + "\n")
             where = f"{world} processes ({device.type})" if world > 1 else str(device)
             what = f"class-conditional {cfg.preset} ({len(cfg.classes)} classes)" if cfg.classes else cfg.preset
             log.info("training %s (%.2fM parameters) on %s (%d images) for %d steps of %d on %s; run: %s",
