@@ -206,11 +206,15 @@ def _train(c: _Commands) -> None:
     _config_flags(p.add_argument_group("diffusion (fixed for the life of a run)"), DiffusionConfig, by_preset=True)
 
 
-def _data_flags(p, build: bool = True) -> None:
+def _data_flags(p) -> None:
     """--image-size, --channels and --cache-dir: what the decoded cache is built at, and where."""
     p.add_argument("--image-size", type=_positive_int, default=None,
                    help="the network's image size (default: the preset's; e.g. the cifar10 network at 64)")
     p.add_argument("--channels", type=int, choices=(1, 3), default=None, help="1 gray, 3 RGB (default: the preset's)")
+    _cache_dir_flag(p)
+
+
+def _cache_dir_flag(p) -> None:
     p.add_argument("--cache-dir", default=None,
                    help="where decoded data is cached (default: $DDPM_CACHE_DIR, else ~/.cache/ddpm)")
 
@@ -283,8 +287,7 @@ def _eval(c: _Commands) -> None:
     p.add_argument("--metric", required=True, choices=["bpd", "fd"], help="what to measure")
     p.add_argument("--data", default=None, help="real images: a data source as for train, e.g. "
                                                 "cifar-10-python.tar.gz:test (default: the run's)")
-    p.add_argument("--cache-dir", default=None, help="where decoded data is cached (default: $DDPM_CACHE_DIR, else "
-                                                     "~/.cache/ddpm)")
+    _cache_dir_flag(p)
     p.add_argument("--n", type=_positive_int, default=None,
                    help="bpd: real images to evaluate (default 100); fd: samples to draw (default 1000)")
     p.add_argument("--out", default=None, help="folder for the CSV, plots and cached statistics (default: RUN/eval)")
