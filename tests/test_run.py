@@ -206,4 +206,5 @@ def test_metrics_log_rows_round_trip_and_a_resume_drops_later_rows(tmp_path):
     assert [r["step"] for r in rows] == [2, 4, 6] and rows[1]["loss"] == pytest.approx(0.25, rel=1e-5)
     MetricsLog(path, 4)  # resumed from the checkpoint at step 4: step 6 will be trained and logged again
     assert [r["step"] for r in read_metrics(path)] == [2, 4]
-    assert path.read_text().splitlines()[0] == "step,loss,lr,grad_norm,img_per_s,elapsed_s,skipped"
+    assert path.read_text().splitlines()[0] == ("step,loss,lr,grad_norm,img_per_s,elapsed_s,skipped,loss_q0,loss_q1,"
+                                                "loss_q2,loss_q3,val_loss")

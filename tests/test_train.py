@@ -1,6 +1,7 @@
 """The Trainer: the paper's recipe, deterministic data, exact resume, signals, checkpoints."""
 
 import copy
+import csv
 import dataclasses
 import os
 import signal
@@ -64,7 +65,7 @@ def test_label_dropout_share_and_determinism():
 
 
 def test_ema_follows_its_formula_from_step_one():
-    tr = tiny_trainer(tiny_config(ema_decay=0.9))
+    tr = tiny_trainer(tiny_config(ema_decay=0.9, ema_warmup=False))
     before = copy.deepcopy(tr.model.state_dict())
     tr.train_step()
     for k, ema in tr.ema.state_dict().items():
@@ -141,7 +142,8 @@ def test_checkpoints_keep_the_last_k_and_metrics(tmp_path):
     tr.fit(tmp_path / "r", progress=False)
     assert [p.name for p in list_checkpoints(tmp_path / "r")] == ["step-00000009", "step-00000012"]
     rows = (tmp_path / "r" / "metrics.csv").read_text().splitlines()
-    assert rows[0] == "step,loss,lr,grad_norm,img_per_s,elapsed_s,skipped"
+    assert rows[0].split(",") == ["step", "loss", "lr", "grad_norm", "img_per_s", "elapsed_s", "skipped", "loss_q0",
+                                  "loss_q1", "loss_q2", "loss_q3", "val_loss"]
     assert [int(r.split(",")[0]) for r in rows[1:]] == [3, 6, 9, 12]
     assert (tmp_path / "r" / "loss.png").stat().st_size > 1000
 
@@ -208,9 +210,9 @@ def test_skip_nonfinite_skips_and_counts(tmp_path):
     tr2 = tiny_trainer(tiny_config(steps=6, log_every=2, skip_nonfinite=True))
     _poison(tr2, {3, 4})
     tr2.fit(tmp_path / "r", progress=False)
-    rows = (tmp_path / "r" / "metrics.csv").read_text().strip().splitlines()
-    assert [r.split(",")[-1] for r in rows[1:]] == ["0", "2", "2"]
-    assert rows[2].split(",")[1] == "nan"  # steps 3-4: nothing to average
+    rows = list(csv.DictReader(open(tmp_path / "r" / "metrics.csv")))
+    assert [r["skipped"] for r in rows] == ["0", "2", "2"]
+    assert rows[1]["loss"] == "nan"  # steps 3-4: nothing to average
     assert tr2.step == 6 and tr2.skipped == 2
 
 

@@ -16,9 +16,10 @@ import torch
 from torch import Tensor
 
 from .data import ImageData, to_float
+from .errors import DDPMError
 from .rng import generator
 
-__all__ = ["Batches", "Prefetcher"]
+__all__ = ["Batches", "Prefetcher", "HeldOut", "held_out_split"]
 
 
 class Batches:
@@ -27,22 +28,23 @@ class Batches:
     in place of the label with that probability."""
 
     def __init__(self, data: ImageData, *, seed: int, batch_size: int, T: int, hflip: bool,
-                 p_uncond: Optional[float] = None):
+                 p_uncond: Optional[float] = None, index: Optional[Tensor] = None):
         self.data, self.seed, self.batch_size, self.T, self.hflip = data, seed, batch_size, T, hflip
         self.p_uncond = p_uncond
         self.null_class = len(data.require_labels()) if p_uncond is not None else None
+        self.index = torch.arange(len(data)) if index is None else index  # the images it draws from (its split)
         self._perms: Dict[int, Tensor] = {}  # the permutation of the epoch last used
 
     def indices(self, step: int, positions: range) -> Tensor:
         """Dataset indices (int64) of the examples at ``positions`` of the global batch of ``step``."""
-        n = len(self.data)
+        n = len(self.index)
         out = []
         for j in positions:
             k = step * self.batch_size + j
             epoch = k // n
             if epoch not in self._perms:
                 self._perms = {epoch: torch.randperm(n, generator=generator(self.seed, "epoch", epoch))}
-            out.append(self._perms[epoch][k % n])
+            out.append(self.index[self._perms[epoch][k % n]])
         return torch.stack(out)
 
     def make(self, step: int, positions: Optional[range] = None,
@@ -65,6 +67,40 @@ class Batches:
                 y[j] = self.null_class
         t, noise = torch.cat(ts), torch.stack(noises)
         return x0.to(device), t.to(device), noise.to(device), None if y is None else y.to(device)
+
+
+def held_out_split(n: int, fraction: float, seed: int, most: int = 1000) -> Tuple[Tensor, Tensor]:
+    """(train, held-out) image indices, both sorted: a share ``fraction`` of ``n`` (at most ``most``, at least one
+    when the share is positive) drawn with ``seed``, a pure function of (n, fraction, seed)."""
+    k = min(most, max(1, round(fraction * n))) if fraction > 0 else 0
+    if k >= n:
+        raise DDPMError(f"--val-fraction {fraction} would hold out all {n} images; lower it (or 0 for none)")
+    perm = torch.randperm(n, generator=generator(seed, "held-out"))
+    return perm[k:].sort().values, perm[:k].sort().values
+
+
+class HeldOut:
+    """The held-out images with one fixed (t, eps) each (and their true labels), so that their loss, measured at
+    different steps or in different runs of the same data and seed, is comparable and its curve smooth. The pairs
+    are drawn again for each measurement from each image's own generator (a few random numbers against a network
+    pass), so nothing but the indices is kept in memory."""
+
+    def __init__(self, data: ImageData, index: Tensor, *, seed: int, T: int, labelled: bool):
+        self.data, self.index, self.seed, self.T, self.labelled = data, index, seed, T, labelled
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def batches(self, size: int):
+        """(x0, t, noise, y) in pieces of ``size``: float images in [-1, 1], int64 steps, eps, labels or None."""
+        shape = tuple(self.data.images.shape[1:])
+        for i in range(0, len(self), size):
+            idx = self.index[i:i + size]
+            gens = [generator(self.seed, "held-out", int(j)) for j in idx]
+            t = torch.cat([torch.randint(0, self.T, (1,), generator=g) for g in gens])
+            noise = torch.stack([torch.randn(shape, generator=g) for g in gens])
+            yield (to_float(self.data.images[idx]), t, noise,
+                   self.data.labels[idx].clone() if self.labelled else None)
 
 
 class Prefetcher:

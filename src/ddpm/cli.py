@@ -38,8 +38,11 @@ def cmd_train(args) -> int:
 
     run = Path(args.out)
     cfg = plan_run(run, train=fields_of(args, TrainConfig), diffusion=fields_of(args, DiffusionConfig),
-                   preset=args.preset, resume=args.resume,
+                   preset=args.preset, resume=args.resume, config_file=args.config,
                    model={"image_size": args.image_size, "in_channels": args.channels})
+    if args.dry_run:
+        print(cfg.to_json(), end="")
+        return 0
     device = choose_device(args.device)
     rank, _ = init_distributed(device)
     try:

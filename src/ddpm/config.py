@@ -10,6 +10,7 @@ smoke-test one for ``tiny``.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -19,9 +20,11 @@ from .errors import DDPMError
 from .schedule import NoiseSchedule
 
 __all__ = ["UNetConfig", "DiffusionConfig", "TrainConfig", "RunConfig", "Preset", "PRESETS", "make_run_config",
-           "resume_config", "with_classes", "RESUMABLE", "PRECISIONS", "MODEL_FLAGS", "flag"]
+           "resume_config", "with_classes", "read_config_file", "RESUMABLE", "PRECISIONS", "MODEL_FLAGS", "flag"]
 
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+LOSSES = ("l2", "l1")
+LOGS = ("csv", "tensorboard")
 LR_SCHEDULES = ("constant", "cosine")
 
 
@@ -129,6 +132,11 @@ class TrainConfig:
                             default=0.0)
     grad_clip: float = _opt("clip the gradient norm to this (0: off)", default=1.0)
     ema_decay: float = _opt("decay of the exponential moving average of the weights", default=0.9999)
+    ema_warmup: bool = _opt("let the EMA decay grow as min(decay, (1 + n) / (10 + n)) over its first n updates, so "
+                            "that early samples are not of the initial weights (the paper's code: off)", default=False)
+    loss: str = _opt("l2: the paper's ||eps - eps_theta||^2; l1: |eps - eps_theta|", default="l2", choices=LOSSES)
+    val_fraction: float = _opt("keep this share of the images (at most 1,000) out of training and log L_simple on "
+                               "them at fixed (t, eps) every --log-every steps (0: off)", default=0.01)
     hflip: Optional[bool] = _opt("random horizontal flips (default: on for CIFAR-10 and folders, off for mnist)",
                                  default=None)
     class_cond: bool = _opt("train a class-conditional model on the data's labels (mnist, CIFAR-10, a folder of "
@@ -143,13 +151,20 @@ class TrainConfig:
     save_every: int = _opt("write a checkpoint every N steps", default=5000)
     keep: int = _opt("keep the last K checkpoints", default=3)
     n_samples: int = _opt("number of images in the periodic sample grid", default=64)
-    precision: str = _opt("training precision: fp32, or bf16 autocast with fp32 master weights; auto picks bf16 "
-                          "where the hardware supports it", default="auto", choices=PRECISIONS)
+    precision: str = _opt("training precision: fp32; bf16 autocast with fp32 master weights; fp16 autocast with a "
+                          "gradient scaler (for GPUs without bf16: T4, V100); auto: bf16 where the hardware has it, "
+                          "else fp32", default="auto", choices=PRECISIONS)
     skip_nonfinite: bool = _opt("skip a step whose loss or gradient is NaN/inf (counted in metrics.csv) "
                                 "instead of stopping", default=False)
     compile: bool = _opt("compile the network with torch.compile (slow to start, then faster; the compiled "
                          "code is cached across runs)", default=False)
     time_limit: float = _opt("stop (with a checkpoint) after this many minutes (0: no limit)", default=0.0)
+    log: str = _opt("csv: metrics.csv and loss.png; tensorboard: also event files in RUN/tensorboard/ (needs the "
+                    "tensorboard package)", default="csv", choices=LOGS)
+    init_from: str = _opt("fine-tuning: start a new run from the weights of another run or of a diffusers pipeline "
+                          "directory, with its network (and, unless given, its diffusion and preset)", default="",
+                          metavar="RUN_OR_DIFFUSERS_DIR")
+    init_weights: str = _opt("with --init-from: its EMA weights or its raw ones", default="ema", choices=("ema", "raw"))
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "log_every", "save_every", "keep", "n_samples"):
@@ -160,6 +175,9 @@ class TrainConfig:
                   ("snr_gamma", self.snr_gamma >= 0, "must be >= 0"), ("grad_clip", self.grad_clip >= 0, "must be >= 0"),
                   ("time_limit", self.time_limit >= 0, "must be >= 0"),
                   ("p_uncond", 0 <= self.p_uncond < 1, "must lie in [0, 1)"),
+                  ("val_fraction", 0 <= self.val_fraction < 1, "must lie in [0, 1)"),
+                  ("loss", self.loss in LOSSES, f"must be one of {', '.join(LOSSES)}"),
+                  ("log", self.log in LOGS, f"must be one of {', '.join(LOGS)}"),
                   ("lr_schedule", self.lr_schedule in LR_SCHEDULES, f"must be one of {', '.join(LR_SCHEDULES)}"),
                   ("precision", self.precision in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}")]
         for name, ok, what in checks:
@@ -187,25 +205,27 @@ class Preset:
 PRESETS: Dict[str, Preset] = {
     # Appendix B: T=1000, linear 1e-4..0.02, Adam 2e-4, batch 128, warm-up 5000, clip 1, EMA 0.9999, 800k steps.
     # The network has 35.7M parameters (diffusers' google/ddpm-cifar10-32 port: 35,746,307).
+    # Paper presets train on every image (no held-out share) with the EMA at 0.9999 from step 1, as the paper.
     "cifar10": Preset(UNetConfig(in_channels=3, image_size=32, ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2,
-                                 attn_resolutions=(16,), dropout=0.1), {}, {},
+                                 attn_resolutions=(16,), dropout=0.1), {"val_fraction": 0.0}, {},
                       "the paper's 35.7M UNet for 32x32 RGB and its CIFAR-10 recipe"),
     # Appendix B: CelebA-HQ / LSUN 256: lr 2e-5, batch 64, 0.5M steps; ~114M parameters.
     "celebahq256": Preset(UNetConfig(in_channels=3, image_size=256, ch=128, ch_mult=(1, 1, 2, 2, 4, 4),
                                      num_res_blocks=2, attn_resolutions=(16,), dropout=0.0),
-                          {"lr": 2e-5, "batch_size": 64, "steps": 500_000}, {},
+                          {"lr": 2e-5, "batch_size": 64, "steps": 500_000, "val_fraction": 0.0}, {},
                           "the paper's 114M UNet for 256x256 RGB and its CelebA-HQ recipe"),
     # The CPU demo: 0.69M parameters for 28x28 digits, chosen by measured sample quality per minute of CPU time;
     # 4,800 steps (about 16 min on 2 cores) reach the demo's quality bar; `ddpm demo` trains what fits its budget.
     "mnist": Preset(UNetConfig(in_channels=1, image_size=28, ch=16, ch_mult=(1, 2, 4), num_res_blocks=1,
                                attn_resolutions=(7,), dropout=0.0, num_groups=8),
                     {"steps": 4800, "batch_size": 64, "lr": 2e-3, "lr_schedule": "cosine", "warmup": 100,
-                     "ema_decay": 0.995, "log_every": 50, "sample_every": 0, "save_every": 500}, {},
+                     "ema_decay": 0.995, "ema_warmup": True, "log_every": 50, "sample_every": 0, "save_every": 500}, {},
                     "0.69M UNet for 28x28 gray, a 16-minute CPU recipe (the demo's)"),
     # A few thousand parameters: for tests and smoke runs.
     "tiny": Preset(UNetConfig(in_channels=1, image_size=16, ch=4, ch_mult=(1, 2), num_res_blocks=1,
                               attn_resolutions=(), dropout=0.0, num_groups=2),
-                   {"steps": 200, "batch_size": 16, "lr": 1e-3, "warmup": 20, "ema_decay": 0.99, "precision": "fp32",
+                   {"steps": 200, "batch_size": 16, "lr": 1e-3, "warmup": 20, "ema_decay": 0.99, "ema_warmup": True,
+                    "precision": "fp32",
                     "log_every": 10, "sample_every": 0, "save_every": 100, "n_samples": 16}, {"T": 100},
                    "11k-parameter UNet for 16x16 gray, for tests and smoke runs"),
 }
@@ -281,7 +301,7 @@ MODEL_FLAGS = {"image_size": "--image-size", "in_channels": "--channels"}
 
 # What a resumed run may change: how long it runs and how it reports, never what it computes.
 RESUMABLE = frozenset({"steps", "log_every", "sample_every", "save_every", "keep", "n_samples", "time_limit",
-                       "grad_accum", "compile", "skip_nonfinite"})
+                       "grad_accum", "compile", "skip_nonfinite", "log"})
 
 
 def resume_config(saved: RunConfig, train: Dict[str, Any], diffusion: Dict[str, Any],
@@ -300,3 +320,72 @@ def resume_config(saved: RunConfig, train: Dict[str, Any], diffusion: Dict[str, 
     new = dataclasses.replace(saved.train, **{k: v for k, v in train.items() if k in RESUMABLE and v is not None})
     new.validate()
     return dataclasses.replace(saved, train=new)
+
+
+# ----------------------------------------------------------------------------- config files
+_SECTIONS = {"model": UNetConfig, "diffusion": DiffusionConfig, "train": TrainConfig}
+
+
+def read_config_file(path) -> Dict[str, Any]:
+    """A training config file: TOML (``.toml``) or JSON (``.json``, e.g. another run's config.json), with the keys
+    of ``RUN/config.json``: ``preset`` and the sections ``model``, ``diffusion``, ``train`` (``classes`` and
+    ``model.num_classes`` are accepted and ignored: they come from the data). Returns ``{"preset": str | None,
+    "model": {...}, "diffusion": {...}, "train": {...}}``; an unknown key or a value of the wrong type is a
+    DDPMError naming it."""
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DDPMError(f"cannot read config file {path}: {e.strerror or e}") from None
+    try:
+        if path.suffix.lower() == ".json":
+            doc = json.loads(raw)
+        else:
+            doc = _toml().loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:  # tomllib.TOMLDecodeError and JSONDecodeError are ValueErrors
+        raise DDPMError(f"{path} is not valid {'JSON' if path.suffix.lower() == '.json' else 'TOML'}: {e}") from None
+    if not isinstance(doc, dict):
+        raise DDPMError(f"{path} must hold a table of settings")
+    out: Dict[str, Any] = {"preset": None, "model": {}, "diffusion": {}, "train": {}}
+    for key, value in doc.items():
+        if key == "preset":
+            if value not in PRESETS:
+                raise DDPMError(f"{path}: unknown preset {value!r}; choose from {', '.join(PRESETS)}")
+            out["preset"] = value
+        elif key in _SECTIONS:
+            if not isinstance(value, dict):
+                raise DDPMError(f"{path}: {key} must be a table ([{key}]), got {value!r}")
+            out[key] = _section(path, key, value)
+        elif key != "classes":
+            raise DDPMError(f"{path}: unknown key {key!r} (expected preset, model, diffusion, train)")
+    out["model"].pop("num_classes", None)
+    return out
+
+
+def _toml():
+    try:
+        import tomllib
+    except ImportError:  # Python < 3.11
+        import tomli as tomllib
+    return tomllib
+
+
+_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "Optional[bool]": (bool,),
+          "Optional[int]": (int,), "Tuple[int, ...]": (list, tuple)}
+
+
+def _section(path, name: str, values: Dict[str, Any]) -> Dict[str, Any]:
+    known = {f.name: str(f.type) for f in fields(_SECTIONS[name])}
+    for key, value in values.items():
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"did you mean {name}.{close[0]}?" if close else f"known: {', '.join(sorted(known))}"
+            raise DDPMError(f"{path}: unknown key {name}.{key} ({hint})")
+        ok = _TYPES.get(known[key], (object,))
+        if value is None and known[key].startswith("Optional"):  # JSON's null (TOML has none): unset
+            continue
+        if (isinstance(value, bool) and bool not in ok) or not isinstance(value, ok):
+            raise DDPMError(f"{path}: {name}.{key} must be of type {known[key]}, got {value!r}")
+    return {k: v for k, v in values.items() if v is not None}

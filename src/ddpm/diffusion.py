@@ -206,12 +206,16 @@ class GaussianDiffusion:
         return (snr.clamp(max=gamma) / snr).float()
 
     def training_loss(self, model: Model, x0: Tensor, t: Optional[Tensor] = None, noise: Optional[Tensor] = None,
-                      *, y: Optional[Tensor] = None, generator: Optional[torch.Generator] = None) -> Tensor:
-        """Algorithm 1's L_simple: ||eps - eps_theta(x_t, t)||^2, mean over pixels, shape [B].
+                      *, y: Optional[Tensor] = None, generator: Optional[torch.Generator] = None,
+                      loss: str = "l2") -> Tensor:
+        """Algorithm 1's L_simple: ||eps - eps_theta(x_t, t)||^2, mean over pixels, shape [B] (``loss="l1"``:
+        |eps - eps_theta|, as the seed tutorial's code offers).
 
         ``t`` defaults to uniform indices in [0, T-1], ``noise`` to N(0, I) (drawn from ``generator``);
         ``y`` are the labels a class-conditional model is given.
         """
+        if loss not in ("l2", "l1"):
+            raise ValueError(f"loss must be l2 or l1, got {loss!r}")
         b = x0.shape[0]
         if t is None:
             t = torch.randint(0, self.T, (b,), device=x0.device, generator=generator)
@@ -219,7 +223,8 @@ class GaussianDiffusion:
             noise = draw_normal(x0.shape, generator, x0)
         xt = self.q_sample(x0, t, noise)
         eps = model(xt, t) if y is None else model(xt, t, y)
-        return (noise - eps.to(noise.dtype)).pow(2).flatten(1).mean(dim=1)
+        err = noise - eps.to(noise.dtype)
+        return (err.pow(2) if loss == "l2" else err.abs()).flatten(1).mean(dim=1)
 
 
 def draw_normal(shape, generator, like: Tensor) -> Tensor:

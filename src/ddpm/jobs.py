@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from .atomic import atomic_write_text, written_aside
+from .atomic import written_aside
 from .errors import DDPMError
 from .outputs import check_output, output_kind, write_images, write_npz
 
@@ -101,9 +101,9 @@ class SampleJob:
                 shutil.rmtree(self.parts)
         if not self.parts.is_dir():
             check_output(self.out, overwrite=overwrite)
-            if main:
-                self.parts.mkdir()
-                atomic_write_text(self.parts / "job.json", json.dumps(asdict(self.spec), indent=1) + "\n")
+            if main:  # the folder appears with its job.json (other processes may be looking)
+                with written_aside(self.parts) as tmp:
+                    (tmp / "job.json").write_text(json.dumps(asdict(self.spec), indent=1) + "\n")
         return sum(len(r) for k, r in enumerate(self.chunks) if self._chunk_file(k).is_file())
 
     def missing(self, rank: int = 0, world: int = 1) -> List[int]:

@@ -94,14 +94,15 @@ def _config_flags(parser, cls, skip=(), by_preset: bool = False) -> None:
         if f.name in skip:
             continue
         kw: Dict[str, Any] = {"dest": f.name, "default": None, "help": f.metadata.get("help", "")}
-        if f.metadata.get("choices"):
-            kw["choices"] = f.metadata["choices"]
+        for key in ("choices", "metavar"):
+            if f.metadata.get(key):
+                kw[key] = f.metadata[key]
         if f.type in ("Optional[bool]", "bool"):
             kw["action"] = argparse.BooleanOptionalAction
         else:
             kw["type"] = {"int": int, "float": float, "str": str}[str(f.type)]
         values = {p: getattr(x, part).get(f.name, f.default) for p, x in PRESETS.items()} if by_preset else {}
-        if f.name != "data" and f.default is not None:
+        if f.name != "data" and f.default not in (None, ""):
             kw["help"] += (f" (default: {f.default!r})" if len(set(values.values())) <= 1 else
                            " (default: " + ", ".join(f"{p} {v!r}" for p, v in values.items()) + ")")
         parser.add_argument(flag(f.name), **kw)
@@ -195,12 +196,18 @@ def _train(c: _Commands) -> None:
               "presets:\n" + "\n".join(f"  {k:<12} {v.summary}" for k, v in PRESETS.items()),
               "ddpm train --data mnist --preset tiny --out runs/tiny --steps 200; "
               "ddpm train --data ./my_images --preset cifar10 --out runs/mine --batch-size 32; "
-              "ddpm train --out runs/mine --resume --steps 100000")
+              "ddpm train --out runs/mine --resume --steps 100000; "
+              "ddpm train --config cifar10.toml --out runs/c10 --dry-run; "
+              "ddpm train --init-from runs/paper-cifar10 --data ./my_images --out runs/tuned --lr 2e-5")
     p.add_argument("--out", required=True, help="run directory (must not exist unless --resume)")
     p.add_argument("--preset", choices=list(PRESETS), default=None,
                    help="network and recipe (default: mnist for --data mnist, else cifar10)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--config", metavar="FILE.toml", default=None,
+                   help="settings from a TOML file with the keys of RUN/config.json (preset = ..., [model], "
+                        "[diffusion], [train]) or from a run's config.json; flags given here win")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved configuration (JSON) and exit")
     _data_flags(p)
     _config_flags(p, TrainConfig, by_preset=True)
     _config_flags(p.add_argument_group("diffusion (fixed for the life of a run)"), DiffusionConfig, by_preset=True)

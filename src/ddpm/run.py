@@ -46,7 +46,8 @@ log = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
 CKPT_DIR = "checkpoints"
 FILES = ("model.safetensors", "ema.safetensors", "optimizer.safetensors", "state.json")
-METRICS = ("step", "loss", "lr", "grad_norm", "img_per_s", "elapsed_s", "skipped")
+METRICS = ("step", "loss", "lr", "grad_norm", "img_per_s", "elapsed_s", "skipped", "loss_q0", "loss_q1", "loss_q2",
+           "loss_q3", "val_loss")
 IMPORTED_DATA = "imported"  # the train.data of a run imported from diffusers: it has no data, optimizer or RNGs
 
 

@@ -29,7 +29,7 @@ import time
 from typing import Dict, Optional, Tuple
 
 __all__ = ["keep_freed_memory", "usable_cores", "busy_cores", "thread_settings", "configure_threads",
-           "choose_device", "bf16_supported", "resolve_precision", "autocast", "init_distributed", "rank_world",
+           "choose_device", "bf16_supported", "resolve_precision", "autocast", "Precision", "init_distributed", "rank_world",
            "barrier", "close_distributed", "any_process", "shares"]
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
@@ -166,9 +166,54 @@ def autocast(device, precision: str):
     """The autocast context for ``precision`` on ``device`` (fp32: none)."""
     import torch
 
-    if resolve_precision(precision, device) == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
+    kind = resolve_precision(precision, device)
+    if kind in ("bf16", "fp16"):
+        return torch.autocast(device.type, dtype=torch.bfloat16 if kind == "bf16" else torch.float16)
     return contextlib.nullcontext()
+
+
+class Precision:
+    """How a training step runs its numbers: fp32, bf16 autocast, or fp16 autocast with a gradient scaler (the
+    loss scaled up so small gradients survive fp16, the gradients scaled back before clipping; a step whose
+    gradients overflowed is skipped and the scale lowered). fp32 master weights throughout."""
+
+    def __init__(self, precision: str, device):
+        import torch
+
+        self.device, self.kind = device, resolve_precision(precision, device)
+        self.scaler = torch.amp.GradScaler(device.type) if self.kind == "fp16" else None
+
+    def autocast(self):
+        return autocast(self.device, self.kind)
+
+    def scale(self, loss):
+        return loss if self.scaler is None else self.scaler.scale(loss)
+
+    def unscale(self, optimizer) -> None:
+        if self.scaler is not None:
+            self.scaler.unscale_(optimizer)
+
+    def step(self, optimizer) -> bool:
+        """The optimizer's step; False if the scaler skipped it (fp16 gradients overflowed)."""
+        if self.scaler is None:
+            optimizer.step()
+            return True
+        before = self.scaler.get_scale()
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        return self.scaler.get_scale() >= before
+
+    def skip(self) -> None:
+        """A step given up before the optimizer (a non-finite loss): the scaler forgets it too."""
+        if self.scaler is not None:
+            self.scaler.update()
+
+    def state_dict(self) -> Dict:
+        return {} if self.scaler is None else {k: v for k, v in self.scaler.state_dict().items()}
+
+    def load_state_dict(self, state: Dict) -> None:
+        if self.scaler is not None and state:
+            self.scaler.load_state_dict(state)
 
 
 # ----------------------------------------------------------------------------- torchrun

@@ -336,9 +336,8 @@ def generate(model, sampler: Sampler, n: Optional[int], image_shape: Sequence[in
             done = [0]
 
             def step_done(t, x, pred_x0, first=(i == 0)):
-                done[0] += 1  # b images advance by b/steps a step; the last step rounds the batch off exactly
-                k = sampler.steps
-                bar.update(b / k if done[0] < k else b - (k - 1) * (b / k))
+                done[0] += 1  # in whole images: the share of the batch's b that this step completes
+                bar.update(done[0] * b // sampler.steps - (done[0] - 1) * b // sampler.steps)
                 if first and callback is not None:
                     callback(t, x, pred_x0)
 

@@ -325,6 +325,9 @@ def plot_loss(rows: Sequence[Dict[str, float]], out_png: PathLike) -> bool:
     steps, loss, lr = [r["step"] for r in rows], [r["loss"] for r in rows], [r["lr"] for r in rows]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     ax.plot(steps, loss, color="#1f77b4", lw=1.2, label="loss (L_simple)")
+    held = [(r["step"], r["val_loss"]) for r in rows if math.isfinite(r.get("val_loss", float("nan")))]
+    if held:
+        ax.plot(*zip(*held), color="#2ca02c", lw=1.6, marker=".", label="held-out loss (fixed t, eps)")
     if len(loss) >= 10:  # a running mean makes the trend readable through the noise
         k = max(3, len(loss) // 20)
         smooth = np.convolve(loss, np.ones(k) / k, mode="valid")

@@ -38,7 +38,7 @@ from ..errors import DDPMError
 from ..run import IMPORTED_DATA, is_run, save_checkpoint, write_config
 from ..unet import UNet, UNetConfig
 
-__all__ = ["read_diffusers", "import_diffusers", "export_diffusers", "to_diffusers_state_dict",
+__all__ = ["read_diffusers", "read_diffusers_config", "import_diffusers", "export_diffusers", "to_diffusers_state_dict",
            "from_diffusers_state_dict", "unet_config_to_diffusers", "unet_config_from_diffusers"]
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -314,12 +314,7 @@ def _read_weights(unet_dir: Path) -> Dict[str, torch.Tensor]:
     raise DDPMError(f"{unet_dir} has no weights ({WEIGHTS} or {WEIGHTS_BIN})")
 
 
-def read_diffusers(path: os.PathLike) -> Tuple[UNet, DiffusionConfig]:
-    """Read a diffusers DDPM pipeline directory (or a bare ``unet/`` folder): the UNet and its diffusion.
-
-    A bare UNet folder has no scheduler: the paper's (T = 1000, linear 1e-4..0.02) is assumed.
-    """
-    root = Path(path)
+def _unet_dir(root: Path) -> Path:
     if not root.is_dir():
         raise DDPMError(f"{root} is not a folder (expected a diffusers pipeline directory or its unet/ folder)")
     if is_run(root) and "preset" in _read_json(root / "config.json"):  # a unet/ folder has a config.json too
@@ -328,9 +323,23 @@ def read_diffusers(path: os.PathLike) -> Tuple[UNet, DiffusionConfig]:
     unet_dir = root / "unet" if (root / "unet").is_dir() else root
     if not (unet_dir / "config.json").is_file():
         raise DDPMError(f"{root} is not a diffusers DDPM directory: no unet/config.json or config.json")
+    return unet_dir
+
+
+def read_diffusers_config(path: os.PathLike) -> Tuple[UNetConfig, DiffusionConfig]:
+    """The network and diffusion of a diffusers DDPM pipeline directory (or a bare ``unet/`` folder), from its
+    configs alone. A bare UNet folder has no scheduler: the paper's (T = 1000, linear 1e-4..0.02) is assumed."""
+    root = Path(path)
+    unet_dir = _unet_dir(root)
     cfg = unet_config_from_diffusers(_read_json(unet_dir / "config.json"), str(unet_dir / "config.json"))
     sched = root / "scheduler" / "scheduler_config.json"
-    diffusion = diffusion_from_scheduler(_read_json(sched), str(sched)) if sched.is_file() else DiffusionConfig()
+    return cfg, diffusion_from_scheduler(_read_json(sched), str(sched)) if sched.is_file() else DiffusionConfig()
+
+
+def read_diffusers(path: os.PathLike) -> Tuple[UNet, DiffusionConfig]:
+    """Read a diffusers DDPM pipeline directory (or a bare ``unet/`` folder): the UNet and its diffusion."""
+    cfg, diffusion = read_diffusers_config(path)
+    unet_dir = _unet_dir(Path(path))
     model = from_diffusers_state_dict(_read_weights(unet_dir), cfg, where=str(unet_dir))
     return model, diffusion
 
