@@ -119,6 +119,8 @@ def test_init_from_another_network_is_a_clear_error(source, extra, pattern, tmp_
 
 
 def test_init_from_what_is_not_a_run_or_pipeline(tmp_path, capsys):
+    code, _, err = run(capsys, "train", "--init-weights", "raw", "--data", "mnist", "--out", tmp_path / "t")
+    assert code != 0 and "--init-weights is for --init-from" in one_line_error(err)
     (tmp_path / "empty").mkdir()
     for where, pattern in ((tmp_path / "nothing", "not a folder"), (tmp_path / "empty", "not a diffusers DDPM")):
         code, _, err = run(capsys, "train", "--init-from", where, "--data", "mnist", "--out", tmp_path / "t")

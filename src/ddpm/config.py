@@ -179,7 +179,9 @@ class TrainConfig:
                   ("loss", self.loss in LOSSES, f"must be one of {', '.join(LOSSES)}"),
                   ("log", self.log in LOGS, f"must be one of {', '.join(LOGS)}"),
                   ("lr_schedule", self.lr_schedule in LR_SCHEDULES, f"must be one of {', '.join(LR_SCHEDULES)}"),
-                  ("precision", self.precision in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}")]
+                  ("precision", self.precision in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}"),
+                  ("init_weights", self.init_weights in ("ema", "raw") and (self.init_from or self.init_weights == "ema"),
+                   "is for --init-from (ema or raw)")]
         for name, ok, what in checks:
             if not ok:
                 raise DDPMError(f"{flag(name)} {what}, got {getattr(self, name)!r}")
