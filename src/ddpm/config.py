@@ -20,11 +20,12 @@ from .errors import DDPMError
 from .schedule import NoiseSchedule
 
 __all__ = ["UNetConfig", "DiffusionConfig", "TrainConfig", "RunConfig", "Preset", "PRESETS", "make_run_config",
-           "resume_config", "with_classes", "read_config_file", "RESUMABLE", "PRECISIONS", "MODEL_FLAGS", "flag"]
+           "resume_config", "with_classes", "read_config_file", "overlay", "RESUMABLE", "PRECISIONS", "MODEL_FLAGS", "flag"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LOSSES = ("l2", "l1")
 LOGS = ("csv", "tensorboard")
+INIT_WEIGHTS = ("ema", "raw")
 LR_SCHEDULES = ("constant", "cosine")
 
 
@@ -164,7 +165,7 @@ class TrainConfig:
     init_from: str = _opt("fine-tuning: start a new run from the weights of another run or of a diffusers pipeline "
                           "directory, with its network (and, unless given, its diffusion and preset)", default="",
                           metavar="RUN_OR_DIFFUSERS_DIR")
-    init_weights: str = _opt("with --init-from: its EMA weights or its raw ones", default="ema", choices=("ema", "raw"))
+    init_weights: str = _opt("with --init-from: its EMA weights or its raw ones", default="ema", choices=INIT_WEIGHTS)
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "log_every", "save_every", "keep", "n_samples"):
@@ -180,8 +181,8 @@ class TrainConfig:
                   ("log", self.log in LOGS, f"must be one of {', '.join(LOGS)}"),
                   ("lr_schedule", self.lr_schedule in LR_SCHEDULES, f"must be one of {', '.join(LR_SCHEDULES)}"),
                   ("precision", self.precision in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}"),
-                  ("init_weights", self.init_weights in ("ema", "raw") and (self.init_from or self.init_weights == "ema"),
-                   "is for --init-from (ema or raw)")]
+                  ("init_weights", self.init_weights in INIT_WEIGHTS and (self.init_from or self.init_weights == "ema"),
+                   f"is for --init-from ({' or '.join(INIT_WEIGHTS)})")]
         for name, ok, what in checks:
             if not ok:
                 raise DDPMError(f"{flag(name)} {what}, got {getattr(self, name)!r}")
@@ -281,8 +282,9 @@ def with_classes(cfg: RunConfig, classes: Optional[Sequence[str]]) -> RunConfig:
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=len(classes)), classes=classes)
 
 
-def _merged(base: Dict[str, Any], over: Optional[Dict[str, Any]]) -> Dict[str, Any]:
-    return {**base, **{k: v for k, v in (over or {}).items() if v is not None}}
+def overlay(under: Dict[str, Any], over: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """``over``'s settings (those not None) over ``under``'s."""
+    return {**under, **{k: v for k, v in (over or {}).items() if v is not None}}
 
 
 def make_run_config(preset: str, *, train: Optional[Dict[str, Any]] = None,
@@ -291,9 +293,9 @@ def make_run_config(preset: str, *, train: Optional[Dict[str, Any]] = None,
     if preset not in PRESETS:
         raise DDPMError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
     p = PRESETS[preset]
-    cfg = RunConfig(preset=preset, model=UNetConfig(**_merged(asdict(p.model), model)),
-                    diffusion=DiffusionConfig(**_merged(p.diffusion, diffusion)),
-                    train=TrainConfig(**_merged(p.train, train)))
+    cfg = RunConfig(preset=preset, model=UNetConfig(**overlay(asdict(p.model), model)),
+                    diffusion=DiffusionConfig(**overlay(p.diffusion, diffusion)),
+                    train=TrainConfig(**overlay(p.train, train)))
     cfg.train.validate()
     return cfg
 

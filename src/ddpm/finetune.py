@@ -5,14 +5,13 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from .config import DiffusionConfig, UNetConfig
 from .errors import DDPMError
-from .run import is_run, load_checkpoint, read_config
+from .run import holds_run_config, load_checkpoint, read_config
 from .unet import UNet
 
 __all__ = ["InitSource", "init_source", "network_mismatch", "check_network", "load_init_weights",
@@ -45,7 +44,7 @@ def init_source(path) -> InitSource:
     if not path.is_dir():
         raise DDPMError(f"--init-from {path}: not a folder (expected a run directory or a diffusers pipeline "
                         "directory)")
-    if is_run(path) and "preset" in json.loads((path / "config.json").read_text()):
+    if holds_run_config(path):
         cfg = read_config(path)
         return InitSource(path, "run", cfg.model, cfg.diffusion, cfg.preset)
     return InitSource(path, "diffusers", *read_diffusers_config(path))

@@ -39,8 +39,8 @@ from .errors import DDPMError
 from .unet import UNet
 
 __all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "list_checkpoints", "read_config", "write_config",
-           "checkpoint_step", "step_name", "run_lock", "is_run", "MetricsLog", "read_metrics", "METRICS",
-           "IMPORTED_DATA"]
+           "checkpoint_step", "step_name", "run_lock", "is_run", "holds_run_config", "MetricsLog", "read_metrics",
+           "METRICS", "IMPORTED_DATA"]
 
 log = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
@@ -77,6 +77,15 @@ def _sha256(path: Path) -> str:
 def is_run(path: PathLike) -> bool:
     """Whether ``path`` is a ddpm run directory (it holds a config.json)."""
     return (Path(path) / "config.json").is_file()
+
+
+def holds_run_config(path: PathLike) -> bool:
+    """Whether ``path``'s config.json is a ddpm run's (it names a preset): a diffusers unet/ folder holds a
+    config.json too. False for a missing or unreadable one."""
+    try:
+        return "preset" in json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def write_config(run_dir: PathLike, config: RunConfig) -> None:

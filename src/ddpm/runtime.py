@@ -29,8 +29,8 @@ import time
 from typing import Dict, Optional, Tuple
 
 __all__ = ["keep_freed_memory", "usable_cores", "busy_cores", "thread_settings", "configure_threads",
-           "choose_device", "bf16_supported", "resolve_precision", "autocast", "Precision", "init_distributed", "rank_world",
-           "barrier", "close_distributed", "any_process", "shares"]
+           "choose_device", "bf16_supported", "resolve_precision", "autocast", "Precision", "init_distributed",
+           "rank_world", "barrier", "close_distributed", "any_process", "shares"]
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
@@ -209,7 +209,7 @@ class Precision:
             self.scaler.update()
 
     def state_dict(self) -> Dict:
-        return {} if self.scaler is None else {k: v for k, v in self.scaler.state_dict().items()}
+        return {} if self.scaler is None else self.scaler.state_dict()
 
     def load_state_dict(self, state: Dict) -> None:
         if self.scaler is not None and state:

@@ -17,7 +17,8 @@ from typing import Any, Callable, Dict, Optional
 import torch
 
 from .atomic import atomic_write_text
-from .config import RunConfig, TrainConfig, make_run_config, read_config_file, resume_config, with_classes
+from .config import (RunConfig, TrainConfig, make_run_config, overlay, read_config_file, resume_config,
+                     with_classes)
 from .data import ImageData, load_data
 from .errors import DDPMError
 from .finetune import PROVENANCE, check_network, init_source, load_init_weights, source_defaults
@@ -55,8 +56,8 @@ def plan_run(run: Path, *, train: Dict[str, Any], diffusion: Dict[str, Any], pre
     run = Path(run)
     if config_file is not None:
         file = read_config_file(config_file)
-        train, diffusion = _merged(file["train"], train), _merged(file["diffusion"], diffusion)
-        model, preset = _merged(file["model"], model), preset or file["preset"]
+        train, diffusion = overlay(file["train"], train), overlay(file["diffusion"], diffusion)
+        model, preset = overlay(file["model"], model), preset or file["preset"]
     if resume and is_run(run):
         saved = read_config(run)
         if saved.train.data == IMPORTED_DATA:
@@ -76,7 +77,7 @@ def plan_run(run: Path, *, train: Dict[str, Any], diffusion: Dict[str, Any], pre
     if source is not None:
         preset = preset or source.preset
         model_defaults, diffusion_defaults = source_defaults(source)
-        model, diffusion = _merged(model_defaults, model), _merged(diffusion_defaults, diffusion)
+        model, diffusion = overlay(model_defaults, model), overlay(diffusion_defaults, diffusion)
     try:
         cfg = make_run_config(preset or ("mnist" if train["data"] == "mnist" else "cifar10"), train=train,
                               diffusion=diffusion, model=model)
@@ -85,11 +86,6 @@ def plan_run(run: Path, *, train: Dict[str, Any], diffusion: Dict[str, Any], pre
     if source is not None:  # all but the classes, which come from the data
         check_network(dataclasses.replace(cfg.model, num_classes=source.model.num_classes), source)
     return cfg
-
-
-def _merged(under: Dict[str, Any], over: Optional[Dict[str, Any]]) -> Dict[str, Any]:
-    """``over``'s settings (those not None) over ``under``'s."""
-    return {**under, **{k: v for k, v in (over or {}).items() if v is not None}}
 
 
 def _training_data(cfg: RunConfig, main: bool, progress: bool, cache_dir) -> ImageData:

@@ -35,7 +35,7 @@ import torch
 from ..atomic import written_aside
 from ..config import DiffusionConfig, RunConfig, make_run_config
 from ..errors import DDPMError
-from ..run import IMPORTED_DATA, is_run, save_checkpoint, write_config
+from ..run import IMPORTED_DATA, holds_run_config, save_checkpoint, write_config
 from ..unet import UNet, UNetConfig
 
 __all__ = ["read_diffusers", "read_diffusers_config", "import_diffusers", "export_diffusers", "to_diffusers_state_dict",
@@ -317,7 +317,7 @@ def _read_weights(unet_dir: Path) -> Dict[str, torch.Tensor]:
 def _unet_dir(root: Path) -> Path:
     if not root.is_dir():
         raise DDPMError(f"{root} is not a folder (expected a diffusers pipeline directory or its unet/ folder)")
-    if is_run(root) and "preset" in _read_json(root / "config.json"):  # a unet/ folder has a config.json too
+    if holds_run_config(root):
         raise DDPMError(f"{root} is a ddpm run, not a diffusers directory: use it as it is (e.g. ddpm sample "
                         f"--run {root}), or write it as one with ddpm export")
     unet_dir = root / "unet" if (root / "unet").is_dir() else root
@@ -326,20 +326,23 @@ def _unet_dir(root: Path) -> Path:
     return unet_dir
 
 
-def read_diffusers_config(path: os.PathLike) -> Tuple[UNetConfig, DiffusionConfig]:
-    """The network and diffusion of a diffusers DDPM pipeline directory (or a bare ``unet/`` folder), from its
-    configs alone. A bare UNet folder has no scheduler: the paper's (T = 1000, linear 1e-4..0.02) is assumed."""
-    root = Path(path)
+def _configs(root: Path) -> Tuple[Path, UNetConfig, DiffusionConfig]:
     unet_dir = _unet_dir(root)
     cfg = unet_config_from_diffusers(_read_json(unet_dir / "config.json"), str(unet_dir / "config.json"))
     sched = root / "scheduler" / "scheduler_config.json"
-    return cfg, diffusion_from_scheduler(_read_json(sched), str(sched)) if sched.is_file() else DiffusionConfig()
+    diffusion = diffusion_from_scheduler(_read_json(sched), str(sched)) if sched.is_file() else DiffusionConfig()
+    return unet_dir, cfg, diffusion
+
+
+def read_diffusers_config(path: os.PathLike) -> Tuple[UNetConfig, DiffusionConfig]:
+    """The network and diffusion of a diffusers DDPM pipeline directory (or a bare ``unet/`` folder), from its
+    configs alone. A bare UNet folder has no scheduler: the paper's (T = 1000, linear 1e-4..0.02) is assumed."""
+    return _configs(Path(path))[1:]
 
 
 def read_diffusers(path: os.PathLike) -> Tuple[UNet, DiffusionConfig]:
     """Read a diffusers DDPM pipeline directory (or a bare ``unet/`` folder): the UNet and its diffusion."""
-    cfg, diffusion = read_diffusers_config(path)
-    unet_dir = _unet_dir(Path(path))
+    unet_dir, cfg, diffusion = _configs(Path(path))
     model = from_diffusers_state_dict(_read_weights(unet_dir), cfg, where=str(unet_dir))
     return model, diffusion
 
