@@ -51,6 +51,9 @@ class GaussianDiffusion:
         else:
             self.model_variance = s.posterior_variance
             self.model_log_variance = s.posterior_log_variance_clipped
+        # sigma_t of Algorithm 2 taken from the float64 table, not exp'd per batch: an exp over a batch's
+        # tensor rounds by where each row falls in it (see ``unet``), a table lookup does not
+        self.model_std = (0.5 * self.model_log_variance).exp()
 
     @property
     def T(self) -> int:
@@ -87,7 +90,7 @@ class GaussianDiffusion:
 
     # ----------------------------------------------------------------------------- reverse process
     def p_mean_variance(self, model: Model, xt: Tensor, t: Tensor, clip_denoised: bool = True) -> Dict[str, Tensor]:
-        """p_theta(x_{t-1} | x_t): dict(mean, variance, log_variance, pred_x0, eps).
+        """p_theta(x_{t-1} | x_t): dict(mean, variance, log_variance, std, pred_x0, eps).
 
         Unclipped, the mean is Eq. 11 in the tutorial's form, mu = reciprocal_sqrt_alphas * (x_t -
         remove_noise_coeff * eps) = 1/sqrt(alpha_t) (x_t - beta_t / sqrt(1 - abar_t) eps). With
@@ -109,6 +112,7 @@ class GaussianDiffusion:
             "mean": mean,
             "variance": extract(self.model_variance, t, xt),
             "log_variance": extract(self.model_log_variance, t, xt),
+            "std": extract(self.model_std, t, xt),
             "pred_x0": pred_x0,
             "eps": eps,
         }
@@ -124,7 +128,7 @@ class GaussianDiffusion:
         if noise is None:
             noise = draw_normal(xt.shape, generator, xt)
         nonzero = (t != 0).to(xt.dtype).reshape(-1, *([1] * (xt.ndim - 1)))  # no noise at the last step
-        x_prev = out["mean"] + nonzero * torch.exp(0.5 * out["log_variance"]) * noise
+        x_prev = out["mean"] + nonzero * out["std"] * noise
         return x_prev, out["pred_x0"]
 
     @torch.no_grad()

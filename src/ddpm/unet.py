@@ -64,28 +64,81 @@ def _int16_threshold(p: float) -> int:
     return -32768 + round(p * 65536)
 
 
-class RowLinear(nn.Linear):
-    """``nn.Linear`` whose result for one row of a [B, F] input does not depend on B. A matrix product over the batch
-    lets the BLAS pick its kernel by B, and different kernels round differently; one product per row (a batched
-    product with the weight shared, not copied) does not. Used on the embedding path, where B x F is small."""
+# ----------------------------------------------------------------------------- one image, whatever its batch
+# At inference an image's eps must not depend on the batch it is computed in (``sampling.generate``: image i is a
+# function of its seed). Three things in a CPU forward make it depend on the batch, each measured here:
+# - a matrix product over all B*H*W rows (a 1x1 convolution, a Linear on [B, L, C]) lets the BLAS pick its
+#   blocking, and so its rounding, by B: computed as one product per image (a batched product, the weight
+#   shared, not copied), it does not;
+# - an elementwise op (sin, cos, SiLU) runs vectorised except for the elements left at the end of each thread's
+#   share of the tensor, which take a scalar path that rounds differently, and those shares are cut by the
+#   length of the whole tensor: padded to a length that every thread's share divides into whole vectors, every
+#   element takes the vectorised path;
+# - oneDNN convolves a batch of one another way: ``UNet.forward`` computes it as a batch of two.
+# Training keeps the plain (faster) kernels.
+_GRAIN = 32768  # PyTorch's elementwise kernels split a tensor between threads in shares of at least this many
+_VECTOR = 64  # elements: a multiple of every vector length (x 2, the unrolled loop) of the CPU kernels
 
-    def forward(self, x: Tensor) -> Tensor:
-        if x.ndim != 2:
-            return super().forward(x)
-        return torch.baddbmm(self.bias[None, None], x[:, None], self.weight.t().expand(x.shape[0], -1, -1))[:, 0]
+
+def invariant_length(n: int, threads: int) -> int:
+    """The smallest length >= n that PyTorch's elementwise kernels cut, on ``threads`` threads, into shares whose
+    lengths are all multiples of 64 (shares: ceil(m / k) for k = min(threads, ceil(m / 32768)) threads)."""
+    m = max(n, 1)
+    while True:
+        k = max(1, min(threads, -(-m // _GRAIN)))
+        step = _VECTOR * k
+        aligned = -(-m // step) * step
+        if aligned == m:
+            return m
+        m = aligned
 
 
 def rowwise(fn, x: Tensor) -> Tensor:
-    """``fn`` (elementwise) of a small [B, F] tensor with every element through the vectorised kernel: the elements
-    left over at the end of a tensor go through a scalar path that rounds differently, so the flat length is padded
-    to a multiple of 64. Then an element's value does not depend on B."""
+    """``fn`` (elementwise) of ``x`` with every element through the vectorised kernel (see above): the flat tensor
+    padded to ``invariant_length``. Then an element's value does not depend on the size of the batch."""
     flat = x.reshape(-1)
-    pad = -flat.numel() % 64
+    pad = invariant_length(flat.numel(), torch.get_num_threads()) - flat.numel()
     return fn(F.pad(flat, (0, pad)) if pad else flat)[: flat.numel()].view_as(x)
 
 
 def row_silu(x: Tensor) -> Tensor:
     return rowwise(F.silu, x)
+
+
+def silu(x: Tensor) -> Tensor:
+    """SiLU (swish); at inference on a CPU, the batch-invariant way (``rowwise``)."""
+    if torch.is_grad_enabled() or x.is_cuda:
+        return F.silu(x)
+    return row_silu(x)
+
+
+class RowLinear(nn.Linear):
+    """``nn.Linear`` whose result for one row of a [B, F] input (always) or one image of a [B, L, F] input (at
+    inference) does not depend on B: one product per row or image (see above)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim == 2:
+            return torch.baddbmm(self.bias[None, None], x[:, None], self.weight.t().expand(x.shape[0], -1, -1))[:, 0]
+        if x.ndim == 3 and not torch.is_grad_enabled() and not x.is_cuda:
+            return torch.baddbmm(self.bias[None, None], x, self.weight.t().expand(x.shape[0], -1, -1))
+        return super().forward(x)
+
+
+class Conv1x1(nn.Conv2d):
+    """A 1x1 convolution (the residual blocks' skip projection) computed at inference as one matrix product per
+    image (see above; measured: a batch below 16 rounded otherwise with one thread). The weights are an
+    ``nn.Conv2d``'s."""
+
+    def __init__(self, in_ch: int, out_ch: int):
+        super().__init__(in_ch, out_ch, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.is_grad_enabled() or x.ndim != 4 or x.is_cuda:
+            return super().forward(x)
+        b, c, h, w = x.shape
+        out = torch.baddbmm(self.bias[None, :, None], self.weight[None, :, :, 0, 0].expand(b, -1, -1),
+                            x.reshape(b, c, h * w))
+        return out.view(b, -1, h, w)
 
 
 class ResBlock(nn.Module):
@@ -99,12 +152,12 @@ class ResBlock(nn.Module):
         self.norm2 = nn.GroupNorm(groups, out_ch, eps=1e-6)
         self.dropout = Dropout(dropout)
         self.conv2 = _zero(nn.Conv2d(out_ch, out_ch, 3, padding=1))
-        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+        self.skip = Conv1x1(in_ch, out_ch) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x: Tensor, temb: Tensor) -> Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv1(silu(self.norm1(x)))
         h = h + self.temb_proj(row_silu(temb))[:, :, None, None]
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        h = self.conv2(self.dropout(silu(self.norm2(h))))
         return self.skip(x) + h
 
 
@@ -114,8 +167,8 @@ class AttnBlock(nn.Module):
     def __init__(self, ch: int, groups: int):
         super().__init__()
         self.norm = nn.GroupNorm(groups, ch, eps=1e-6)
-        self.qkv = nn.Linear(ch, 3 * ch)
-        self.proj_out = _zero(nn.Linear(ch, ch))
+        self.qkv = RowLinear(ch, 3 * ch)
+        self.proj_out = _zero(RowLinear(ch, ch))
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
@@ -268,7 +321,7 @@ class UNet(nn.Module):
                     h = level.attns[j](h)
             if level.resample is not None:
                 h = level.resample(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(silu(self.norm_out(h)))
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
