@@ -45,3 +45,31 @@ def test_atomic_path_keeps_the_suffix_and_the_old_file_until_done(tmp_path):
     with atomic_path(out) as tmp:
         np.savez(tmp, arr_0=np.arange(3))
     assert np.load(out)["arr_0"].tolist() == [0, 1, 2] and os.listdir(tmp_path) == ["arr.npz"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_what_is_written_follows_the_umask(umask, tmp_path):
+    """Temporaries from mkstemp (0600) and mkdtemp (0700) are renamed into place: they must get the modes any file
+    the user creates gets, or nothing ddpm writes could be shared."""
+    import stat
+
+    import torch
+
+    from ddpm.outputs import write_images
+    from ddpm.run import save_checkpoint
+
+    old = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "config.json", "{}")
+        images = torch.zeros(2, 1, 8, 8, dtype=torch.uint8)
+        for name in ("g.png", "a.npz", "folder"):
+            write_images(images, tmp_path / name)
+        net = torch.nn.Linear(2, 2)
+        ckpt = save_checkpoint(tmp_path / "run", step=1, model=net, ema_model=net)
+    finally:
+        os.umask(old)
+    files = [tmp_path / n for n in ("config.json", "g.png", "a.npz")] + list((tmp_path / "folder").iterdir()) \
+        + list(ckpt.iterdir())
+    folders = [tmp_path / "folder", ckpt, ckpt.parent]
+    assert {oct(stat.S_IMODE(f.stat().st_mode)) for f in files} == {oct(0o666 & ~umask)}
+    assert {oct(stat.S_IMODE(f.stat().st_mode)) for f in folders} == {oct(0o777 & ~umask)}

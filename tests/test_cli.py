@@ -80,7 +80,7 @@ def test_sample_writes_png_npz_and_folder(trained, tmp_path, capsys):
     assert run(capsys, "sample", "--run", trained, "--n", "3", "--out", tmp_path / "g.png")[0] == 0
     assert Image.open(tmp_path / "g.png").size[0] > 16
     assert run(capsys, "sample", "--run", trained, "--n", "3", "--out", tmp_path / "pngs")[0] == 0
-    assert sorted(p.name for p in (tmp_path / "pngs").iterdir()) == ["000000.png", "000001.png", "000002.png"]
+    assert sorted(p.name for p in (tmp_path / "pngs").iterdir()) == [".ddpm-files.json", "000000.png", "000001.png", "000002.png"]
     # the same seed gives the same images
     assert run(capsys, "sample", "--run", trained, "--n", "5", "--out", tmp_path / "t.npz", "--batch-size", "3")[0] == 0
     assert np.array_equal(np.load(tmp_path / "t.npz")["arr_0"], arr)
@@ -245,7 +245,8 @@ def _bad_things(tmp_path, trained):
         (["export", "--run", "{tmp}/nope", "--format", "diffusers", "--out", "{tmp}/x"], "does not exist"),
         (["schedule", "--out", "{tmp}/s.png", "--T", "0"], "expected a positive integer"),
         # what a new user tripped over: each is caught before any work, with a message that says what is wrong
-        (["sample", "--run", "{trained}", "--out", "{existing}"], "already exists; choose another --out or pass --overwrite"),
+        (["sample", "--run", "{trained}", "--out", "{existing}"], "the file exists and ddpm did not write it"),
+        (["sample", "--run", "{trained}", "--out", "{existing}", "--overwrite"], "the file exists and ddpm did not write it"),
         (["sample", "--run", "{trained}", "--out", "{readonly}/x.png"], "is not writable"),
         (["sample", "--run", "{trained}", "--out", "{tmp}/x.png", "--sampler", "respaced", "--steps", "5", "--eta",
           "0.5"], "eta is an option of the ddim sampler"),
@@ -282,7 +283,10 @@ def _bad_things(tmp_path, trained):
         (["sample", "--run", "{conditional}", "--out", "{tmp}/x.png", "--class", "all"], "--n 64 is not a multiple of 10"),
         (["sample", "--run", "{conditional}", "--out", "{tmp}/x.png", "--class", "1", "--guidance", "-1"],
          "expected a number >= 0, got -1"),
-        (["sample", "--run", "{conditional}", "--out", "{tmp}/x.png", "--guidance", "2"], "guidance needs requested"),
+        (["sample", "--run", "{conditional}", "--out", "{tmp}/x.png", "--guidance", "2"],
+         "--guidance steers samples toward requested classes: add --class"),
+        (["sample", "--run", "{trained}", "--out", "{tmp}/x.png", "--guidance", "2", "--class", "1"],
+         "--guidance needs a class-conditional run"),
         (["eval", "--run", "{trained}", "--metric", "fd", "--guidance", "1"], "--guidance needs a class-conditional"),
         (["train", "--data", "{loose}", "--out", "{tmp}/r", "--class-cond"], "are not in class subfolders"),
         (["train", "--data", "mnist", "--out", "{tmp}/r", "--class-cond", "--p-uncond", "1"], "--p-uncond must lie in"),
@@ -307,6 +311,7 @@ def test_bad_input_gets_one_line_and_nonzero_exit(argv, pattern, trained, condit
     line = one_line_error(err)
     assert pattern in line, line
     assert not (tmp_path / "r").exists(), "a failed command must not leave a run behind"
+    assert not list(tmp_path.glob(".*.parts")), "a failed check must come before a job's parts appear"
     assert sorted(p.relative_to(trained).as_posix() for p in trained.rglob("*")) == before
     assert (tmp_path / "existing.png").read_bytes() == b"a picture the user keeps"
 

@@ -82,7 +82,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     run.mkdir()
     write_config(run, cfg)
     tr = tiny_trainer(cfg)
-    real, calls = ck.save_file, []
+    real, calls = ck.save_safetensors, []
 
     def save_file(tensors, path, *a, **k):
         calls.append(path)
@@ -90,14 +90,14 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
             raise OSError(errno.ENOSPC, "No space left on device", path)
         return real(tensors, path, *a, **k)
 
-    monkeypatch.setattr(ck, "save_file", save_file)
-    with pytest.raises(DDPMError, match="no space left.*previous checkpoint is intact"):
+    monkeypatch.setattr(ck, "save_safetensors", save_file)
+    with pytest.raises(DDPMError, match="no space left.*the last checkpoint, step 3, is kept"):
         tr.fit(run, progress=False)
     assert [p.name for p in list_checkpoints(run)] == ["step-00000003"]
     assert not list((run / "checkpoints").glob(".tmp-*"))
     assert load_checkpoint(run).step == 3
     (run / "checkpoints" / ".tmp-step-00000004-killed").mkdir()  # a writer killed at another step
-    monkeypatch.setattr(ck, "save_file", real)
+    monkeypatch.setattr(ck, "save_safetensors", real)
     tr.save(run)
     assert not list((run / "checkpoints").glob(".tmp-*"))
 
@@ -135,7 +135,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     import ddpm.run as ck
 
     calls = {"n": 0}
-    real = ck.save_file
+    real = ck.save_safetensors
 
     def dies_on_second_file(tensors, path, *a, **k):
         calls["n"] += 1
@@ -146,7 +146,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
             raise OSError("No space left on device")
         return real(tensors, path, *a, **k)
 
-    monkeypatch.setattr(ck, "save_file", dies_on_second_file)
+    monkeypatch.setattr(ck, "save_safetensors", dies_on_second_file)
     with pytest.raises(OSError):
         tr.save(tmp_path)
     assert list_checkpoints(tmp_path) == [good]

@@ -98,7 +98,7 @@ def test_init_from_starts_from_those_weights_and_records_them(source, where, wei
                                                                                                else None)
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["train"]["init_from"] == str(source / where)
-    assert cfg["preset"] == ("tiny" if where == "run" else "mnist")  # a pipeline has no preset: its channels'
+    assert cfg["preset"] == "tiny"  # a run's own; a pipeline names none: the preset of the nearest network size
     assert cfg["model"] == src.config.model.to_dict()  # the source's network
     assert load_checkpoint(out).step == 2
 
@@ -130,7 +130,7 @@ def test_init_from_what_is_not_a_run_or_pipeline(tmp_path, capsys):
 def test_plan_run_takes_the_network_of_the_source(source, tmp_path):
     cfg = plan_run(tmp_path / "t", train={"data": "mnist", "init_from": str(source / "pipe")}, diffusion={})
     saved = load_checkpoint(source / "run").config.model
-    assert cfg.model == saved and cfg.preset == "mnist"  # a 1-channel pipeline: the mnist recipe
+    assert cfg.model == saved and cfg.preset == "tiny"  # a pipeline of a tiny network: the tiny recipe
     assert cfg.diffusion.T == 60  # the source's schedule (from its scheduler_config.json), unless given
     assert plan_run(tmp_path / "t", train={"data": "mnist", "init_from": str(source / "run")},
                     diffusion={"T": 100}).diffusion.T == 100

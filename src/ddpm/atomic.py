@@ -10,12 +10,13 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Callable, Iterator, Optional, Union
 
-__all__ = ["atomic_path", "atomic_write_text", "written_aside", "fsync_dir"]
+__all__ = ["atomic_path", "atomic_write_text", "written_aside", "fsync_dir", "save_safetensors", "named"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -34,6 +35,43 @@ def fsync_dir(path: PathLike) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0o22)
+    os.umask(mask)
+    return mask
+
+
+def _as_if_created(path: Path, mode: int) -> None:
+    """Give a temporary from mkstemp (0600) or mkdtemp (0700) the mode a plainly created file or folder gets (0666
+    or 0777 less the umask), so that what is renamed into place can be shared like anything else the user makes."""
+    os.chmod(path, mode & ~_umask())
+
+
+def named(e: BaseException, path: PathLike) -> BaseException:
+    """``e`` as an OSError that names ``path`` when it names no file (``f.write`` and library writers do not): the
+    message a user sees then says where; safetensors' own error becomes the OSError it carries."""
+    if not isinstance(e, OSError):
+        m = re.search(r"\(os error (\d+)\)", str(e)) if type(e).__name__ == "SafetensorError" else None
+        return OSError(int(m.group(1)), os.strerror(int(m.group(1))), str(path)) if m else e
+    if e.filename is None and e.errno is not None:
+        return OSError(e.errno, e.strerror or os.strerror(e.errno), str(path))
+    return e
+
+
+def save_safetensors(tensors, path: PathLike, metadata=None) -> None:
+    """safetensors' ``save_file``, its failures as OSErrors that name ``path``, its file of the usual mode."""
+    from safetensors.torch import save_file
+
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except Exception as e:
+        err = named(e, path)
+        if err is e:
+            raise
+        raise err from None
+    _as_if_created(Path(path), 0o666)  # safetensors creates its files 0600
+
+
 def _fsync_file(path: Path) -> None:
     with open(path, "rb") as f:
         os.fsync(f.fileno())
@@ -48,13 +86,17 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
     tmp = Path(name)
+    _as_if_created(tmp, 0o666)
     try:
         yield tmp
         _fsync_file(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
-        raise
+        err = named(e, path)
+        if err is e:
+            raise
+        raise err from None
     fsync_dir(path.parent)
 
 
@@ -65,10 +107,13 @@ def atomic_write_text(path: PathLike, text: str) -> None:
 
 
 @contextlib.contextmanager
-def written_aside(final: PathLike, *, replace: bool = False, stale: Optional[str] = None) -> Iterator[Path]:
+def written_aside(final: PathLike, *, replace: Union[bool, Callable[[Path], None]] = False,
+                  stale: Optional[str] = None) -> Iterator[Path]:
     """Yield a hidden temporary folder beside ``final`` to fill; when the block succeeds, every file in
     it is fsynced and the folder renamed to ``final`` (an existing ``final`` is removed first only when
-    ``replace``); when it fails, the folder is removed. Folders left by a process killed mid-write are
+    ``replace``: by ``replace(final)`` when it is a function, such as ``ownership.remove_written``, which removes
+    only what ddpm wrote, so that the rename fails on a folder still holding anything else; else whole, for
+    ddpm's own checkpoints); when it fails, the folder is removed. Folders left by a process killed mid-write are
     removed after a successful write: those matching the glob ``stale`` beside ``final`` (default: the
     ones written for ``final`` itself, ``.tmp-<name>-*``).
     """
@@ -76,6 +121,7 @@ def written_aside(final: PathLike, *, replace: bool = False, stale: Optional[str
     final.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".tmp-{final.name}-"
     tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=final.parent))
+    _as_if_created(tmp, 0o777)
     try:
         yield tmp
         for f in sorted(tmp.rglob("*")):
@@ -85,11 +131,14 @@ def written_aside(final: PathLike, *, replace: bool = False, stale: Optional[str
                 fsync_dir(f)
         fsync_dir(tmp)
         if replace and final.exists():  # e.g. a signal right after a periodic save of the same step
-            shutil.rmtree(final)
+            replace(final) if callable(replace) else shutil.rmtree(final)
         os.rename(tmp, final)
         fsync_dir(final.parent)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        err = named(e, final)
+        if err is e:
+            raise
+        raise err from None
     for left in final.parent.glob(stale or f"{glob.escape(prefix)}*"):
         shutil.rmtree(left, ignore_errors=True)

@@ -14,6 +14,7 @@ same cache twice), and checked before use: its size, its header and the checksum
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -146,6 +147,18 @@ def _building(root: Path, key: str) -> Iterator[Optional[Cached]]:
         yield open_cache(root, key)
 
 
+def _reserve(path: Path) -> None:
+    """Give a new (sparse) memory-mapped file its disk blocks now: a full disk is then an OSError here, not a
+    SIGBUS in the middle of filling it."""
+    with open(path, "r+b") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as e:
+            if e.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system without it: write as before
+                return
+            raise
+
+
 def _finish(tmp: Path, meta: Dict[str, Any], labels: Optional[np.ndarray]) -> None:
     npy = tmp / "images.npy"
     nbytes = npy.stat().st_size
@@ -173,6 +186,7 @@ def build_folder_cache(root: Path, key: str, meta: Dict[str, Any], folder: Path,
             out = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8,
                                             shape=(n, channels, size, size))
             del out
+            _reserve(tmp / "images.npy")
             tasks = [(str(tmp / "images.npy"), i, [str(p) for p in paths[i:i + TASK]], channels, size)
                      for i in range(0, n, TASK)]
             bad: List[Tuple[int, str]] = []
@@ -203,6 +217,7 @@ def _without_bad(tmp: Path, bad: List[Tuple[int, str]], n: int, folder: Path, sk
     keep[[i for i, _ in bad]] = False
     src = np.load(tmp / "images.npy", mmap_mode="r")
     dst = np.lib.format.open_memmap(tmp / "kept.npy", mode="w+", dtype=np.uint8, shape=(int(keep.sum()), *src.shape[1:]))
+    _reserve(tmp / "kept.npy")
     rows = np.flatnonzero(keep)
     for i in range(0, len(rows), 1024):
         dst[i:i + 1024] = src[rows[i:i + 1024]]
@@ -227,6 +242,7 @@ def build_array_cache(root: Path, key: str, meta: Dict[str, Any], load: Callable
         with written_aside(root / key) as tmp:
             out = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8,
                                             shape=(n, channels, size, size))
+            _reserve(tmp / "images.npy")
             if images.shape[1:] == out.shape[1:]:
                 out[:] = images
             else:

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+from .advice import Projection, StderrHandler, count, failure, train_end_line
 from .options import early_threads, fields_of
 from .runtime import configure_threads, keep_freed_memory
 
@@ -22,7 +23,7 @@ def cmd_demo(args) -> int:
     from .runtime import choose_device
 
     res = run_demo(Path(args.out), minutes=args.minutes, steps=args.steps, n=args.n,
-                   sampling_steps=args.sampling_steps, device=choose_device(args.device))
+                   sampling_steps=args.sampling_steps, device=choose_device(args.device), progress=not args.quiet)
     print(f"demo finished in {res.minutes:.1f} min after {res.step} steps:")
     print("\n".join(f"  {path}{' ' * (27 - len(path.name))}{what}" for path, what in res.described()))
     if res.status == "finished":
@@ -32,6 +33,8 @@ def cmd_demo(args) -> int:
 
 
 def cmd_train(args) -> int:
+    import time
+
     from .config import DiffusionConfig, TrainConfig
     from .runtime import choose_device, close_distributed, init_distributed
     from .train import plan_run, train_run
@@ -45,24 +48,22 @@ def cmd_train(args) -> int:
         return 0
     device = choose_device(args.device)
     rank, _ = init_distributed(device)
+    t0 = time.monotonic()
     try:
-        res = train_run(run, cfg, device=device, progress=not args.quiet, cache_dir=args.cache_dir)
+        res = train_run(run, cfg, device=device, progress=not args.quiet, cache_dir=args.cache_dir,
+                        on_step=None if args.quiet else Projection())
     finally:
         close_distributed()
-    if rank == 0 and res.reason == "finished already":
-        print(f"{run} has finished its {res.step} steps; nothing to train. To train further: ddpm train --out {run} "
-              f"--resume --steps N (N > {res.step}; a cosine decay is then stretched to N)", file=sys.stderr)
-    elif rank == 0 and res.reason != "done":
-        print(f"stopped at step {res.step} ({res.reason}); checkpoint {res.checkpoint}. "
-              f"Continue with: ddpm train --out {run} --resume", file=sys.stderr)
-    return 0
+    if rank == 0:
+        print(train_end_line(run, res, time.monotonic() - t0), file=sys.stderr)
+    return {"SIGINT": 130, "SIGTERM": 143}.get(res.reason, 0)  # so that `ddpm train ... && ddpm sample ...` stops
 
 
 def cmd_sample(args) -> int:
     from .conditioning import class_labels
     from .errors import DDPMError
     from .jobs import parse_seeds, sample_job
-    from .outputs import check_picture_path, check_writable_folder, output_kind
+    from .outputs import check_output, check_picture_path
     from .run import load_checkpoint
     from .runtime import choose_device, close_distributed, init_distributed
     from .sampling import make_sampler
@@ -71,9 +72,10 @@ def cmd_sample(args) -> int:
     if args.seeds and args.n is not None:
         raise DDPMError("give --seeds A-B or --seed S --n N, not both")
     seeds = parse_seeds(args.seeds) if args.seeds else range(args.seed, args.seed + (args.n or 64))
-    output_kind(args.out), check_writable_folder(Path(args.out).parent, args.out)  # before anything is loaded
-    pictures = {"strip": args.trajectory and check_picture_path(args.trajectory),
-                "gif": args.gif and check_picture_path(args.gif, ".gif")}
+    check_output(args.out, overwrite=args.overwrite, runs=[args.run])  # before anything is loaded
+    pictures = {"strip": args.trajectory and check_picture_path(args.trajectory, overwrite=args.overwrite,
+                                                                flag="--trajectory"),
+                "gif": args.gif and check_picture_path(args.gif, ".gif", overwrite=args.overwrite, flag="--gif")}
     device = choose_device(args.device)
     rank, _ = init_distributed(device)
     try:
@@ -81,7 +83,7 @@ def cmd_sample(args) -> int:
         sampler = make_sampler(args.sampler, ckpt.diffusion, steps=args.steps, eta=args.eta, spacing=args.spacing)
         kw = dict(guidance=args.guidance, ema=args.ema, precision=args.precision, device=device)
         job, done = sample_job(args.out, ckpt, sampler, seeds=seeds, class_spec=args.class_, overwrite=args.overwrite,
-                               batch_size=args.batch_size, chunk=args.chunk, **kw)
+                               batch_size=args.batch_size, chunk=args.chunk, progress=not args.quiet, **kw)
         if rank == 0 and (pictures["strip"] or pictures["gif"]):
             few = range(min(4, len(seeds)))
             labels = class_labels(args.class_, ckpt.config.classes, len(seeds), few)
@@ -90,7 +92,8 @@ def cmd_sample(args) -> int:
         close_distributed()
     if rank == 0:
         again = f"; {done} of them were drawn by an earlier run of this job" if done else ""
-        print(f"wrote {len(seeds)} samples (seeds {seeds.start}-{seeds.stop - 1}) from {args.run} (step {ckpt.step}, "
+        which = f"seeds {seeds.start}-{seeds.stop - 1}" if len(seeds) > 1 else f"seed {seeds.start}"
+        print(f"wrote {count(len(seeds), 'sample')} ({which}) from {args.run} (step {ckpt.step}, "
               f"{'EMA' if args.ema else 'raw'} weights) to {args.out}{again}", file=sys.stderr)
         for what, path in (("the reverse process of the first samples", args.trajectory), ("its animation", args.gif)):
             if path:
@@ -110,8 +113,10 @@ def _check_eval_flags(args) -> None:
 
 
 def cmd_eval(args) -> int:
+    from .conditioning import check_guidance
     from .errors import DDPMError
-    from .evaluate import bpd_line, bpd_report, fd_report, fd_table, read_samples, real_images
+    from .evaluate import (bpd_line, bpd_report, check_report_folder, fd_report, fd_table, read_samples, real_images,
+                           write_bpd_report, write_fd_report)
     from .metrics import get_features
     from .run import load_checkpoint
     from .runtime import choose_device
@@ -119,36 +124,36 @@ def cmd_eval(args) -> int:
 
     _check_eval_flags(args)
     out = Path(args.out) if args.out else Path(args.run) / "eval"
-    if args.out and not out.parent.is_dir():
-        raise DDPMError(f"cannot write into {out}: folder {out.parent} does not exist")
+    check_report_folder(out, args.metric, own=not args.out)
     samples, sample_labels = read_samples(args.samples) if args.samples else (None, None)
     device = choose_device(args.device)
     ckpt = load_checkpoint(args.run, map_location=device)
-    if args.guidance and not ckpt.config.classes:
-        raise DDPMError("--guidance needs a class-conditional run (trained with --class-cond); this one is not")
+    check_guidance(args.guidance, ckpt.config.classes, "all")
     if args.metric == "fd":
         for k in args.steps or [None]:  # every sampler setting is checked before any work
             make_sampler(args.sampler, ckpt.diffusion, steps=k, eta=args.eta, spacing=args.spacing)
         features = get_features(args.features, channels=ckpt.config.model.in_channels, inception=args.inception)
-    real = real_images(args.data or ckpt.config.train.data, ckpt.config, args.cache_dir)
+    real = real_images(args.data or ckpt.config.train.data, ckpt.config, args.cache_dir, progress=not args.quiet)
     if samples is not None and samples.shape[1:] != real.images.shape[1:]:
         raise DDPMError(f"{args.samples}: samples are {tuple(samples.shape[1:])} (C, H, W) but the real images "
                         f"{tuple(real.images.shape[1:])}")
-    out.mkdir(exist_ok=True)
     if args.metric == "bpd":
-        r = bpd_report(ckpt, real, out, n=args.n or 100, seed=args.seed, ema=args.ema, batch_size=args.batch_size,
-                       device=device, title=str(args.run))
-        print(bpd_line(r))
+        r = bpd_report(ckpt, real, n=args.n or 100, seed=args.seed, ema=args.ema, batch_size=args.batch_size,
+                       device=device, progress=not args.quiet)
+        print(bpd_line(r), flush=True)
+        write_bpd_report(r, out, title=str(args.run))
         print(f"per-t terms: {out / 'bpd_terms.csv'}, plot: {out / 'bpd_terms.png'}", file=sys.stderr)
         return 0
-    rows = fd_report(ckpt, real, out, features, n=args.n or 1000, sampler=args.sampler, steps=args.steps or [None],
-                     samples=samples, sample_labels=sample_labels, title=str(args.run), eta=args.eta,
+    out.mkdir(exist_ok=True)  # the real images' statistics are cached there
+    rows = fd_report(ckpt, real, features, n=args.n or 1000, sampler=args.sampler, steps=args.steps or [None],
+                     samples=samples, sample_labels=sample_labels, eta=args.eta, cache_dir=out,
                      spacing=args.spacing, seed=args.seed, batch_size=args.batch_size, ema=args.ema, device=device,
-                     precision=args.precision, guidance=args.guidance)
+                     precision=args.precision, guidance=args.guidance, progress=not args.quiet)
     lines, note = fd_table(rows, real)
-    print("\n".join(lines))
+    print("\n".join(lines), flush=True)
     if note:
         print(note, file=sys.stderr)
+    write_fd_report(rows, out, title=str(args.run), step=ckpt.step)
     print(f"table: {out / 'fd.csv'}" + (f", plot: {out / 'fd_vs_steps.png'}" if len(rows) > 1 else ""),
           file=sys.stderr)
     return 0
@@ -162,7 +167,7 @@ def cmd_noise(args) -> int:
     from .outputs import check_picture_path
     from .viz import noise_strip, save_picture
 
-    out = check_picture_path(args.out)
+    out = check_picture_path(args.out, overwrite=args.overwrite)
     flags = fields_of(args, DiffusionConfig)
     if args.run is not None and flags:
         raise DDPMError(f"--run takes the schedule from the run; drop {', '.join('--' + k for k in flags)}")
@@ -181,7 +186,7 @@ def cmd_interpolate(args) -> int:
     from .runtime import choose_device
     from .viz import interpolation_strip, save_picture
 
-    out = check_picture_path(args.out)
+    out = check_picture_path(args.out, overwrite=args.overwrite)
     device = choose_device(args.device)
     ckpt = load_checkpoint(args.run, map_location=device)
     xa, xb = (load_image(spec, ckpt.config.model.image_size, ckpt.config.model.in_channels) for spec in (args.a, args.b))
@@ -199,7 +204,7 @@ def cmd_data(args) -> int:
     info = cache_info(args.src, preset=args.preset, channels=args.channels, image_size=args.image_size,
                       cache_dir=args.cache_dir)
     if args.action == "build":
-        load_data(args.src, channels=info["channels"], image_size=info["size"], progress=True,
+        load_data(args.src, channels=info["channels"], image_size=info["size"], progress=not args.quiet,
                   cache_dir=args.cache_dir, skip_bad=args.skip_bad_images)
         info = cache_info(args.src, channels=info["channels"], image_size=info["size"], cache_dir=args.cache_dir)
     print("\n".join(describe(info, verify=args.verify)))
@@ -211,7 +216,7 @@ def cmd_schedule(args) -> int:
     from .outputs import check_picture_path
     from .viz import plot_schedule
 
-    out = check_picture_path(args.out)
+    out = check_picture_path(args.out, overwrite=args.overwrite)
     plot_schedule({f"linear (T={args.T})": NoiseSchedule.linear(args.T),
                    f"cosine (T={args.T})": NoiseSchedule.cosine(args.T)}, out)
     print(f"wrote {out}", file=sys.stderr)
@@ -223,8 +228,11 @@ def cmd_import(args) -> int:
     from .outputs import check_new_folder
     from .run import read_config
 
+    from .config import DiffusionConfig
+
     out = check_new_folder(args.out)
-    import_diffusers(args.dir, out)
+    flags = fields_of(args, DiffusionConfig)
+    import_diffusers(args.dir, out, DiffusionConfig(**flags) if flags else None)
     cfg = read_config(out)
     m, d = cfg.model, cfg.diffusion
     print(f"imported {args.dir} into {out}: {m.ch}-channel UNet, {m.image_size}x{m.image_size}x{m.in_channels}, "
@@ -240,8 +248,11 @@ def cmd_export(args) -> int:
     out = check_new_folder(args.out)
     ckpt = load_checkpoint(args.run)
     export_diffusers(ckpt.ema_model if args.ema else ckpt.model, ckpt.config.diffusion, out, ckpt.config.classes)
-    print(f"exported {args.run} (step {ckpt.step}, {'EMA' if args.ema else 'raw'} weights) to {out}; "
-          f"load it with diffusers.DDPMPipeline.from_pretrained({str(out)!r})", file=sys.stderr)
+    how = (f"a class-conditional UNet, which DDPMPipeline cannot give classes: {out / 'README.md'} has the diffusers "
+           "loop that does (class_labels=...)" if ckpt.config.classes else
+           f"load it with diffusers.DDPMPipeline.from_pretrained({str(out)!r})")
+    print(f"exported {args.run} (step {ckpt.step}, {'EMA' if args.ema else 'raw'} weights) to {out}; {how}",
+          file=sys.stderr)
     return 0
 
 
@@ -252,14 +263,6 @@ COMMANDS = tuple(HANDLERS)
 
 
 # ----------------------------------------------------------------------------- main
-class _StderrHandler(logging.Handler):
-    """The library's log records as lines on (the current) stderr: info plain, warnings as ``ddpm: warning:``."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        level = f"ddpm: {record.levelname.lower()}: " if record.levelno >= logging.WARNING else ""
-        print(level + record.getMessage(), file=sys.stderr)
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     if argv[:1] == ["--"]:  # `torchrun ... -m ddpm -- train ...`: the `--` keeps torchrun's parser off our flags
@@ -274,21 +277,19 @@ def main(argv: Optional[List[str]] = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, --version, or a usage error (already printed as one line)
         return int(e.code or 0)
-    if getattr(args, "func", None) is None:
+    if getattr(args, "func", None) is None:  # `ddpm` alone: what there is to do, and a usage error's exit code
         parser.print_help()
-        return 0
+        return 2
     keep_freed_memory()  # reuse freed activations instead of faulting them in again each step (runtime.py)
     lib = logging.getLogger("ddpm")
-    if not any(isinstance(h, _StderrHandler) for h in lib.handlers):
-        lib.addHandler(_StderrHandler())
+    if not any(isinstance(h, StderrHandler) for h in lib.handlers):
+        lib.addHandler(StderrHandler())
         lib.setLevel(logging.INFO)
     try:
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("ddpm: interrupted", file=sys.stderr)
-        return 130
-    except (DDPMError, ValueError, OSError) as e:
-        if args.traceback:
+    except (KeyboardInterrupt, DDPMError, ValueError, OSError, RuntimeError) as e:
+        code, line = failure(args, e)
+        if code is None:
             raise
-        print(f"ddpm: error: {e}", file=sys.stderr)
-        return 1
+        print(line, file=sys.stderr)
+        return code

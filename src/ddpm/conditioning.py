@@ -3,12 +3,15 @@ as the samplers see it, a model ``(x_t, t) -> eps``."""
 
 from __future__ import annotations
 
+import logging
 from typing import List, Optional, Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = ["Guided", "class_labels"]
+__all__ = ["Guided", "class_labels", "check_guidance"]
+
+log = logging.getLogger(__name__)
 
 
 class Guided:
@@ -30,18 +33,36 @@ class Guided:
         return (1 + self.w) * cond - self.w * uncond
 
 
+def check_guidance(guidance: float, classes: Optional[Sequence[str]], spec: Optional[str]) -> None:
+    """ValueError unless a guidance weight fits the run and the request: guidance needs a class-conditional run
+    and requested classes."""
+    if not guidance:
+        return
+    if not guidance > 0:
+        raise ValueError(f"--guidance must be >= 0, got {guidance:g}")
+    if not classes:
+        raise ValueError("--guidance needs a class-conditional run (trained with --class-cond); this one is not")
+    if spec is None:
+        raise ValueError("--guidance steers samples toward requested classes: add --class (e.g. --class all)")
+
+
 def class_labels(spec: Optional[str], classes: Optional[Sequence[str]], n: int,
-                 span: Optional[range] = None) -> Optional[Tensor]:
+                 span: Optional[range] = None, *, warn: bool = False) -> Optional[Tensor]:
     """The requested class of each of ``n`` images: ``spec`` a class ("7", "dog"), a list ("0,1,2") or "all", in
     equal numbers, class by class (int64 [n]; only the images of ``span``, if given); None for no spec. A token is a
-    class name, else an index 0..K-1."""
+    class name, else an index 0..K-1: a name wins, so with class folders ``1, 2, 10`` ``--class 1`` is the folder
+    ``1`` (index 0); with ``warn`` such a token is logged as a warning when it is also another class's index."""
     if spec is None:
         return None
     if not classes:
         raise ValueError("--class needs a class-conditional run (trained with --class-cond); this one is not")
     names = list(classes)
-    wanted = list(range(len(names))) if spec == "all" else [_class_index(tok.strip(), names)
-                                                            for tok in spec.split(",") if tok.strip()]
+    tokens = [tok.strip() for tok in spec.split(",") if tok.strip()] if spec != "all" else []
+    wanted = list(range(len(names))) if spec == "all" else [_class_index(tok, names) for tok in tokens]
+    for tok in tokens if warn else []:
+        if tok in names and tok.isdigit() and int(tok) < len(names) and names.index(tok) != int(tok):
+            log.warning("--class %s is the class named %r (index %d), not index %s (class %r): names win over "
+                        "indices", tok, tok, names.index(tok), tok, names[int(tok)])
     if not wanted:
         raise ValueError(f"--class {spec!r} names no class")
     if n % len(wanted):

@@ -243,6 +243,7 @@ class RunConfig:
     diffusion: DiffusionConfig
     train: TrainConfig
     classes: Optional[Tuple[str, ...]] = None
+    data_as_given: Optional[str] = None  # ``train.data`` as the user spelled it (``train.data`` is resolved)
 
     def __post_init__(self):
         if self.classes is not None:
@@ -253,6 +254,8 @@ class RunConfig:
              "train": asdict(self.train)}
         if self.classes is not None:
             d["classes"] = list(self.classes)
+        if self.data_as_given is not None:
+            d["data_as_given"] = self.data_as_given
         return d
 
     def to_json(self) -> str:
@@ -263,7 +266,8 @@ class RunConfig:
         try:
             return cls(preset=str(d["preset"]), model=UNetConfig.from_dict(d["model"]),
                        diffusion=_from_dict(DiffusionConfig, d["diffusion"], "DiffusionConfig"),
-                       train=_from_dict(TrainConfig, d["train"], "TrainConfig"), classes=d.get("classes"))
+                       train=_from_dict(TrainConfig, d["train"], "TrainConfig"), classes=d.get("classes"),
+                       data_as_given=d.get("data_as_given"))
         except (KeyError, TypeError) as e:
             raise DDPMError(f"config is missing or has a malformed field: {e}") from None
 

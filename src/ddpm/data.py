@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import tarfile
 import zlib
 from dataclasses import dataclass
 from importlib.resources import files
@@ -35,7 +36,7 @@ from .cache import (build_array_cache, build_folder_cache, cache_key, cache_root
                     source_key)
 from .cifar10 import CIFAR10_CLASSES, read_cifar10
 from .errors import DDPMError
-from .images import HIGH_DEPTH, IMAGE_EXTENSIONS, chw, fit, list_images, open_image, to_mode
+from .images import HIGH_DEPTH, IMAGE_EXTENSIONS, chw, fit, folder_classes, list_images, open_image, to_mode
 
 __all__ = ["ImageData", "Source", "find_source", "load_data", "load_image", "to_float", "to_uint8",
            "IMAGE_EXTENSIONS", "MNIST_CLASSES"]
@@ -122,6 +123,9 @@ def find_source(src: str) -> Source:
     if not path.exists():
         raise DDPMError(f"data source {src!r} not found: expected 'mnist', a folder of images, or a CIFAR-10 "
                         "archive/folder")
+    if path.is_file() and not tarfile.is_tarfile(path):
+        raise DDPMError(f"data source {src}: a file that is not a CIFAR-10 archive (a .tar.gz); --data takes 'mnist', "
+                        "a folder of images or a CIFAR-10 archive")
     if path.is_file() or _has_cifar_batches(path):
         return Source("cifar10", path, split)
     if split != "train":
@@ -130,6 +134,19 @@ def find_source(src: str) -> Source:
     if not paths:
         raise DDPMError(f"no images ({', '.join(e[1:] for e in IMAGE_EXTENSIONS)}) found in folder {src}")
     return Source("folder", path, split, paths)
+
+
+def resolve_source(src: str) -> str:
+    """``src`` with its path made absolute (a split suffix such as ``:test`` kept), so that it names the same data
+    from any folder; "mnist" as it is."""
+    src = os.fspath(src)
+    if src == "mnist":
+        return src
+    path, suffix = src, ""
+    if src.endswith((":test", ":train")) and not Path(src).expanduser().exists():
+        path, _, split = src.rpartition(":")
+        suffix = ":" + split
+    return str(Path(path).expanduser().resolve()) + suffix
 
 
 def _has_cifar_batches(path: Path) -> bool:
@@ -193,6 +210,11 @@ def cache_info(src: str, *, channels: Optional[int] = None, image_size: Optional
     root, skey = cache_root(cache_dir), source.key()
     path = root / cache_key(skey, channels, size)
     n = len(source.paths) if source.kind == "folder" else (10000 if source.split == "test" else 50000)
+    if source.kind == "folder":
+        classes, _, why = folder_classes(source.path, source.paths)
+        info["classes"], info["unlabelled"] = classes, why
+    else:
+        info["classes"] = CIFAR10_CLASSES
     return {**info, "images": n, "cache": path, "built": (path / "meta.json").is_file(), "caches": caches_of(root, skey)}
 
 
@@ -203,7 +225,10 @@ def describe(info: dict, verify: bool = False) -> list:
     src = info["source"]
     lines = [f"{src.name}: {src.kind}, {info['images']} images" + (f" in {src.path}" if src.path else "")]
     if info.get("classes"):
-        lines.append(f"classes: {', '.join(info['classes'])}")
+        names = info["classes"]
+        lines.append(f"{len(names)} classes: {', '.join(names[:50])}{', ...' if len(names) > 50 else ''}")
+    elif info.get("unlabelled"):
+        lines.append(f"no classes: {info['unlabelled']}")
     if info["cache"] is None:
         return lines + ["shipped in the package and held in memory: no cache"]
     size = f"{info['channels']}x{info['size']}x{info['size']}"

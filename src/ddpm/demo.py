@@ -25,7 +25,7 @@ import torch
 from .atomic import atomic_write_text
 from .config import PRESETS, RunConfig, make_run_config, resume_config, with_classes
 from .data import MNIST_CLASSES, load_data
-from .errors import DDPMError
+from .errors import DDPMError, Interrupted
 from .outputs import write_images
 from .run import checkpoint_step, is_run, list_checkpoints, load_checkpoint, read_config, write_config
 from .runtime import autocast
@@ -163,7 +163,8 @@ class _Replan:
 
 
 def run_demo(out: Path = Path(DEMO_DIR), *, minutes: float = 9.5, steps: Optional[int] = None,
-             n: int = DEMO_SAMPLES, sampling_steps: int = DEMO_SAMPLER[1], device=None) -> DemoResult:
+             n: int = DEMO_SAMPLES, sampling_steps: int = DEMO_SAMPLER[1], device=None,
+             progress: bool = True) -> DemoResult:
     """Train (or continue) the demo run in ``out`` within ``minutes``, then write ``samples.png`` (a row per
     digit, 0 at the top), ``samples.npz`` (``arr_0`` images, ``arr_1`` their digits) and
     ``samples_unconditional.png`` there. ``steps`` fixes the number of training steps instead of timing the
@@ -200,15 +201,18 @@ def run_demo(out: Path = Path(DEMO_DIR), *, minutes: float = 9.5, steps: Optiona
         record = {"minutes": minutes, "timed_step_s": round(plan.step_s, 4),
                   "planned_steps": plan.steps, "sampling_s_estimate": round(plan.sampling_s, 1)}
         replan = _Replan(run, cfg, time.monotonic() + plan.train_s, record)
-    train_run(run, cfg, device=device, on_step=replan)
-    return _draw(run, n, sampling_steps, device, t0, status)
+    res = train_run(run, cfg, device=device, on_step=replan, progress=progress)
+    if res.reason in ("SIGINT", "SIGTERM"):
+        raise Interrupted(f"stopped at step {res.step} ({res.reason}) before drawing samples; the checkpoint is kept. "
+                          f"Continue with: ddpm demo --out {run}", res.reason)
+    return _draw(run, n, sampling_steps, device, t0, status, progress)
 
 
-def _draw(run: Path, n: int, sampling_steps: int, device, t0: float, status: str) -> DemoResult:
+def _draw(run: Path, n: int, sampling_steps: int, device, t0: float, status: str, progress: bool = True) -> DemoResult:
     """The demo's pictures: guided samples of every digit, a row each, and unconditional ones."""
     ckpt = load_checkpoint(run, map_location=device)
     kw = dict(sampler=DEMO_SAMPLER[0], steps=min(sampling_steps, ckpt.diffusion.T), seed=0, batch_size=DEMO_BATCH,
-              device=device, precision="auto")
+              device=device, precision="auto", progress=progress)
     labels = class_labels("all", ckpt.config.classes, n)
     files = {name: run / name for name in ("samples.png", "samples.npz", "samples_unconditional.png", "loss.png",
                                            "metrics.csv")}

@@ -1,5 +1,25 @@
 """The one exception type for bad input: the CLI prints its message as one line and exits non-zero."""
 
+import errno
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a full disk, a full quota, a file-size limit
+
 
 class DDPMError(Exception):
     """Bad input or a broken file: a message meant for the user, never a bug in ddpm."""
+
+
+class Interrupted(DDPMError):
+    """Work stopped by a signal (Ctrl-C, SIGTERM) after keeping what it had done; ``exit_code`` is the shell's
+    128 + the signal's number."""
+
+    def __init__(self, message: str, signal_name: str = "SIGINT"):
+        import signal
+
+        super().__init__(message)
+        self.exit_code = 128 + int(getattr(signal, signal_name, signal.SIGINT))
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """Whether ``e`` says a write found no space (a full disk or quota, or a file-size limit)."""
+    return isinstance(e, OSError) and e.errno in NO_SPACE

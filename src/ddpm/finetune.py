@@ -15,7 +15,7 @@ from .run import holds_run_config, load_checkpoint, read_config
 from .unet import UNet
 
 __all__ = ["InitSource", "init_source", "network_mismatch", "check_network", "load_init_weights",
-           "source_defaults", "PROVENANCE"]
+           "source_defaults", "nearest_preset", "PROVENANCE"]
 
 PROVENANCE = "init_from.json"
 
@@ -31,7 +31,7 @@ class InitSource:
     path: Path
     kind: str
     model: UNetConfig
-    diffusion: DiffusionConfig
+    diffusion: Optional[DiffusionConfig]  # None: a bare diffusers unet/ folder, whose schedule is not known
     preset: Optional[str] = None
 
 
@@ -47,7 +47,7 @@ def init_source(path) -> InitSource:
     if holds_run_config(path):
         cfg = read_config(path)
         return InitSource(path, "run", cfg.model, cfg.diffusion, cfg.preset)
-    return InitSource(path, "diffusers", *read_diffusers_config(path))
+    return InitSource(path, "diffusers", *read_diffusers_config(path, required=False))
 
 
 def network_mismatch(ours: UNetConfig, theirs: UNetConfig) -> List[str]:
@@ -69,7 +69,7 @@ def check_network(ours: UNetConfig, source: InitSource) -> None:
 def load_init_weights(model: UNet, source: InitSource, weights: str = "ema") -> Dict[str, Any]:
     """Load the ``weights`` ("ema" or "raw") of ``source`` into ``model`` (whose network must be the source's,
     dropout aside); returns the provenance to record: source, kind, weights, step."""
-    from .interop.diffusers import read_diffusers
+    from .interop.diffusers import read_diffusers_unet
 
     check_network(model.config, source)
     if source.kind == "run":
@@ -77,7 +77,7 @@ def load_init_weights(model: UNet, source: InitSource, weights: str = "ema") -> 
         net, step = (ckpt.ema_model if weights == "ema" else ckpt.model), ckpt.step
         imported = ckpt.state.get("imported_from")
     else:
-        net, _ = read_diffusers(source.path)  # a pipeline holds one set of weights (its EMA, for google's)
+        net = read_diffusers_unet(source.path)  # a pipeline holds one set of weights (its EMA, for google's)
         step, imported = None, None
     model.load_state_dict(net.state_dict())
     out = {"init_from": str(source.path.resolve()), "kind": source.kind, "weights": weights, "step": step}
@@ -93,4 +93,21 @@ def source_defaults(source: InitSource) -> Tuple[Dict[str, Any], Dict[str, Any]]
     its source unless told otherwise."""
     model = dataclasses.asdict(source.model)
     model.pop("num_classes")
-    return model, dataclasses.asdict(source.diffusion)
+    return model, dataclasses.asdict(source.diffusion) if source.diffusion is not None else {}
+
+
+def nearest_preset(model: UNetConfig) -> str:
+    """The preset whose network is nearest ``model``'s in parameter count (by ratio): its recipe (batch size,
+    learning rate, EMA decay) is the one made for a network of that size."""
+    import math
+
+    import torch
+
+    from .config import PRESETS
+
+    def count(cfg: UNetConfig) -> int:
+        with torch.device("meta"):  # shapes only: nothing is allocated
+            return UNet(cfg).num_parameters()
+
+    n = count(model)
+    return min(PRESETS, key=lambda p: abs(math.log(count(PRESETS[p].model) / n)))

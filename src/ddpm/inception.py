@@ -186,13 +186,14 @@ def load_inception(path: Union[str, os.PathLike, None]) -> FIDInception:
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
 
-        state = load_file(path)
-    else:
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # a pickle with code in it, or not a torch file at all
-            raise DDPMError(f"cannot read Inception weights {path} as a plain state dict: "
-                            f"{str(e).splitlines()[0][:200]}") from None
+            state = load_file(path)
+        except Exception:
+            raise DDPMError(f"{path} is not a readable .safetensors file of FID Inception weights") from None
+    else:
+        from .safeload import load_tensors
+
+        state = load_tensors(path, "FID Inception weights")
     if not isinstance(state, dict):
         raise DDPMError(f"{path} is not a state dict")
     net = FIDInception()

@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import re
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -24,7 +23,7 @@ import torch
 
 from .atomic import written_aside
 from .errors import DDPMError
-from .outputs import check_output, output_kind, write_images, write_npz
+from .outputs import check_output, output_kind, write_folder, write_images, write_npz
 
 __all__ = ["JobSpec", "SampleJob", "parse_seeds", "CHUNK", "GRID_LIMIT"]
 
@@ -97,10 +96,11 @@ class SampleJob:
             if diff and not overwrite:
                 raise DDPMError(f"{self.parts} holds a job with other settings in the way of this one ("
                                 f"{'; '.join(diff[:3])}); delete it, run that job again, or pass --overwrite")
+            check_output(self.out, overwrite=overwrite, runs=[self.spec.run])
             if diff and main:
-                shutil.rmtree(self.parts)
+                self.remove_parts()
         if not self.parts.is_dir():
-            check_output(self.out, overwrite=overwrite)
+            check_output(self.out, overwrite=overwrite, runs=[self.spec.run])
             if main:  # the folder appears with its job.json (other processes may be looking)
                 with written_aside(self.parts) as tmp:
                     (tmp / "job.json").write_text(json.dumps(asdict(self.spec), indent=1) + "\n")
@@ -143,19 +143,23 @@ class SampleJob:
             rows = len(set(np.concatenate(list(self._pieces("arr_1"))).tolist())) if labelled else 0
             write_images(images, self.out, nrow=n // rows if rows > 1 else None)
         else:
-            self._assemble_folder()
-        shutil.rmtree(self.parts, ignore_errors=True)
+            first = self.spec.first_seed
+            write_folder(self.out, ((first + i, a) for i, a in enumerate(a for arr in self._pieces("arr_0") for a in arr)))
+        self.remove_parts()
         return self.out
 
-    def _assemble_folder(self) -> None:
-        from PIL import Image
-
-        with written_aside(self.out, replace=True) as tmp:
-            i = 0
-            for arr in self._pieces("arr_0"):
-                for a in arr:
-                    Image.fromarray(a[..., 0] if a.shape[2] == 1 else a).save(tmp / f"{i:06d}.png")
-                    i += 1
+    def remove_parts(self) -> None:
+        """Remove the job's parts: its job.json, chunks and leftovers of killed writes; nothing else (the folder
+        stays if anything more is in it)."""
+        if not self.parts.is_dir():
+            return
+        for f in self.parts.iterdir():
+            if f.name == "job.json" or re.fullmatch(r"(\.)?chunk-\d{6}\.npz|\.chunk-\d{6}\.npz\.\w{8}\.tmp\.npz", f.name):
+                f.unlink(missing_ok=True)
+        try:
+            self.parts.rmdir()
+        except OSError:
+            pass
 
 
 def chunk_size(n: int) -> int:
@@ -172,13 +176,14 @@ def sample_job(out, ckpt, sampler, *, seeds: range, class_spec: Optional[str] = 
     earlier runs of it had drawn already."""
     from tqdm.auto import tqdm
 
-    from .conditioning import class_labels
+    from .conditioning import check_guidance, class_labels
     from .runtime import barrier, rank_world
     from .sampling import generate
 
     rank, world = rank_world()
     n = len(seeds)
-    class_labels(class_spec, ckpt.config.classes, n, range(0))  # a bad --class fails before anything is written
+    check_guidance(guidance, ckpt.config.classes, class_spec)  # bad requests fail before anything is written
+    class_labels(class_spec, ckpt.config.classes, n, range(0), warn=progress and rank == 0)
     spec = JobSpec(run=str(Path(ckpt.path).resolve().parents[1]), step=ckpt.step, ema=ema, sampler=sampler.name,
                    steps=sampler.steps, eta=getattr(sampler, "eta", None), spacing=sampler.spacing, guidance=guidance,
                    classes=class_spec, first_seed=seeds.start, n=n, precision=precision, chunk=chunk or chunk_size(n))

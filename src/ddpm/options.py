@@ -179,6 +179,7 @@ def _demo(c: _Commands) -> None:
               "ddpm demo; ddpm demo --out long-demo --minutes 20")
     p.add_argument("--out", default=DEMO_DIR, help="run directory")
     p.add_argument("--minutes", type=float, default=9.5, help="time budget of the whole demo, training and sampling")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--steps", type=_positive_int, default=None,
                    help="training steps, fixed (default: as many as fit in --minutes, at most the mnist recipe's)")
     p.add_argument("--n", type=_positive_int, default=DEMO_SAMPLES, help="number of samples to draw")
@@ -245,6 +246,7 @@ def _data(c: _Commands) -> None:
     _data_flags(p)
     p.add_argument("--skip-bad-images", action="store_true", help="build: leave unreadable images out")
     p.add_argument("--verify", action="store_true", help="info: check every byte of the cache against its checksum")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _sample(c: _Commands) -> None:
@@ -265,7 +267,9 @@ def _sample(c: _Commands) -> None:
     p.add_argument("--seeds", metavar="A-B", default=None, help="the images of seeds A to B (instead of --seed/--n): "
                                                                 "image i depends on its seed alone")
     p.add_argument("--out", required=True, help="FILE.png, FILE.npz or a folder")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out, or a job of other settings")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out (and --trajectory, --gif), or a job of other settings in the way: "
+                        "only what ddpm wrote; a folder holding anything else, a run, . or home is refused")
     p.add_argument("--chunk", type=_positive_int, default=None,
                    help="images per resumable chunk (default: 1000, fewer for small jobs)")
     p.add_argument("--class", dest="class_", metavar="CLASS", default=None,
@@ -275,6 +279,7 @@ def _sample(c: _Commands) -> None:
     p.add_argument("--trajectory", metavar="PNG", help="also draw the reverse process of the first few samples: "
                                                        "x_t and the predicted x_0 at t = T, 0.8 T, ..., 1")
     p.add_argument("--gif", metavar="GIF", help="also animate the reverse process of the first few samples")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _eval(c: _Commands) -> None:
@@ -304,6 +309,7 @@ def _eval(c: _Commands) -> None:
                    help="the FID Inception weights file pt_inception-2015-12-05-6726825d.pth (never downloaded)")
     p.add_argument("--samples", metavar="NPZ", default=None,
                    help="fd of these samples (arr_0 uint8 [N, H, W, C], e.g. from ddpm sample) instead of new ones")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     _sampler_flags(p, many=True)
 
 
@@ -319,6 +325,7 @@ def _noise(c: _Commands) -> None:
     p.add_argument("image", help="an image file, or mnist:K for image K of the shipped digits (a digit K %% 10: "
                                  "mnist:7 is a seven)")
     p.add_argument("--out", required=True, help="the strip, a .png")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if ddpm wrote it (never a file of yours)")
     p.add_argument("--t", type=_int_list, default=list(NOISE_STEPS), help="steps to show, separated by commas")
     p.add_argument("--size", type=_positive_int, default=128, help="resize the short side to this and centre-crop")
     p.add_argument("--seed", type=int, default=0, help="seed of eps")
@@ -341,6 +348,7 @@ def _interpolate(c: _Commands) -> None:
     p.add_argument("--t", type=_positive_int, default=500, help="the step to encode to (1..T; larger: the mixtures "
                                                                 "share less of A and B)")
     p.add_argument("--out", required=True, help="the strip, a .png")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if ddpm wrote it (never a file of yours)")
     p.add_argument("--n", type=lambda v: max(2, _positive_int(v)), default=9, help="mixtures, lambda = 0 .. 1")
     p.add_argument("--mix", choices=MIXES, default="slerp",
                    help="slerp (along the great circle: keeps the noise's norm; measured clearer than linear) or "
@@ -350,6 +358,8 @@ def _interpolate(c: _Commands) -> None:
 
 
 def _import(c: _Commands) -> None:
+    from .config import DiffusionConfig
+
     p = c.add("import", "turn a diffusers DDPM pipeline directory into a run (no diffusers needed)",
               "Read a diffusers DDPM pipeline directory (model_index.json, unet/, scheduler/; or a bare unet/ "
               "folder) whose UNet2DModel is of the DDPM family, and write a run directory that `ddpm sample` and "
@@ -359,6 +369,8 @@ def _import(c: _Commands) -> None:
               "ddpm sample --run runs/paper-cifar10 --n 64 --out grid.png --sampler ddim --steps 50", device=False)
     p.add_argument("dir", help="a diffusers pipeline directory, or its unet/ folder")
     p.add_argument("--out", required=True, help="the run directory to create (must not exist)")
+    _config_flags(p.add_argument_group("the schedule of a bare unet/ folder (a pipeline's scheduler/ gives it)"),
+                  DiffusionConfig)
 
 
 def _export(c: _Commands) -> None:
@@ -377,4 +389,5 @@ def _schedule(c: _Commands) -> None:
               "Plot the linear (the paper's) and cosine (improved DDPM) schedules side by side.",
               "ddpm schedule --out schedule.png --T 1000", device=False)
     p.add_argument("--out", required=True, help="the plot, a .png")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if ddpm wrote it (never a file of yours)")
     p.add_argument("--T", type=_positive_int, default=1000, help="number of diffusion steps")

@@ -18,9 +18,10 @@ import torch
 
 from .atomic import atomic_path, written_aside
 from .errors import DDPMError
+from .ownership import MARK, check_replaceable, png_info, record_written, remove_written
 
 __all__ = ["output_kind", "check_output", "check_writable_folder", "check_picture_path", "check_new_folder",
-           "write_images", "write_npz"]
+           "write_images", "write_folder", "write_npz"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -51,12 +52,17 @@ def check_writable_folder(folder: PathLike, what: PathLike) -> None:
         raise DDPMError(f"cannot write {what}: folder {folder} is not writable ({e.strerror})") from None
 
 
-def check_picture_path(path: PathLike, suffix: str = ".png") -> Path:
-    """A picture's path, checked before the work that draws it: the right suffix, a folder that takes files."""
+def check_picture_path(path: PathLike, suffix: str = ".png", *, overwrite: bool = False,
+                       flag: str = "--out") -> Path:
+    """A picture's path, checked before the work that draws it: the right suffix, a folder that takes files, and
+    nothing in the way (an existing picture only with ``overwrite``, and only one that ddpm wrote)."""
     out = Path(path)
     if out.suffix.lower() != suffix:
-        raise DDPMError(f"{out} must end in {suffix}")
+        raise DDPMError(f"{flag} {out} must end in {suffix}")
     check_writable_folder(out.parent, out)
+    if out.is_dir():
+        raise DDPMError(f"cannot write {out}: it is a folder")
+    check_replaceable(out, overwrite=overwrite, flag=flag)
     return out
 
 
@@ -69,31 +75,28 @@ def check_new_folder(path: PathLike) -> Path:
     return out
 
 
-def check_output(path: PathLike, *, overwrite: bool = False) -> str:
+def check_output(path: PathLike, *, overwrite: bool = False, runs: Sequence[PathLike] = ()) -> str:
     """The kind of ``path`` (see :func:`output_kind`) after checking that it can be written: its folder exists
-    and takes files, and nothing is in the way (an existing file, or a folder that is not empty, only with
-    ``overwrite``; never a file where a folder goes or the other way round)."""
+    and takes files, and nothing is in the way. With ``overwrite``, an existing output is replaced only when ddpm
+    wrote it (a marked file, or a folder holding nothing else); the current folder, home, a run and the ``runs``
+    being read never are (``ownership.check_replaceable``). Never a file where a folder goes or the other way."""
     kind = output_kind(path)
     path = Path(path)
     check_writable_folder(path.parent, path)
     if kind == "dir":
         if path.exists() and not path.is_dir():
             raise DDPMError(f"cannot write a folder of images at {path}: a file of that name is in the way")
-        if path.is_dir() and any(path.iterdir()) and not overwrite:
-            raise DDPMError(f"{path} is a folder that is not empty; choose another --out or pass --overwrite")
     elif path.is_dir():
         raise DDPMError(f"cannot write {path}: it is a folder")
-    elif path.exists() and not overwrite:
-        raise DDPMError(f"{path} already exists; choose another --out or pass --overwrite")
+    check_replaceable(path, overwrite=overwrite, runs=runs)
     return kind
 
 
 def write_images(images: torch.Tensor, path: PathLike, *, labels: Optional[torch.Tensor] = None,
-                 nrow: Optional[int] = None) -> None:
+                 nrow: Optional[int] = None, seeds: Optional[Sequence[int]] = None) -> None:
     """uint8 [N, C, H, W] -> a PNG grid (``nrow`` per row), an ``.npz`` (``arr_0`` [N, H, W, C]; ``arr_1`` the
-    labels when given) or a folder ``000000.png ...``; written aside and renamed into place."""
-    from PIL import Image
-
+    labels when given) or a folder of PNGs named by their seeds (``000000.png ...``, default 0..N-1); written
+    aside and renamed into place (a folder replaces only what ddpm wrote there)."""
     from .viz import save_grid
 
     kind = output_kind(path)
@@ -108,9 +111,20 @@ def write_images(images: torch.Tensor, path: PathLike, *, labels: Optional[torch
             arrays["arr_1"] = (lab.shape, lab.dtype, [lab])
         write_npz(path, arrays)
     else:
-        with written_aside(path, replace=True) as tmp:
-            for i, a in enumerate(arr):
-                Image.fromarray(a[..., 0] if a.shape[2] == 1 else a).save(tmp / f"{i:06d}.png")
+        write_folder(path, zip(range(len(arr)) if seeds is None else seeds, arr))
+
+
+def write_folder(path: PathLike, named: Iterable[Tuple[int, np.ndarray]]) -> None:
+    """A folder of PNGs ``{seed:06d}.png`` from (seed, uint8 [H, W, C]) pairs, with the list of what ddpm wrote
+    there; written aside and renamed, replacing only what ddpm wrote at ``path`` before."""
+    from PIL import Image
+
+    with written_aside(path, replace=remove_written) as tmp:
+        names = []
+        for seed, a in named:
+            names.append(f"{seed:06d}.png")
+            Image.fromarray(a[..., 0] if a.shape[2] == 1 else a).save(tmp / names[-1], pnginfo=png_info())
+        record_written(tmp, names)
 
 
 def write_npz(path: PathLike, arrays: Dict[str, Tuple[Sequence[int], np.dtype, Iterable[np.ndarray]]]) -> None:
@@ -118,6 +132,7 @@ def write_npz(path: PathLike, arrays: Dict[str, Tuple[Sequence[int], np.dtype, I
     dtype and the pieces that make it up, in order along the first axis, so memory holds one piece at a time. The
     zip entries carry a fixed date, so the same arrays give the same bytes (``np.savez`` stamps the time)."""
     with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        zf.comment = MARK.encode()
         for name, (shape, dtype, pieces) in arrays.items():
             info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
             with zf.open(info, "w", force_zip64=True) as f:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import errno
 import hashlib
 import json
 import logging
@@ -29,13 +28,13 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-from .atomic import atomic_write_text, written_aside
+from .atomic import atomic_write_text, named, save_safetensors, written_aside
 from .config import RunConfig
 from .diffusion import GaussianDiffusion
-from .errors import DDPMError
+from .errors import DDPMError, is_disk_full
 from .unet import UNet
 
 __all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "list_checkpoints", "read_config", "write_config",
@@ -154,21 +153,23 @@ def save_checkpoint(run_dir: PathLike, *, step: int, model: nn.Module, ema_model
     try:
         # every temporary folder in checkpoints/ is a checkpoint's: those of any step killed mid-write go
         with written_aside(final, replace=True, stale=".tmp-*") as tmp:
-            save_file(_state_dict_cpu(model), str(tmp / "model.safetensors"))
-            save_file(_state_dict_cpu(ema_model), str(tmp / "ema.safetensors"))
+            save_safetensors(_state_dict_cpu(model), tmp / "model.safetensors")
+            save_safetensors(_state_dict_cpu(ema_model), tmp / "ema.safetensors")
             meta: Dict[str, Any] = {}
             if optimizer is not None:
                 tensors, meta = _optimizer_to_files(optimizer)
-                save_file(tensors, str(tmp / "optimizer.safetensors"))
+                save_safetensors(tensors, tmp / "optimizer.safetensors")
             payload = {"step": int(step), "optimizer": meta, **(state or {})}
             (tmp / "state.json").write_text(json.dumps(payload))
             files = [f for f in FILES if (tmp / f).exists()]
             manifest = {f: {"sha256": _sha256(tmp / f), "bytes": (tmp / f).stat().st_size} for f in files}
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
     except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DDPMError(f"no space left on the device while writing the checkpoint for step {step} in "
-                            f"{final.parent}; the previous checkpoint is intact. Free some space and resume with "
+        if is_disk_full(e):
+            last = list_checkpoints(run_dir)
+            kept = f"the last checkpoint, step {checkpoint_step(last[-1])}, is kept" if last else "no checkpoint is kept"
+            raise DDPMError(f"no space left on the device writing the checkpoint of step {step} ({e.strerror}: "
+                            f"{final}); {kept}. Free some space and continue with: ddpm train --out {run_dir} "
                             "--resume") from None
         raise
     if keep is not None:
@@ -323,8 +324,11 @@ class MetricsLog:
         atomic_write_text(self.path, "\n".join(lines) + "\n")
 
     def append(self, row: Dict[str, Any]) -> None:
-        with open(self.path, "a") as f:
-            f.write(",".join(_cell(row.get(k, "")) for k in self.columns) + "\n")
+        try:
+            with open(self.path, "a") as f:
+                f.write(",".join(_cell(row.get(k, "")) for k in self.columns) + "\n")
+        except OSError as e:
+            raise named(e, self.path) from None
 
 
 def _cell(v: Any) -> str:

@@ -19,10 +19,10 @@ import torch
 from .atomic import atomic_write_text
 from .config import (RunConfig, TrainConfig, make_run_config, overlay, read_config_file, resume_config,
                      with_classes)
-from .data import ImageData, load_data
+from .data import ImageData, load_data, resolve_source
 from .errors import DDPMError
 from .finetune import PROVENANCE, check_network, init_source, load_init_weights, source_defaults
-from .run import (IMPORTED_DATA, checkpoint_step, is_run, list_checkpoints, load_checkpoint, read_config, run_lock,
+from .run import (IMPORTED_DATA, checkpoint_step, holds_run_config, is_run, list_checkpoints, load_checkpoint, read_config, run_lock,
                   write_config)
 from .reporting import check_log
 from .runtime import barrier, rank_world
@@ -58,8 +58,16 @@ def plan_run(run: Path, *, train: Dict[str, Any], diffusion: Dict[str, Any], pre
         file = read_config_file(config_file)
         train, diffusion = overlay(file["train"], train), overlay(file["diffusion"], diffusion)
         model, preset = overlay(file["model"], model), preset or file["preset"]
-    if resume and is_run(run):
+    given, train = train.get("data"), _resolved(train)
+    fresh = _never_saved(run)
+    if fresh is not None:  # stopped before its first checkpoint (out of memory, say): start it again, as asked
+        log.info("%s stopped before its first checkpoint: starting it again with the settings given now", run)
+        train = {**train, "data": train.get("data") or fresh.train.data}
+        preset = preset or fresh.preset
+    elif resume and is_run(run):
         saved = read_config(run)
+        if given is not None and saved.train.data != IMPORTED_DATA and resolve_source(saved.train.data) == train["data"]:
+            train = {k: v for k, v in train.items() if k != "data"}  # the same source, however it is spelled
         if saved.train.data == IMPORTED_DATA:
             raise DDPMError(f"{run} holds weights imported from a diffusers pipeline, without the data, optimizer "
                             "and random states that a resumed run continues: sample, evaluate or export it")
@@ -69,13 +77,21 @@ def plan_run(run: Path, *, train: Dict[str, Any], diffusion: Dict[str, Any], pre
                         "(without --resume)")
     # a run killed before it wrote its config holds only its lock file: --resume starts it afresh
     leftovers = {".lock"} if resume else set()
-    if run.exists() and (not run.is_dir() or any(p.name not in leftovers for p in run.iterdir())):
+    if fresh is None and run.exists() and (not run.is_dir() or any(p.name not in leftovers for p in run.iterdir())):
         raise DDPMError(f"{run} already exists; pass --resume to continue it, or choose another --out")
     if train.get("data") is None:
         raise DDPMError("--data is required for a new run: 'mnist', a folder of images, or a CIFAR-10 archive")
     source = init_source(train["init_from"]) if train.get("init_from") else None
     if source is not None:
-        preset = preset or source.preset
+        preset = preset or source.preset or _recipe_for(source)
+        if source.model.num_classes and train.get("class_cond") is None:
+            log.info("--init-from %s is class-conditional (%d classes): so is this run (--class-cond)", source.path,
+                     source.model.num_classes)
+            train = {**train, "class_cond": True}
+        if source.diffusion is None and diffusion.get("T") is None:
+            from .interop.diffusers import NO_SCHEDULER
+
+            raise DDPMError(f"--init-from {source.path} {NO_SCHEDULER}")
         model_defaults, diffusion_defaults = source_defaults(source)
         model, diffusion = overlay(model_defaults, model), overlay(diffusion_defaults, diffusion)
     try:
@@ -85,7 +101,39 @@ def plan_run(run: Path, *, train: Dict[str, Any], diffusion: Dict[str, Any], pre
         raise DDPMError(f"{e} (--image-size / --channels)") from None
     if source is not None:  # all but the classes, which come from the data
         check_network(dataclasses.replace(cfg.model, num_classes=source.model.num_classes), source)
-    return cfg
+    return dataclasses.replace(cfg, data_as_given=given if given not in (None, cfg.train.data) else None)
+
+
+def _recipe_for(source) -> str:
+    """The preset whose recipe fits a diffusers source's network (it names none), said in the log."""
+    from .finetune import nearest_preset
+
+    preset = nearest_preset(source.model)
+    log.info("--init-from %s names no recipe: its network is nearest in size to the %r preset's, so this run trains "
+             "with that recipe (batch size, learning rate, EMA decay; --preset picks another)", source.path, preset)
+    return preset
+
+
+def _resolved(train: Dict[str, Any]) -> Dict[str, Any]:
+    """``--data`` and ``--init-from`` made absolute: stored so, they name the same thing from any folder."""
+    paths = {"data": resolve_source(train["data"]) if train.get("data") is not None else None,
+             "init_from": str(Path(train["init_from"]).expanduser().resolve()) if train.get("init_from") else None}
+    return {**train, **{k: v for k, v in paths.items() if v is not None}}
+
+
+RUN_FILES = {".lock", "config.json", "metrics.csv", "checkpoints", "samples", "loss.png", "plan.json", "tensorboard",
+             "skipped_images.txt"}
+
+
+def _never_saved(run: Path) -> Optional[RunConfig]:
+    """The config of a run that stopped before its first checkpoint and holds nothing but what training writes
+    (so starting it again, with any settings, loses nothing); else None."""
+    if not holds_run_config(run) or list_checkpoints(run) or any(p.name not in RUN_FILES for p in run.iterdir()):
+        return None
+    try:
+        return read_config(run)
+    except DDPMError:
+        return None
 
 
 def _training_data(cfg: RunConfig, main: bool, progress: bool, cache_dir) -> ImageData:

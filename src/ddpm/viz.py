@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 from typing import Dict, Optional, Sequence, Union
 
 import numpy as np
@@ -17,6 +18,7 @@ from PIL import Image, ImageDraw, ImageFont
 from .atomic import atomic_path
 from .data import to_uint8
 from .errors import DDPMError
+from .ownership import MARK, png_info
 
 __all__ = ["make_grid", "save_grid", "save_picture", "plot_loss", "labelled_grid", "noise_strip", "Trajectory",
            "reverse_process_pictures", "interpolation_strip", "plot_schedule",
@@ -54,8 +56,10 @@ def save_grid(images: torch.Tensor, path: PathLike, nrow: Optional[int] = None, 
 
 def save_picture(img: Image.Image, path: PathLike) -> None:
     """Save a PIL image (format by the name) aside and rename it into place."""
+    suffix = Path(path).suffix.lower()
+    mark = {".png": {"pnginfo": png_info()}, ".gif": {"comment": MARK.encode()}}.get(suffix, {})
     with atomic_path(path) as tmp:
-        img.save(tmp)
+        img.save(tmp, **mark)
 
 
 def _pyplot(required: bool = True):
@@ -77,7 +81,7 @@ def _save_fig(fig, out_png: PathLike) -> None:
     import matplotlib.pyplot as plt
 
     with atomic_path(out_png) as tmp:
-        fig.savefig(tmp)
+        fig.savefig(tmp, metadata={"Software": MARK})
     plt.close(fig)
 
 
@@ -213,7 +217,8 @@ class Trajectory:
         images = [im.convert("L") if grey else im.quantize(256) for im in images]  # GIF frames are palette images
         durations = [ms] * (len(images) - 1) + [1500]
         with atomic_path(path) as tmp:
-            images[0].save(tmp, save_all=True, append_images=images[1:], duration=durations, loop=0)
+            images[0].save(tmp, save_all=True, append_images=images[1:], duration=durations, loop=0,
+                           comment=MARK.encode())
 
 
 def interpolation_strip(xa: torch.Tensor, mixed: torch.Tensor, xb: torch.Tensor) -> Image.Image:

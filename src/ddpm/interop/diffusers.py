@@ -37,6 +37,8 @@ from ..config import DiffusionConfig, RunConfig, make_run_config
 from ..errors import DDPMError
 from ..run import IMPORTED_DATA, holds_run_config, save_checkpoint, write_config
 from ..unet import UNet, UNetConfig
+from .schedulers import diffusion_from_scheduler, scheduler_config
+from .usage import usage
 
 __all__ = ["read_diffusers", "read_diffusers_config", "import_diffusers", "export_diffusers", "to_diffusers_state_dict",
            "from_diffusers_state_dict", "unet_config_to_diffusers", "unet_config_from_diffusers"]
@@ -156,45 +158,6 @@ def unet_config_to_diffusers(cfg: UNetConfig) -> Dict[str, Any]:
     }
 
 
-def diffusion_from_scheduler(cfg: Dict[str, Any], where: str = "scheduler/scheduler_config.json") -> DiffusionConfig:
-    """A diffusers DDPMScheduler config -> DiffusionConfig with the same betas."""
-    name = cfg.get("_class_name", "DDPMScheduler")
-    if name not in ("DDPMScheduler", "DDIMScheduler"):
-        raise DDPMError(f"{where}: unsupported scheduler {name!r} (DDPMScheduler or DDIMScheduler)")
-    if cfg.get("prediction_type", "epsilon") != "epsilon":
-        raise DDPMError(f"{where}: unsupported prediction_type = {cfg['prediction_type']!r} (the DDPM UNet "
-                        "predicts epsilon)")
-    if cfg.get("trained_betas") is not None:
-        raise DDPMError(f"{where}: unsupported trained_betas (use beta_schedule linear or squaredcos_cap_v2)")
-    T = int(cfg.get("num_train_timesteps", 1000))
-    var = {"fixed_small": "fixedsmall", "fixed_large": "fixedlarge", "fixed_small_log": "fixedsmall",
-           "fixed_large_log": "fixedlarge"}.get(cfg.get("variance_type", "fixed_small"))
-    if var is None:
-        raise DDPMError(f"{where}: unsupported variance_type = {cfg.get('variance_type')!r} (fixed_small or "
-                        "fixed_large)")
-    schedule = cfg.get("beta_schedule", "linear")
-    if schedule == "linear":  # diffusers' ends are absolute; ours are scaled by 1000/T
-        scale = T / 1000
-        return DiffusionConfig(T=T, schedule="linear", beta_start=float(cfg.get("beta_start", 1e-4)) * scale,
-                               beta_end=float(cfg.get("beta_end", 0.02)) * scale, var_type=var)
-    if schedule == "squaredcos_cap_v2":
-        return DiffusionConfig(T=T, schedule="cosine", var_type=var)
-    raise DDPMError(f"{where}: unsupported beta_schedule = {schedule!r} (linear or squaredcos_cap_v2)")
-
-
-def scheduler_config(diffusion: DiffusionConfig) -> Dict[str, Any]:
-    """DiffusionConfig -> a diffusers DDPMScheduler config with the same betas."""
-    cfg: Dict[str, Any] = {"_class_name": "DDPMScheduler", "num_train_timesteps": diffusion.T,
-                           "variance_type": "fixed_large" if diffusion.var_type == "fixedlarge" else "fixed_small",
-                           "clip_sample": True, "clip_sample_range": 1.0, "prediction_type": "epsilon"}
-    if diffusion.schedule == "cosine":
-        cfg["beta_schedule"] = "squaredcos_cap_v2"
-    else:
-        scale = 1000 / diffusion.T
-        cfg.update(beta_schedule="linear", beta_start=diffusion.beta_start * scale, beta_end=diffusion.beta_end * scale)
-    return cfg
-
-
 # ----------------------------------------------------------------------------- weights
 def _maps(model: UNet):
     """ddpm -> diffusers module prefixes: ({plain module: name}, [(attention block, name)])."""
@@ -304,13 +267,9 @@ def _read_weights(unet_dir: Path) -> Dict[str, torch.Tensor]:
         except Exception as e:
             raise DDPMError(f"cannot read {st}: {e}") from None
     if bin_.is_file():
-        try:  # a pickle: only plain tensors and containers are let through, so nothing in it can run
-            tensors = torch.load(bin_, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise DDPMError(f"cannot read {bin_} as plain weights (refused: {str(e).splitlines()[0][:160]})") from None
-        if not isinstance(tensors, dict) or not all(isinstance(v, torch.Tensor) for v in tensors.values()):
-            raise DDPMError(f"{bin_} is not a state dict of tensors")
-        return tensors
+        from ..safeload import load_tensors
+
+        return load_tensors(bin_, "UNet weights")
     raise DDPMError(f"{unet_dir} has no weights ({WEIGHTS} or {WEIGHTS_BIN})")
 
 
@@ -326,31 +285,51 @@ def _unet_dir(root: Path) -> Path:
     return unet_dir
 
 
-def _configs(root: Path) -> Tuple[Path, UNetConfig, DiffusionConfig]:
+NO_SCHEDULER = ("has no scheduler/scheduler_config.json, so the noise schedule its UNet was trained with is unknown: "
+                "give it with --T (and --schedule, --beta-start, --beta-end unless linear from 1e-4 to 0.02 at T=1000)")
+
+
+def _configs(root: Path, diffusion: Optional[DiffusionConfig] = None,
+             required: bool = True) -> Tuple[Path, UNetConfig, Optional[DiffusionConfig]]:
     unet_dir = _unet_dir(root)
     cfg = unet_config_from_diffusers(_read_json(unet_dir / "config.json"), str(unet_dir / "config.json"))
     sched = root / "scheduler" / "scheduler_config.json"
-    diffusion = diffusion_from_scheduler(_read_json(sched), str(sched)) if sched.is_file() else DiffusionConfig()
+    if sched.is_file():
+        if diffusion is not None:
+            raise DDPMError(f"{root} has its own schedule ({sched}); drop --T and the other schedule flags")
+        return unet_dir, cfg, diffusion_from_scheduler(_read_json(sched), str(sched))
+    if diffusion is None and required:
+        raise DDPMError(f"{root} {NO_SCHEDULER}")
     return unet_dir, cfg, diffusion
 
 
-def read_diffusers_config(path: os.PathLike) -> Tuple[UNetConfig, DiffusionConfig]:
+def read_diffusers_config(path: os.PathLike, diffusion: Optional[DiffusionConfig] = None,
+                          required: bool = True) -> Tuple[UNetConfig, Optional[DiffusionConfig]]:
     """The network and diffusion of a diffusers DDPM pipeline directory (or a bare ``unet/`` folder), from its
-    configs alone. A bare UNet folder has no scheduler: the paper's (T = 1000, linear 1e-4..0.02) is assumed."""
-    return _configs(Path(path))[1:]
+    configs alone. A bare UNet folder has no scheduler: its diffusion must be given (``diffusion``), else it is a
+    DDPMError (or, unless ``required``, None)."""
+    return _configs(Path(path), diffusion, required)[1:]
 
 
-def read_diffusers(path: os.PathLike) -> Tuple[UNet, DiffusionConfig]:
-    """Read a diffusers DDPM pipeline directory (or a bare ``unet/`` folder): the UNet and its diffusion."""
-    unet_dir, cfg, diffusion = _configs(Path(path))
+def read_diffusers(path: os.PathLike, diffusion: Optional[DiffusionConfig] = None) -> Tuple[UNet, DiffusionConfig]:
+    """Read a diffusers DDPM pipeline directory (or a bare ``unet/`` folder, with its ``diffusion``): the UNet and
+    its diffusion."""
+    unet_dir, cfg, diffusion = _configs(Path(path), diffusion)
     model = from_diffusers_state_dict(_read_weights(unet_dir), cfg, where=str(unet_dir))
     return model, diffusion
 
 
-def import_diffusers(path: os.PathLike, run_dir: os.PathLike) -> Path:
-    """Write a run directory (config + one checkpoint, model = EMA = the imported weights) from ``path``."""
+def read_diffusers_unet(path: os.PathLike) -> UNet:
+    """The UNet of a diffusers DDPM pipeline directory or bare ``unet/`` folder, whatever its schedule."""
+    unet_dir, cfg, _ = _configs(Path(path), required=False)
+    return from_diffusers_state_dict(_read_weights(unet_dir), cfg, where=str(unet_dir))
+
+
+def import_diffusers(path: os.PathLike, run_dir: os.PathLike, diffusion: Optional[DiffusionConfig] = None) -> Path:
+    """Write a run directory (config + one checkpoint, model = EMA = the imported weights) from ``path`` (a bare
+    ``unet/`` folder with the ``diffusion`` it was trained with)."""
     run_dir = Path(run_dir)
-    model, diffusion = read_diffusers(path)
+    model, diffusion = read_diffusers(path, diffusion)
     preset = "cifar10" if model.config.in_channels == 3 else "mnist"
     k = model.config.num_classes
     base = make_run_config(preset, train={"data": IMPORTED_DATA, "class_cond": bool(k)})
@@ -380,13 +359,13 @@ def export_diffusers(model: UNet, diffusion: DiffusionConfig, out_dir: os.PathLi
                      classes: Optional[Sequence[str]] = None) -> Path:
     """Write a diffusers DDPMPipeline directory (model_index.json, unet/, scheduler/) for ``model``; a
     class-conditional model's class names go to ``classes.json``."""
-    from safetensors.torch import save_file
+    from ..atomic import save_safetensors
 
     out = Path(out_dir)
     with written_aside(out) as tmp:
         (tmp / "unet").mkdir()
         (tmp / "scheduler").mkdir()
-        save_file(to_diffusers_state_dict(model), str(tmp / "unet" / WEIGHTS))
+        save_safetensors(to_diffusers_state_dict(model), tmp / "unet" / WEIGHTS)
         (tmp / "unet" / "config.json").write_text(json.dumps(unet_config_to_diffusers(model.config), indent=2) + "\n")
         (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler_config(diffusion), indent=2) + "\n")
         index = {"_class_name": "DDPMPipeline", "scheduler": ["diffusers", "DDPMScheduler"],
@@ -395,4 +374,5 @@ def export_diffusers(model: UNet, diffusion: DiffusionConfig, out_dir: os.PathLi
         if model.config.num_classes:
             names = list(classes or (str(i) for i in range(model.config.num_classes)))
             (tmp / CLASSES).write_text(json.dumps(names, indent=1) + "\n")
+        (tmp / "README.md").write_text(usage(out, model.config, names if model.config.num_classes else None))
     return out
