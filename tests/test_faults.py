@@ -306,3 +306,43 @@ def test_data_info_lists_a_folders_classes(tmp_path, capsys):
         Image.new("RGB", (8, 8)).save(tmp_path / "pets" / name / "a.png")
     assert main(["data", "info", str(tmp_path / "pets"), "--cache-dir", str(tmp_path / "c")]) == 0
     assert "2 classes: cat, dog" in capsys.readouterr().out
+
+
+def test_a_relative_data_path_survives_a_cd(tmp_path, capsys, monkeypatch):
+    work = tmp_path / "work"
+    (work / "pics" / "a").mkdir(parents=True)
+    for i in range(6):
+        Image.new("L", (16, 16), 30 * i).save(work / "pics" / "a" / f"{i}.png")
+    monkeypatch.chdir(work)
+    common = ["--image-size", "16", "--channels", "1", "--cache-dir", str(tmp_path / "cache")]
+    assert main(["train", "--data", "pics", "--out", str(tmp_path / "run"), "--steps", "3", *TINY, *common]) == 0
+    cfg = __import__("json").loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["train"]["data"] == str(work / "pics") and cfg["data_as_given"] == "pics"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["train", "--out", str(tmp_path / "run"), "--resume", "--steps", "5", "--quiet",
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert main(["train", "--out", str(tmp_path / "run"), "--resume", "--steps", "6", "--quiet",
+                 "--data", "../work/pics/", "--cache-dir", str(tmp_path / "cache")]) == 0  # the same source, spelled anew
+    capsys.readouterr()
+    assert main(["eval", "--run", str(tmp_path / "run"), "--metric", "bpd", "--n", "2", "--quiet",
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert "bits/dim" in capsys.readouterr().out
+
+
+def test_ctrl_c_during_the_demo_keeps_its_checkpoint_draws_nothing_and_exits_130(tmp_path, capsys, monkeypatch):
+    import ddpm.trainer
+
+    real = ddpm.trainer.Trainer.train_step
+
+    def ctrl_c_at_step_2(self, *a, **k):
+        if self.step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(ddpm.trainer.Trainer, "train_step", ctrl_c_at_step_2)
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--steps", "20", "--quiet"]) == 130
+    assert "Continue with: ddpm demo --out" in capsys.readouterr().err
+    assert list((out / "checkpoints").iterdir()) and not (out / "samples.png").exists()
