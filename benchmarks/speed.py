@@ -139,7 +139,7 @@ def run_speed(args, preset: str, batch: int) -> dict:
     trainer, theirs, diffusion, shape = build(preset, batch, device)
     c, s = shape
     loops = {
-        "ddpm (default: %s)" % ("bf16" if trainer.bf16 else "fp32"): trainer.train_step,
+        "ddpm (default: %s)" % trainer.precision.kind: trainer.train_step,
         "diffusers fp32": DiffusersLoop(theirs, diffusion, batch, shape, device, False).step,
         "diffusers bf16 autocast": DiffusersLoop(theirs, diffusion, batch, shape, device, True).step,
     }

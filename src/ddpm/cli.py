@@ -47,7 +47,7 @@ def cmd_train(args) -> int:
         print(cfg.to_json(), end="")
         return 0
     device = choose_device(args.device)
-    rank, _ = init_distributed(device)
+    rank, _ = init_distributed(device, args.dist_timeout)
     t0 = time.monotonic()
     try:
         res = train_run(run, cfg, device=device, progress=not args.quiet, cache_dir=args.cache_dir,
@@ -77,7 +77,7 @@ def cmd_sample(args) -> int:
                                                                 flag="--trajectory"),
                 "gif": args.gif and check_picture_path(args.gif, ".gif", overwrite=args.overwrite, flag="--gif")}
     device = choose_device(args.device)
-    rank, _ = init_distributed(device)
+    rank, _ = init_distributed(device, args.dist_timeout)
     try:
         ckpt = load_checkpoint(args.run, map_location=device)
         sampler = make_sampler(args.sampler, ckpt.diffusion, steps=args.steps, eta=args.eta, spacing=args.spacing)

@@ -25,7 +25,9 @@ class Guided:
         self.model, self.y, self.null_class, self.w = model, y, null_class, float(guidance)
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
-        y = self.y.to(x.device)
+        if self.y.device != x.device:  # moved once, not at every step
+            self.y = self.y.to(x.device)
+        y = self.y
         if self.w == 0:
             return self.model(x, t, y)
         cond, uncond = self.model(torch.cat([x, x]), torch.cat([t, t]),

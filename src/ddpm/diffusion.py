@@ -22,9 +22,21 @@ Model = Callable[[Tensor, Tensor], Tensor]
 VAR_TYPES = ("fixedlarge", "fixedsmall")
 
 
+def on_device(table: Tensor, device) -> Tensor:
+    """``table`` on ``device``, copied there once and kept with the table: a sampler's tables would otherwise
+    cross from host to GPU (a synchronising copy) several times per step."""
+    device = torch.device(device)
+    if table.device == device:
+        return table
+    copies = table.__dict__.setdefault("_ddpm_copies", {})
+    if device not in copies:
+        copies[device] = table.to(device)
+    return copies[device]
+
+
 def extract(table: Tensor, t: Tensor, like: Tensor) -> Tensor:
     """table[t] cast to ``like``'s dtype/device and shaped [B, 1, 1, ...] to broadcast over ``like``."""
-    out = table.to(like.device)[t.to(like.device).long()].to(like.dtype)
+    out = on_device(table, like.device)[t.to(like.device).long()].to(like.dtype)
     return out.reshape(t.shape[0], *([1] * (like.ndim - 1)))
 
 
@@ -221,8 +233,9 @@ class GaussianDiffusion:
         if loss not in ("l2", "l1"):
             raise ValueError(f"loss must be l2 or l1, got {loss!r}")
         b = x0.shape[0]
-        if t is None:
-            t = torch.randint(0, self.T, (b,), device=x0.device, generator=generator)
+        if t is None:  # drawn where the generator lives (a CPU generator with CUDA data is common), then moved
+            where = generator.device if isinstance(generator, torch.Generator) else x0.device
+            t = torch.randint(0, self.T, (b,), device=where, generator=generator).to(x0.device)
         if noise is None:
             noise = draw_normal(x0.shape, generator, x0)
         xt = self.q_sample(x0, t, noise)

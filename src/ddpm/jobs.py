@@ -1,9 +1,10 @@
 """Sampling jobs at scale: the images of a range of seeds, drawn chunk by chunk.
 
-Image i of a job is the image of seed ``seeds[i]`` (``sampling.generate``), so a job can be cut anywhere. Each
+Image i of a job is the image of seed ``seeds[i]`` (``sampling.generate``), so a job can be cut anywhere. A chunk
+is about a minute of sampling (measured; at least a batch, at most 1,000 images), so a kill costs little. Each
 finished chunk is written aside and renamed into ``.<output>.parts/`` next to the output, with ``job.json`` saying
 what the job is; the same command run again after a kill or Ctrl-C draws only the missing chunks, and under
-torchrun each process draws its share of them (chunk k goes to rank k mod world). When every chunk is there the
+torchrun each process draws its share of them (the missing chunks dealt out in turn). When every chunk is there the
 output is assembled, streaming (memory does not grow with the number of images), and the parts are removed.
 A job of other settings in the way is refused, never mixed in.
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +23,7 @@ import torch
 
 from .atomic import written_aside
 from .errors import DDPMError
+from .rng import NOISE_SCHEME
 from .outputs import check_output, output_kind, write_folder, write_images, write_npz
 
 __all__ = ["JobSpec", "SampleJob", "parse_seeds", "CHUNK", "GRID_LIMIT"]
@@ -45,8 +46,9 @@ def parse_seeds(text: str) -> range:
 
 @dataclass(frozen=True)
 class JobSpec:
-    """What decides a job's images: the run and its checkpoint, the sampler's settings, the classes and the seeds.
-    (Not the batch size, the number of processes or the device order: they change nothing.)"""
+    """What decides a job's images: the run and its checkpoint, the sampler's settings, the classes, the seeds, the
+    device type (its generators) and the scheme that draws each image's noise. (Not the batch size, the number of
+    processes or the device order: they change nothing.)"""
 
     run: str
     step: int
@@ -61,6 +63,8 @@ class JobSpec:
     n: int
     precision: str
     chunk: int = CHUNK
+    device: str = "cpu"  # CPU and CUDA generators give different noise for one seed: never mixed in one job
+    noise: str = NOISE_SCHEME
 
     def differences(self, other: Dict[str, Any]) -> List[str]:
         return [f"{k} {other.get(k)!r} (now {v!r})" for k, v in asdict(self).items() if other.get(k) != v]
@@ -71,10 +75,15 @@ class SampleJob:
 
     def __init__(self, out, spec: JobSpec):
         self.out, self.spec, self.kind = Path(out), spec, output_kind(out)
-        self.parts = self.out.parent / f".{self.out.name}.parts"
+        self.parts = self.parts_of(out)
         if self.kind == "png" and spec.n > GRID_LIMIT:
             raise DDPMError(f"a PNG grid of {spec.n} images is too large (at most {GRID_LIMIT}); write FILE.npz or a "
                             "folder")
+
+    @staticmethod
+    def parts_of(out) -> Path:
+        out = Path(out)
+        return out.parent / f".{out.name}.parts"
 
     @property
     def chunks(self) -> List[range]:
@@ -93,6 +102,10 @@ class SampleJob:
             except (OSError, ValueError):
                 found = {}
             diff = self.spec.differences(found)
+            if found.get("device") not in (None, self.spec.device) and not overwrite:
+                raise DDPMError(f"{self.parts} holds a job started on {found['device']}: {found['device']} and "
+                                f"{self.spec.device} draw different noise for one seed, so its images cannot be mixed "
+                                f"with these; finish it with --device {found['device']}, or pass --overwrite")
             if diff and not overwrite:
                 raise DDPMError(f"{self.parts} holds a job with other settings in the way of this one ("
                                 f"{'; '.join(diff[:3])}); delete it, run that job again, or pass --overwrite")
@@ -107,14 +120,17 @@ class SampleJob:
         return sum(len(r) for k, r in enumerate(self.chunks) if self._chunk_file(k).is_file())
 
     def missing(self, rank: int = 0, world: int = 1) -> List[int]:
-        """The chunks this process still has to draw."""
-        return [k for k in range(len(self.chunks)) if k % world == rank and not self._chunk_file(k).is_file()]
+        """The chunks this process still has to draw: the missing ones dealt out in turn, so that after a resume
+        every process has its share of what is left (never one process drawing while the others wait)."""
+        todo = [k for k in range(len(self.chunks)) if not self._chunk_file(k).is_file()]
+        return todo[rank::world]
 
     def run(self, draw: Callable[[range], Tuple[torch.Tensor, Optional[torch.Tensor]]], *, rank: int = 0,
-            world: int = 1, bar=None) -> None:
-        """Draw this process's missing chunks: ``draw(span)`` returns the uint8 images [len(span), C, H, W] of the
-        job's images ``span`` and their labels (or None)."""
-        for k in self.missing(rank, world):
+            world: int = 1, bar=None, chunks: Optional[List[int]] = None) -> None:
+        """Draw this process's missing chunks (``chunks``, as ``missing`` dealt them out before anyone wrote):
+        ``draw(span)`` returns the uint8 images [len(span), C, H, W] of the job's images ``span`` and their labels
+        (or None)."""
+        for k in self.missing(rank, world) if chunks is None else chunks:
             images, labels = draw(self.chunks[k])
             write_images(images, self._chunk_file(k), labels=labels)
             if bar is not None:
@@ -162,10 +178,44 @@ class SampleJob:
             pass
 
 
-def chunk_size(n: int) -> int:
-    """Images per chunk by default: CHUNK, or a twentieth of a smaller job (at least 256), so a kill costs little
-    and the chunks stay large enough to batch well. Never the batch size's business: a rerun may change that."""
-    return min(CHUNK, max(256, math.ceil(n / 20)))
+KILL_COST_S = 60.0  # what a kill may cost at most, in seconds of sampling
+
+
+def chunk_for_a_minute(model, sampler, image_shape, *, batch_size: int, n: int, guidance: float = 0.0, device=None,
+                       precision: str = "fp32") -> int:
+    """Images per chunk such that a kill costs about ``KILL_COST_S`` of work: the seconds per image measured from
+    one network call at the batch size (after one to warm up) times the sampler's steps; at least a batch (it
+    batches well) and at most CHUNK, and never more than the job."""
+    import time
+
+    from .runtime import autocast
+
+    device = torch.device(device or "cpu")
+    b = max(1, min(batch_size, n)) * (2 if guidance else 1)  # guidance: the conditional and null halves
+    x = torch.zeros((b, *image_shape), device=device)
+    t = torch.full((b,), sampler.steps - 1, dtype=torch.long, device=device)
+    k = getattr(getattr(model, "config", None), "num_classes", 0)
+    args = (x, t) if not k else (x, t, torch.full((b,), k, dtype=torch.long, device=device))
+    model = model.to(device).eval()
+    with torch.no_grad(), autocast(device, precision):
+        seconds = []
+        for _ in range(2):
+            t0 = time.perf_counter()
+            model(*args)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds.append(time.perf_counter() - t0)
+    per_image = seconds[-1] * sampler.steps / (b // (2 if guidance else 1))
+    return int(min(CHUNK, n, max(min(batch_size, n), round(KILL_COST_S / max(per_image, 1e-9)))))
+
+
+def _earlier_chunk(out) -> Optional[int]:
+    """The chunk size of the job already under way at ``out`` (its job.json), if any."""
+    job = SampleJob.parts_of(out) / "job.json"
+    try:
+        return int(json.loads(job.read_text())["chunk"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def sample_job(out, ckpt, sampler, *, seeds: range, class_spec: Optional[str] = None, guidance: float = 0.0,
@@ -177,22 +227,28 @@ def sample_job(out, ckpt, sampler, *, seeds: range, class_spec: Optional[str] = 
     from tqdm.auto import tqdm
 
     from .conditioning import check_guidance, class_labels
-    from .runtime import barrier, rank_world
+    from .runtime import barrier, rank0_value, rank_world
     from .sampling import generate
 
     rank, world = rank_world()
     n = len(seeds)
+    model = ckpt.ema_model if ema else ckpt.model
+    c, s = ckpt.config.model.in_channels, ckpt.config.model.image_size
     check_guidance(guidance, ckpt.config.classes, class_spec)  # bad requests fail before anything is written
     class_labels(class_spec, ckpt.config.classes, n, range(0), warn=progress and rank == 0)
     spec = JobSpec(run=str(Path(ckpt.path).resolve().parents[1]), step=ckpt.step, ema=ema, sampler=sampler.name,
                    steps=sampler.steps, eta=getattr(sampler, "eta", None), spacing=sampler.spacing, guidance=guidance,
-                   classes=class_spec, first_seed=seeds.start, n=n, precision=precision, chunk=chunk or chunk_size(n))
+                   classes=class_spec, first_seed=seeds.start, n=n, precision=precision,
+                   chunk=rank0_value(chunk or _earlier_chunk(out) or chunk_for_a_minute(
+                       model, sampler, (c, s, s), batch_size=batch_size, n=n, guidance=guidance, device=device,
+                       precision=precision), device or "cpu"),
+                   device=torch.device(device or "cpu").type)
     job = SampleJob(out, spec)
     done = job.prepare(overwrite=overwrite, main=rank == 0)
     barrier()
-    model = ckpt.ema_model if ema else ckpt.model
-    c, s = ckpt.config.model.in_channels, ckpt.config.model.image_size
-    mine = sum(len(job.chunks[k]) for k in job.missing(rank, world))
+    todo = job.missing(rank, world)  # dealt out while no process writes: every process sees the same chunks
+    barrier()
+    mine = sum(len(job.chunks[k]) for k in todo)
     with tqdm(total=mine, desc=f"sampling ({sampler.name}, {sampler.steps} steps)", unit="img", dynamic_ncols=True,
               disable=not progress or rank != 0) as bar:
         def draw(span: range):
@@ -201,7 +257,7 @@ def sample_job(out, ckpt, sampler, *, seeds: range, class_spec: Optional[str] = 
                               guidance=guidance, batch_size=batch_size, device=device, precision=precision, bar=bar)
             return images, labels
 
-        job.run(draw, rank=rank, world=world, bar=bar)
+        job.run(draw, rank=rank, world=world, bar=bar, chunks=todo)
     barrier()
     if rank == 0:
         job.assemble()

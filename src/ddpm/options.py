@@ -143,7 +143,14 @@ class _Commands:
                                  help="CPU threads (default: the cores this process may use; OpenMP waits passively "
                                       "when other processes keep the cores busy)")
         self.device = argparse.ArgumentParser(add_help=False)
-        self.device.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:1, ...")
+        self.device.add_argument("--device", default="auto",
+                                 help="auto (a GPU if there is one), cpu, cuda, cuda:1, ... (under torchrun each process "
+                                      "uses the GPU of its local rank). On CUDA, fp32 matrix products and "
+                                      "convolutions use TF32 tensor cores (Ampere on)")
+        from .runtime import DIST_TIMEOUT_MIN
+
+        self.device.add_argument("--dist-timeout", type=float, default=DIST_TIMEOUT_MIN, metavar="MINUTES",
+                                 help="under torchrun: how long a process waits for the others before failing")
 
     def add(self, name: str, help: str, description: str, examples: str, device: bool = True):
         p = self.sub.add_parser(name, help=help, description=description, formatter_class=_Formatter,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Dict
+from typing import Any, Dict
 
 import torch
 
@@ -50,7 +50,8 @@ class Reporter:
 
     def row(self, lr: float, val_loss: float = float("nan")) -> Dict[str, float]:
         tr, now = self.trainer, time.monotonic()
-        acc, n, q = tr.log_acc, tr.log_acc["n"], tr.log_acc["quarters"]
+        acc = plain_log(tr.log_acc)
+        n, q = acc["n"], acc["quarters"]
         row = {"step": tr.step, "loss": acc["loss"] / n if n else float("nan"), "lr": lr,
                "grad_norm": acc["grad_norm"] / n if n else float("nan"),
                "img_per_s": (tr.step - self.last_step) * tr.config.batch_size / max(now - self.last_t, 1e-9),
@@ -88,3 +89,11 @@ def progress_bar(enabled: bool, **kw):
     from tqdm.auto import tqdm
 
     return tqdm(desc="training", unit="step", dynamic_ncols=True, **kw)
+
+
+def plain_log(acc: Dict[str, Any]) -> Dict[str, Any]:
+    """The accumulator in Python numbers (for a row, or a checkpoint's JSON)."""
+    def num(v):
+        return (v.tolist() if v.ndim else v.item()) if isinstance(v, torch.Tensor) else v
+
+    return {k: num(v) for k, v in acc.items()}

@@ -10,12 +10,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import random
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
 
-__all__ = ["derive_seed", "generator", "ImageGenerators", "rng_state", "set_rng_state"]
+__all__ = ["derive_seed", "generator", "ImageGenerators", "NOISE_SCHEME", "block_steps", "rng_state", "set_rng_state", "seed_step"]
 
 
 def derive_seed(*parts: Any) -> int:
@@ -32,12 +32,18 @@ def generator(*parts: Any, device="cpu") -> torch.Generator:
 class ImageGenerators:
     """One generator per image of a batch (NVlabs/edm's StackedRandomGenerator idea): ``randn`` of shape [B, ...]
     draws row j from image j's own generator, so an image's noise (x_T and every step's) depends on its seed
-    alone, not on the batch it is drawn in. Image seed s seeds its generator with ``derive_seed("image", s)``."""
+    alone, not on the batch it is drawn in. Image seed s seeds its generator with ``derive_seed("image", s)``.
+
+    Each image draws its noise a block of ``block_steps(shape)`` draws at a time, in one call (the scheme
+    ``NOISE_SCHEME``): a batch then makes one RNG call per image every block, not every step (on a GPU each call is
+    a kernel launch). The block's length depends on the image's shape only, never on the batch."""
 
     def __init__(self, seeds, device="cpu"):
         self.device = torch.device(device)
         self.seeds = [int(s) for s in seeds]
         self.generators = [generator("image", s, device=self.device) for s in self.seeds]
+        self._block: Optional[torch.Tensor] = None  # [B, K, ...] drawn ahead
+        self._used = 0
 
     def __len__(self) -> int:
         return len(self.generators)
@@ -45,8 +51,27 @@ class ImageGenerators:
     def randn(self, shape, dtype=torch.float32) -> torch.Tensor:
         if shape[0] != len(self.generators):
             raise ValueError(f"{len(self.generators)} generators cannot draw a batch of {shape[0]}")
-        return torch.stack([torch.randn(tuple(shape[1:]), generator=g, device=self.device, dtype=dtype)
-                            for g in self.generators])
+        one = tuple(shape[1:])
+        b = self._block
+        if b is None or b.shape[2:] != one or b.dtype != dtype or self._used == b.shape[1]:
+            k = block_steps(one)
+            self._block = b = torch.stack([torch.randn((k, *one), generator=g, device=self.device, dtype=dtype)
+                                           for g in self.generators])
+            self._used = 0
+        self._used += 1
+        return b[:, self._used - 1].contiguous()
+
+
+NOISE_SCHEME = "per-image-blocks-v2"  # what ImageGenerators draws for a seed; recorded in sampling jobs
+
+
+def block_steps(shape) -> int:
+    """How many draws of one image's ``shape`` ImageGenerators makes in one call: up to 16, at most 4 MiB of
+    float32 per image."""
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return max(1, min(16, (1 << 20) // max(n, 1)))
 
 
 def _b64(t: torch.Tensor) -> str:
@@ -58,7 +83,7 @@ def _unb64(s: str) -> torch.Tensor:
 
 
 def rng_state() -> Dict[str, Any]:
-    """The torch, numpy, python (and CUDA) global RNG states, JSON-able."""
+    """The torch (CPU), numpy and python global RNG states, JSON-able."""
     np_state = np.random.get_state()
     py = random.getstate()
     state = {
@@ -66,9 +91,7 @@ def rng_state() -> Dict[str, Any]:
         "numpy": [np_state[0], np_state[1].tolist(), *(v.item() if hasattr(v, "item") else v for v in np_state[2:])],
         "python": [py[0], list(py[1]), py[2]],
     }
-    if torch.cuda.is_available():
-        state["cuda"] = [_b64(s) for s in torch.cuda.get_rng_state_all()]
-    return state
+    return state  # no CUDA state: training reseeds the device's generator every step (seed_step)
 
 
 def set_rng_state(state: Dict[str, Any]) -> None:
@@ -78,5 +101,15 @@ def set_rng_state(state: Dict[str, Any]) -> None:
     np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), *n[2:]))
     p = state["python"]
     random.setstate((p[0], tuple(p[1]), p[2]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([_unb64(s) for s in state["cuda"]])
+    # an older checkpoint's "cuda" states (one per GPU visible then, rank 0's) are not restored: seed_step
+    # derives the device's stream from the seed, the rank and the step instead
+
+
+def seed_step(seed: int, rank: int, step: int, device) -> None:
+    """Seed the global generator of ``device`` (what dropout draws from) for one training step of one process:
+    each process has its own stream, and a resumed run the one it would have had, whatever GPUs are visible."""
+    value = derive_seed(seed, "dropout", rank, step)
+    if torch.device(device).type == "cuda":
+        torch.cuda.manual_seed(value)  # this process's GPU only
+    else:
+        torch.default_generator.manual_seed(value)

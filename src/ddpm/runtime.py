@@ -29,8 +29,8 @@ import time
 from typing import Dict, Optional, Tuple
 
 __all__ = ["keep_freed_memory", "usable_cores", "busy_cores", "thread_settings", "configure_threads",
-           "choose_device", "bf16_supported", "resolve_precision", "autocast", "Precision", "init_distributed",
-           "rank_world", "barrier", "close_distributed", "any_process", "shares"]
+           "choose_device", "bf16_supported", "fast_cuda_math", "resolve_precision", "autocast", "Precision", "init_distributed",
+           "rank_world", "barrier", "close_distributed", "any_process", "rank0_value", "shares"]
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
@@ -123,30 +123,43 @@ def configure_threads(threads: Optional[int] = None) -> Dict[str, str]:
 
 # ----------------------------------------------------------------------------- device and precision
 def choose_device(name: str = "auto"):
-    """``auto``: the GPU of this process's local rank (torchrun) or the first one, else the CPU."""
+    """``auto``: the GPU of this process's local rank (torchrun) or the first one, else the CPU. Under torchrun
+    (WORLD_SIZE > 1) a CUDA process always uses ``cuda:LOCAL_RANK``: ``cuda`` means that one, and another index
+    is refused (every rank would otherwise share one GPU)."""
     import torch
 
     from .errors import DDPMError
 
+    world, local = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_RANK", "0"))
     if name == "auto":
         if not torch.cuda.is_available():
             return torch.device("cpu")
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cuda", local)
     try:
         dev = torch.device(name)
     except RuntimeError:
         raise DDPMError(f"unknown device {name!r}; use auto, cpu or cuda") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise DDPMError(f"device {name!r} requested but CUDA is not available")
+    if dev.type == "cuda" and world > 1:
+        if dev.index is not None and dev.index != local:
+            raise DDPMError(f"--device {name} under torchrun: each process uses the GPU of its local rank "
+                            f"(this one cuda:{local}); pass --device cuda (or auto) and choose GPUs with "
+                            "CUDA_VISIBLE_DEVICES")
+        return torch.device("cuda", local)
+    if dev.type == "cuda" and dev.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
     return dev
 
 
 def bf16_supported(device) -> bool:
-    """Whether bf16 matmuls/convolutions run natively (CPU: AVX-512 BF16 / AMX; CUDA: Ampere or newer)."""
+    """Whether bf16 matmuls/convolutions run natively on ``device`` (CPU: AVX-512 BF16 / AMX; CUDA: compute
+    capability 8.0 or newer, Ampere on: ``torch.cuda.is_bf16_supported`` also counts the emulation of older GPUs,
+    which is slower than fp16)."""
     import torch
 
     if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] >= 8
     if device.type == "cpu":
         try:
             return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -155,10 +168,27 @@ def bf16_supported(device) -> bool:
     return False
 
 
-def resolve_precision(precision: str, device) -> str:
-    """'auto' -> 'bf16' where the hardware supports it natively, else 'fp32'."""
+def fast_cuda_math(device, training: bool = False) -> None:
+    """On CUDA: TF32 tensor cores for fp32 matmuls and convolutions (Ampere on; a 10-bit mantissa in the
+    products, fp32 accumulation), and for training cuDNN's benchmark mode (it times the convolution algorithms
+    once per shape). Nothing on other devices."""
+    import torch
+
+    if device.type != "cuda":
+        return
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    if training:
+        torch.backends.cudnn.benchmark = True
+
+
+def resolve_precision(precision: str, device, training: bool = False) -> str:
+    """'auto' -> 'bf16' where the hardware supports it natively; else, for training on a CUDA GPU, 'fp16' (with
+    a gradient scaler: T4, V100); else 'fp32'."""
     if precision == "auto":
-        return "bf16" if bf16_supported(device) else "fp32"
+        if bf16_supported(device):
+            return "bf16"
+        return "fp16" if training and device.type == "cuda" else "fp32"
     return precision
 
 
@@ -180,7 +210,7 @@ class Precision:
     def __init__(self, precision: str, device):
         import torch
 
-        self.device, self.kind = device, resolve_precision(precision, device)
+        self.device, self.kind = device, resolve_precision(precision, device, training=True)
         self.scaler = torch.amp.GradScaler(device.type) if self.kind == "fp16" else None
 
     def autocast(self):
@@ -217,16 +247,23 @@ class Precision:
 
 
 # ----------------------------------------------------------------------------- torchrun
-def init_distributed(device) -> Tuple[int, int]:
-    """Under torchrun (WORLD_SIZE > 1): join the process group (nccl on GPUs, gloo on CPUs). (rank, world)."""
+DIST_TIMEOUT_MIN = 120.0  # NCCL's own default (10 min) is shorter than a checkpoint on a slow disk or a data build
+
+
+def init_distributed(device, timeout_min: float = DIST_TIMEOUT_MIN) -> Tuple[int, int]:
+    """Under torchrun (WORLD_SIZE > 1): join the process group (nccl on GPUs, gloo on CPUs), whose collectives
+    wait up to ``timeout_min`` minutes for a slow process before failing. (rank, world)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import datetime
+
         import torch
         import torch.distributed as dist
 
         if not dist.is_initialized():
             if device.type == "cuda":
                 torch.cuda.set_device(device)
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                    timeout=datetime.timedelta(minutes=timeout_min))
     return rank_world()
 
 
@@ -263,6 +300,18 @@ def any_process(flag: bool, device) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+def rank0_value(value: int, device) -> int:
+    """Rank 0's ``value`` in every process (itself, outside torchrun): for what each measures differently."""
+    if rank_world()[1] == 1:
+        return value
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([int(value)], dtype=torch.int64, device=device)
+    dist.broadcast(t, 0)
+    return int(t.item())
 
 
 def shares(total: int, parts: int) -> list:

@@ -26,9 +26,9 @@ from torch import Tensor
 
 from .conditioning import Guided
 from .data import to_uint8
-from .diffusion import GaussianDiffusion, draw_normal, extract
+from .diffusion import GaussianDiffusion, draw_normal, extract, on_device
 from .rng import ImageGenerators
-from .runtime import autocast
+from .runtime import autocast, fast_cuda_math
 from .schedule import NoiseSchedule
 
 __all__ = ["SAMPLERS", "SPACINGS", "make_sampler", "step_indices", "respace", "ddim_update", "Sampler", "Ancestral",
@@ -120,7 +120,7 @@ class _OriginalTimesteps:
         self.model, self.timesteps = model, timesteps
 
     def __call__(self, x: Tensor, k: Tensor) -> Tensor:
-        return self.model(x, self.timesteps.to(x.device)[k])
+        return self.model(x, on_device(self.timesteps, x.device)[k])
 
 
 class Respaced(Sampler):
@@ -189,7 +189,7 @@ class DDIM(Sampler):
         return model(x, t).to(x.dtype)
 
     def _abars(self, k: int, x: Tensor):
-        kk = torch.full((x.shape[0],), k, dtype=torch.long)
+        kk = torch.full((x.shape[0],), k, dtype=torch.long, device=x.device)
         return extract(self.alphas_cumprod, kk, x), extract(self.alphas_cumprod_prev, kk, x)
 
     def step(self, model, x: Tensor, k: int, generator):
@@ -319,6 +319,7 @@ def generate(model, sampler: Sampler, n: Optional[int], image_shape: Sequence[in
     seeds = list(range(seed, seed + n)) if seeds is None else [int(s) for s in seeds]
     n = len(seeds)
     device = torch.device(device or "cpu")
+    fast_cuda_math(device)
     model = model.to(device).eval()
     null_class = getattr(getattr(model, "config", None), "num_classes", 0)
     if labels is not None and (not null_class or len(labels) != n):

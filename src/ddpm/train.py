@@ -125,6 +125,27 @@ RUN_FILES = {".lock", "config.json", "metrics.csv", "checkpoints", "samples", "l
              "skipped_images.txt"}
 
 
+def agreed_checkpoints(run: Path, device) -> list:
+    """The run's checkpoints up to the one every process resumes from: under torchrun rank 0's newest, broadcast
+    (each node lists its own file system); a process that cannot see it fails, and so, together, do all the others,
+    with one line naming the shared-file-system requirement, never a hang."""
+    done = list_checkpoints(run)
+    if rank_world()[1] == 1:
+        return done
+    import torch.distributed as dist
+
+    step = torch.tensor([checkpoint_step(done[-1]) if done else -1], dtype=torch.int64, device=device)
+    dist.broadcast(step, 0)
+    s = int(step.item())
+    mine = [p for p in done if checkpoint_step(p) <= s]
+    ok = torch.tensor([int(s < 0 or (bool(mine) and checkpoint_step(mine[-1]) == s))], device=device)
+    dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    if not ok.item():
+        raise DDPMError(f"a process cannot see checkpoint step {s} of {run}, which rank 0 resumes from: on several "
+                        "nodes the run directory must be on a file system every node shares (the same path)")
+    return mine if s >= 0 else []
+
+
 def _never_saved(run: Path) -> Optional[RunConfig]:
     """The config of a run that stopped before its first checkpoint and holds nothing but what training writes
     (so starting it again, with any settings, loses nothing); else None."""
@@ -162,7 +183,7 @@ def train_run(run: Path, cfg: RunConfig, *, device, progress: bool = True, cache
     main = rank == 0
     diffusion = cfg.diffusion.build()  # validate everything before touching the disk
     check_log(cfg.train.log)
-    done = list_checkpoints(run)
+    done = agreed_checkpoints(run, device)
     if done and checkpoint_step(done[-1]) >= cfg.train.steps:
         return TrainResult("finished already", checkpoint_step(done[-1]), done[-1])
     data = _training_data(cfg, main, progress, cache_dir)
@@ -174,7 +195,7 @@ def train_run(run: Path, cfg: RunConfig, *, device, progress: bool = True, cache
     trainer = Trainer(model, diffusion, data, cfg.train, device=device)
     with run_lock(run) if main else contextlib.nullcontext():  # a second trainer on this run is refused
         if done:
-            ckpt = load_checkpoint(run, with_optimizer=True)
+            ckpt = load_checkpoint(run, checkpoint_step(done[-1]) if world > 1 else None, with_optimizer=True)
             trainer.load(ckpt)
             if main:
                 _say_what_resuming_changes(run, read_config(run).train, cfg.train, ckpt.step)

@@ -27,10 +27,10 @@ from .config import TrainConfig
 from .data import ImageData
 from .diffusion import GaussianDiffusion
 from .errors import DDPMError
-from .reporting import Reporter, progress_bar
-from .rng import derive_seed, rng_state, set_rng_state
+from .reporting import Reporter, plain_log as _plain, progress_bar
+from .rng import derive_seed, rng_state, seed_step, set_rng_state
 from .run import Checkpoint, list_checkpoints, save_checkpoint, step_name
-from .runtime import Precision, any_process, rank_world, shares
+from .runtime import Precision, fast_cuda_math, rank_world, shares
 from .sampling import Ancestral, generate
 from .viz import save_grid
 
@@ -70,6 +70,7 @@ class Trainer:
         config.validate()
         self.config, self.diffusion, self.data = config, diffusion, data
         self.device = torch.device(device)
+        fast_cuda_math(self.device, training=True)
         self.model = model.to(self.device).train()
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.optimizer = _adam(self.model.parameters(), config.lr)
@@ -97,6 +98,7 @@ class Trainer:
             self._net = torch.compile(self._net)
         self.log_acc = _empty_log()
         self.stop_reason: Optional[str] = None  # set (e.g. by a signal) to stop after the current step
+        self.stop_requested = False  # under torchrun: whether any process asked to stop, as of the last step
         self._prefetch: Optional[Prefetcher] = None  # the next step's batch, assembled while this one trains
         # per-timestep weights of L_simple under --snr-gamma; None: the paper's unweighted mean
         self.loss_weights = diffusion.min_snr_weights(config.snr_gamma).to(self.device) if config.snr_gamma else None
@@ -122,15 +124,17 @@ class Trainer:
 
     def _loss_and_backward(self) -> torch.Tensor:
         """The global batch's mean loss and, for the log, the sums and counts of the per-example loss in the four
-        quarters of t (float64 [9], summed over processes); its gradient accumulated.
+        quarters of t, and whether any process asks to stop (float64 [10], summed over processes); its gradient
+        accumulated. No host sync.
 
         The loss of each micro-batch is weighted by its share of the global batch, so the summed (and,
         across processes, averaged by DDP) gradient is the gradient of the global batch's mean loss.
         """
         micro = self.micro_batches()
+        seed_step(self.config.seed, self.rank, self.step, self.device)  # dropout: its own stream per process
         if self._prefetch is None:
             self._prefetch = Prefetcher(self.batches, micro, self.device)
-        stats = torch.zeros(9, dtype=torch.float64, device=self.device)
+        stats = torch.zeros(10, dtype=torch.float64, device=self.device)
         for i, (positions, (x0, t, noise, y)) in enumerate(zip(micro, self._prefetch.get(self.step))):
             x0, t, noise = x0.to(self.device), t.to(self.device), noise.to(self.device)
             y = None if y is None else y.to(self.device)
@@ -140,21 +144,24 @@ class Trainer:
                     per_example = self.diffusion.training_loss(self._net, x0, t, noise, y=y, loss=self.config.loss)
                     quarter = (t * 4 // self.diffusion.T).clamp(max=3)
                     stats[1:5].index_add_(0, quarter, per_example.detach().double())
-                    stats[5:9] += torch.bincount(quarter, minlength=4).double()
+                    stats[5:9].index_add_(0, quarter, torch.ones_like(per_example, dtype=torch.float64))
                     if self.loss_weights is not None:
                         per_example = per_example * self.loss_weights[t]
                     loss = per_example.mean()
                 weight = len(positions) / self.config.batch_size
                 self.precision.scale(loss * (weight * self.world)).backward()
             stats[0] += loss.detach().double() * weight
-        if self.world > 1:
+        if self.world > 1:  # the stop flag travels with the statistics: no collective of its own
             import torch.distributed as dist
 
+            stats[9] = float(self.stop_reason is not None)
             dist.all_reduce(stats)
         return stats
 
-    def train_step(self) -> Dict[str, float]:
-        """One step of Algorithm 1 + Adam + clipping + EMA. Returns loss, grad_norm, lr (and skipped)."""
+    def train_step(self) -> "StepResult":
+        """One step of Algorithm 1 + Adam + clipping + EMA. Returns loss, grad_norm, lr, quarters (and skipped):
+        numbers that stay on the device until read, so a step waits for the device once (the finiteness check,
+        which also carries the processes' stop flag)."""
         lr = self.lr_at(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -166,9 +173,11 @@ class Trainer:
         clip = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
         # under fp16 an overflowing gradient is the scaler's business (it skips the step and lowers its scale)
-        overflow_ok = self.precision.scaler is not None and torch.isfinite(total)
-        if not (torch.isfinite(total) and (torch.isfinite(grad_norm) or overflow_ok)):
-            what = "loss" if not torch.isfinite(total) else "gradient norm"
+        finite_loss, finite_grad, self.stop_requested = torch.stack(
+            [torch.isfinite(total), torch.isfinite(grad_norm), stats[9] > 0]).tolist()  # the step's one host sync
+        overflow_ok = self.precision.scaler is not None and finite_loss
+        if not (finite_loss and (finite_grad or overflow_ok)):
+            what = "loss" if not finite_loss else "gradient norm"
             value = (total if what == "loss" else grad_norm).item()
             if not self.config.skip_nonfinite:
                 raise DDPMError(f"the {what} became {value} at step {self.step + 1}; stopping with the last "
@@ -177,11 +186,11 @@ class Trainer:
             self.precision.skip()
             self.skipped += 1
             self.step += 1
-            return {"loss": float("nan"), "grad_norm": float("nan"), "lr": lr, "skipped": True}
+            return StepResult(loss=float("nan"), grad_norm=float("nan"), lr=lr, skipped=True)
         if self.precision.step(self.optimizer):
             self._update_ema()
         self.step += 1
-        return {"loss": total.item(), "grad_norm": float(grad_norm), "lr": lr, "quarters": stats[1:].tolist()}
+        return StepResult(loss=total, grad_norm=grad_norm.double(), lr=lr, quarters=stats[1:9])
 
     def ema_decay(self) -> float:
         """The decay of the next EMA update: ``ema_decay``, or with ``ema_warmup`` min(ema_decay, (1 + n) / (10 + n))
@@ -219,7 +228,7 @@ class Trainer:
     def state(self) -> Dict[str, Any]:
         """JSON-able trainer state that is not in the weights or the optimizer."""
         return {"ema_updates": self.ema_updates, "skipped": self.skipped, "rng": rng_state(),
-                "log_acc": dict(self.log_acc), "scaler": self.precision.state_dict()}
+                "log_acc": _plain(self.log_acc), "scaler": self.precision.state_dict()}
 
     def load(self, ckpt: Checkpoint) -> None:
         """Restore model, EMA, optimizer, step, RNGs and the metrics accumulator from a checkpoint."""
@@ -240,12 +249,30 @@ class Trainer:
                                optimizer=self.optimizer, state=self.state(), keep=self.config.keep)
 
     @torch.no_grad()
+    def grid_images(self, n: Optional[int] = None) -> torch.Tensor:
+        """EMA samples from fixed seeds (so grids at different steps are comparable), uint8. Under torchrun every
+        process draws its share and they are gathered (no process waits in a collective while one samples)."""
+        n = n or self.config.n_samples
+        shape, base = tuple(self.data.images.shape[1:]), derive_seed(self.config.seed, "grid")
+        mine = shares(n, self.world)[self.rank]
+        images = generate(self.ema, Ancestral(self.diffusion), None, shape, seeds=[base + i for i in mine],
+                          device=self.device, progress=False) if len(mine) else \
+            torch.zeros((0, *shape), dtype=torch.uint8)
+        if self.world == 1:
+            return images
+        import torch.distributed as dist
+
+        size = -(-n // self.world)
+        padded = torch.zeros((size, *shape), dtype=torch.uint8, device=self.device)
+        padded[:len(mine)] = images.to(self.device)
+        parts = [torch.empty_like(padded) for _ in range(self.world)]
+        dist.all_gather(parts, padded)
+        return torch.cat([p[:len(r)] for p, r in zip(parts, shares(n, self.world))]).cpu()
+
     def sample_grid(self, path: Path, n: Optional[int] = None) -> torch.Tensor:
-        """EMA samples from fixed seeds, so grids at different steps are comparable; saved, and returned (uint8)."""
-        shape = tuple(self.data.images.shape[1:])
-        images = generate(self.ema, Ancestral(self.diffusion), n or self.config.n_samples, shape,
-                          seed=derive_seed(self.config.seed, "grid"), device=self.device, progress=False)
-        save_grid(images, path, scale=2 if shape[-1] < 64 else 1)
+        """``grid_images`` saved as a PNG grid, and returned."""
+        images = self.grid_images(n)
+        save_grid(images, path, scale=2 if images.shape[-1] < 64 else 1)
         return images
 
     # ------------------------------------------------------------------------- the loop
@@ -274,8 +301,7 @@ class Trainer:
                         bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['img_per_s']:.1f}")
                 if bar is not None:
                     bar.update(1)
-                if main:
-                    self._periodic(run_dir, reporter)
+                self._periodic(run_dir, reporter)
                 if on_step is not None:
                     on_step(self)
                     if bar is not None and bar.total != self.config.steps:
@@ -283,7 +309,7 @@ class Trainer:
                         bar.refresh()
                 if cfg.time_limit and time.monotonic() - start > cfg.time_limit * 60:
                     self.stop_reason = self.stop_reason or "time limit"
-                if any_process(self.stop_reason is not None, self.device):
+                if self.stop_reason is not None if self.world == 1 else self.stop_requested:
                     reason = self.stop_reason or "stopped by another process"
                     break
         if bar is not None:
@@ -297,13 +323,17 @@ class Trainer:
                 self.save(run_dir)
         return reason
 
-    def _periodic(self, run_dir: Path, reporter: Reporter) -> None:
-        """The sample grid and checkpoint due after this step (rank 0)."""
+    def _periodic(self, run_dir: Path, reporter: Optional[Reporter]) -> None:
+        """The sample grid (every process draws a share) and checkpoint (rank 0 writes) due after this step."""
         cfg = self.config
         if cfg.sample_every and self.step % cfg.sample_every == 0:
-            (run_dir / "samples").mkdir(exist_ok=True)
-            reporter.grid(self.sample_grid(run_dir / "samples" / f"{step_name(self.step)}.png"))
-        if self.step % cfg.save_every == 0 and self.step < cfg.steps:
+            images = self.grid_images()
+            if reporter is not None:
+                (run_dir / "samples").mkdir(exist_ok=True)
+                save_grid(images, run_dir / "samples" / f"{step_name(self.step)}.png",
+                          scale=2 if images.shape[-1] < 64 else 1)
+                reporter.grid(images)
+        if reporter is not None and self.step % cfg.save_every == 0 and self.step < cfg.steps:
             self.save(run_dir)
 
 
@@ -312,10 +342,28 @@ def _empty_log() -> Dict[str, Any]:
     return {"loss": 0.0, "grad_norm": 0.0, "n": 0, "quarters": [0.0] * 8}
 
 
-def _accumulate(acc: Dict[str, Any], out: Dict[str, Any]) -> Dict[str, Any]:
-    grad = out["grad_norm"] if math.isfinite(out["grad_norm"]) else 0.0  # an fp16 overflow: the scaler skipped it
-    return {"loss": acc["loss"] + out["loss"], "grad_norm": acc["grad_norm"] + grad, "n": acc["n"] + 1,
-            "quarters": [a + b for a, b in zip(acc["quarters"], out["quarters"])]}
+class StepResult(dict):
+    """What ``train_step`` returns: a dict whose tensors (on the training device) become Python numbers when read,
+    so that only reading them (a log row, a test) waits for the device; ``raw(key)`` gives the value as it is."""
+
+    def __getitem__(self, key):
+        value = super().__getitem__(key)
+        if isinstance(value, torch.Tensor):
+            value = value.tolist() if value.ndim else value.item()
+            super().__setitem__(key, value)
+        return value
+
+    def raw(self, key):
+        return super().__getitem__(key)
+
+
+def _accumulate(acc: Dict[str, Any], out: StepResult) -> Dict[str, Any]:
+    """``acc`` plus a step's numbers, on the device (float64, the sums a row is made of)."""
+    loss, grad, quarters = out.raw("loss"), out.raw("grad_norm"), out.raw("quarters")
+    grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)  # an fp16 overflow: the scaler skipped it
+    q = acc["quarters"]
+    return {"loss": acc["loss"] + loss, "grad_norm": acc["grad_norm"] + grad, "n": acc["n"] + 1,
+            "quarters": quarters + (q if isinstance(q, torch.Tensor) else quarters.new_tensor(q))}
 
 
 @contextlib.contextmanager

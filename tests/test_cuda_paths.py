@@ -1,0 +1,290 @@
+"""What a CUDA machine would hit, checked on the CPU: torch.cuda mocked where the code asks it, the GPU-only branches
+run with CPU (or meta) tensors, host syncs counted."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from ddpm.errors import DDPMError
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """torch.cuda answering as a machine with GPUs of compute capability ``cap[0]`` would."""
+    cap = [(8, 0)]
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # emulation counts there: not used
+
+    def capability(device=None):
+        asked.append(device)
+        return cap[0]
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", capability)
+    return cap, asked
+
+
+def test_torchrun_ranks_each_take_the_gpu_of_their_local_rank(fake_cuda, monkeypatch):
+    from ddpm.runtime import choose_device
+
+    assert choose_device("cuda") == torch.device("cuda", 0)  # one process: an index, for set_device
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    assert choose_device("cuda") == choose_device("auto") == choose_device("cuda:2") == torch.device("cuda", 2)
+    with pytest.raises(DDPMError, match="each process uses the GPU of its local rank.*CUDA_VISIBLE_DEVICES"):
+        choose_device("cuda:0")  # every rank on GPU 0
+    assert choose_device("cpu") == torch.device("cpu")
+
+
+@pytest.mark.parametrize("cap, training, expected", [((7, 0), True, "fp16"), ((7, 5), False, "fp32"),
+                                                     ((8, 0), True, "bf16"), ((9, 0), False, "bf16")])
+def test_auto_precision_follows_the_compute_capability_of_the_runs_gpu(cap, training, expected, fake_cuda):
+    from ddpm.runtime import resolve_precision
+
+    fake_cuda[0][0] = cap
+    dev = torch.device("cuda", 1)
+    assert resolve_precision("auto", dev, training=training) == expected  # V100/T4: fp16 + GradScaler, not emulated bf16
+    assert fake_cuda[1][-1] == dev  # the run's device, not the current one
+
+
+def test_tf32_and_cudnn_benchmark_on_cuda_only(monkeypatch):
+    from ddpm.runtime import fast_cuda_math
+
+    flags = (torch.backends.cuda.matmul, "allow_tf32"), (torch.backends.cudnn, "allow_tf32"), \
+        (torch.backends.cudnn, "benchmark")
+    before = [getattr(o, n) for o, n in flags]
+    try:
+        for o, n in flags:
+            setattr(o, n, False)
+        fast_cuda_math(torch.device("cpu"), training=True)
+        assert [getattr(o, n) for o, n in flags] == [False, False, False]
+        fast_cuda_math(torch.device("cuda", 0))
+        assert [getattr(o, n) for o, n in flags] == [True, True, False]
+        fast_cuda_math(torch.device("cuda", 0), training=True)
+        assert torch.backends.cudnn.benchmark
+    finally:
+        for (o, n), v in zip(flags, before):
+            setattr(o, n, v)
+
+
+def test_the_gpu_attention_path_passes_4d_tensors_and_equals_the_cpu_path(monkeypatch):
+    import torch.nn.functional as F
+
+    import ddpm.unet as unet
+
+    real, seen = F.scaled_dot_product_attention, []
+
+    def recording(q, k, v, *a, **kw):
+        seen.append(q.ndim)
+        return real(q, k, v, *a, **kw)
+
+    monkeypatch.setattr(unet.F, "scaled_dot_product_attention", recording)
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 64, 32, generator=g) for _ in range(3))
+    fused, plain = unet.attend(q, k, v, fused=True), unet.attend(q, k, v, fused=False)
+    assert seen == [4]  # [B, heads, L, d]: what the flash / memory-efficient kernels take
+    assert fused.shape == plain.shape == (3, 64, 32)
+    assert torch.allclose(fused, plain, atol=1e-5)
+
+
+def test_training_loss_with_a_cpu_generator_and_data_elsewhere():
+    from ddpm import GaussianDiffusion, NoiseSchedule
+
+    d = GaussianDiffusion(NoiseSchedule.linear(T=50))
+    x0 = torch.zeros(4, 1, 8, 8, device="meta")  # a device other than the generator's
+    out = d.training_loss(lambda x, t: x, x0, generator=torch.Generator().manual_seed(0))
+    assert out.device.type == "meta" and out.shape == (4,)
+
+
+def test_schedule_tables_go_to_the_device_once():
+    from ddpm.diffusion import extract, on_device
+
+    table = torch.linspace(0, 1, 10, dtype=torch.float64)
+    like = torch.zeros(3, 1, 2, 2, device="meta")
+    t = torch.tensor([0, 4, 9], device="meta")
+    extract(table, t, like)
+    first = on_device(table, "meta")
+    extract(table, t, like)
+    assert on_device(table, "meta") is first and on_device(table, "cpu") is table
+
+
+def test_a_job_records_its_device_and_refuses_another(tmp_path, capsys, monkeypatch):
+    import ddpm.sampling
+    from ddpm.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--data", "mnist", "--out", str(run), "--steps", "2", "--preset", "tiny", "--batch-size",
+                 "4", "--quiet", "--T", "30"]) == 0
+    out = tmp_path / "s.npz"
+    argv = ["sample", "--run", str(run), "--out", str(out), "--n", "4", "--chunk", "2", "--sampler", "ddim",
+            "--steps", "3"]
+    real, calls = ddpm.sampling.generate, []
+
+    def ctrl_c_in_the_second_chunk(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(ddpm.sampling, "generate", ctrl_c_in_the_second_chunk)
+    assert main(argv) == 130
+    monkeypatch.setattr(ddpm.sampling, "generate", real)
+    job = tmp_path / ".s.npz.parts" / "job.json"
+    spec = json.loads(job.read_text())
+    assert spec["device"] == "cpu" and spec["noise"] == "per-image-blocks-v2"
+    job.write_text(json.dumps({**spec, "device": "cuda"}))  # as if started on a GPU
+    capsys.readouterr()
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "holds a job started on cuda: cuda and cpu draw different noise" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_missing_chunks_are_dealt_out_evenly_after_a_resume(tmp_path):
+    from ddpm.jobs import JobSpec, SampleJob
+
+    spec = JobSpec(run="r", step=1, ema=True, sampler="ddim", steps=3, eta=0.0, spacing=None, guidance=0.0,
+                   classes=None, first_seed=0, n=20, precision="fp32", chunk=2)
+    job = SampleJob(tmp_path / "s.npz", spec)
+    job.parts.mkdir()
+    for k in (0, 2, 4, 6, 8):  # what rank 0 of two drew before a kill
+        (job.parts / f"chunk-{k:06d}.npz").write_bytes(b"")
+    a, b = job.missing(0, 2), job.missing(1, 2)
+    assert sorted(a + b) == [1, 3, 5, 7, 9] and abs(len(a) - len(b)) <= 1 and not set(a) & set(b)
+
+
+def test_each_process_has_its_own_dropout_stream_and_resume_needs_no_gpu_state(monkeypatch):
+    from ddpm.rng import rng_state, seed_step, set_rng_state
+
+    def draws(rank, step):
+        seed_step(0, rank, step, torch.device("cpu"))
+        return torch.rand(8)
+
+    assert torch.equal(draws(0, 5), draws(0, 5))  # a resumed step draws what it drew the first time
+    assert not torch.equal(draws(0, 5), draws(1, 5)) and not torch.equal(draws(0, 5), draws(0, 6))
+    state = rng_state()
+    assert "cuda" not in state
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda s: pytest.fail("restored another machine's GPUs"))
+    set_rng_state({**state, "cuda": ["AAAA"] * 8})  # a checkpoint from 8 visible GPUs, resumed with fewer
+
+
+def test_a_training_step_waits_for_the_device_once(monkeypatch):
+    """Every .item()/.tolist()/.cpu()/bool()/float() that ddpm's own code calls in a step is a host sync on a GPU;
+    a step makes one (the finiteness check, which carries the stop flag), and reading its numbers is up to the
+    caller (a log row)."""
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from helpers import tiny_config, tiny_trainer
+
+    calls = []
+
+    def counting(name):
+        real = getattr(torch.Tensor, name)
+
+        def wrapper(self, *a, **k):
+            caller = sys._getframe(1).f_code.co_filename
+            # batches.py assembles examples on the host from CPU generators: its tensors never live on the GPU
+            if "/ddpm/" in caller and "/tests/" not in caller and not caller.endswith("batches.py"):
+                calls.append((name, caller.rsplit("/", 1)[-1], sys._getframe(1).f_lineno))
+            return real(self, *a, **k)
+
+        return wrapper
+
+    tr = tiny_trainer(tiny_config(steps=10, log_every=100))
+    tr.train_step()  # the first step sets things up
+    for name in ("item", "tolist", "cpu", "__bool__", "__float__", "__int__"):
+        monkeypatch.setattr(torch.Tensor, name, counting(name))
+    for _ in range(3):
+        out = tr.train_step()
+    assert len(calls) == 3, calls
+    monkeypatch.undo()
+    assert np.isfinite(out["loss"]) and len(out["quarters"]) == 8
+
+
+def test_a_batch_draws_its_noise_in_far_fewer_calls_than_images_times_steps(monkeypatch):
+    """On a GPU every RNG call is a kernel launch: 256 images x 1000 steps must not be 256,000 of them."""
+    from ddpm import GaussianDiffusion, NoiseSchedule
+    from ddpm.rng import ImageGenerators, block_steps
+    from ddpm.sampling import make_sampler
+
+    real, calls = torch.randn, [0]
+
+    def counting(*a, **k):
+        calls[0] += 1
+        return real(*a, **k)
+
+    sampler = make_sampler("respaced", GaussianDiffusion(NoiseSchedule.linear(T=100)), steps=32)
+    model = lambda x, t: torch.zeros_like(x)  # noqa: E731
+    gens = ImageGenerators(range(8))
+    draws, per_step = [0], gens.randn
+
+    def drawing(*a, **k):
+        draws[0] += 1
+        return per_step(*a, **k)
+
+    gens.randn = drawing
+    monkeypatch.setattr(torch, "randn", counting)
+    sampler(model, (8, 1, 8, 8), generator=gens)
+    monkeypatch.undo()
+    assert draws[0] >= 32 and block_steps((1, 8, 8)) == 16  # x_T and the steps' noise
+    assert calls[0] == 8 * -(-draws[0] // 16) < 8 * draws[0] / 10
+    # and an image's noise is still its seed's alone: image 5 alone draws what it drew among eight
+    one, all8 = ImageGenerators([5]), ImageGenerators(range(8))
+    for _ in range(20):
+        assert torch.equal(one.randn((1, 1, 8, 8)), all8.randn((8, 1, 8, 8))[5:6])
+
+
+def test_a_chunk_is_about_a_minute_of_sampling(monkeypatch):
+    """A kill costs a chunk: sized from the measured speed (here a network call of 0.5 s for a batch of 4, 200
+    steps: 25 s an image), so a slow network on a CPU does not put hours into one chunk."""
+    import time
+    from types import SimpleNamespace
+
+    from ddpm.jobs import CHUNK, chunk_for_a_minute
+
+    clock = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+
+    class Slow(torch.nn.Module):
+        config = SimpleNamespace(num_classes=0)
+
+        def __init__(self, seconds):
+            super().__init__()
+            self.seconds = seconds
+
+        def forward(self, x, t):
+            clock[0] += self.seconds
+            return x
+
+    sampler = SimpleNamespace(steps=200)
+    assert chunk_for_a_minute(Slow(0.5), sampler, (3, 8, 8), batch_size=4, n=5000) == 4  # a batch at least
+    assert chunk_for_a_minute(Slow(0.01), sampler, (3, 8, 8), batch_size=4, n=5000) == 120  # 0.5 s an image
+    assert chunk_for_a_minute(Slow(1e-5), sampler, (3, 8, 8), batch_size=4, n=5000) == CHUNK
+    assert chunk_for_a_minute(Slow(1e-5), sampler, (3, 8, 8), batch_size=4, n=300) == 300
+
+
+def test_on_several_nodes_rank_0_decides_the_resume_step(tmp_path, monkeypatch):
+    """Each node lists checkpoints on its own file system: a rank that cannot see the one rank 0 resumes from makes
+    every rank fail with one line (an all-reduce of the check), never a hang or a silent mix of steps."""
+    import torch.distributed as dist
+
+    import ddpm.train as train
+    from ddpm.run import save_checkpoint
+
+    net = torch.nn.Linear(2, 2)
+    for step in (3, 6):
+        save_checkpoint(tmp_path / "run", step=step, model=net, ema_model=net)
+    rank0 = [6]
+    monkeypatch.setattr(train, "rank_world", lambda: (1, 2))
+    monkeypatch.setattr(dist, "broadcast", lambda t, src: t.fill_(rank0[0]))
+    monkeypatch.setattr(dist, "all_reduce", lambda t, op=None: t)  # this rank's answer stands for the minimum
+    assert [p.name for p in train.agreed_checkpoints(tmp_path / "run", "cpu")] == ["step-00000003", "step-00000006"]
+    rank0[0] = 3  # rank 0 sees less: this rank resumes where rank 0 does, not from its own newest
+    assert [p.name for p in train.agreed_checkpoints(tmp_path / "run", "cpu")] == ["step-00000003"]
+    rank0[0] = 9  # rank 0 sees a checkpoint this node does not
+    with pytest.raises(DDPMError, match="cannot see checkpoint step 9.*a file system every node shares"):
+        train.agreed_checkpoints(tmp_path / "run", "cpu")
