@@ -190,6 +190,8 @@ def chunk_for_a_minute(model, sampler, image_shape, *, batch_size: int, n: int, 
 
     from .runtime import autocast
 
+    if n <= batch_size:  # one batch: nothing to measure (a chunk is at least a batch)
+        return n
     device = torch.device(device or "cpu")
     b = max(1, min(batch_size, n)) * (2 if guidance else 1)  # guidance: the conditional and null halves
     x = torch.zeros((b, *image_shape), device=device)
