@@ -153,7 +153,8 @@ class TrainConfig:
     keep: int = _opt("keep the last K checkpoints", default=3)
     n_samples: int = _opt("number of images in the periodic sample grid", default=64)
     precision: str = _opt("training precision: fp32; bf16 autocast with fp32 master weights; fp16 autocast with a "
-                          "gradient scaler (for GPUs without bf16: T4, V100); auto: bf16 where the hardware has it, "
+                          "gradient scaler (for GPUs without bf16: T4, V100); auto: bf16 where the hardware has it "
+                          "natively (recent CPUs, GPUs of compute capability 8.0 on), else fp16 on an older GPU, "
                           "else fp32", default="auto", choices=PRECISIONS)
     skip_nonfinite: bool = _opt("skip a step whose loss or gradient is NaN/inf (counted in metrics.csv) "
                                 "instead of stopping", default=False)
