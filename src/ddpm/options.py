@@ -143,10 +143,8 @@ class _Commands:
                                  help="CPU threads (default: the cores this process may use; OpenMP waits passively "
                                       "when other processes keep the cores busy)")
         self.device = argparse.ArgumentParser(add_help=False)
-        self.device.add_argument("--device", default="auto",
-                                 help="auto (a GPU if there is one), cpu, cuda, cuda:1, ... (under torchrun each process "
-                                      "uses the GPU of its local rank). On CUDA, fp32 matrix products and "
-                                      "convolutions use TF32 tensor cores (Ampere on)")
+        self.device.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:1, ... "
+                                 "(under torchrun: the GPU of each local rank); on CUDA fp32 uses TF32 tensor cores")
         from .runtime import DIST_TIMEOUT_MIN
 
         self.device.add_argument("--dist-timeout", type=float, default=DIST_TIMEOUT_MIN, metavar="MINUTES",
@@ -185,9 +183,8 @@ def _demo(c: _Commands) -> None:
               "a demo stopped early (e.g. by Ctrl-C); a finished one only draws its samples again.",
               "ddpm demo; ddpm demo --out long-demo --minutes 20")
     p.add_argument("--out", default=DEMO_DIR, help="run directory")
-    p.add_argument("--minutes", type=float, default=DEMO_MINUTES,
-                   help="time budget of the whole demo, training and sampling (more minutes: more steps, up to the "
-                        "mnist recipe's 4,800, and better digits)")
+    p.add_argument("--minutes", type=float, default=DEMO_MINUTES, help="time budget of the whole demo, training and "
+                   "sampling (more: more steps, up to the recipe's 4,800)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--steps", type=_positive_int, default=None,
                    help="training steps, fixed (default: as many as fit in --minutes, at most the mnist recipe's)")
