@@ -144,17 +144,22 @@ def test_out_of_memory_is_one_line_with_what_to_change(error, run_dir, tmp_path,
     assert "out of memory at batch size 64: run again with --batch-size 32" in _one_line(capsys.readouterr().err)
 
 
-def test_ctrl_c_during_training_saves_and_exits_130(tmp_path, capsys, monkeypatch):
+@pytest.fixture
+def ctrl_c_at_step_2(monkeypatch):
+    """Training that receives SIGINT (Ctrl-C) at step 2."""
     import ddpm.trainer
 
     real = ddpm.trainer.Trainer.train_step
 
-    def ctrl_c_at_step_2(self, *a, **k):
+    def train_step(self, *a, **k):
         if self.step == 2:
             os.kill(os.getpid(), signal.SIGINT)
         return real(self, *a, **k)
 
-    monkeypatch.setattr(ddpm.trainer.Trainer, "train_step", ctrl_c_at_step_2)
+    monkeypatch.setattr(ddpm.trainer.Trainer, "train_step", train_step)
+
+
+def test_ctrl_c_during_training_saves_and_exits_130(tmp_path, capsys, ctrl_c_at_step_2):
     run = tmp_path / "run"
     assert main(["train", "--data", "mnist", "--out", str(run), "--steps", "9", *TINY]) == 130
     assert "Continue with: ddpm train --out" in capsys.readouterr().err
@@ -331,17 +336,8 @@ def test_a_relative_data_path_survives_a_cd(tmp_path, capsys, monkeypatch):
     assert "bits/dim" in capsys.readouterr().out
 
 
-def test_ctrl_c_during_the_demo_keeps_its_checkpoint_draws_nothing_and_exits_130(tmp_path, capsys, monkeypatch):
-    import ddpm.trainer
-
-    real = ddpm.trainer.Trainer.train_step
-
-    def ctrl_c_at_step_2(self, *a, **k):
-        if self.step == 2:
-            os.kill(os.getpid(), signal.SIGINT)
-        return real(self, *a, **k)
-
-    monkeypatch.setattr(ddpm.trainer.Trainer, "train_step", ctrl_c_at_step_2)
+def test_ctrl_c_during_the_demo_keeps_its_checkpoint_draws_nothing_and_exits_130(tmp_path, capsys,
+                                                                                ctrl_c_at_step_2):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--steps", "20", "--quiet"]) == 130
     assert "Continue with: ddpm demo --out" in capsys.readouterr().err

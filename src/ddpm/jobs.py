@@ -96,27 +96,21 @@ class SampleJob:
     def prepare(self, *, overwrite: bool = False, main: bool = True) -> int:
         """Check, before any sampling, that the job can write its output, and set up (or find) its parts. Returns how
         many images earlier runs of the same job have already drawn."""
-        if self.parts.is_dir():
-            try:
-                found = json.loads((self.parts / "job.json").read_text())
-            except (OSError, ValueError):
-                found = {}
-            diff = self.spec.differences(found)
-            if found.get("device") not in (None, self.spec.device) and not overwrite:
-                raise DDPMError(f"{self.parts} holds a job started on {found['device']}: {found['device']} and "
-                                f"{self.spec.device} draw different noise for one seed, so its images cannot be mixed "
-                                f"with these; finish it with --device {found['device']}, or pass --overwrite")
-            if diff and not overwrite:
-                raise DDPMError(f"{self.parts} holds a job with other settings in the way of this one ("
-                                f"{'; '.join(diff[:3])}); delete it, run that job again, or pass --overwrite")
-            check_output(self.out, overwrite=overwrite, runs=[self.spec.run])
-            if diff and main:
-                self.remove_parts()
-        if not self.parts.is_dir():
-            check_output(self.out, overwrite=overwrite, runs=[self.spec.run])
-            if main:  # the folder appears with its job.json (other processes may be looking)
-                with written_aside(self.parts) as tmp:
-                    (tmp / "job.json").write_text(json.dumps(asdict(self.spec), indent=1) + "\n")
+        found = read_job(self.parts) if self.parts.is_dir() else None
+        diff = self.spec.differences(found) if found is not None else []
+        if found is not None and found.get("device") not in (None, self.spec.device) and not overwrite:
+            raise DDPMError(f"{self.parts} holds a job started on {found['device']}: {found['device']} and "
+                            f"{self.spec.device} draw different noise for one seed, so its images cannot be mixed "
+                            f"with these; finish it with --device {found['device']}, or pass --overwrite")
+        if diff and not overwrite:
+            raise DDPMError(f"{self.parts} holds a job with other settings in the way of this one ("
+                            f"{'; '.join(diff[:3])}); delete it, run that job again, or pass --overwrite")
+        check_output(self.out, overwrite=overwrite, runs=[self.spec.run])
+        if diff and main:
+            self.remove_parts()
+        if not self.parts.is_dir() and main:  # the folder appears with its job.json (other processes may be looking)
+            with written_aside(self.parts) as tmp:
+                (tmp / "job.json").write_text(json.dumps(asdict(self.spec), indent=1) + "\n")
         return sum(len(r) for k, r in enumerate(self.chunks) if self._chunk_file(k).is_file())
 
     def missing(self, rank: int = 0, world: int = 1) -> List[int]:
@@ -211,12 +205,20 @@ def chunk_for_a_minute(model, sampler, image_shape, *, batch_size: int, n: int, 
     return int(min(CHUNK, n, max(min(batch_size, n), round(KILL_COST_S / max(per_image, 1e-9)))))
 
 
+def read_job(parts: Path) -> Dict[str, Any]:
+    """What a job's ``job.json`` says ({} when it is missing or unreadable)."""
+    try:
+        found = json.loads((parts / "job.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
 def _earlier_chunk(out) -> Optional[int]:
     """The chunk size of the job already under way at ``out`` (its job.json), if any."""
-    job = SampleJob.parts_of(out) / "job.json"
     try:
-        return int(json.loads(job.read_text())["chunk"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return int(read_job(SampleJob.parts_of(out))["chunk"])
+    except (KeyError, TypeError, ValueError):
         return None
 
 

@@ -30,7 +30,7 @@ from typing import Dict, Optional, Tuple
 
 __all__ = ["keep_freed_memory", "usable_cores", "busy_cores", "thread_settings", "configure_threads",
            "choose_device", "bf16_supported", "fast_cuda_math", "resolve_precision", "autocast", "Precision", "init_distributed",
-           "rank_world", "barrier", "close_distributed", "any_process", "rank0_value", "shares"]
+           "rank_world", "barrier", "close_distributed", "rank0_value", "shares"]
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
@@ -288,18 +288,6 @@ def close_distributed() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def any_process(flag: bool, device) -> bool:
-    """Whether ``flag`` is true in any process (itself, outside torchrun)."""
-    if rank_world()[1] == 1:
-        return flag
-    import torch
-    import torch.distributed as dist
-
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
 
 
 def rank0_value(value: int, device) -> int:
