@@ -39,9 +39,9 @@ def watch():
 threading.Thread(target=watch, daemon=True).start()
 import torch
 from ddpm.config import make_run_config
-from ddpm.data import load_data
-from ddpm.train import Trainer
-from ddpm.unet import UNet
+from ddpm.data.sources import load_data
+from ddpm.training.train import Trainer
+from ddpm.nn.unet import UNet
 cfg = make_run_config("celebahq256", train={"data": folder, "batch_size": 8, "steps": 30, "precision": "fp32"},
                       model={"ch": 16, "num_groups": 8})
 data = load_data(folder, channels=3, image_size=256, cache_dir=cache)
@@ -72,8 +72,8 @@ def child(folder: Path, cache: Path, work: Path) -> dict:
 
 
 def pipeline_rate(folder: Path, cache: Path, size: int, batch: int, steps: int) -> float:
-    from ddpm.batches import Batches
-    from ddpm.data import load_data
+    from ddpm.data.batches import Batches
+    from ddpm.data.sources import load_data
 
     data = load_data(str(folder), channels=3, image_size=size, cache_dir=cache, progress=True)
     b = Batches(data, seed=0, batch_size=batch, T=1000, hflip=True)

@@ -27,13 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 def one(steps: int, seed: int, root: Path) -> dict:
     from demo_quality import judge
 
-    from ddpm.conditioning import class_labels
+    from ddpm.sampling.guidance import class_labels
     from ddpm.config import make_run_config, with_classes
-    from ddpm.data import MNIST_CLASSES
-    from ddpm.demo import DEMO_GUIDANCE, DEMO_P_UNCOND, DEMO_SAMPLER
-    from ddpm.run import load_checkpoint
-    from ddpm.sampling import sample_checkpoint
-    from ddpm.train import train_run
+    from ddpm.data.sources import MNIST_CLASSES
+    from ddpm.cli.demo import DEMO_GUIDANCE, DEMO_P_UNCOND, DEMO_SAMPLER
+    from ddpm.run.directory import load_checkpoint
+    from ddpm.sampling.samplers import sample_checkpoint
+    from ddpm.training.train import train_run
 
     run = root / f"s{steps}-{seed}"
     cfg = with_classes(make_run_config("mnist", train={"data": "mnist", "class_cond": True, "p_uncond": DEMO_P_UNCOND,

@@ -17,8 +17,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ddpm.data import load_data, to_float
-from ddpm.metrics import digit_classifier_heldout, frechet_distance, gaussian_stats, load_digit_classifier
+from ddpm.data.sources import load_data, to_float
+from ddpm.evaluation.metrics import digit_classifier_heldout, frechet_distance, gaussian_stats, load_digit_classifier
 
 
 def judge(arr: np.ndarray, labels: Optional[np.ndarray] = None, confidence: float = 0.9, draws: int = 5) -> dict:

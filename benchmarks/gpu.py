@@ -59,9 +59,9 @@ def peak_memory_gib(device):
 
 
 def trainer_for(cfg, device, n_images: int = 512):
-    from ddpm.data import ImageData
-    from ddpm.train import Trainer
-    from ddpm.unet import UNet
+    from ddpm.data.sources import ImageData
+    from ddpm.training.train import Trainer
+    from ddpm.nn.unet import UNet
 
     m = cfg.model
     g = torch.Generator().manual_seed(0)
@@ -102,7 +102,7 @@ def train_speed(cfg, device, steps: int, compile_: bool) -> dict:
 
 
 def sampling_speed(model, diffusion, shape, n: int, device, compile_: bool) -> dict:
-    from ddpm.sampling import generate, make_sampler
+    from ddpm.sampling.samplers import generate, make_sampler
 
     net = torch.compile(model) if compile_ else model
     out = {}
@@ -132,7 +132,7 @@ def fp16_steps(cfg, device, steps: int = 5) -> dict:
 
 def stop_and_resume(cfg, device, steps: int) -> dict:
     """``2 steps`` straight against ``steps``, a checkpoint, a fresh Trainer loading it, ``steps`` more."""
-    from ddpm.run import load_checkpoint
+    from ddpm.run.directory import load_checkpoint
 
     straight = trainer_for(cfg, device)
     for _ in range(2 * steps):
@@ -141,7 +141,7 @@ def stop_and_resume(cfg, device, steps: int) -> dict:
     for _ in range(steps):
         first.train_step()
     with tempfile.TemporaryDirectory() as tmp:
-        from ddpm.run import write_config
+        from ddpm.run.directory import write_config
 
         write_config(tmp, cfg)
         first.save(Path(tmp))

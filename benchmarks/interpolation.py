@@ -13,9 +13,9 @@ import argparse
 import torch
 
 from ddpm import load_checkpoint
-from ddpm.data import load_data, to_float
-from ddpm.interpolate import interpolate
-from ddpm.metrics import load_digit_classifier
+from ddpm.data.sources import load_data, to_float
+from ddpm.sampling.interpolation import interpolate
+from ddpm.evaluation.metrics import load_digit_classifier
 
 
 def main() -> int:

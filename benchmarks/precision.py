@@ -24,7 +24,7 @@ from demo_quality import judge
 
 def read_metrics(path: Path) -> dict:
     """metrics.csv columns as arrays, through ddpm's own reader."""
-    from ddpm.run import read_metrics as rows_of
+    from ddpm.run.directory import read_metrics as rows_of
 
     rows = rows_of(path)
     return {k: np.array([float(r[k]) for r in rows]) for k in ("step", "loss", "img_per_s", "skipped")}
@@ -32,10 +32,10 @@ def read_metrics(path: Path) -> dict:
 
 def main() -> int:
     from ddpm.config import make_run_config
-    from ddpm.outputs import write_images
-    from ddpm.run import load_checkpoint
-    from ddpm.sampling import generate, make_sampler
-    from ddpm.train import train_run
+    from ddpm.sampling.outputs import write_images
+    from ddpm.run.directory import load_checkpoint
+    from ddpm.sampling.samplers import generate, make_sampler
+    from ddpm.training.train import train_run
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="precision-runs")

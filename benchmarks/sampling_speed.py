@@ -11,7 +11,7 @@ import statistics
 import time
 
 from ddpm import load_checkpoint
-from ddpm.sampling import generate, make_sampler
+from ddpm.sampling.samplers import generate, make_sampler
 
 
 def main() -> int:

@@ -70,10 +70,10 @@ def build(preset: str, batch: int, device: torch.device, seed: int = 0, ours: bo
     ``ours`` / ``theirs`` False leave that side out (None), e.g. to measure the other's memory alone.
     """
     from ddpm.config import make_run_config
-    from ddpm.data import ImageData
+    from ddpm.data.sources import ImageData
     from ddpm.interop.diffusers import to_diffusers_state_dict, unet_config_to_diffusers
-    from ddpm.train import Trainer
-    from ddpm.unet import UNet
+    from ddpm.training.train import Trainer
+    from ddpm.nn.unet import UNet
 
     cfg = make_run_config(preset, train={"batch_size": batch, "warmup": 1})
     torch.manual_seed(seed)
@@ -133,7 +133,7 @@ def timed(fn, iters: int, device) -> float:
 
 
 def run_speed(args, preset: str, batch: int) -> dict:
-    from ddpm.sampling import Ancestral
+    from ddpm.sampling.samplers import Ancestral
 
     device = torch.device(args.device)
     trainer, theirs, diffusion, shape = build(preset, batch, device)
@@ -247,9 +247,9 @@ print([int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmH
 
 def time_sampling(args, device: torch.device) -> dict:
     """Seconds to draw ``args.sample`` cifar10-sized images with Algorithm 2 (T = 1000), eager and compiled."""
-    from ddpm.sampling import Ancestral, generate
+    from ddpm.sampling.samplers import Ancestral, generate
     from ddpm.config import make_run_config
-    from ddpm.unet import UNet
+    from ddpm.nn.unet import UNet
 
     cfg = make_run_config("cifar10")
     model = UNet(cfg.model).to(device).eval()

@@ -41,7 +41,7 @@ def train(out: Path, args, nproc: int, steps: int, threads: int = 0) -> float:
 def final_weights(run: Path, name: str) -> dict:
     from safetensors.torch import load_file
 
-    from ddpm.run import list_checkpoints
+    from ddpm.run.directory import list_checkpoints
 
     return load_file(str(list_checkpoints(run)[-1] / f"{name}.safetensors"))
 

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from ddpm.data import load_data, to_float
-from ddpm.metrics import DigitClassifier, digit_classifier_heldout
+from ddpm.data.sources import load_data, to_float
+from ddpm.evaluation.metrics import DigitClassifier, digit_classifier_heldout
 
 OUT = Path(__file__).resolve().parents[1] / "src" / "ddpm" / "assets" / "digit_classifier.safetensors"
 

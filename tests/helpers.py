@@ -4,9 +4,9 @@
 import torch
 
 from ddpm.config import make_run_config
-from ddpm.data import ImageData
-from ddpm.train import Trainer
-from ddpm.unet import UNet
+from ddpm.data.sources import ImageData
+from ddpm.training.train import Trainer
+from ddpm.nn.unet import UNet
 
 
 class OracleEps(torch.nn.Module):
@@ -61,3 +61,25 @@ class CodeRunningPickle:
 
     def __reduce__(self):
         return (exec, ("import pathlib; pathlib.Path('PWNED').write_text('x')",))
+
+
+# The CLI's flags for a tiny, quick run.
+TINY = ["--preset", "tiny", "--batch-size", "4", "--log-every", "2", "--save-every", "3", "--sample-every", "0",
+        "--quiet", "--T", "60"]
+
+
+def run(capsys, *argv):
+    """``ddpm ARGV`` in-process: (exit code, stdout, stderr)."""
+    from ddpm.cli.commands import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(err):
+    """The one line of a refused command's stderr (no traceback)."""
+    lines = [l for l in err.strip().splitlines() if l.strip() and "%|" not in l]  # progress bars aside
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]

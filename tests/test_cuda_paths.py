@@ -74,7 +74,7 @@ def test_tf32_and_cudnn_benchmark_on_cuda_only(monkeypatch):
 def test_the_gpu_attention_path_passes_4d_tensors_and_equals_the_cpu_path(monkeypatch):
     import torch.nn.functional as F
 
-    import ddpm.unet as unet
+    import ddpm.nn.unet as unet
 
     real, seen = F.scaled_dot_product_attention, []
 
@@ -101,7 +101,7 @@ def test_training_loss_with_a_cpu_generator_and_data_elsewhere():
 
 
 def test_schedule_tables_go_to_the_device_once():
-    from ddpm.diffusion import extract, on_device
+    from ddpm.diffusion.gaussian import extract, on_device
 
     table = torch.linspace(0, 1, 10, dtype=torch.float64)
     like = torch.zeros(3, 1, 2, 2, device="meta")
@@ -113,8 +113,8 @@ def test_schedule_tables_go_to_the_device_once():
 
 
 def test_a_job_records_its_device_and_refuses_another(tmp_path, capsys, monkeypatch):
-    import ddpm.sampling
-    from ddpm.cli import main
+    import ddpm.sampling.samplers
+    from ddpm.cli.commands import main
 
     run = tmp_path / "run"
     assert main(["train", "--data", "mnist", "--out", str(run), "--steps", "2", "--preset", "tiny", "--batch-size",
@@ -122,7 +122,7 @@ def test_a_job_records_its_device_and_refuses_another(tmp_path, capsys, monkeypa
     out = tmp_path / "s.npz"
     argv = ["sample", "--run", str(run), "--out", str(out), "--n", "4", "--chunk", "2", "--sampler", "ddim",
             "--steps", "3"]
-    real, calls = ddpm.sampling.generate, []
+    real, calls = ddpm.sampling.samplers.generate, []
 
     def ctrl_c_in_the_second_chunk(*a, **k):
         calls.append(1)
@@ -130,9 +130,9 @@ def test_a_job_records_its_device_and_refuses_another(tmp_path, capsys, monkeypa
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(ddpm.sampling, "generate", ctrl_c_in_the_second_chunk)
+    monkeypatch.setattr(ddpm.sampling.samplers, "generate", ctrl_c_in_the_second_chunk)
     assert main(argv) == 130
-    monkeypatch.setattr(ddpm.sampling, "generate", real)
+    monkeypatch.setattr(ddpm.sampling.samplers, "generate", real)
     job = tmp_path / ".s.npz.parts" / "job.json"
     spec = json.loads(job.read_text())
     assert spec["device"] == "cpu" and spec["noise"] == "per-image-blocks-v2"
@@ -145,7 +145,7 @@ def test_a_job_records_its_device_and_refuses_another(tmp_path, capsys, monkeypa
 
 
 def test_missing_chunks_are_dealt_out_evenly_after_a_resume(tmp_path):
-    from ddpm.jobs import JobSpec, SampleJob
+    from ddpm.sampling.jobs import JobSpec, SampleJob
 
     spec = JobSpec(run="r", step=1, ema=True, sampler="ddim", steps=3, eta=0.0, spacing=None, guidance=0.0,
                    classes=None, first_seed=0, n=20, precision="fp32", chunk=2)
@@ -209,7 +209,7 @@ def test_a_batch_draws_its_noise_in_far_fewer_calls_than_images_times_steps(monk
     """On a GPU every RNG call is a kernel launch: 256 images x 1000 steps must not be 256,000 of them."""
     from ddpm import GaussianDiffusion, NoiseSchedule
     from ddpm.rng import ImageGenerators, block_steps
-    from ddpm.sampling import make_sampler
+    from ddpm.sampling.samplers import make_sampler
 
     real, calls = torch.randn, [0]
 
@@ -244,7 +244,7 @@ def test_a_chunk_is_about_a_minute_of_sampling(monkeypatch):
     import time
     from types import SimpleNamespace
 
-    from ddpm.jobs import CHUNK, chunk_for_a_minute
+    from ddpm.sampling.jobs import CHUNK, chunk_for_a_minute
 
     clock = [0.0]
     monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
@@ -274,8 +274,8 @@ def test_on_several_nodes_rank_0_decides_the_resume_step(tmp_path, monkeypatch):
     every rank fail with one line (an all-reduce of the check), never a hang or a silent mix of steps."""
     import torch.distributed as dist
 
-    import ddpm.train as train
-    from ddpm.run import save_checkpoint
+    import ddpm.training.train as train
+    from ddpm.run.directory import save_checkpoint
 
     net = torch.nn.Linear(2, 2)
     for step in (3, 6):
@@ -297,7 +297,7 @@ def test_batches_are_prefetched_on_a_thread_for_a_gpu_only():
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
     from helpers import tiny_config, tiny_trainer
 
-    from ddpm.batches import Prefetcher
+    from ddpm.data.batches import Prefetcher
 
     tr = tiny_trainer(tiny_config())
     cpu, gpu = Prefetcher(tr.batches, [range(4)], "cpu"), Prefetcher(tr.batches, [range(4)], "cuda")

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ddpm.cli import main
+from ddpm.cli.commands import main
 
 TINY = ["--preset", "tiny", "--batch-size", "4", "--log-every", "2", "--save-every", "3", "--quiet", "--T", "40"]
 
@@ -25,7 +25,7 @@ def _limited(argv, limit, cwd):
     code = textwrap.dedent(f"""
         import resource, sys
         resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))
-        from ddpm.cli import main
+        from ddpm.cli.commands import main
         sys.exit(main({[str(a) for a in argv]!r}))
     """)
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
@@ -85,10 +85,10 @@ def test_an_export_onto_a_full_disk_writes_nothing(run_dir, tmp_path):
 
 
 def test_training_onto_a_full_disk_keeps_the_last_checkpoint_and_resumes(tmp_path, capsys, monkeypatch):
-    import ddpm.run
+    import ddpm.run.directory
 
     run = tmp_path / "run"
-    real, calls = ddpm.run.save_safetensors, []
+    real, calls = ddpm.run.directory.save_safetensors, []
 
     def full_at_the_second_checkpoint(tensors, path, **kw):
         calls.append(path)
@@ -96,13 +96,13 @@ def test_training_onto_a_full_disk_keeps_the_last_checkpoint_and_resumes(tmp_pat
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real(tensors, path, **kw)
 
-    monkeypatch.setattr(ddpm.run, "save_safetensors", full_at_the_second_checkpoint)
+    monkeypatch.setattr(ddpm.run.directory, "save_safetensors", full_at_the_second_checkpoint)
     assert main(["train", "--data", "mnist", "--out", str(run), "--steps", "9", *TINY]) == 1
     line = _one_line(capsys.readouterr().err)
     assert "no space left on the device writing the checkpoint of step 6" in line
     assert "the last checkpoint, step 3, is kept" in line and f"ddpm train --out {run} --resume" in line
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000003"]
-    monkeypatch.setattr(ddpm.run, "save_safetensors", real)
+    monkeypatch.setattr(ddpm.run.directory, "save_safetensors", real)
     assert main(["train", "--out", str(run), "--resume", "--quiet"]) == 0
     assert [p.name for p in (run / "checkpoints").iterdir()][-1] == "step-00000009"
 
@@ -127,19 +127,19 @@ def test_a_run_that_failed_before_its_first_checkpoint_starts_again(tmp_path, ca
                                    RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't "
                                                 "allocate memory: you tried to allocate 8589934592 bytes")])
 def test_out_of_memory_is_one_line_with_what_to_change(error, run_dir, tmp_path, capsys, monkeypatch):
-    import ddpm.sampling
-    import ddpm.trainer
+    import ddpm.sampling.samplers
+    import ddpm.training.trainer
 
     def oom(*a, **k):
         raise error
 
-    monkeypatch.setattr(ddpm.trainer.Trainer, "train_step", oom)
+    monkeypatch.setattr(ddpm.training.trainer.Trainer, "train_step", oom)
     assert main(["train", "--data", "mnist", "--out", str(tmp_path / "r"), "--steps", "3", *TINY]) == 1
     line = _one_line(capsys.readouterr().err)
     assert line.startswith("ddpm: error: out of memory at batch size 4: add --grad-accum 2") and "--batch-size 2" in line
     assert main(["train", "--data", "mnist", "--out", str(tmp_path / "r"), "--steps", "3", *TINY]) == 1
     assert "out of memory" in _one_line(capsys.readouterr().err)  # the same run may be started again
-    monkeypatch.setattr(ddpm.sampling, "generate", oom)
+    monkeypatch.setattr(ddpm.sampling.samplers, "generate", oom)
     assert main(["sample", "--run", str(run_dir), "--out", str(tmp_path / "s.png"), "--batch-size", "64"]) == 1
     assert "out of memory at batch size 64: run again with --batch-size 32" in _one_line(capsys.readouterr().err)
 
@@ -147,16 +147,16 @@ def test_out_of_memory_is_one_line_with_what_to_change(error, run_dir, tmp_path,
 @pytest.fixture
 def ctrl_c_at_step_2(monkeypatch):
     """Training that receives SIGINT (Ctrl-C) at step 2."""
-    import ddpm.trainer
+    import ddpm.training.trainer
 
-    real = ddpm.trainer.Trainer.train_step
+    real = ddpm.training.trainer.Trainer.train_step
 
     def train_step(self, *a, **k):
         if self.step == 2:
             os.kill(os.getpid(), signal.SIGINT)
         return real(self, *a, **k)
 
-    monkeypatch.setattr(ddpm.trainer.Trainer, "train_step", train_step)
+    monkeypatch.setattr(ddpm.training.trainer.Trainer, "train_step", train_step)
 
 
 def test_ctrl_c_during_training_saves_and_exits_130(tmp_path, capsys, ctrl_c_at_step_2):
@@ -247,16 +247,16 @@ def test_fd_of_a_run_whose_classes_are_not_digits_claims_no_class_match(folder_r
 
 
 def test_fd_from_features_that_do_not_vary_is_refused(run_dir, tmp_path, capsys, monkeypatch):
-    import ddpm.metrics
+    import ddpm.evaluation.metrics
 
-    real = ddpm.metrics.load_digit_classifier
+    real = ddpm.evaluation.metrics.load_digit_classifier
 
     def constant(*a, **k):
         net = real(*a, **k)
         net.features = lambda x: torch.zeros(len(x), 8)
         return net
 
-    monkeypatch.setattr(ddpm.metrics, "load_digit_classifier", constant)
+    monkeypatch.setattr(ddpm.evaluation.metrics, "load_digit_classifier", constant)
     assert main(["eval", "--run", str(run_dir), "--metric", "fd", "--n", "4", "--sampler", "ddim", "--steps", "2",
                  "--out", str(tmp_path / "e")]) == 1
     assert "do not vary (zero covariance): the feature network is degenerate" in _one_line(capsys.readouterr().err)
@@ -265,7 +265,7 @@ def test_fd_from_features_that_do_not_vary_is_refused(run_dir, tmp_path, capsys,
 def test_a_long_run_says_how_long_it_will_take_and_how_to_shorten_it():
     from types import SimpleNamespace
 
-    from ddpm.advice import Projection
+    from ddpm.cli.advice import Projection
 
     said, clock = [], [0.0]
     trainer = SimpleNamespace(step=0, config=SimpleNamespace(steps=800_000))
@@ -293,7 +293,7 @@ def test_training_ends_with_a_one_line_summary(tmp_path, capsys):
 
 
 def test_class_names_that_are_numbers_win_over_indices_with_a_warning(caplog):
-    from ddpm.conditioning import class_labels
+    from ddpm.sampling.guidance import class_labels
 
     names = ["1", "10", "2"]  # class folders 1, 2, 10, sorted as names
     with caplog.at_level("WARNING", logger="ddpm"):

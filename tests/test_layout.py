@@ -1,4 +1,5 @@
-"""The shape of the package: no import cycles, sampling never imports training, small files and functions."""
+"""The shape of the package: sub-packages in layers that import only downwards, no import cycles, only the CLI
+prints, small files and functions."""
 
 import ast
 from pathlib import Path
@@ -49,29 +50,52 @@ def test_no_import_cycles():
             visit(m, [m])
 
 
-def _reaches(a: str, b: str) -> bool:
-    seen, todo = set(), [a]
-    while todo:
-        m = todo.pop()
-        if m == b:
-            return True
-        seen.add(m)
-        todo += [n for n in GRAPH.get(m, ()) if n not in seen]
-    return False
+# The layers, bottom first, written once: a unit (a top-level module or a sub-package) may import only units in
+# tiers below its own, and any module of its own sub-package. Units of one tier know nothing of each other.
+LAYERS = [
+    ("errors", "atomic", "rng"),   # foundations: no ddpm imports
+    ("runtime", "safeload"),       # devices, threads, precision; reading foreign weights safely
+    ("diffusion",),                # the schedule, the Gaussian process, the bound
+    ("config",),                   # the dataclasses a run is made of (builds a diffusion)
+    ("nn", "data"),                # the UNet; images in
+    ("run",),                      # the run directory and the files ddpm owns
+    ("interop", "viz"),            # diffusers both ways; pictures and plots
+    ("sampling",),                 # samplers, guidance, jobs, outputs, interpolation
+    ("training", "evaluation"),    # the trainer and train_run; bits/dim, FD and features
+    ("cli",),                      # the command line: the only layer that prints
+    ("__main__",),
+]
+TIER = {unit: i for i, tier in enumerate(LAYERS) for unit in tier}
 
 
-def test_data_flows_one_way():
-    assert not _reaches("ddpm.sampling", "ddpm.train")
-    for low in ("ddpm.schedule", "ddpm.diffusion", "ddpm.losses"):
-        for high in ("ddpm.unet", "ddpm.train", "ddpm.run", "ddpm.cli", "ddpm.data"):
-            assert not _reaches(low, high), f"{low} imports {high}"
-    assert not any(_reaches(m, "ddpm.cli") for m in GRAPH if m != "ddpm.cli" and m != "ddpm.__main__")
+def _unit(module: str) -> str:
+    return module.split(".")[1]
+
+
+def test_every_module_has_a_layer():
+    assert {_unit(m) for m in GRAPH if m != "ddpm"} <= set(TIER), set(map(_unit, GRAPH)) - set(TIER) - {"ddpm"}
+    assert len(TIER) == sum(map(len, LAYERS)), "a unit is in two tiers"
+
+
+def test_layers_import_only_downwards():
+    wrong = [f"{m} imports {n}" for m in GRAPH if m != "ddpm" for n in GRAPH[m]
+             if _unit(n) != _unit(m) and TIER[_unit(n)] >= TIER[_unit(m)]]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_only_the_cli_prints():
+    for path, module in MODULES.items():
+        if _unit(module) in ("cli", "__main__"):
+            continue
+        calls = [n.lineno for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Call)
+                 and isinstance(n.func, ast.Name) and n.func.id in ("print", "input")]
+        assert not calls, f"{path.relative_to(SRC)} prints at lines {calls}"
 
 
 def test_files_and_functions_stay_small():
     for path in MODULES:
         lines = path.read_text().count("\n")
-        assert lines <= (300 if path.name == "cli.py" else 400), f"{path.name}: {lines} lines"
+        assert lines <= (300 if MODULES[path] == "ddpm.cli.commands" else 400), f"{path.name}: {lines} lines"
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 length = node.end_lineno - node.lineno + 1

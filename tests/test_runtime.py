@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from ddpm import cli, runtime
+from ddpm import runtime
+from ddpm.cli import commands as cli
 
 GLIBC = sys.platform.startswith("linux") and os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")
 

@@ -8,7 +8,7 @@ from importlib import import_module
 
 __version__ = "0.1.0"
 
-_PUBLIC = {"NoiseSchedule": "schedule", "GaussianDiffusion": "diffusion", "UNet": "unet", "UNetConfig": "config",
+_PUBLIC = {"NoiseSchedule": "diffusion", "GaussianDiffusion": "diffusion", "UNet": "nn", "UNetConfig": "config",
            "load_checkpoint": "run", "save_checkpoint": "run"}
 
 __all__ = [*_PUBLIC, "__version__"]

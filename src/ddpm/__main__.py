@@ -1,6 +1,6 @@
 """`python -m ddpm` runs the CLI (also under `torchrun -m ddpm`)."""
 
-from .cli import main
+from .cli.commands import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

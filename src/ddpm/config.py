@@ -15,9 +15,9 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .diffusion import VAR_TYPES, GaussianDiffusion
+from .diffusion.gaussian import VAR_TYPES, GaussianDiffusion
 from .errors import DDPMError
-from .schedule import NoiseSchedule
+from .diffusion.schedule import NoiseSchedule
 
 __all__ = ["UNetConfig", "DiffusionConfig", "TrainConfig", "RunConfig", "Preset", "PRESETS", "make_run_config",
            "resume_config", "with_classes", "read_config_file", "overlay", "RESUMABLE", "PRECISIONS", "MODEL_FLAGS", "flag"]

@@ -16,12 +16,12 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from .atomic import atomic_path
-from .data import to_uint8
+from .data.sources import to_uint8
 from .errors import DDPMError
-from .ownership import MARK, png_info
+from .run.ownership import MARK, png_info
 
 __all__ = ["make_grid", "save_grid", "save_picture", "plot_loss", "labelled_grid", "noise_strip", "Trajectory",
-           "reverse_process_pictures", "interpolation_strip", "plot_schedule",
+           "interpolation_strip", "plot_schedule",
            "plot_bpd_terms", "plot_fd_steps", "NOISE_STEPS"]
 
 NOISE_STEPS = (0, 50, 100, 200, 400, 600, 800, 999)
@@ -227,22 +227,6 @@ def interpolation_strip(xa: torch.Tensor, mixed: torch.Tensor, xb: torch.Tensor)
     n = len(mixed)
     labels = ["A"] + [f"{i / max(n - 1, 1):.2f}" for i in range(n)] + ["B"]
     return labelled_grid([panels], labels, scale=_scale_for(xa.shape[-1]))
-
-
-def reverse_process_pictures(ckpt, sampler, *, seeds: Sequence[int], labels=None, guidance: float = 0.0,
-                             ema: bool = True, precision: str = "fp32", device=None, strip: Optional[PathLike] = None,
-                             gif: Optional[PathLike] = None) -> None:
-    """The reverse process of the images of ``seeds`` (a few) as a strip and/or a GIF: they are the same images as
-    a sampling job's of those seeds draws."""
-    from .sampling import sample_checkpoint
-
-    trajectory = Trajectory(sampler.indices, frames=40 if gif else 0, samples=len(seeds))
-    sample_checkpoint(ckpt, None, sampler=sampler, seeds=seeds, labels=labels, guidance=guidance, ema=ema,
-                      precision=precision, device=device, callback=trajectory, progress=False)
-    if strip:
-        trajectory.save_strip(strip)
-    if gif:
-        trajectory.save_gif(gif)
 
 
 def plot_schedule(schedules: Dict[str, object], out_png: PathLike) -> None:

@@ -35,8 +35,8 @@ import torch
 from ..atomic import written_aside
 from ..config import DiffusionConfig, RunConfig, make_run_config
 from ..errors import DDPMError
-from ..run import IMPORTED_DATA, holds_run_config, save_checkpoint, write_config
-from ..unet import UNet, UNetConfig
+from ..run.directory import IMPORTED_DATA, holds_run_config, save_checkpoint, write_config
+from ..nn.unet import UNet, UNetConfig
 from .schedulers import diffusion_from_scheduler, scheduler_config
 from .usage import usage
 

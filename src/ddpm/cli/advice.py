@@ -1,0 +1,147 @@
+"""What the command line tells a user beyond the results: the one line for a full disk or an allocation that
+failed (with what is kept and what to change), and how long a long run will take. Only the CLI prints it."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Optional, Tuple
+
+__all__ = ["count", "duration", "Projection", "out_of_memory", "oom_line", "disk_full_line", "failure",
+           "train_end_line", "StderrHandler"]
+
+
+def count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h" if seconds < 2 * 86400 else f"{seconds / 86400:.1f} days"
+
+
+class Projection:
+    """An ``on_step`` callback that, once the pace is known (``after_s`` seconds and at least 5 steps in), says how
+    long the rest of the run will take, and how to shorten it, when that is ``worth_s`` seconds or more."""
+
+    def __init__(self, after_s: float = 30.0, worth_s: float = 3600.0, clock=None, say=None):
+        import time
+
+        self.after_s, self.worth_s, self.clock = after_s, worth_s, clock or time.monotonic
+        self.say = say or (lambda line: __import__("tqdm").tqdm.write(line, file=sys.stderr))
+        self.start: Optional[float] = None
+        self.first, self.said = 0, False
+
+    def __call__(self, trainer) -> None:
+        now = self.clock()
+        if self.start is None:  # timed from the end of the first step: it carries start-up costs
+            self.start, self.first = now, trainer.step
+            return
+        done = trainer.step - self.first
+        if self.said or done < 5 or now - self.start < self.after_s:
+            return
+        self.said = True
+        per = (now - self.start) / done
+        left = (trainer.config.steps - trainer.step) * per
+        if left >= self.worth_s:
+            self.say(f"ddpm: note: at {per:.2f} s per step, the {trainer.config.steps - trainer.step:,} steps left take "
+                     f"about {duration(left)}. To train less: --steps N, a smaller --preset (mnist, tiny), "
+                     "--time-limit MINUTES (it stops with a checkpoint), or a GPU")
+
+
+def out_of_memory(e: BaseException) -> bool:
+    import torch
+
+    text = str(e).lower()
+    return isinstance(e, torch.OutOfMemoryError) or (isinstance(e, RuntimeError) and (
+        "out of memory" in text or "can't allocate memory" in text or "cannot allocate memory" in text))
+
+
+def oom_line(args) -> str:
+    """The one line for an allocation that failed: the batch size that asked for it and what to change."""
+    cmd = args.func.__name__[4:]
+    batch = getattr(args, "batch_size", None)
+    if cmd == "train" and batch is None:
+        from ..run.directory import is_run, read_config
+
+        try:
+            batch = read_config(args.out).train.batch_size if is_run(args.out) else None
+        except Exception:
+            batch = None
+    at = f" at batch size {batch}" if batch else ""
+    smaller = f"--batch-size {max(1, batch // 2)}" if batch else "a smaller --batch-size"
+    if cmd == "train":
+        accum = getattr(args, "grad_accum", None) or 1
+        return (f"out of memory{at}: add --grad-accum {accum * 2} (the same batch in {accum * 2} passes: the same "
+                f"result in less memory) or use {smaller}, and run the command again (a run with checkpoints "
+                "continues with --resume)")
+    if cmd in ("sample", "eval", "demo", "interpolate"):
+        return f"out of memory{at}: run again with {smaller} (the images do not change with the batch size)"
+    return f"out of memory{at}"
+
+
+def disk_full_line(args, e: OSError) -> str:
+    """The one line for a write that found no space: where, and what is kept for the next run."""
+    cmd = args.func.__name__[4:]
+    where = f"{e.strerror}: {e.filename}" if e.filename else e.strerror
+    if cmd in ("train", "demo"):
+        from ..run.directory import checkpoint_step, list_checkpoints
+
+        run = Path(args.out)
+        last = list_checkpoints(run) if run.is_dir() else []
+        again = f"ddpm train --out {run} --resume" if cmd == "train" else f"ddpm demo --out {run}"
+        kept = (f"the last checkpoint, step {checkpoint_step(last[-1])}, is kept; free some space and continue with: "
+                f"{again}" if last else "no checkpoint had been written; free some space and run the command again")
+    elif cmd == "sample":
+        out = Path(args.out)
+        parts = out.parent / f".{out.name}.parts"
+        n = len(list(parts.glob("chunk-*.npz")))
+        kept = (f"{count(n, 'finished chunk')} in {parts} {'is' if n == 1 else 'are'} kept; free some space and run "
+                "the same command again to continue")
+    else:
+        kept = "nothing half-written is kept (outputs are written aside and renamed whole); free some space and run again"
+    return f"no space to write ({where}); {kept}"
+
+
+def failure(args, e: BaseException) -> Tuple[Optional[int], str]:
+    """The exit code and the one line for an exception that ended a command; (None, "") for one to raise (a bug,
+    or any error under ``--traceback``)."""
+    from ..errors import DDPMError, Interrupted, is_disk_full
+
+    if isinstance(e, KeyboardInterrupt):
+        return 130, "ddpm: interrupted"
+    if isinstance(e, Interrupted):
+        return e.exit_code, f"ddpm: {e}"
+    if getattr(args, "traceback", False):
+        return None, ""
+    if isinstance(e, RuntimeError) and not isinstance(e, DDPMError):
+        return (1, f"ddpm: error: {oom_line(args)}") if out_of_memory(e) else (None, "")
+    return 1, f"ddpm: error: {disk_full_line(args, e) if is_disk_full(e) else e}"
+
+
+def train_end_line(run: Path, res, seconds: float) -> str:
+    """The one line that ends ``ddpm train``: what it did, and what to run next (``res`` a ``train.TrainResult``)."""
+    from ..run.directory import read_metrics
+
+    if res.reason == "finished already":
+        return (f"{run} has finished its {res.step} steps; nothing to train. To train further: ddpm train --out {run} "
+                f"--resume --steps N (N > {res.step}; a cosine decay is then stretched to N)")
+    if res.reason != "done":
+        return (f"stopped at step {res.step} ({res.reason}); checkpoint {res.checkpoint}. "
+                f"Continue with: ddpm train --out {run} --resume")
+    rows = read_metrics(run / "metrics.csv") if (run / "metrics.csv").is_file() else []
+    loss = f", loss {rows[-1]['loss']:.4f} at the end" if rows and "loss" in rows[-1] else ""
+    return (f"trained {run} to step {res.step} in {duration(seconds)}{loss}; checkpoint {res.checkpoint}. "
+            f"Next: ddpm sample --run {run} --n 64 --out samples.png")
+
+
+class StderrHandler(logging.Handler):
+    """The library's log records as lines on (the current) stderr: info plain, warnings as ``ddpm: warning:``."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        level = f"ddpm: {record.levelname.lower()}: " if record.levelno >= logging.WARNING else ""
+        print(level + record.getMessage(), file=sys.stderr)

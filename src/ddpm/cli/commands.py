@@ -1,0 +1,294 @@
+"""The `ddpm` command line: parse, build, call one library function per command, print what it returned.
+
+The options live in ``ddpm.cli.options``. Bad input raises DDPMError (or ValueError/OSError) and becomes one
+line on stderr with a non-zero exit. Nothing heavy is imported before the thread settings are applied
+(OpenMP reads them when torch loads).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from .advice import Projection, StderrHandler, count, failure, train_end_line
+from .options import early_threads, fields_of
+from ..runtime import configure_threads, keep_freed_memory
+
+
+# ----------------------------------------------------------------------------- commands
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+    from ..runtime import choose_device
+
+    res = run_demo(Path(args.out), minutes=args.minutes, steps=args.steps, n=args.n,
+                   sampling_steps=args.sampling_steps, device=choose_device(args.device), progress=not args.quiet)
+    print(f"demo finished in {res.minutes:.1f} min after {res.step} steps:")
+    print("\n".join(f"  {path}{' ' * (27 - len(path.name))}{what}" for path, what in res.described()))
+    if res.status == "finished":
+        print("(for a longer run: ddpm demo --out NEW --minutes M, or ddpm train --data mnist --class-cond --out RUN, "
+              "the full recipe)", file=sys.stderr)
+    return 0
+
+
+def cmd_train(args) -> int:
+    import time
+
+    from ..config import DiffusionConfig, TrainConfig
+    from ..runtime import choose_device, close_distributed, init_distributed
+    from ..training.train import plan_run, train_run
+
+    run = Path(args.out)
+    cfg = plan_run(run, train=fields_of(args, TrainConfig), diffusion=fields_of(args, DiffusionConfig),
+                   preset=args.preset, resume=args.resume, config_file=args.config,
+                   model={"image_size": args.image_size, "in_channels": args.channels})
+    if args.dry_run:
+        print(cfg.to_json(), end="")
+        return 0
+    device = choose_device(args.device)
+    rank, _ = init_distributed(device, args.dist_timeout)
+    t0 = time.monotonic()
+    try:
+        res = train_run(run, cfg, device=device, progress=not args.quiet, cache_dir=args.cache_dir,
+                        on_step=None if args.quiet else Projection())
+    finally:
+        close_distributed()
+    if rank == 0:
+        print(train_end_line(run, res, time.monotonic() - t0), file=sys.stderr)
+    return {"SIGINT": 130, "SIGTERM": 143}.get(res.reason, 0)  # so that `ddpm train ... && ddpm sample ...` stops
+
+
+def cmd_sample(args) -> int:
+    from ..sampling.guidance import class_labels
+    from ..errors import DDPMError
+    from ..sampling.jobs import parse_seeds, reverse_process_pictures, sample_job
+    from ..sampling.outputs import check_output, check_picture_path
+    from ..run.directory import load_checkpoint
+    from ..runtime import choose_device, close_distributed, init_distributed
+    from ..sampling.samplers import make_sampler
+
+    if args.seeds and args.n is not None:
+        raise DDPMError("give --seeds A-B or --seed S --n N, not both")
+    seeds = parse_seeds(args.seeds) if args.seeds else range(args.seed, args.seed + (args.n or 64))
+    check_output(args.out, overwrite=args.overwrite, runs=[args.run])  # before anything is loaded
+    pictures = {"strip": args.trajectory and check_picture_path(args.trajectory, overwrite=args.overwrite,
+                                                                flag="--trajectory"),
+                "gif": args.gif and check_picture_path(args.gif, ".gif", overwrite=args.overwrite, flag="--gif")}
+    device = choose_device(args.device)
+    rank, _ = init_distributed(device, args.dist_timeout)
+    try:
+        ckpt = load_checkpoint(args.run, map_location=device)
+        sampler = make_sampler(args.sampler, ckpt.diffusion, steps=args.steps, eta=args.eta, spacing=args.spacing)
+        kw = dict(guidance=args.guidance, ema=args.ema, precision=args.precision, device=device)
+        job, done = sample_job(args.out, ckpt, sampler, seeds=seeds, class_spec=args.class_, overwrite=args.overwrite,
+                               batch_size=args.batch_size, chunk=args.chunk, progress=not args.quiet, **kw)
+        if rank == 0 and (pictures["strip"] or pictures["gif"]):
+            few = range(min(4, len(seeds)))
+            labels = class_labels(args.class_, ckpt.config.classes, len(seeds), few)
+            reverse_process_pictures(ckpt, sampler, seeds=seeds[:len(few)], labels=labels, **kw, **pictures)
+    finally:
+        close_distributed()
+    if rank == 0:
+        again = f"; {done} of them were drawn by an earlier run of this job" if done else ""
+        which = f"seeds {seeds.start}-{seeds.stop - 1}" if len(seeds) > 1 else f"seed {seeds.start}"
+        print(f"wrote {count(len(seeds), 'sample')} ({which}) from {args.run} (step {ckpt.step}, "
+              f"{'EMA' if args.ema else 'raw'} weights) to {args.out}{again}", file=sys.stderr)
+        for what, path in (("the reverse process of the first samples", args.trajectory), ("its animation", args.gif)):
+            if path:
+                print(f"wrote {what} to {path}", file=sys.stderr)
+    return 0
+
+
+def _check_eval_flags(args) -> None:
+    from ..errors import DDPMError
+
+    if args.metric == "bpd":
+        for name in ("samples", "steps", "inception", "eta", "spacing"):
+            if getattr(args, name) is not None:
+                raise DDPMError(f"--{name} is for --metric fd")
+    elif args.samples is None and args.n is not None and args.n < 2:
+        raise DDPMError(f"--metric fd needs --n >= 2 samples (a covariance of one sample is undefined), got {args.n}")
+
+
+def cmd_eval(args) -> int:
+    from ..sampling.guidance import check_guidance
+    from ..errors import DDPMError
+    from ..evaluation.reports import (bpd_line, bpd_report, check_report_folder, fd_report, fd_table, read_samples, real_images,
+                           write_bpd_report, write_fd_report)
+    from ..evaluation.metrics import get_features
+    from ..run.directory import load_checkpoint
+    from ..runtime import choose_device
+    from ..sampling.samplers import make_sampler
+
+    _check_eval_flags(args)
+    out = Path(args.out) if args.out else Path(args.run) / "eval"
+    check_report_folder(out, args.metric, own=not args.out)
+    samples, sample_labels = read_samples(args.samples) if args.samples else (None, None)
+    device = choose_device(args.device)
+    ckpt = load_checkpoint(args.run, map_location=device)
+    check_guidance(args.guidance, ckpt.config.classes, "all")
+    if args.metric == "fd":
+        for k in args.steps or [None]:  # every sampler setting is checked before any work
+            make_sampler(args.sampler, ckpt.diffusion, steps=k, eta=args.eta, spacing=args.spacing)
+        features = get_features(args.features, channels=ckpt.config.model.in_channels, inception=args.inception)
+    real = real_images(args.data or ckpt.config.train.data, ckpt.config, args.cache_dir, progress=not args.quiet)
+    if samples is not None and samples.shape[1:] != real.images.shape[1:]:
+        raise DDPMError(f"{args.samples}: samples are {tuple(samples.shape[1:])} (C, H, W) but the real images "
+                        f"{tuple(real.images.shape[1:])}")
+    if args.metric == "bpd":
+        r = bpd_report(ckpt, real, n=args.n or 100, seed=args.seed, ema=args.ema, batch_size=args.batch_size,
+                       device=device, progress=not args.quiet)
+        print(bpd_line(r), flush=True)
+        write_bpd_report(r, out, title=str(args.run))
+        print(f"per-t terms: {out / 'bpd_terms.csv'}, plot: {out / 'bpd_terms.png'}", file=sys.stderr)
+        return 0
+    out.mkdir(exist_ok=True)  # the real images' statistics are cached there
+    rows = fd_report(ckpt, real, features, n=args.n or 1000, sampler=args.sampler, steps=args.steps or [None],
+                     samples=samples, sample_labels=sample_labels, eta=args.eta, cache_dir=out,
+                     spacing=args.spacing, seed=args.seed, batch_size=args.batch_size, ema=args.ema, device=device,
+                     precision=args.precision, guidance=args.guidance, progress=not args.quiet)
+    lines, note = fd_table(rows, real)
+    print("\n".join(lines), flush=True)
+    if note:
+        print(note, file=sys.stderr)
+    write_fd_report(rows, out, title=str(args.run), step=ckpt.step)
+    print(f"table: {out / 'fd.csv'}" + (f", plot: {out / 'fd_vs_steps.png'}" if len(rows) > 1 else ""),
+          file=sys.stderr)
+    return 0
+
+
+def cmd_noise(args) -> int:
+    from ..config import DiffusionConfig
+    from ..data.sources import load_image
+    from ..errors import DDPMError
+    from ..run.directory import read_config
+    from ..sampling.outputs import check_picture_path
+    from ..viz import noise_strip, save_picture
+
+    out = check_picture_path(args.out, overwrite=args.overwrite)
+    flags = fields_of(args, DiffusionConfig)
+    if args.run is not None and flags:
+        raise DDPMError(f"--run takes the schedule from the run; drop {', '.join('--' + k for k in flags)}")
+    diffusion = (read_config(args.run).diffusion if args.run else DiffusionConfig(**flags)).build()
+    save_picture(noise_strip(diffusion, load_image(args.image, args.size), args.t, seed=args.seed), out)
+    print(f"wrote the forward process of {args.image} at t = {', '.join(map(str, args.t))} (T = {diffusion.T}) "
+          f"to {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_interpolate(args) -> int:
+    from ..data.sources import load_image
+    from ..sampling.interpolation import interpolate
+    from ..sampling.outputs import check_picture_path
+    from ..run.directory import load_checkpoint
+    from ..runtime import choose_device
+    from ..viz import interpolation_strip, save_picture
+
+    out = check_picture_path(args.out, overwrite=args.overwrite)
+    device = choose_device(args.device)
+    ckpt = load_checkpoint(args.run, map_location=device)
+    xa, xb = (load_image(spec, ckpt.config.model.image_size, ckpt.config.model.in_channels) for spec in (args.a, args.b))
+    mixed = interpolate(ckpt.ema_model if args.ema else ckpt.model, ckpt.diffusion, xa, xb, args.t, n=args.n,
+                        mix=args.mix, seed=args.seed, device=device)
+    save_picture(interpolation_strip(xa, mixed, xb), out)
+    print(f"wrote {args.n} {args.mix} mixtures of {args.a} and {args.b} encoded to t = {args.t} (of "
+          f"{ckpt.diffusion.T}) to {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_data(args) -> int:
+    from ..data.sources import cache_info, describe, load_data
+
+    info = cache_info(args.src, preset=args.preset, channels=args.channels, image_size=args.image_size,
+                      cache_dir=args.cache_dir)
+    if args.action == "build":
+        load_data(args.src, channels=info["channels"], image_size=info["size"], progress=not args.quiet,
+                  cache_dir=args.cache_dir, skip_bad=args.skip_bad_images)
+        info = cache_info(args.src, channels=info["channels"], image_size=info["size"], cache_dir=args.cache_dir)
+    print("\n".join(describe(info, verify=args.verify)))
+    return 0
+
+
+def cmd_schedule(args) -> int:
+    from ..diffusion.schedule import NoiseSchedule
+    from ..sampling.outputs import check_picture_path
+    from ..viz import plot_schedule
+
+    out = check_picture_path(args.out, overwrite=args.overwrite)
+    plot_schedule({f"linear (T={args.T})": NoiseSchedule.linear(args.T),
+                   f"cosine (T={args.T})": NoiseSchedule.cosine(args.T)}, out)
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_import(args) -> int:
+    from ..interop.diffusers import import_diffusers
+    from ..sampling.outputs import check_new_folder
+    from ..run.directory import read_config
+
+    from ..config import DiffusionConfig
+
+    out = check_new_folder(args.out)
+    flags = fields_of(args, DiffusionConfig)
+    import_diffusers(args.dir, out, DiffusionConfig(**flags) if flags else None)
+    cfg = read_config(out)
+    m, d = cfg.model, cfg.diffusion
+    print(f"imported {args.dir} into {out}: {m.ch}-channel UNet, {m.image_size}x{m.image_size}x{m.in_channels}, "
+          f"T={d.T}, {d.schedule} schedule, {d.var_type} variance", file=sys.stderr)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from ..interop.diffusers import export_diffusers
+    from ..sampling.outputs import check_new_folder
+    from ..run.directory import load_checkpoint
+
+    out = check_new_folder(args.out)
+    ckpt = load_checkpoint(args.run)
+    export_diffusers(ckpt.ema_model if args.ema else ckpt.model, ckpt.config.diffusion, out, ckpt.config.classes)
+    how = (f"a class-conditional UNet, which DDPMPipeline cannot give classes: {out / 'README.md'} has the diffusers "
+           "loop that does (class_labels=...)" if ckpt.config.classes else
+           f"load it with diffusers.DDPMPipeline.from_pretrained({str(out)!r})")
+    print(f"exported {args.run} (step {ckpt.step}, {'EMA' if args.ema else 'raw'} weights) to {out}; {how}",
+          file=sys.stderr)
+    return 0
+
+
+HANDLERS = {"demo": cmd_demo, "train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "noise": cmd_noise,
+            "interpolate": cmd_interpolate, "data": cmd_data, "schedule": cmd_schedule, "import": cmd_import,
+            "export": cmd_export}
+COMMANDS = tuple(HANDLERS)
+
+
+# ----------------------------------------------------------------------------- main
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    if argv[:1] == ["--"]:  # `torchrun ... -m ddpm -- train ...`: the `--` keeps torchrun's parser off our flags
+        argv = argv[1:]
+    if any(a in COMMANDS for a in argv):  # a command will run: threads first, before torch loads
+        configure_threads(early_threads(argv))
+    from ..errors import DDPMError
+    from .options import build_parser
+
+    parser = build_parser(HANDLERS)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, or a usage error (already printed as one line)
+        return int(e.code or 0)
+    if getattr(args, "func", None) is None:  # `ddpm` alone: what there is to do, and a usage error's exit code
+        parser.print_help()
+        return 2
+    keep_freed_memory()  # reuse freed activations instead of faulting them in again each step (runtime.py)
+    lib = logging.getLogger("ddpm")
+    if not any(isinstance(h, StderrHandler) for h in lib.handlers):
+        lib.addHandler(StderrHandler())
+        lib.setLevel(logging.INFO)
+    try:
+        return int(args.func(args) or 0)
+    except (KeyboardInterrupt, DDPMError, ValueError, OSError, RuntimeError) as e:
+        code, line = failure(args, e)
+        if code is None:
+            raise
+        print(line, file=sys.stderr)
+        return code

@@ -1,0 +1,289 @@
+"""Data sources and the [0, 255] <-> [-1, 1] transforms.
+
+``load_data(src, channels=C, image_size=S)`` turns any supported source into uint8 images [N, C, S, S]:
+
+- ``"mnist"``: the 5,000-image MNIST subset shipped in ``ddpm/assets`` (see its README for the
+  attribution), 500 images per digit, in interleaved class order: image K is a digit K % 10; in memory;
+- a folder of images (png, jpg, jpeg, bmp, webp; searched recursively, hidden entries skipped), labelled
+  by its subfolders when every image lies in one (``root/cat/*.png``: the ImageFolder convention);
+- CIFAR-10 from a local file or folder in either official format (the python pickles or the binary
+  records, as the ``.tar.gz`` or extracted): the 50,000 training images, or with ``:test`` after the
+  path (``cifar-10-python.tar.gz:test``) the 10,000 test images.
+
+Folders and CIFAR-10 are decoded once into the decoded cache (``ddpm.data.cache``) and memory-mapped from then
+on, so memory does not grow with the data set. Every image goes through one conversion (``ddpm.data.images``);
+``load_image(spec, size)`` reads one picture (a file, or ``mnist:K``) the same way. Bad input raises
+``DDPMError``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tarfile
+import zlib
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .cache import (build_array_cache, build_folder_cache, cache_key, cache_root, caches_of, open_cache,
+                    source_key)
+from .cifar10 import CIFAR10_CLASSES, read_cifar10
+from ..errors import DDPMError
+from .images import HIGH_DEPTH, IMAGE_EXTENSIONS, chw, fit, folder_classes, list_images, open_image, to_mode
+
+__all__ = ["ImageData", "Source", "find_source", "load_data", "load_image", "to_float", "to_uint8",
+           "IMAGE_EXTENSIONS", "MNIST_CLASSES"]
+
+MNIST_CLASSES = tuple(str(d) for d in range(10))
+
+
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images in [0, 255] -> float32 in [-1, 1] (``x / 255 * 2 - 1``), any shape."""
+    return x.to(torch.float32) / 255 * 2 - 1
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Float images in [-1, 1] -> uint8 [0, 255], rounded and clipped; exact inverse of ``to_float``."""
+    return ((x.to(torch.float32) + 1) / 2 * 255).round().clamp(0, 255).to(torch.uint8)
+
+
+@dataclass
+class ImageData:
+    """A data set.
+
+    ``images``: uint8 [N, C, H, W] in [0, 255], already at the requested channels and size (memory-mapped from
+    the decoded cache for folders and CIFAR-10). ``labels``: int64 [N] class indices into ``classes`` when the
+    source has labels (mnist, cifar10, a folder of class subfolders), else None. ``classes``: the class names
+    (mnist "0".."9"; CIFAR-10's ten names; a folder's subfolder names, sorted). ``name``: "mnist", "cifar10"
+    (or "cifar10:test"), or the folder's path. ``hflip``: whether random horizontal flips suit the data (not for
+    digits). ``unlabelled``: why a source without labels has none. ``key``: what identifies the images (their
+    cache key). ``skipped``: the unreadable files left out (``--skip-bad-images``).
+    """
+
+    images: torch.Tensor
+    labels: Optional[torch.Tensor]
+    name: str
+    hflip: bool
+    classes: Optional[Tuple[str, ...]] = None
+    unlabelled: str = ""
+    key: str = ""
+    skipped: Tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def require_labels(self) -> Tuple[str, ...]:
+        """The class names, or DDPMError saying why this source has no labels."""
+        if self.labels is None or not self.classes:
+            raise DDPMError(f"--class-cond needs class labels, and {self.name} has none: {self.unlabelled}")
+        return self.classes
+
+
+@dataclass
+class Source:
+    """A data source found on disk, not yet read: ``kind`` "mnist", "cifar10" or "folder", its path (and CIFAR-10
+    split), and for a folder its image files."""
+
+    kind: str
+    path: Optional[Path] = None
+    split: str = "train"
+    paths: Tuple[Path, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return {"mnist": "mnist", "cifar10": "cifar10" + (":test" if self.split == "test" else "")}.get(
+            self.kind, str(self.path))
+
+    def key(self) -> str:
+        """The identity of the source's contents (not of its size or channels), for the cache."""
+        if self.kind == "folder":
+            return source_key("folder", self.paths, self.path)
+        files = list(self.path.rglob("*")) if self.path.is_dir() else [self.path]
+        return source_key("cifar10", [f for f in files if f.is_file()], self.path if self.path.is_dir() else None,
+                          split=self.split)
+
+
+def find_source(src: str) -> Source:
+    """What ``src`` names, checked: "mnist", a CIFAR-10 archive or folder (``PATH:test`` for its test split), or a
+    folder of images (listed, not decoded)."""
+    src = os.fspath(src)
+    if src == "mnist":
+        return Source("mnist")
+    split = "train"
+    if src.endswith((":test", ":train")) and not Path(src).expanduser().exists():
+        src, _, split = src.rpartition(":")
+    path = Path(src).expanduser()
+    if not path.exists():
+        raise DDPMError(f"data source {src!r} not found: expected 'mnist', a folder of images, or a CIFAR-10 "
+                        "archive/folder")
+    if path.is_file() and not tarfile.is_tarfile(path):
+        raise DDPMError(f"data source {src}: a file that is not a CIFAR-10 archive (a .tar.gz); --data takes 'mnist', "
+                        "a folder of images or a CIFAR-10 archive")
+    if path.is_file() or _has_cifar_batches(path):
+        return Source("cifar10", path, split)
+    if split != "train":
+        raise DDPMError(f"{src}:{split}: a split is a CIFAR-10 archive's, and {src} is a folder of images")
+    paths = tuple(list_images(path))
+    if not paths:
+        raise DDPMError(f"no images ({', '.join(e[1:] for e in IMAGE_EXTENSIONS)}) found in folder {src}")
+    return Source("folder", path, split, paths)
+
+
+def resolve_source(src: str) -> str:
+    """``src`` with its path made absolute (a split suffix such as ``:test`` kept), so that it names the same data
+    from any folder; "mnist" as it is."""
+    src = os.fspath(src)
+    if src == "mnist":
+        return src
+    path, suffix = src, ""
+    if src.endswith((":test", ":train")) and not Path(src).expanduser().exists():
+        path, _, split = src.rpartition(":")
+        suffix = ":" + split
+    return str(Path(path).expanduser().resolve()) + suffix
+
+
+def _has_cifar_batches(path: Path) -> bool:
+    return any((d / n).is_file() for d in (path, path / "cifar-10-batches-py", path / "cifar-10-batches-bin")
+               for n in ("data_batch_1", "data_batch_1.bin", "test_batch", "test_batch.bin"))
+
+
+def load_data(src: str, *, channels: int, image_size: int, progress: bool = False, cache_dir=None,
+              skip_bad: bool = False) -> ImageData:
+    """Load ``src`` ("mnist", a folder of images, or a CIFAR-10 archive/folder) as uint8
+    [N, channels, image_size, image_size]. ``channels`` is 1 (gray) or 3 (RGB). Folders and CIFAR-10 come from
+    the decoded cache in ``cache_dir`` (see ``cache.cache_root``), built on first use; ``skip_bad`` leaves
+    unreadable images out instead of stopping."""
+    if channels not in (1, 3):
+        raise DDPMError(f"channels must be 1 or 3, got {channels!r}")
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise DDPMError(f"image_size must be a positive integer, got {image_size!r}")
+    source = find_source(src)
+    if source.kind == "mnist":
+        return _mnist(channels, image_size)
+    root, skey = cache_root(cache_dir), source.key()
+    key = cache_key(skey, channels, image_size)
+    meta = {"key": key, "source_key": skey, "source": str(source.path.resolve()), "kind": source.kind,
+            "split": source.split}
+    cached = open_cache(root, key)
+    if cached is None and source.kind == "folder":
+        cached = build_folder_cache(root, key, meta, source.path, source.paths, channels, image_size,
+                                    skip_bad=skip_bad, progress=progress)
+    elif cached is None:
+        cached = build_array_cache(root, key, meta, lambda: _read_cifar(source), CIFAR10_CLASSES, channels,
+                                   image_size, progress=progress)
+    skipped = tuple(cached.meta.get("skipped", ()))
+    if skipped and not skip_bad:
+        raise DDPMError(f"{len(skipped)} of the images in {source.path} cannot be read; the first: {skipped[0]}. "
+                        "Pass --skip-bad-images to leave them out (they are listed in the run)")
+    classes = tuple(cached.meta["classes"]) if cached.meta.get("classes") else None
+    return ImageData(torch.from_numpy(cached.images), None if cached.labels is None else torch.from_numpy(cached.labels),
+                     source.name, True, classes, cached.meta.get("unlabelled", ""), key, skipped)
+
+
+def _read_cifar(source: Source) -> Tuple[np.ndarray, np.ndarray]:
+    found = read_cifar10(source.path, source.split)
+    if found is None:
+        raise DDPMError(f"{source.path}: not a CIFAR-10 archive (no data_batch_1..5 inside); expected 'mnist', "
+                        "a folder of images, or a CIFAR-10 archive/folder")
+    return found
+
+
+def cache_info(src: str, *, channels: Optional[int] = None, image_size: Optional[int] = None,
+               preset: Optional[str] = None, cache_dir=None) -> dict:
+    """What a source holds and where its caches are, without decoding anything: at ``channels`` x ``image_size``
+    (default: those of ``preset``, itself by default mnist for mnist and cifar10 otherwise)."""
+    from ..config import PRESETS
+
+    source = find_source(src)
+    model = PRESETS[preset or ("mnist" if source.kind == "mnist" else "cifar10")].model
+    channels, size = channels or model.in_channels, image_size or model.image_size
+    info = {"source": source, "channels": channels, "size": size, "cache": None, "caches": []}
+    if source.kind == "mnist":
+        return {**info, "images": 5000, "classes": MNIST_CLASSES}
+    root, skey = cache_root(cache_dir), source.key()
+    path = root / cache_key(skey, channels, size)
+    n = len(source.paths) if source.kind == "folder" else (10000 if source.split == "test" else 50000)
+    if source.kind == "folder":
+        classes, _, why = folder_classes(source.path, source.paths)
+        info["classes"], info["unlabelled"] = classes, why
+    else:
+        info["classes"] = CIFAR10_CLASSES
+    return {**info, "images": n, "cache": path, "built": (path / "meta.json").is_file(), "caches": caches_of(root, skey)}
+
+
+def describe(info: dict, verify: bool = False) -> list:
+    """Lines that say what ``cache_info`` found (with ``verify``: every cache checked byte by byte)."""
+    from .cache import verify as check
+
+    src = info["source"]
+    lines = [f"{src.name}: {src.kind}, {info['images']} images" + (f" in {src.path}" if src.path else "")]
+    if info.get("classes"):
+        names = info["classes"]
+        lines.append(f"{len(names)} classes: {', '.join(names[:50])}{', ...' if len(names) > 50 else ''}")
+    elif info.get("unlabelled"):
+        lines.append(f"no classes: {info['unlabelled']}")
+    if info["cache"] is None:
+        return lines + ["shipped in the package and held in memory: no cache"]
+    size = f"{info['channels']}x{info['size']}x{info['size']}"
+    lines.append(f"cache at {size}: {info['cache']} ({'built' if info['built'] else 'not built yet'})")
+    for path, meta in info["caches"]:
+        shape, gb = "x".join(map(str, meta["shape"][1:])), meta["bytes"] / 2**30
+        problem = check(path, full=True) if verify else None
+        lines.append(f"  {path.name}: {meta['n']} images of {shape}, {gb:.2f} GiB, {len(meta['skipped'])} skipped"
+                     + (f", classes: {len(meta['classes'])}" if meta.get("classes") else "")
+                     + (f"; DAMAGED: {problem}" if problem else ", intact" if verify else ""))
+    return lines
+
+
+# ---------------------------------------------------------------- mnist
+
+
+def _mnist_arrays() -> Tuple[np.ndarray, np.ndarray]:
+    """The shipped subset: uint8 images [5000, 1, 28, 28] and labels [5000], interleaved by class (the file is
+    sorted by class): image K is the (K // 10)-th image of digit K % 10."""
+    res = files("ddpm") / "assets" / "mnist5k.npz"
+    try:
+        with np.load(io.BytesIO(res.read_bytes()), allow_pickle=False) as z:
+            images, labels = z["images"], z["labels"].astype(np.int64)
+    except (OSError, KeyError, ValueError, zlib.error) as e:
+        raise DDPMError(f"the embedded data set 'mnist' ({res}) is missing or damaged: {e}") from None
+    rank = np.empty(len(labels), np.int64)  # each image's position among the images of its class
+    for c in np.unique(labels):
+        where = np.flatnonzero(labels == c)
+        rank[where] = np.arange(len(where))
+    order = np.lexsort((labels, rank))
+    return images[order, None], labels[order]
+
+
+def _mnist(channels: int, size: int) -> ImageData:
+    from .images import convert_array
+
+    images, labels = _mnist_arrays()
+    if (channels, size) != (1, 28):
+        images = np.stack([convert_array(im, channels, size) for im in images])
+    key = hashlib.blake2b(images.tobytes(), digest_size=12).hexdigest()
+    return ImageData(torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels), "mnist", False,
+                     MNIST_CLASSES, "", key)
+
+
+def load_image(spec: str, size: int, channels: Optional[int] = None) -> torch.Tensor:
+    """One picture as float [C, size, size] in [-1, 1]: an image file (gray stays gray, anything else is RGB) or
+    ``mnist:K``, image K of the shipped digits (a digit K % 10: ``mnist:7`` is a seven). Short side resized to
+    ``size``, centre-cropped; converted to ``channels`` (1 or 3) when given."""
+    if spec == "mnist" or spec.startswith("mnist:"):
+        images, _ = _mnist_arrays()
+        k = spec.partition(":")[2] or "0"
+        if not k.isdigit() or int(k) >= len(images):
+            raise DDPMError(f"{spec!r}: K must be an index from 0 to {len(images) - 1}")
+        im = Image.fromarray(images[int(k), 0])
+    else:
+        im = open_image(Path(spec))
+    grey = im.mode in ("1", "L", "LA", "F") or im.mode in HIGH_DEPTH if channels is None else channels == 1
+    return to_float(torch.from_numpy(chw(fit(to_mode(im, "L" if grey else "RGB"), size)).copy()))

@@ -1,0 +1,292 @@
+"""Measuring a trained run: the bits/dim bound over real images, and Fréchet distances of its samples.
+
+``bpd_report`` and ``fd_report`` compute and return the numbers; ``write_bpd_report`` and ``write_fd_report`` then
+write the report files into a folder (CSV, JSON, plots, atomically, listed as ddpm's), after the CLI has printed
+the numbers, so a failed write never loses a result.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..atomic import atomic_write_text
+from ..data.sources import ImageData, load_data, to_float
+from ..errors import DDPMError
+from .metrics import extract_features, frechet_distance, gaussian_stats, reference_stats
+from ..run.directory import IMPORTED_DATA
+from ..sampling.samplers import make_sampler, sample_checkpoint
+from ..viz import plot_bpd_terms, plot_fd_steps
+
+__all__ = ["evaluate_bpd", "bpd_report", "write_bpd_report", "bpd_line", "fd_report", "write_fd_report", "fd_table",
+           "check_report_folder", "REPORTS", "real_images", "read_samples", "labels_like", "class_match"]
+
+
+def real_images(src: str, cfg, cache_dir=None, progress: bool = True) -> ImageData:
+    """The real images to measure a run of config ``cfg`` against: source ``src`` at the run's channels and size."""
+    if src == IMPORTED_DATA:
+        raise DDPMError("this run was imported and has no data of its own: pass --data SRC (e.g. a CIFAR-10 archive, "
+                        "or its test split: cifar-10-python.tar.gz:test)")
+    data = load_data(src, channels=cfg.model.in_channels, image_size=cfg.model.image_size, progress=progress,
+                     cache_dir=cache_dir, skip_bad=cfg.train.skip_bad_images)
+    if len(data) == 0:
+        raise DDPMError(f"data source {src!r} has no images")
+    return data
+
+
+def read_samples(path) -> Tuple[Tensor, Optional[Tensor]]:
+    """uint8 [N, C, H, W] from an ``.npz`` whose ``arr_0`` is uint8 [N, H, W, C] with N >= 2 (ddpm sample's), and
+    its ``arr_1`` (each image's requested class) when it has one."""
+    p = Path(path)
+    if not p.is_file():
+        raise DDPMError(f"samples file {p} not found")
+    from ..safeload import load_npz
+
+    z = load_npz(p, "samples (arr_0 uint8 [N, H, W, C])")
+    if "arr_0" not in z:
+        raise DDPMError(f"{p} has no arr_0 (it holds {', '.join(z) or 'nothing'}); samples are arr_0 uint8 [N, H, W, C]")
+    arr = z["arr_0"]
+    labels = z["arr_1"].astype(np.int64) if "arr_1" in z else None
+    if arr.ndim == 4 and arr.shape[1] in (1, 3) and arr.shape[3] not in (1, 3):
+        raise DDPMError(f"{p}: arr_0 has shape {arr.shape}, which looks like N, C, H, W; samples are N, H, W, C "
+                        "(e.g. np.savez(path, arr_0=images.transpose(0, 2, 3, 1)))")
+    if arr.dtype != np.uint8 or arr.ndim != 4 or len(arr) < 2:
+        raise DDPMError(f"{p}: arr_0 must be uint8 [N, H, W, C] with N >= 2, got {arr.dtype} {arr.shape}")
+    if labels is not None and labels.shape != (len(arr),):
+        raise DDPMError(f"{p}: arr_1 must hold one class per image, got shape {labels.shape}")
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous(), None if labels is None else torch.from_numpy(labels)
+
+
+# ----------------------------------------------------------------------------- bits/dim
+class _CountCalls:
+    """Wraps a model so that each call advances a progress bar by one."""
+
+    def __init__(self, model, bar):
+        self.model, self.bar = model, bar
+
+    def __call__(self, *args):
+        out = self.model(*args)
+        self.bar.update(1)
+        return out
+
+
+def evaluate_bpd(diffusion, model: nn.Module, images: Tensor, *, labels: Optional[Tensor] = None,
+                 batch_size: int = 100, seed: int = 0, device=None, progress: bool = True) -> Dict[str, np.ndarray]:
+    """Eq. 5's bound for each of uint8 ``images`` [N, C, H, W], batched: total [N], prior [N], terms [N, T];
+    ``labels`` (int64 [N]) are given to a class-conditional model.
+
+    ``terms[:, 0]`` is the decoder's -log p(x_0|x_1), ``terms[:, t]`` the KL at step t+1 (0-based t);
+    everything in bits/dim. Costs T model calls per batch; one progress bar over all of them.
+    """
+    from tqdm.auto import tqdm
+
+    device = torch.device(device or "cpu")
+    model = model.to(device).eval()
+    g = torch.Generator(device=device).manual_seed(seed)
+    out: Dict[str, List[Tensor]] = {"total": [], "prior": [], "terms": []}
+    n_batches = -(-len(images) // batch_size)
+    with tqdm(total=n_batches * diffusion.T, desc=f"bits/dim of {len(images)} images", unit="step",
+              dynamic_ncols=True, disable=not progress) as bar:
+        counting = _CountCalls(model, bar)
+        for i in range(0, len(images), batch_size):
+            x0 = to_float(images[i:i + batch_size].to(device))
+            y = None if labels is None else labels[i:i + batch_size].to(device)
+            res = diffusion.bits_per_dim(counting, x0, y=y, generator=g, return_terms=True)
+            for k in out:
+                out[k].append(res[k].cpu())
+    return {k: torch.cat(v).numpy() for k, v in out.items()}
+
+
+def _csv_cell(v: Any) -> str:
+    return "" if v is None else f"{v:.6g}" if isinstance(v, float) else str(v)
+
+
+def _std_error(v: np.ndarray) -> float:
+    return float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
+
+
+REPORTS = {"bpd": ("bpd_terms.csv", "bpd.json", "bpd_terms.png"), "fd": ("fd.csv", "fd_vs_steps.png")}
+
+
+def check_report_folder(out: Path, metric: str, *, own: bool = False) -> None:
+    """DDPMError unless ``metric``'s report files can be written into ``out`` (checked before any work): its parent
+    is there and takes files, and every report file already in it was written there by ddpm (``own``: the folder
+    is a run's own eval folder, all ddpm's)."""
+    from ..sampling.outputs import check_writable_folder
+    from ..run.ownership import foreign_entries
+
+    if out.exists() and not out.is_dir():
+        raise DDPMError(f"--out {out}: a file of that name is in the way of the report folder")
+    check_writable_folder(out if out.is_dir() else out.parent, out)
+    if out.is_dir() and not own:
+        theirs = sorted(set(foreign_entries(out)) & set(REPORTS[metric]))
+        if theirs:
+            raise DDPMError(f"--out {out}: {', '.join(theirs)} there were not written by ddpm; nothing was changed. "
+                            "Choose another --out")
+
+
+def _write_reports(out: Path, files: Dict[str, Any]) -> None:
+    """Write report files (name -> text, or a function that writes the path) into ``out`` and list them as ddpm's."""
+    from ..run.ownership import record_written
+
+    out.mkdir(exist_ok=True)
+    for name, what in files.items():
+        atomic_write_text(out / name, what) if isinstance(what, str) else what(out / name)
+    record_written(out, files)
+
+
+def bpd_report(ckpt, data: ImageData, *, n: int = 100, seed: int = 0, ema: bool = True, batch_size: int = 100,
+               device=None, progress: bool = True) -> Dict[str, Any]:
+    """bits/dim of ``n`` images of ``data`` drawn with ``seed`` (a class-conditional run is given their true
+    labels): the summary, with the per-image ``terms`` [n, T] and ``priors`` [n] arrays for ``write_bpd_report``."""
+    n = min(n, len(data))
+    pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    labels = _true_labels(ckpt, data)
+    res = evaluate_bpd(ckpt.diffusion, ckpt.ema_model if ema else ckpt.model, data.images[pick],
+                       labels=None if labels is None else labels[pick], batch_size=min(batch_size, n), seed=seed,
+                       device=device, progress=progress)
+    total, prior, terms = res["total"], res["prior"], res["terms"]
+    return {"step": ckpt.step, "data": data.name, "n": n, "ema": ema, "conditional": labels is not None,
+            "bits_per_dim": float(total.mean()), "std_error": _std_error(total), "prior": float(prior.mean()),
+            "decoder": float(terms[:, 0].mean()), "kl_terms": float(terms[:, 1:].sum(1).mean()),
+            "terms": terms, "priors": prior, "totals": total}
+
+
+def write_bpd_report(r: Dict[str, Any], out: Path, title: str = "") -> None:
+    """``bpd_terms.csv`` (every term with its standard error), ``bpd.json`` (the summary) and ``bpd_terms.png``."""
+    terms, prior, total = r["terms"], r["priors"], r["totals"]
+    T = terms.shape[1]
+    lines = ["term,t,bits_per_dim,std_error", f"prior,{T},{prior.mean():.8g},{_std_error(prior):.4g}"]
+    lines += [f"kl,{t + 1},{terms[:, t].mean():.8g},{_std_error(terms[:, t]):.4g}" for t in range(T - 1, 0, -1)]
+    lines += [f"decoder,1,{terms[:, 0].mean():.8g},{_std_error(terms[:, 0]):.4g}",
+              f"total,,{total.mean():.8g},{_std_error(total):.4g}"]
+    summary = {k: v for k, v in r.items() if k not in ("terms", "priors", "totals")}
+    plot = lambda p: plot_bpd_terms(terms.mean(0), p, prior=float(prior.mean()),  # noqa: E731
+                                    title=f"{title} (step {r['step']}): {r['bits_per_dim']:.3f} bits/dim on {r['n']} "
+                                          f"images of {r['data']}")
+    _write_reports(out, {"bpd_terms.csv": "\n".join(lines) + "\n",
+                         "bpd.json": json.dumps(summary, indent=2) + "\n", "bpd_terms.png": plot})
+
+
+def _true_labels(ckpt, data: ImageData) -> Optional[Tensor]:
+    """The labels of ``data`` for a class-conditional run (checked against the run's classes), else None."""
+    if not ckpt.config.classes:
+        return None
+    if tuple(data.require_labels()) != tuple(ckpt.config.classes):
+        raise DDPMError(f"the run's classes ({', '.join(ckpt.config.classes)}) are not the data's "
+                        f"({', '.join(data.classes)})")
+    return data.labels
+
+
+def labels_like(labels: Tensor, n: int, seed: int = 0) -> Tensor:
+    """``n`` labels drawn like the data's: a random subset of ``labels`` (with replacement where n exceeds them)."""
+    g = torch.Generator().manual_seed(seed)
+    if n <= len(labels):
+        return labels[torch.randperm(len(labels), generator=g)[:n]]
+    return labels[torch.randint(0, len(labels), (n,), generator=g)]
+
+
+def class_match(classifier: nn.Module, images: Tensor, labels: Tensor, confidence: float = 0.9,
+                device=None) -> Dict[str, float]:
+    """How many of ``images`` a classifier labels as their requested class: the share (``class_match``) and the
+    share labelled so with probability >= ``confidence`` (``confident_match``)."""
+    with torch.no_grad():
+        probs = torch.cat([classifier(to_float(images[i:i + 500].to(device))).softmax(1).cpu()
+                           for i in range(0, len(images), 500)])
+    p, pred = probs.max(1)
+    hit = pred == labels.cpu()
+    return {"class_match": hit.float().mean().item(), "confident_match": (hit & (p >= confidence)).float().mean().item()}
+
+
+# ----------------------------------------------------------------------------- Fréchet distance
+def fd_report(ckpt, data: ImageData, features, *, n: int = 1000, sampler: str = "ancestral",
+              steps: Sequence[Optional[int]] = (None,), samples: Optional[Tensor] = None,
+              sample_labels: Optional[Tensor] = None, cache_dir: Optional[Path] = None,
+              **sampling) -> List[Dict[str, Any]]:
+    """Fréchet distance of ``features`` ((name, network)) between samples and the real images of ``data``: one
+    row per entry of ``steps`` (``n`` samples each drawn with ``sampler``; ``sampling`` keywords go to
+    ``sampling.sample_checkpoint``), or one row for given ``samples``; the real images' statistics are cached in
+    ``cache_dir`` (listed there as ddpm's). Returns the rows (with the features' dimension ``dims``: FD@n is
+    strongly biased while n is small against it) for ``fd_table`` and ``write_fd_report``.
+
+    A class-conditional run samples labels drawn like the data's (with ``guidance`` from ``sampling``); where the
+    features come with a classifier (``digits``), each row also holds the share of samples it labels as their
+    requested class (``class_match``, ``confident_match``) where the run's classes are the classifier's (the
+    digits 0-9); given ``samples`` are judged so with ``sample_labels``. Features that do not vary (a degenerate
+    network) are refused: their FD would be a meaningless 0."""
+    from ..run.ownership import record_written
+
+    feat_name, net = features
+    device, progress = sampling.get("device"), sampling.get("progress", True)
+    before = set(Path(cache_dir).glob("ref_stats_*.npz")) if cache_dir is not None else set()
+    mu_r, sig_r = reference_stats(net, feat_name, data.images, data.name, cache_dir=cache_dir, key=data.key,
+                                  device=device, progress=progress)
+    if cache_dir is not None and set(Path(cache_dir).glob("ref_stats_*.npz")) - before:
+        record_written(cache_dir, [p.name for p in set(Path(cache_dir).glob("ref_stats_*.npz")) - before])
+    _check_varies(sig_r, f"{feat_name} features of the real images")
+    digits = feat_name == "digits" and tuple(ckpt.config.classes or ()) == tuple(str(d) for d in range(10))
+    true = _true_labels(ckpt, data)
+    labels = sample_labels if samples is not None else None if true is None else labels_like(true, n, sampling.get("seed", 0))
+    sets = [("file", 0, samples, float("nan"))] if samples is not None else []
+    for k in ([] if samples is not None else steps):
+        t0 = time.perf_counter()
+        images = sample_checkpoint(ckpt, n, sampler=sampler, steps=k, labels=labels, **sampling)
+        used = make_sampler(sampler, ckpt.diffusion, steps=k, eta=sampling.get("eta"), spacing=sampling.get("spacing"))
+        sets.append((sampler, used.steps, images, time.perf_counter() - t0))
+    rows = []
+    for name, k, images, seconds in sets:
+        mu, sig = gaussian_stats(extract_features(net, images, device=device, progress=progress,
+                                                  desc=f"{feat_name} features of samples"))
+        _check_varies(sig, f"{feat_name} features of the samples")
+        rows.append({"dims": len(mu), "sampler": name, "steps": k, "n": len(images), "seconds": seconds,
+                     "eta": (sampling.get("eta") or 0.0) if name == "ddim" else None,
+                     "guidance": sampling.get("guidance", 0.0) if labels is not None else None,
+                     "seconds_per_image": seconds / len(images), "fd": frechet_distance(mu, sig, mu_r, sig_r),
+                     "features": feat_name,
+                     **(class_match(net, images, labels, device=device) if labels is not None and digits else {})})
+    return rows
+
+
+def _check_varies(sigma: np.ndarray, what: str) -> None:
+    if not np.trace(np.atleast_2d(sigma)) > 0:
+        raise DDPMError(f"the {what} do not vary (zero covariance): the feature network is degenerate, and its FD "
+                        "would mean nothing")
+
+
+def write_fd_report(rows: List[Dict[str, Any]], out: Path, title: str = "", step: int = 0) -> None:
+    """``fd.csv`` (a row per sampler setting) and, for several rows, ``fd_vs_steps.png``."""
+    columns = ["sampler", "steps", "eta", "guidance", "n", "seconds", "seconds_per_image", "fd", "features",
+               "class_match", "confident_match"]
+    lines = [",".join(columns)] + [",".join(_csv_cell(r.get(c)) for c in columns) for r in rows]
+    files: Dict[str, Any] = {"fd.csv": "\n".join(lines) + "\n"}
+    if len(rows) > 1:
+        files["fd_vs_steps.png"] = lambda p: plot_fd_steps(
+            rows, p, title=f"{title} (step {step}), FD@{rows[0]['n']}, {rows[0]['features']} features")
+    _write_reports(out, files)
+
+
+def bpd_line(r: Dict[str, Any]) -> str:
+    """The one-line summary of a ``bpd_report``."""
+    return (f"bits/dim: {r['bits_per_dim']:.4f} +- {r['std_error']:.4f} (mean +- standard error over {r['n']} images "
+            f"of {r['data']}; prior {r['prior']:.2g}, KL terms {r['kl_terms']:.4f}, decoder {r['decoder']:.4f})")
+
+
+def fd_table(rows: List[Dict[str, Any]], real: ImageData) -> Tuple[List[str], str]:
+    """The lines of an FD report (FD@n: it depends on n), and a note when n is small against the features'
+    dimension (then FD is strongly biased upwards), else ""."""
+    n, dims = rows[0]["n"], rows[0]["dims"]
+    lines = [f"Fréchet distance of {rows[0]['features']} features to {len(real)} real images of {real.name}:",
+             f"{'sampler':>10} {'steps':>6} {'n':>6} {'seconds':>9} {'s/image':>9} {'FD@' + str(n):>10}"]
+    for r in rows:
+        match = f"   {100 * r['class_match']:.1f}% of the samples are their class" if "class_match" in r else ""
+        lines.append(f"{r['sampler']:>10} {r['steps']:>6} {r['n']:>6} {r['seconds']:>9.1f} "
+                     f"{r['seconds_per_image']:>9.4f} {r['fd']:>10.3f}{match}")
+    note = (f"note: FD from {n} samples of {dims}-d features is biased upwards (it falls as n grows); compare FDs "
+            "only at equal n") if n < 10 * dims else ""
+    return lines, note

@@ -1,0 +1,285 @@
+"""Sampling jobs at scale: the images of a range of seeds, drawn chunk by chunk.
+
+Image i of a job is the image of seed ``seeds[i]`` (``sampling.generate``), so a job can be cut anywhere. A chunk
+is about a minute of sampling (measured; at least a batch, at most 1,000 images), so a kill costs little. Each
+finished chunk is written aside and renamed into ``.<output>.parts/`` next to the output, with ``job.json`` saying
+what the job is; the same command run again after a kill or Ctrl-C draws only the missing chunks, and under
+torchrun each process draws its share of them (the missing chunks dealt out in turn). When every chunk is there the
+output is assembled, streaming (memory does not grow with the number of images), and the parts are removed.
+A job of other settings in the way is refused, never mixed in.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from ..atomic import written_aside
+from ..errors import DDPMError
+from ..rng import NOISE_SCHEME
+from ..viz import Trajectory
+from .outputs import PathLike, check_output, output_kind, write_folder, write_images, write_npz
+
+__all__ = ["JobSpec", "SampleJob", "parse_seeds", "reverse_process_pictures", "CHUNK", "GRID_LIMIT"]
+
+log = logging.getLogger(__name__)
+CHUNK = 1000  # images per chunk: what a kill can cost at most
+GRID_LIMIT = 10_000  # images in one PNG grid at most (for more, write .npz or a folder)
+
+
+def parse_seeds(text: str) -> range:
+    """``A-B`` (inclusive) or ``A``: the seeds of a job, as a range."""
+    m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+))?\s*", text)
+    if not m:
+        raise DDPMError(f"--seeds {text!r}: expected a range of seeds such as 0-49999 (first-last), or one seed")
+    a, b = int(m.group(1)), int(m.group(2) if m.group(2) is not None else m.group(1))
+    if b < a:
+        raise DDPMError(f"--seeds {text}: the last seed ({b}) comes before the first ({a})")
+    return range(a, b + 1)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What decides a job's images: the run and its checkpoint, the sampler's settings, the classes, the seeds, the
+    device type (its generators) and the scheme that draws each image's noise. (Not the batch size, the number of
+    processes or the device order: they change nothing.)"""
+
+    run: str
+    step: int
+    ema: bool
+    sampler: str
+    steps: int
+    eta: Optional[float]
+    spacing: Optional[str]
+    guidance: float
+    classes: Optional[str]
+    first_seed: int
+    n: int
+    precision: str
+    chunk: int = CHUNK
+    device: str = "cpu"  # CPU and CUDA generators give different noise for one seed: never mixed in one job
+    noise: str = NOISE_SCHEME
+
+    def differences(self, other: Dict[str, Any]) -> List[str]:
+        return [f"{k} {other.get(k)!r} (now {v!r})" for k, v in asdict(self).items() if other.get(k) != v]
+
+
+class SampleJob:
+    """The job ``spec`` writing ``out`` (a ``.png`` grid, an ``.npz`` or a folder of PNGs)."""
+
+    def __init__(self, out, spec: JobSpec):
+        self.out, self.spec, self.kind = Path(out), spec, output_kind(out)
+        self.parts = self.parts_of(out)
+        if self.kind == "png" and spec.n > GRID_LIMIT:
+            raise DDPMError(f"a PNG grid of {spec.n} images is too large (at most {GRID_LIMIT}); write FILE.npz or a "
+                            "folder")
+
+    @staticmethod
+    def parts_of(out) -> Path:
+        out = Path(out)
+        return out.parent / f".{out.name}.parts"
+
+    @property
+    def chunks(self) -> List[range]:
+        c, n = self.spec.chunk, self.spec.n
+        return [range(i, min(i + c, n)) for i in range(0, n, c)]
+
+    def _chunk_file(self, k: int) -> Path:
+        return self.parts / f"chunk-{k:06d}.npz"
+
+    def prepare(self, *, overwrite: bool = False, main: bool = True) -> int:
+        """Check, before any sampling, that the job can write its output, and set up (or find) its parts. Returns how
+        many images earlier runs of the same job have already drawn."""
+        found = read_job(self.parts) if self.parts.is_dir() else None
+        diff = self.spec.differences(found) if found is not None else []
+        if found is not None and found.get("device") not in (None, self.spec.device) and not overwrite:
+            raise DDPMError(f"{self.parts} holds a job started on {found['device']}: {found['device']} and "
+                            f"{self.spec.device} draw different noise for one seed, so its images cannot be mixed "
+                            f"with these; finish it with --device {found['device']}, or pass --overwrite")
+        if diff and not overwrite:
+            raise DDPMError(f"{self.parts} holds a job with other settings in the way of this one ("
+                            f"{'; '.join(diff[:3])}); delete it, run that job again, or pass --overwrite")
+        check_output(self.out, overwrite=overwrite, runs=[self.spec.run])
+        if diff and main:
+            self.remove_parts()
+        if not self.parts.is_dir() and main:  # the folder appears with its job.json (other processes may be looking)
+            with written_aside(self.parts) as tmp:
+                (tmp / "job.json").write_text(json.dumps(asdict(self.spec), indent=1) + "\n")
+        return sum(len(r) for k, r in enumerate(self.chunks) if self._chunk_file(k).is_file())
+
+    def missing(self, rank: int = 0, world: int = 1) -> List[int]:
+        """The chunks this process still has to draw: the missing ones dealt out in turn, so that after a resume
+        every process has its share of what is left (never one process drawing while the others wait)."""
+        todo = [k for k in range(len(self.chunks)) if not self._chunk_file(k).is_file()]
+        return todo[rank::world]
+
+    def run(self, draw: Callable[[range], Tuple[torch.Tensor, Optional[torch.Tensor]]], *, rank: int = 0,
+            world: int = 1, bar=None, chunks: Optional[List[int]] = None) -> None:
+        """Draw this process's missing chunks (``chunks``, as ``missing`` dealt them out before anyone wrote):
+        ``draw(span)`` returns the uint8 images [len(span), C, H, W] of the job's images ``span`` and their labels
+        (or None)."""
+        for k in self.missing(rank, world) if chunks is None else chunks:
+            images, labels = draw(self.chunks[k])
+            write_images(images, self._chunk_file(k), labels=labels)
+            if bar is not None:
+                bar.set_postfix(chunks=f"{k + 1}/{len(self.chunks)}")
+
+    def _pieces(self, key: str):
+        for k in range(len(self.chunks)):
+            with np.load(self._chunk_file(k), allow_pickle=False) as z:
+                yield z[key]
+
+    def assemble(self) -> Path:
+        """Write the output from the finished chunks (streaming) and remove the parts."""
+        todo = [k for k in range(len(self.chunks)) if not self._chunk_file(k).is_file()]
+        if todo:
+            raise DDPMError(f"{self.parts}: chunks {todo[:5]} are not drawn yet")
+        with np.load(self._chunk_file(0), allow_pickle=False) as z:
+            shape, labelled = z["arr_0"].shape[1:], "arr_1" in z.files
+        n = self.spec.n
+        if self.kind == "npz":
+            arrays = {"arr_0": ((n, *shape), np.uint8, self._pieces("arr_0"))}
+            if labelled:
+                arrays["arr_1"] = ((n,), np.int64, self._pieces("arr_1"))
+            write_npz(self.out, arrays)
+        elif self.kind == "png":
+            images = torch.from_numpy(np.concatenate(list(self._pieces("arr_0")))).permute(0, 3, 1, 2)
+            rows = len(set(np.concatenate(list(self._pieces("arr_1"))).tolist())) if labelled else 0
+            write_images(images, self.out, nrow=n // rows if rows > 1 else None)
+        else:
+            first = self.spec.first_seed
+            write_folder(self.out, ((first + i, a) for i, a in enumerate(a for arr in self._pieces("arr_0") for a in arr)))
+        self.remove_parts()
+        return self.out
+
+    def remove_parts(self) -> None:
+        """Remove the job's parts: its job.json, chunks and leftovers of killed writes; nothing else (the folder
+        stays if anything more is in it)."""
+        if not self.parts.is_dir():
+            return
+        for f in self.parts.iterdir():
+            if f.name == "job.json" or re.fullmatch(r"(\.)?chunk-\d{6}\.npz|\.chunk-\d{6}\.npz\.\w{8}\.tmp\.npz", f.name):
+                f.unlink(missing_ok=True)
+        try:
+            self.parts.rmdir()
+        except OSError:
+            pass
+
+
+KILL_COST_S = 60.0  # what a kill may cost at most, in seconds of sampling
+
+
+def chunk_for_a_minute(model, sampler, image_shape, *, batch_size: int, n: int, guidance: float = 0.0, device=None,
+                       precision: str = "fp32") -> int:
+    """Images per chunk such that a kill costs about ``KILL_COST_S`` of work: the seconds per image measured from
+    one network call at the batch size (after one to warm up) times the sampler's steps; at least a batch (it
+    batches well) and at most CHUNK, and never more than the job."""
+    import time
+
+    from ..runtime import autocast
+
+    if n <= batch_size:  # one batch: nothing to measure (a chunk is at least a batch)
+        return n
+    device = torch.device(device or "cpu")
+    b = max(1, min(batch_size, n)) * (2 if guidance else 1)  # guidance: the conditional and null halves
+    x = torch.zeros((b, *image_shape), device=device)
+    t = torch.full((b,), sampler.steps - 1, dtype=torch.long, device=device)
+    k = getattr(getattr(model, "config", None), "num_classes", 0)
+    args = (x, t) if not k else (x, t, torch.full((b,), k, dtype=torch.long, device=device))
+    model = model.to(device).eval()
+    with torch.no_grad(), autocast(device, precision):
+        seconds = []
+        for _ in range(2):
+            t0 = time.perf_counter()
+            model(*args)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds.append(time.perf_counter() - t0)
+    per_image = seconds[-1] * sampler.steps / (b // (2 if guidance else 1))
+    return int(min(CHUNK, n, max(min(batch_size, n), round(KILL_COST_S / max(per_image, 1e-9)))))
+
+
+def read_job(parts: Path) -> Dict[str, Any]:
+    """What a job's ``job.json`` says ({} when it is missing or unreadable)."""
+    try:
+        found = json.loads((parts / "job.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _earlier_chunk(out) -> Optional[int]:
+    """The chunk size of the job already under way at ``out`` (its job.json), if any."""
+    try:
+        return int(read_job(SampleJob.parts_of(out))["chunk"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def sample_job(out, ckpt, sampler, *, seeds: range, class_spec: Optional[str] = None, guidance: float = 0.0,
+               ema: bool = True, precision: str = "fp32", batch_size: int = 256, device=None, overwrite: bool = False,
+               chunk: Optional[int] = None, progress: bool = True) -> Tuple[SampleJob, int]:
+    """Draw the images of ``seeds`` from a loaded run with ``sampler`` into ``out``, as a resumable job (under
+    torchrun, shared between the processes; rank 0 assembles the output). Returns the job and how many images
+    earlier runs of it had drawn already."""
+    from tqdm.auto import tqdm
+
+    from .guidance import check_guidance, class_labels
+    from ..runtime import barrier, rank0_value, rank_world
+    from .samplers import generate
+
+    rank, world = rank_world()
+    n = len(seeds)
+    model = ckpt.ema_model if ema else ckpt.model
+    c, s = ckpt.config.model.in_channels, ckpt.config.model.image_size
+    check_guidance(guidance, ckpt.config.classes, class_spec)  # bad requests fail before anything is written
+    class_labels(class_spec, ckpt.config.classes, n, range(0), warn=progress and rank == 0)
+    spec = JobSpec(run=str(Path(ckpt.path).resolve().parents[1]), step=ckpt.step, ema=ema, sampler=sampler.name,
+                   steps=sampler.steps, eta=getattr(sampler, "eta", None), spacing=sampler.spacing, guidance=guidance,
+                   classes=class_spec, first_seed=seeds.start, n=n, precision=precision,
+                   chunk=rank0_value(chunk or _earlier_chunk(out) or chunk_for_a_minute(
+                       model, sampler, (c, s, s), batch_size=batch_size, n=n, guidance=guidance, device=device,
+                       precision=precision), device or "cpu"),
+                   device=torch.device(device or "cpu").type)
+    job = SampleJob(out, spec)
+    done = job.prepare(overwrite=overwrite, main=rank == 0)
+    barrier()
+    todo = job.missing(rank, world)  # dealt out while no process writes: every process sees the same chunks
+    barrier()
+    mine = sum(len(job.chunks[k]) for k in todo)
+    with tqdm(total=mine, desc=f"sampling ({sampler.name}, {sampler.steps} steps)", unit="img", dynamic_ncols=True,
+              disable=not progress or rank != 0) as bar:
+        def draw(span: range):
+            labels = class_labels(class_spec, ckpt.config.classes, n, span)
+            images = generate(model, sampler, None, (c, s, s), seeds=seeds[span.start:span.stop], labels=labels,
+                              guidance=guidance, batch_size=batch_size, device=device, precision=precision, bar=bar)
+            return images, labels
+
+        job.run(draw, rank=rank, world=world, bar=bar, chunks=todo)
+    barrier()
+    if rank == 0:
+        job.assemble()
+    return job, done
+
+
+def reverse_process_pictures(ckpt, sampler, *, seeds: Sequence[int], labels=None, guidance: float = 0.0,
+                             ema: bool = True, precision: str = "fp32", device=None, strip: Optional[PathLike] = None,
+                             gif: Optional[PathLike] = None) -> None:
+    """The reverse process of the images of ``seeds`` (a few) as a strip and/or a GIF: they are the same images as
+    a sampling job's of those seeds draws."""
+    from .samplers import sample_checkpoint
+
+    trajectory = Trajectory(sampler.indices, frames=40 if gif else 0, samples=len(seeds))
+    sample_checkpoint(ckpt, None, sampler=sampler, seeds=seeds, labels=labels, guidance=guidance, ema=ema,
+                      precision=precision, device=device, callback=trajectory, progress=False)
+    if strip:
+        trajectory.save_strip(strip)
+    if gif:
+        trajectory.save_gif(gif)

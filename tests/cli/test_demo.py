@@ -1,0 +1,72 @@
+"""The demo: plan to the budget, train, sample, continue and redraw; bad demo runs refused."""
+
+import dataclasses
+import json
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ddpm import load_checkpoint
+from ddpm.cli.commands import main
+from ddpm.config import make_run_config, with_classes
+from ddpm.cli.demo import plan_demo
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_demo_writes_samples_and_continues(tmp_path, capsys):
+    out = tmp_path / "demo"
+    code, stdout, err = run(capsys, "demo", "--out", out, "--steps", "2", "--n", "20", "--sampling-steps", "3")
+    assert code == 0, err
+    with np.load(out / "samples.npz") as z:
+        assert z["arr_0"].shape == (20, 28, 28, 1) and z["arr_1"].tolist() == [d for d in range(10) for _ in range(2)]
+    grid = Image.open(out / "samples.png")
+    assert grid.size == (2 * (2 + 2 * 30), 2 * (2 + 10 * 30))  # ten rows, one per digit
+    assert Image.open(out / "samples_unconditional.png").size[0] > 28
+    assert "samples.png" in stdout and "samples_unconditional.png" in stdout
+    cfg = load_checkpoint(out).config
+    assert cfg.train.class_cond and cfg.classes == tuple("0123456789")
+    code, _, err = run(capsys, "demo", "--out", out, "--steps", "3", "--n", "10", "--sampling-steps", "3")
+    assert code == 0 and "continuing" in err and load_checkpoint(out).step == 3
+    code, _, err = run(capsys, "demo", "--out", out, "--n", "10", "--sampling-steps", "3", "--minutes", "1")
+    assert code == 0, err  # no --steps: the run keeps its own total (3, set above)
+    assert load_checkpoint(out).step == 3 and "has finished its 3 steps: drawing its samples again" in err
+
+
+def test_demo_plan_fits_the_budget():
+    """A new demo times this machine and trains as many steps as fit, never more than the recipe's."""
+    cfg = with_classes(make_run_config("mnist", train={"data": "mnist", "batch_size": 4, "steps": 50,
+                                                       "class_cond": True}), tuple("0123456789"))
+    plan = plan_demo(cfg, minutes=1e5 / 60, n=10, sampling_steps=10, device=torch.device("cpu"))
+    assert plan.steps == 50 and 0 < plan.sampling_s < 60 and plan.train_s > 1e5 - 100
+    plan = plan_demo(cfg, minutes=0.75, n=10, sampling_steps=10, device=torch.device("cpu"))
+    assert 1 <= plan.steps <= 50 and 10 <= plan.train_s < 30
+
+
+
+def test_the_demo_plans_again_after_the_warm_up(tmp_path, monkeypatch, capsys):
+    """A machine that was busy while the demo timed itself: the first plan is far too small (here: forced to 8
+    steps); at the end of the warm-up the demo measures its own steps and plans again, records both plans, and
+    trains to the new total, the config saying so."""
+    import ddpm.cli.demo as demo
+
+    real = demo.plan_demo
+
+    def busy_at_first(cfg, **kw):
+        return dataclasses.replace(real(cfg, **kw), steps=8)
+
+    monkeypatch.setattr(demo, "plan_demo", busy_at_first)
+    monkeypatch.setitem(demo.PRESETS["mnist"].train, "warmup", 6)  # the recipe's warm-up, shortened for the test
+    monkeypatch.setitem(demo.PRESETS["mnist"].train, "steps", 20)  # and its most steps
+    out = tmp_path / "demo"
+    code, _, err = run(capsys, "demo", "--out", out, "--n", "10", "--sampling-steps", "2", "--minutes", "3")
+    assert code == 0, err
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["planned_steps"] == 8 and plan["replanned_at_step"] == 6 and plan["steps"] == 20
+    assert "at step 6:" in err and "so 20 steps fit (the first plan: 8)" in err
+    assert load_checkpoint(out).step == 20 and load_checkpoint(out).config.train.steps == 20
