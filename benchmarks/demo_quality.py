@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from ddpm.data.sources import load_data, to_float
-from ddpm.evaluation.metrics import digit_classifier_heldout, frechet_distance, gaussian_stats, load_digit_classifier
+from ddpm.evaluation.features import digit_classifier_heldout, load_digit_classifier
+from ddpm.evaluation.metrics import frechet_distance, gaussian_stats
 
 
 def judge(arr: np.ndarray, labels: Optional[np.ndarray] = None, confidence: float = 0.9, draws: int = 5) -> dict:

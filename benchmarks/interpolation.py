@@ -15,7 +15,7 @@ import torch
 from ddpm import load_checkpoint
 from ddpm.data.sources import load_data, to_float
 from ddpm.sampling.interpolation import interpolate
-from ddpm.evaluation.metrics import load_digit_classifier
+from ddpm.evaluation.features import load_digit_classifier
 
 
 def main() -> int:

@@ -115,3 +115,21 @@ def test_torchrun_sampling_writes_the_one_process_output_byte_for_byte(cond, tmp
         assert res.stderr.count("wrote 20 samples") == 1  # rank 0 alone reports
         outs[nproc] = out.read_bytes()
     assert outs[1] == outs[2]
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
+def test_torchrun_eval_draws_the_samples_of_one_process_and_scores_once(tmp_path):
+    import json
+
+    _, _, run, _ = _train(tmp_path, "run", 1, steps=2)
+    for nproc in (1, 2):
+        args = ["-m", "ddpm", "--", "eval", "--run", str(run), "--metric", "fid,kid", "--n", "24", "--sampler", "ddim",
+                "--steps", "3", "--out", str(tmp_path / f"e{nproc}"), "--quiet", "--cache-dir", str(tmp_path / "c")]
+        cmd = [sys.executable, *args] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run",
+                                                          "--standalone", f"--nproc_per_node={nproc}", *args]
+        res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                             timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert res.stdout.count("FID ") == 1  # rank 0 alone scores and reports
+    one, two = (json.loads((tmp_path / f"e{k}" / "metrics.json").read_text()) for k in (1, 2))
+    assert one["fid"] == pytest.approx(two["fid"], rel=1e-9) and one["n"] == two["n"] == 24

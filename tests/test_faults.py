@@ -247,16 +247,16 @@ def test_fd_of_a_run_whose_classes_are_not_digits_claims_no_class_match(folder_r
 
 
 def test_fd_from_features_that_do_not_vary_is_refused(run_dir, tmp_path, capsys, monkeypatch):
-    import ddpm.evaluation.metrics
+    import ddpm.evaluation.features
 
-    real = ddpm.evaluation.metrics.load_digit_classifier
+    real = ddpm.evaluation.features.load_digit_classifier
 
     def constant(*a, **k):
         net = real(*a, **k)
         net.features = lambda x: torch.zeros(len(x), 8)
         return net
 
-    monkeypatch.setattr(ddpm.evaluation.metrics, "load_digit_classifier", constant)
+    monkeypatch.setattr(ddpm.evaluation.features, "load_digit_classifier", constant)
     assert main(["eval", "--run", str(run_dir), "--metric", "fd", "--n", "4", "--sampler", "ddim", "--steps", "2",
                  "--out", str(tmp_path / "e")]) == 1
     assert "do not vary (zero covariance): the feature network is degenerate" in _one_line(capsys.readouterr().err)

@@ -1,20 +1,13 @@
-"""Fréchet distance against independent reference code and analytic cases; the feature extractors."""
-
-import pickle
+"""The metrics against independent computations and analytic cases: FID (the reference code's sqrtm, and
+eigenvalues), the Inception Score, KID (a direct O(n^2) sum) and precision/recall (point sets with known
+answers)."""
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 from scipy import linalg
 
-from ddpm.data.sources import load_data, to_float
-from ddpm.errors import DDPMError
-from ddpm.evaluation.inception import FIDInception, load_inception
-from ddpm.evaluation.metrics import (extract_features, frechet_distance, gaussian_stats, load_digit_classifier,
-                          reference_stats)
-
-from helpers import CodeRunningPickle
+from ddpm.evaluation.metrics import (frechet_distance, gaussian_stats, inception_score, kernel_inception_distance,
+                                     precision_recall)
 
 
 def reference_fd(mu1, s1, mu2, s2):
@@ -59,105 +52,91 @@ def test_gaussian_stats_are_unbiased_mean_and_covariance():
         gaussian_stats(f[:1])
 
 
-def _blur(x):
-    k = torch.ones(1, 1, 5, 5) / 25
-    return F.conv2d(F.pad(x, (2, 2, 2, 2), mode="replicate"), k)
+def eigen_fd(mu1, s1, mu2, s2):
+    """An independent route to the trace term: Tr (S1 S2)^(1/2) = sum of the square roots of the eigenvalues of
+    S1 S2 (real and >= 0 for covariances), with no matrix square root."""
+    ev = np.linalg.eigvals(s1 @ s2)
+    return float(np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.sqrt(np.clip(ev.real, 0, None)).sum())
 
 
-def test_digit_features_separate_real_digits_from_blurred_and_noised():
-    digits = load_data("mnist", channels=1, image_size=28).images  # sorted by class: shuffle before splitting
-    digits = digits[torch.randperm(len(digits), generator=torch.Generator().manual_seed(0))]
-    a, b = digits[:1000], digits[1000:2000]
-    net = load_digit_classifier()
-    real = to_float(b)
-    g = torch.Generator().manual_seed(0)
-    spoiled = {
-        "blurred": _blur(real),
-        "noised": (real + 0.5 * torch.randn(real.shape, generator=g)).clamp(-1, 1),
-    }
-    ref = gaussian_stats(extract_features(net, a))
-    fd_real = frechet_distance(*gaussian_stats(extract_features(net, b)), *ref)
-    for name, x in spoiled.items():
-        u8 = ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-        fd = frechet_distance(*gaussian_stats(extract_features(net, u8)), *ref)
-        assert fd > 3 * fd_real, f"{name}: FD {fd:.1f} vs real-vs-real {fd_real:.1f}"
+def test_fid_on_fixed_features_matches_an_eigenvalue_computation_to_1e6():
+    rng = np.random.default_rng(7)
+    f1 = rng.normal(size=(500, 32)) @ rng.normal(size=(32, 32))
+    f2 = rng.normal(size=(600, 32)) @ rng.normal(size=(32, 32)) + 0.3
+    a, b = gaussian_stats(f1), gaussian_stats(f2)
+    assert frechet_distance(*a, *b) == pytest.approx(eigen_fd(*a, *b), rel=1e-6)
 
 
-def test_reference_stats_are_cached_and_keyed_by_the_images(tmp_path):
-    net = load_digit_classifier()
-    images = load_data("mnist", channels=1, image_size=28).images[::50]
-    mu, s = reference_stats(net, "digits", images, "mnist", cache_dir=tmp_path)
-    files = list(tmp_path.glob("ref_stats_digits_*.npz"))
-    assert len(files) == 1
-    with np.load(files[0]) as z:
-        assert np.array_equal(z["mu"], mu) and int(z["n"]) == 100
-    # a poisoned cache with the right key is what gets read back: proof that the cache, not a recomputation, is used
-    np.savez(files[0], mu=mu + 1, sigma=s)
-    mu2, _ = reference_stats(net, "digits", images, "mnist", cache_dir=tmp_path)
-    assert np.allclose(mu2, mu + 1)
-    reference_stats(net, "digits", images[:32], "mnist", cache_dir=tmp_path)  # other images: another file
-    assert len(list(tmp_path.glob("ref_stats_digits_*.npz"))) == 2
+# ----------------------------------------------------------------------------- Inception Score
+def test_inception_score_of_uniform_predictions_is_one():
+    assert inception_score(np.full((40, 1008), 1 / 1008)) == pytest.approx((1.0, 0.0), abs=1e-12)
 
 
-# ----------------------------------------------------------------------------- Inception
-def _fake_inception_file(tmp_path):
-    torch.manual_seed(0)
-    state = FIDInception().state_dict()
-    path = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
-    torch.save({k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}, path)
-    return path
+def test_inception_score_of_n_equally_frequent_confident_classes_is_n():
+    for n in (2, 7, 10):
+        probs = np.eye(n)[np.arange(20 * n) % n]  # one-hot, every split holds each class equally often
+        mean, std = inception_score(probs, splits=10)
+        assert mean == pytest.approx(n, rel=1e-12) and std == pytest.approx(0.0, abs=1e-9)
 
 
-def test_inception_has_the_fid_networks_layout():
-    sd = FIDInception().state_dict()
-    # shapes from torchvision's Inception3 with num_classes=1008, aux_logits=False (the FID graph's)
-    expected = {
-        "Conv2d_1a_3x3.conv.weight": (32, 3, 3, 3),
-        "Conv2d_4a_3x3.conv.weight": (192, 80, 3, 3),
-        "Mixed_5b.branch_pool.conv.weight": (32, 192, 1, 1),
-        "Mixed_5d.branch5x5_2.conv.weight": (64, 48, 5, 5),
-        "Mixed_6a.branch3x3.conv.weight": (384, 288, 3, 3),
-        "Mixed_6b.branch7x7dbl_5.conv.weight": (192, 128, 1, 7),
-        "Mixed_6e.branch7x7_3.conv.weight": (192, 192, 7, 1),
-        "Mixed_7a.branch3x3_2.conv.weight": (320, 192, 3, 3),
-        "Mixed_7b.branch3x3dbl_1.conv.weight": (448, 1280, 1, 1),
-        "Mixed_7c.branch3x3_2b.conv.weight": (384, 384, 3, 1),
-        "Mixed_7c.branch_pool.bn.running_var": (192,),
-        "fc.weight": (1008, 2048),
-    }
-    for k, shape in expected.items():
-        assert tuple(sd[k].shape) == shape, k
-    assert not any(k.startswith("AuxLogits") for k in sd)
-    n_convs = sum(1 for k in sd if k.endswith("conv.weight"))
-    assert n_convs == 94  # Inception-v3's 94 conv layers (without the auxiliary head)
+def test_inception_score_takes_consecutive_splits_mean_and_population_std():
+    # split 1: all one class (IS 1); split 2: ten classes equally (IS 10): mean 5.5, std (population) 4.5
+    probs = np.concatenate([np.eye(10)[np.zeros(10, int)], np.eye(10)[np.arange(10)]])
+    assert inception_score(probs, splits=2) == pytest.approx((5.5, 4.5), rel=1e-12)
+    with pytest.raises(ValueError, match="at least 2 images per split"):
+        inception_score(probs[:19], splits=10)
 
 
-def test_inception_loads_a_local_file_and_gives_2048_features(tmp_path):
-    path = _fake_inception_file(tmp_path)
-    net = load_inception(path)
-    x = torch.rand(2, 3, 32, 32) * 2 - 1
-    f = net.features(x)
-    assert f.shape == (2, 2048) and torch.isfinite(f).all()
-    assert net.features(x[:, :1]).shape == (2, 2048)  # grey images are repeated to 3 channels
+def test_inception_score_matches_the_definition_on_soft_predictions():
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(30, 5)) * 2
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    scores = []
+    for part in (p[:10], p[10:20], p[20:]):  # exp of the mean KL(p(y|x) || p(y)), written out
+        py = part.mean(0)
+        scores.append(np.exp(np.mean([sum(q[k] * np.log(q[k] / py[k]) for k in range(5)) for q in part])))
+    assert inception_score(p, splits=3) == pytest.approx((np.mean(scores), np.std(scores)), rel=1e-10)
 
 
-def test_inception_without_weights_says_where_to_put_them(tmp_path):
-    with pytest.raises(DDPMError, match="pt_inception-2015-12-05"):
-        load_inception(None)
-    with pytest.raises(DDPMError, match="not found"):
-        load_inception(tmp_path / "missing.pth")
-    bad = tmp_path / "other.pth"
-    torch.save({"conv.weight": torch.zeros(1)}, bad)
-    with pytest.raises(DDPMError, match="not the FID Inception"):
-        load_inception(bad)
+# ----------------------------------------------------------------------------- KID
+def direct_mmd2(x, y):
+    """The unbiased MMD^2 with k(a, b) = (a.b / d + 1)^3, as double sums over pairs (i != j within a set)."""
+    m, d = len(x), x.shape[1]
+    k = lambda a, b: (a @ b / d + 1) ** 3  # noqa: E731
+    xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    yy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    xy = sum(k(x[i], y[j]) for i in range(m) for j in range(m)) / (m * m)
+    return xx + yy - 2 * xy
 
 
+def test_kid_matches_the_direct_double_sum():
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(12, 5)), rng.normal(size=(12, 5)) + 0.5
+    mean, std = kernel_inception_distance(x, y, subsets=3, subset_size=12)  # each subset: all of both sets
+    assert mean == pytest.approx(direct_mmd2(x, y), rel=1e-10) and std == pytest.approx(0.0, abs=1e-12)
 
-def test_inception_file_with_code_in_it_runs_nothing(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    path = tmp_path / "evil.pth"
-    with open(path, "wb") as f:
-        pickle.dump({"x": CodeRunningPickle()}, f)
-    with pytest.raises(DDPMError, match="is not a PyTorch file of plain tensors"):
-        load_inception(path)
-    assert not (tmp_path / "PWNED").exists()
+
+def test_kid_subsets_are_seeded_and_unbiased_for_one_distribution():
+    rng = np.random.default_rng(5)
+    a, b, c = rng.normal(size=(400, 8)), rng.normal(size=(400, 8)), rng.normal(size=(400, 8)) + 1.0
+    same = kernel_inception_distance(a, b, subsets=50, subset_size=100, seed=1)
+    assert same == kernel_inception_distance(a, b, subsets=50, subset_size=100, seed=1)
+    assert abs(same[0]) < 3 * same[1]  # centred on 0: unbiased
+    assert kernel_inception_distance(a, c, subsets=50, subset_size=100)[0] > 10 * same[1]
+    with pytest.raises(ValueError, match="at least 2"):
+        kernel_inception_distance(a[:1], b)
+
+
+# ----------------------------------------------------------------------------- precision and recall
+def test_precision_recall_on_points_with_known_answers():
+    # real: 20 points on a line at 0..19; fake: copies of 0..9, and 10 points far away.
+    # k = 3 radii: real 0 -> 3, interior 2; fake copies: 0 -> 3, 8 -> 2, 9 -> 3.
+    # precision: the 10 copies lie in real balls (distance 0), the far ones in none: 0.5.
+    # recall: real 0..9 are copies; 10 (from 8, r 2), 11 and 12 (from 9, r 3) are covered, 13..19 not: 13/20.
+    line = np.zeros((20, 4))
+    line[:, 0] = np.arange(20)
+    fake = np.concatenate([line[:10], line[:10] + [1000.0, 0, 0, 0]])
+    assert precision_recall(line, fake, k=3, batch=7) == pytest.approx((0.5, 0.65))
+    assert precision_recall(line, line, k=3) == (1.0, 1.0)
+    with pytest.raises(ValueError, match="more than 3"):
+        precision_recall(line[:3], fake)

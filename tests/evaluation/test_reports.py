@@ -6,7 +6,8 @@ import torch
 
 from ddpm import GaussianDiffusion, NoiseSchedule
 from ddpm.data.sources import to_float
-from ddpm.evaluation.reports import evaluate_bpd, read_samples
+from ddpm.evaluation.compare import read_samples
+from ddpm.evaluation.reports import evaluate_bpd
 
 from helpers import OracleEps
 

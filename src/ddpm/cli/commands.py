@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import List, Optional
 
 from .advice import Projection, StderrHandler, count, failure, train_end_line
-from .options import early_threads, fields_of
+from .flags import early_threads, fields_of
+from .measure import cmd_eval, cmd_metrics
 from ..runtime import configure_threads, keep_freed_memory
 
 
@@ -97,64 +98,6 @@ def cmd_sample(args) -> int:
         for what, path in (("the reverse process of the first samples", args.trajectory), ("its animation", args.gif)):
             if path:
                 print(f"wrote {what} to {path}", file=sys.stderr)
-    return 0
-
-
-def _check_eval_flags(args) -> None:
-    from ..errors import DDPMError
-
-    if args.metric == "bpd":
-        for name in ("samples", "steps", "inception", "eta", "spacing"):
-            if getattr(args, name) is not None:
-                raise DDPMError(f"--{name} is for --metric fd")
-    elif args.samples is None and args.n is not None and args.n < 2:
-        raise DDPMError(f"--metric fd needs --n >= 2 samples (a covariance of one sample is undefined), got {args.n}")
-
-
-def cmd_eval(args) -> int:
-    from ..sampling.guidance import check_guidance
-    from ..errors import DDPMError
-    from ..evaluation.reports import (bpd_line, bpd_report, check_report_folder, fd_report, fd_table, read_samples, real_images,
-                           write_bpd_report, write_fd_report)
-    from ..evaluation.metrics import get_features
-    from ..run.directory import load_checkpoint
-    from ..runtime import choose_device
-    from ..sampling.samplers import make_sampler
-
-    _check_eval_flags(args)
-    out = Path(args.out) if args.out else Path(args.run) / "eval"
-    check_report_folder(out, args.metric, own=not args.out)
-    samples, sample_labels = read_samples(args.samples) if args.samples else (None, None)
-    device = choose_device(args.device)
-    ckpt = load_checkpoint(args.run, map_location=device)
-    check_guidance(args.guidance, ckpt.config.classes, "all")
-    if args.metric == "fd":
-        for k in args.steps or [None]:  # every sampler setting is checked before any work
-            make_sampler(args.sampler, ckpt.diffusion, steps=k, eta=args.eta, spacing=args.spacing)
-        features = get_features(args.features, channels=ckpt.config.model.in_channels, inception=args.inception)
-    real = real_images(args.data or ckpt.config.train.data, ckpt.config, args.cache_dir, progress=not args.quiet)
-    if samples is not None and samples.shape[1:] != real.images.shape[1:]:
-        raise DDPMError(f"{args.samples}: samples are {tuple(samples.shape[1:])} (C, H, W) but the real images "
-                        f"{tuple(real.images.shape[1:])}")
-    if args.metric == "bpd":
-        r = bpd_report(ckpt, real, n=args.n or 100, seed=args.seed, ema=args.ema, batch_size=args.batch_size,
-                       device=device, progress=not args.quiet)
-        print(bpd_line(r), flush=True)
-        write_bpd_report(r, out, title=str(args.run))
-        print(f"per-t terms: {out / 'bpd_terms.csv'}, plot: {out / 'bpd_terms.png'}", file=sys.stderr)
-        return 0
-    out.mkdir(exist_ok=True)  # the real images' statistics are cached there
-    rows = fd_report(ckpt, real, features, n=args.n or 1000, sampler=args.sampler, steps=args.steps or [None],
-                     samples=samples, sample_labels=sample_labels, eta=args.eta, cache_dir=out,
-                     spacing=args.spacing, seed=args.seed, batch_size=args.batch_size, ema=args.ema, device=device,
-                     precision=args.precision, guidance=args.guidance, progress=not args.quiet)
-    lines, note = fd_table(rows, real)
-    print("\n".join(lines), flush=True)
-    if note:
-        print(note, file=sys.stderr)
-    write_fd_report(rows, out, title=str(args.run), step=ckpt.step)
-    print(f"table: {out / 'fd.csv'}" + (f", plot: {out / 'fd_vs_steps.png'}" if len(rows) > 1 else ""),
-          file=sys.stderr)
     return 0
 
 
@@ -255,7 +198,8 @@ def cmd_export(args) -> int:
     return 0
 
 
-HANDLERS = {"demo": cmd_demo, "train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "noise": cmd_noise,
+HANDLERS = {"demo": cmd_demo, "train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "metrics": cmd_metrics,
+            "noise": cmd_noise,
             "interpolate": cmd_interpolate, "data": cmd_data, "schedule": cmd_schedule, "import": cmd_import,
             "export": cmd_export}
 COMMANDS = tuple(HANDLERS)

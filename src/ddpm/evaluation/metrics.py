@@ -1,84 +1,16 @@
-"""Distances between image sets: the Fréchet distance and the feature extractors it is computed on.
-
-Feature extractors map images in [-1, 1] to feature vectors:
-- ``digits``: ``DigitClassifier``, a small CNN trained on the shipped MNIST digits by
-  ``scripts/train_digit_classifier.py``; its weights ship in ``ddpm/assets`` (safetensors), so the
-  Fréchet distance works out of the box on the ``mnist`` data set;
-- ``inception``: the FID Inception-v3 (``ddpm.evaluation.inception``) with weights from a local file.
-scipy is imported only where used.
+"""The metrics of image generation, computed from features (numpy, float64): the Fréchet distance (FID), the
+Inception Score, the Kernel Inception Distance and precision/recall. Each function names the paper that defines
+it; the features come from ``ddpm.evaluation.features``. scipy is imported only where used.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import warnings
-from importlib import resources
-from pathlib import Path
-from typing import Optional, Tuple
+from typing import Tuple
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
 
-from ..atomic import atomic_path
-from ..data.sources import to_float
-
-__all__ = ["DigitClassifier", "load_digit_classifier", "digit_classifier_heldout", "frechet_distance", "gaussian_stats", "FEATURES",
-           "get_features", "extract_features", "reference_stats"]
-
-CLASSIFIER_FILE = "digit_classifier.safetensors"
-
-
-class DigitClassifier(nn.Module):
-    """A small CNN for 28x28 digits in [-1, 1]. ``features`` gives the 128-d penultimate layer."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),   # 14x14
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 7x7
-            nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 3x3
-        )
-        self.fc = nn.Linear(64 * 3 * 3, 128)
-        self.head = nn.Linear(128, 10)
-
-    @staticmethod
-    def prepare(x: Tensor) -> Tensor:
-        """Any [N, C, H, W] in [-1, 1] -> [N, 1, 28, 28] (mean over channels, antialiased resize)."""
-        if x.shape[1] != 1:
-            x = x.mean(dim=1, keepdim=True)
-        if x.shape[-2:] != (28, 28):
-            x = F.interpolate(x, size=(28, 28), mode="bilinear", antialias=True, align_corners=False)
-        return x
-
-    def features(self, x: Tensor) -> Tensor:
-        return F.relu(self.fc(self.conv(self.prepare(x)).flatten(1)))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.features(x))
-
-
-def digit_classifier_heldout(n: int = 5000) -> Tensor:
-    """Which images of the ``mnist`` source the shipped classifier was not trained on: every 10th image of each
-    digit (image K with (K // 10) % 10 == 0; the source interleaves the classes), 500 of the 5,000."""
-    return (torch.arange(n) // 10) % 10 == 0
-
-
-def load_digit_classifier(path: Optional[str] = None) -> DigitClassifier:
-    """The shipped digit classifier (eval mode), or one saved at ``path``."""
-    from safetensors.torch import load_file
-
-    net = DigitClassifier()
-    if path is None:
-        with resources.as_file(resources.files("ddpm") / "assets" / CLASSIFIER_FILE) as p:
-            state = load_file(str(p))
-    else:
-        state = load_file(str(path))
-    net.load_state_dict(state)
-    return net.eval()
+__all__ = ["gaussian_stats", "frechet_distance", "inception_score", "kernel_inception_distance", "precision_recall"]
 
 
 def gaussian_stats(features: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -108,59 +40,77 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
 
 
-# ----------------------------------------------------------------------------- feature extractors
-FEATURES = ("auto", "digits", "inception")
+def inception_score(probs: np.ndarray, splits: int = 10) -> Tuple[float, float]:
+    """exp(E_x KL(p(y|x) || p(y))) in ``splits`` consecutive parts of the class probabilities [N, K]: their mean
+    and standard deviation, as the original TF code computes them (Salimans et al. 2016, "Improved techniques for
+    training GANs"; the DDPM paper's Table 1). p(y) is each part's mean prediction; 0 log 0 counts as 0."""
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim != 2 or splits < 1 or len(p) < 2 * splits:
+        raise ValueError(f"the Inception Score needs at least 2 images per split ({2 * splits} for {splits} splits), "
+                         f"got {len(p)}")
+    scores = []
+    for i in range(splits):
+        part = p[i * len(p) // splits:(i + 1) * len(p) // splits]
+        py = part.mean(axis=0, keepdims=True)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            kl = np.where(part > 0, part * (np.log(part) - np.log(py)), 0.0)
+        scores.append(np.exp(kl.sum(axis=1).mean()))
+    return float(np.mean(scores)), float(np.std(scores))
 
 
-def get_features(kind: str, *, channels: int, inception: Optional[str] = None) -> Tuple[str, nn.Module]:
-    """(name, network) of a feature extractor. ``auto``: digits for 1-channel images, else inception."""
-    if kind == "auto":
-        kind = "digits" if channels == 1 else "inception"
-    if kind == "digits":
-        return "digits", load_digit_classifier()
-    if kind == "inception":
-        from .inception import load_inception
-
-        return "inception", load_inception(inception)
-    raise ValueError(f"unknown feature extractor {kind!r}; choose from {', '.join(FEATURES)}")
+def _mmd2_poly(x: np.ndarray, y: np.ndarray) -> float:
+    """The unbiased estimate of MMD^2 between samples x [m, d] and y [m, d] with k(a, b) = (a.b / d + 1)^3."""
+    m, d = len(x), x.shape[1]
+    kxx, kyy, kxy = ((x @ x.T) / d + 1) ** 3, ((y @ y.T) / d + 1) ** 3, ((x @ y.T) / d + 1) ** 3
+    off = m * (m - 1)
+    return float((kxx.sum() - np.trace(kxx)) / off + (kyy.sum() - np.trace(kyy)) / off - 2 * kxy.mean())
 
 
-@torch.no_grad()
-def extract_features(net: nn.Module, images: Tensor, *, batch_size: int = 100, device=None,
-                     progress: bool = False, desc: str = "features") -> np.ndarray:
-    """uint8 images [N, C, H, W] -> float64 features [N, D] from ``net.features`` (inputs mapped to [-1, 1])."""
-    from tqdm.auto import tqdm
+def kernel_inception_distance(f1: np.ndarray, f2: np.ndarray, subsets: int = 100, subset_size: int = 1000,
+                              seed: int = 0) -> Tuple[float, float]:
+    """KID (Binkowski et al. 2018, "Demystifying MMD GANs"): the unbiased MMD^2 with the cubic polynomial kernel
+    k(a, b) = (a.b / d + 1)^3 between the two feature sets, over ``subsets`` random subsets of ``subset_size``
+    (fewer where a set is smaller) drawn without replacement; mean and standard deviation. Unbiased, so it is
+    comparable across n, the metric to use when n is small; it can be slightly negative."""
+    a, b = np.asarray(f1, dtype=np.float64), np.asarray(f2, dtype=np.float64)
+    m = min(subset_size, len(a), len(b))
+    if m < 2 or a.shape[1:] != b.shape[1:]:
+        raise ValueError(f"KID needs at least 2 feature vectors of one dimension on each side, got {a.shape} and "
+                         f"{b.shape}")
+    rng = np.random.default_rng(seed)
+    values = [_mmd2_poly(a[rng.choice(len(a), m, replace=False)], b[rng.choice(len(b), m, replace=False)])
+              for _ in range(subsets)]
+    return float(np.mean(values)), float(np.std(values))
 
-    if images.dtype != torch.uint8 or images.ndim != 4:
-        raise ValueError(f"expected uint8 images [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
-    device = torch.device(device or "cpu")
-    net = net.to(device).eval()
-    out = []
-    for i in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", disable=not progress, leave=False):
-        out.append(net.features(to_float(images[i:i + batch_size].to(device))).double().cpu())
-    return torch.cat(out).numpy()
+
+def _kth_radii(f, k: int, batch: int):
+    """Each vector's distance to its k-th nearest neighbour in its own set (itself excluded)."""
+    import torch
+
+    return torch.cat([torch.cdist(f[i:i + batch], f).kthvalue(k + 1, dim=1).values for i in range(0, len(f), batch)])
 
 
-def reference_stats(net: nn.Module, name: str, images: Tensor, source: str, cache_dir: Optional[os.PathLike] = None,
-                    key: str = "", **kw) -> Tuple[np.ndarray, np.ndarray]:
-    """Mean and covariance of the features of real ``images``, cached as ``.npz`` in ``cache_dir``.
+def _covered(points, centres, radii, batch: int):
+    """For each point: whether it lies within the radius of some centre (in a k-NN ball of the other set)."""
+    import torch
 
-    The cache file is keyed by the extractor and the images (``key``, e.g. ``ImageData.key``; else a hash of
-    their bytes, read in blocks), so a changed data set is never matched with stale statistics.
-    """
-    if not key:
-        h = hashlib.blake2b(digest_size=8)
-        for i in range(0, len(images), 4096):  # in blocks: a memory-mapped data set is never copied whole
-            h.update(images[i:i + 4096].contiguous().numpy().tobytes())
-        key = h.hexdigest()
-    digest = hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
-    cache = Path(cache_dir) / f"ref_stats_{name}_{digest}.npz" if cache_dir is not None else None
-    if cache is not None and cache.is_file():
-        with np.load(cache, allow_pickle=False) as z:
-            return z["mu"], z["sigma"]
-    mu, sigma = gaussian_stats(extract_features(net, images, desc=f"{name} features of real images", **kw))
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(cache) as tmp:
-            np.savez(tmp, mu=mu, sigma=sigma, n=len(images), source=json.dumps(source), extractor=name)
-    return mu, sigma
+    return torch.cat([(torch.cdist(points[i:i + batch], centres) <= radii[None]).any(dim=1)
+                      for i in range(0, len(points), batch)])
+
+
+def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3, batch: int = 1000,
+                     device=None) -> Tuple[float, float]:
+    """Improved precision and recall (Kynkäänniemi et al. 2019): each set's manifold is the union of balls around
+    its vectors reaching their k-th nearest neighbour; precision is the share of ``fake`` inside the real
+    manifold, recall the share of ``real`` inside the fake one. Distances in float32 (on ``device``), in blocks
+    of ``batch`` rows, as the reference code computes them."""
+    import torch
+
+    r = torch.as_tensor(np.asarray(real), dtype=torch.float32, device=device)
+    f = torch.as_tensor(np.asarray(fake), dtype=torch.float32, device=device)
+    if min(len(r), len(f)) <= k or r.shape[1:] != f.shape[1:]:
+        raise ValueError(f"precision/recall with k = {k} needs more than {k} feature vectors of one dimension on "
+                         f"each side, got {tuple(r.shape)} and {tuple(f.shape)}")
+    precision = _covered(f, r, _kth_radii(r, k, batch), batch).double().mean().item()
+    recall = _covered(r, f, _kth_radii(f, k, batch), batch).double().mean().item()
+    return precision, recall

@@ -19,13 +19,14 @@ from torch import Tensor, nn
 from ..atomic import atomic_write_text
 from ..data.sources import ImageData, load_data, to_float
 from ..errors import DDPMError
-from .metrics import extract_features, frechet_distance, gaussian_stats, reference_stats
+from .features import extract_features, reference_stats
+from .metrics import frechet_distance, gaussian_stats
 from ..run.directory import IMPORTED_DATA
 from ..sampling.samplers import make_sampler, sample_checkpoint
 from ..viz import plot_bpd_terms, plot_fd_steps
 
 __all__ = ["evaluate_bpd", "bpd_report", "write_bpd_report", "bpd_line", "fd_report", "write_fd_report", "fd_table",
-           "check_report_folder", "REPORTS", "real_images", "read_samples", "labels_like", "class_match"]
+           "check_report_folder", "REPORTS", "real_images", "labels_like", "class_match", "write_metrics_report"]
 
 
 def real_images(src: str, cfg, cache_dir=None, progress: bool = True) -> ImageData:
@@ -38,29 +39,6 @@ def real_images(src: str, cfg, cache_dir=None, progress: bool = True) -> ImageDa
     if len(data) == 0:
         raise DDPMError(f"data source {src!r} has no images")
     return data
-
-
-def read_samples(path) -> Tuple[Tensor, Optional[Tensor]]:
-    """uint8 [N, C, H, W] from an ``.npz`` whose ``arr_0`` is uint8 [N, H, W, C] with N >= 2 (ddpm sample's), and
-    its ``arr_1`` (each image's requested class) when it has one."""
-    p = Path(path)
-    if not p.is_file():
-        raise DDPMError(f"samples file {p} not found")
-    from ..safeload import load_npz
-
-    z = load_npz(p, "samples (arr_0 uint8 [N, H, W, C])")
-    if "arr_0" not in z:
-        raise DDPMError(f"{p} has no arr_0 (it holds {', '.join(z) or 'nothing'}); samples are arr_0 uint8 [N, H, W, C]")
-    arr = z["arr_0"]
-    labels = z["arr_1"].astype(np.int64) if "arr_1" in z else None
-    if arr.ndim == 4 and arr.shape[1] in (1, 3) and arr.shape[3] not in (1, 3):
-        raise DDPMError(f"{p}: arr_0 has shape {arr.shape}, which looks like N, C, H, W; samples are N, H, W, C "
-                        "(e.g. np.savez(path, arr_0=images.transpose(0, 2, 3, 1)))")
-    if arr.dtype != np.uint8 or arr.ndim != 4 or len(arr) < 2:
-        raise DDPMError(f"{p}: arr_0 must be uint8 [N, H, W, C] with N >= 2, got {arr.dtype} {arr.shape}")
-    if labels is not None and labels.shape != (len(arr),):
-        raise DDPMError(f"{p}: arr_1 must hold one class per image, got shape {labels.shape}")
-    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous(), None if labels is None else torch.from_numpy(labels)
 
 
 # ----------------------------------------------------------------------------- bits/dim
@@ -111,7 +89,8 @@ def _std_error(v: np.ndarray) -> float:
     return float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
 
 
-REPORTS = {"bpd": ("bpd_terms.csv", "bpd.json", "bpd_terms.png"), "fd": ("fd.csv", "fd_vs_steps.png")}
+REPORTS = {"bpd": ("bpd_terms.csv", "bpd.json", "bpd_terms.png"), "fd": ("fd.csv", "fd_vs_steps.png"),
+           "metrics": ("metrics.json",)}
 
 
 def check_report_folder(out: Path, metric: str, *, own: bool = False) -> None:
@@ -139,6 +118,13 @@ def _write_reports(out: Path, files: Dict[str, Any]) -> None:
     for name, what in files.items():
         atomic_write_text(out / name, what) if isinstance(what, str) else what(out / name)
     record_written(out, files)
+
+
+def write_metrics_report(report: Dict[str, Any], out: Path) -> None:
+    """``metrics.json``: the scores of ``ddpm eval --metric fid,is,...`` with every setting that moves them."""
+    from ..run.ownership import MARK
+
+    _write_reports(out, {"metrics.json": json.dumps({**report, "written_by": MARK}, indent=2) + "\n"})
 
 
 def bpd_report(ckpt, data: ImageData, *, n: int = 100, seed: int = 0, ema: bool = True, batch_size: int = 100,

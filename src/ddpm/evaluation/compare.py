@@ -1,0 +1,222 @@
+"""One image set scored against another, the way papers report it (``ddpm metrics``): FID, the Inception Score,
+KID and precision/recall, with everything that moves the number in the result.
+
+A set is an ``.npz`` of samples (``arr_0`` uint8 [N, H, W, C], as ``ddpm sample`` and guided-diffusion's
+reference batches write), a folder of images or any data source of ``train`` (``mnist``, a CIFAR-10 archive or
+folder, ``...:test``), or a statistics file (an ``.npz`` with ``mu`` and ``sigma``: pytorch-fid's and TTUR's
+format, e.g. ``fid_stats_cifar10_train.npz``), which serves FID only. Every image goes through the same
+features: the FID Inception (resized bilinearly to 299 x 299 from [-1, 1], as pytorch-fid does) or, for
+1-channel images by default, the shipped digit classifier.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import DDPMError
+from .features import extract_features, reference_features, reference_stats
+from .metrics import frechet_distance, gaussian_stats, inception_score, kernel_inception_distance, precision_recall
+
+__all__ = ["METRICS", "ImageSet", "read_set", "read_samples", "parse_metrics", "score", "metric_lines", "stats_arrays",
+           "RESIZE"]
+
+METRICS = ("fid", "is", "kid", "pr")
+RESIZE = "bilinear to 299x299 from [-1, 1], no antialiasing (pytorch-fid)"
+IS_SPLITS, PR_K = 10, 3
+
+
+@dataclass
+class ImageSet:
+    """Images (uint8 [N, C, H, W]) or, from a statistics file, only their features' mean and covariance."""
+
+    name: str
+    images: Optional[Tensor] = None
+    stats: Optional[Tuple[np.ndarray, np.ndarray]] = None
+    n: int = 0
+    key: str = ""  # what identifies a data source's images (its cache key), for cached statistics
+
+    @property
+    def shape(self) -> Optional[Tuple[int, ...]]:
+        return None if self.images is None else tuple(self.images.shape[1:])
+
+
+def parse_metrics(text: str, allowed: Sequence[str] = METRICS) -> Tuple[str, ...]:
+    """``"fid,is"`` -> ("fid", "is"), each checked."""
+    names = tuple(dict.fromkeys(m.strip().lower() for m in text.split(",") if m.strip()))
+    bad = [m for m in names if m not in allowed]
+    if bad or not names:
+        raise DDPMError(f"unknown metric {bad[0] if bad else text!r}; choose from {', '.join(allowed)} "
+                        "(a comma-separated list)")
+    return names
+
+
+def read_samples(path) -> Tuple[Tensor, Optional[Tensor]]:
+    """uint8 [N, C, H, W] from an ``.npz`` whose ``arr_0`` is uint8 [N, H, W, C] with N >= 2 (ddpm sample's), and
+    its ``arr_1`` (each image's requested class) when it has one."""
+    from ..safeload import load_npz
+
+    p = Path(path)
+    if not p.is_file():
+        raise DDPMError(f"samples file {p} not found")
+    return _samples_of(load_npz(p, "samples (arr_0 uint8 [N, H, W, C])"), p)
+
+
+def _samples_of(z: Dict[str, np.ndarray], p: Path) -> Tuple[Tensor, Optional[Tensor]]:
+    if "arr_0" not in z:
+        raise DDPMError(f"{p} has no arr_0 (it holds {', '.join(z) or 'nothing'}); samples are arr_0 uint8 "
+                        "[N, H, W, C], statistics are mu and sigma")
+    arr = z["arr_0"]
+    labels = z["arr_1"].astype(np.int64) if "arr_1" in z else None
+    if arr.ndim == 4 and arr.shape[1] in (1, 3) and arr.shape[3] not in (1, 3):
+        raise DDPMError(f"{p}: arr_0 has shape {arr.shape}, which looks like N, C, H, W; samples are N, H, W, C "
+                        "(e.g. np.savez(path, arr_0=images.transpose(0, 2, 3, 1)))")
+    if arr.dtype != np.uint8 or arr.ndim != 4 or len(arr) < 2:
+        raise DDPMError(f"{p}: arr_0 must be uint8 [N, H, W, C] with N >= 2, got {arr.dtype} {arr.shape}")
+    if labels is not None and labels.shape != (len(arr),):
+        raise DDPMError(f"{p}: arr_1 must hold one class per image, got shape {labels.shape}")
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous(), None if labels is None else torch.from_numpy(labels)
+
+
+def _native_shape(spec: str) -> Tuple[int, int]:
+    """(channels, size) a data source has of itself: mnist 1 x 28, CIFAR-10 3 x 32, a folder its first image's."""
+    from PIL import Image
+
+    from ..data.sources import find_source
+
+    source = find_source(spec)
+    if source.kind == "mnist":
+        return 1, 28
+    if source.kind == "cifar10":
+        return 3, 32
+    with Image.open(source.paths[0]) as im:
+        return (1 if im.mode in ("1", "L", "LA", "I", "I;16", "F") else 3), min(im.size)
+
+
+def read_set(spec: str, *, shape: Optional[Tuple[int, ...]] = None, cache_dir=None, progress: bool = False) -> ImageSet:
+    """The set ``spec`` names (see the module's text). A data source is read at ``shape`` (C, H, W; square), the
+    other set's, else at its own size."""
+    from ..data.sources import load_data
+    from ..safeload import load_npz
+
+    p = Path(os.fspath(spec)).expanduser()
+    if p.suffix.lower() == ".npz" and p.is_file():
+        z = load_npz(p, "samples (arr_0) or statistics (mu, sigma)")
+        if "mu" in z and "sigma" in z:
+            mu, sigma = np.asarray(z["mu"], np.float64), np.asarray(z["sigma"], np.float64)
+            if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
+                raise DDPMError(f"{p}: mu must be [D] and sigma [D, D], got {mu.shape} and {sigma.shape}")
+            n = int(z["n"].reshape(-1)[0]) if "n" in z and z["n"].size == 1 and z["n"].dtype.kind in "iu" else 0
+            return ImageSet(str(spec), stats=(mu, sigma), n=n)
+        images, _ = _samples_of(z, p)
+        return ImageSet(str(spec), images=images, n=len(images))
+    if shape is not None and shape[1] != shape[2]:
+        raise DDPMError(f"{spec} is read as square images, and the other set's are {shape[1]} x {shape[2]}")
+    channels, size = (shape[0], shape[1]) if shape is not None else _native_shape(spec)
+    data = load_data(spec, channels=channels, image_size=size, progress=progress, cache_dir=cache_dir)
+    if len(data) < 2:
+        raise DDPMError(f"{spec} has {len(data)} image(s); a set needs at least 2")
+    return ImageSet(data.name, images=data.images, n=len(data), key=data.key)
+
+
+def _check(samples: ImageSet, ref: Optional[ImageSet], metrics: Sequence[str], features: str) -> None:
+    """One clear line for what cannot be computed, before any features are."""
+    if any(m != "is" for m in metrics) and ref is None:
+        raise DDPMError(f"{', '.join(m for m in metrics if m != 'is')} compare two sets: pass --ref (a data source, "
+                        "images or a statistics file); without it, only is")
+    for s, which in ((samples, "SAMPLES"), (ref, "REF")):
+        if s is not None and s.stats is not None:
+            other = [m for m in metrics if m in ("kid", "pr") or (m == "is" and which == "SAMPLES")]
+            if other or (which == "SAMPLES" and ref is not None and ref.stats is not None):
+                raise DDPMError(f"{which} {s.name} is a statistics file (mu, sigma): it serves FID only, not "
+                                f"{', '.join(other) or 'FID against another statistics file'}; give images")
+    if ref is not None and samples.shape and ref.shape and samples.shape != ref.shape:
+        raise DDPMError(f"the sets differ: SAMPLES are {samples.shape} (C, H, W), REF {ref.shape}")
+    need = {"is": 2 * IS_SPLITS, "fid": 2, "kid": 2, "pr": PR_K + 1}
+    for s, which in ((samples, "SAMPLES"), (ref, "REF")):
+        for m in metrics:
+            if s is not None and s.images is not None and len(s.images) < need[m] and (m != "is" or which == "SAMPLES"):
+                raise DDPMError(f"{which} has {len(s.images)} images; {m} needs at least {need[m]}")
+    if "is" in metrics and features == "inception_without_classifier":
+        raise DDPMError("the Inception Score needs the Inception's classifier layer, which this file lacks: pass "
+                        "--inception pt_inception-2015-12-05-6726825d.pth (pytorch-fid's)")
+
+
+def score(samples: ImageSet, ref: Optional[ImageSet], metrics: Sequence[str], features: Tuple[str, Any], *,
+          batch_size: Optional[int] = None, device=None, cache_dir=None, seed: int = 0, progress: bool = False,
+          stats: Optional[dict] = None) -> Dict[str, Any]:
+    """The ``metrics`` of ``samples`` (against ``ref``) with ``features`` ((name, network)): a dict with the keys
+    of ``ddpm metrics --json`` (fid; is and kid as [mean, std]; precision and recall; n, ref_n, features, and for
+    the Inception its sha256 and the resize). ``stats``, a dict, receives the samples' ``mu`` and ``sigma``."""
+    name, net = features
+    _check(samples, ref, metrics, name if getattr(net, "has_classifier", True) else "inception_without_classifier")
+    kw = dict(batch_size=batch_size, device=device, progress=progress)
+    out: Dict[str, Any] = {"n": samples.n}
+    feats = probs = None
+    if samples.images is not None and "is" in metrics:
+        feats, probs = extract_features(net, samples.images, desc=f"{name} features of SAMPLES", with_probs=True, **kw)
+    elif samples.images is not None:
+        feats = extract_features(net, samples.images, desc=f"{name} features of SAMPLES", **kw)
+    if stats is not None and feats is not None:
+        stats["mu"], stats["sigma"] = gaussian_stats(feats)
+    if "is" in metrics:
+        out["is"] = list(inception_score(probs, IS_SPLITS))
+    if ref is not None:
+        out["ref_n"] = ref.n
+        ref_feats = None
+        if "kid" in metrics or "pr" in metrics:
+            ref_feats = reference_features(net, name, ref.images, ref.name, key=ref.key, cache_dir=cache_dir, **kw)
+        if "fid" in metrics:
+            mine = samples.stats if feats is None else gaussian_stats(feats)
+            theirs = ref.stats if ref.stats is not None else (
+                gaussian_stats(ref_feats) if ref_feats is not None else
+                reference_stats(net, name, ref.images, ref.name, key=ref.key, cache_dir=cache_dir, **kw))
+            if len(mine[0]) != len(theirs[0]):
+                s, which = (ref, "REF") if ref.stats is not None else (samples, "SAMPLES")
+                raise DDPMError(f"{which} {s.name} holds statistics of {len((theirs if s is ref else mine)[0])}-d "
+                                f"features, the other set has {len((mine if s is ref else theirs)[0])}-d {name} "
+                                "features (2048: the FID Inception, --features inception; 128: digits)")
+            out["fid"] = frechet_distance(*mine, *theirs)
+        if "kid" in metrics:
+            out["kid"] = list(kernel_inception_distance(feats, ref_feats, seed=seed))
+        if "pr" in metrics:
+            out["precision"], out["recall"] = precision_recall(ref_feats, feats, k=PR_K, device=device)
+    out["features"] = name
+    if name == "inception":
+        out.update(inception_sha256=net.sha256, resize=RESIZE)
+    return out
+
+
+def stats_arrays(mu: np.ndarray, sigma: np.ndarray, n: int) -> Dict[str, Tuple[Sequence[int], np.dtype, Any]]:
+    """A statistics file's arrays (pytorch-fid's keys ``mu`` and ``sigma``, and ``n``) for ``outputs.write_npz``."""
+    return {"mu": (mu.shape, np.float64, [mu]), "sigma": (sigma.shape, np.float64, [sigma]),
+            "n": ((1,), np.int64, [np.array([n], np.int64)])}
+
+
+def metric_lines(r: Dict[str, Any], samples: str, ref: Optional[str]) -> Tuple[list, str]:
+    """The lines of a ``score`` result, each naming what moves its number, and a note when n is below the 50,000
+    samples published FIDs use (FID falls as n grows), else ""."""
+    n, against = r["n"], f" against {ref} ({r['ref_n']:,} images)" if ref and r.get("ref_n") else f" against {ref}"
+    what = f"{n:,} images of {samples}" if n else samples
+    lines = []
+    if "fid" in r:
+        lines.append(f"FID {max(r['fid'], 0.0):.4f}  ({what}{against}; FID@{n:,})")
+    if "is" in r:
+        lines.append(f"IS {r['is'][0]:.4f} +- {r['is'][1]:.4f}  ({what}; {IS_SPLITS} splits)")
+    if "kid" in r:
+        lines.append(f"KID {r['kid'][0]:.6f} +- {r['kid'][1]:.6f}  ({what}{against}; subsets of "
+                     f"{min(1000, n, r.get('ref_n') or n):,})")
+    if "precision" in r:
+        lines.append(f"precision {r['precision']:.4f}, recall {r['recall']:.4f}  ({what}{against}; k = {PR_K})")
+    feats = f"features: {r['features']}" + (f" (Inception sha256 {r['inception_sha256'][:16]}..., resized "
+                                             f"{r['resize']})" if "inception_sha256" in r else "")
+    lines.append(feats)
+    note = (f"note: published FIDs use 50,000 samples; FID falls as n grows, so compare FID@{n:,} only at equal n"
+            if "fid" in r and n and n < 50000 else "")
+    return lines, note

@@ -1,0 +1,71 @@
+"""``ddpm eval --metric fid,is,kid,pr[,bpd]``: the paper's protocol on a tiny run: the samples of a sampling job,
+scored against the run's data, with everything that moves the number in the report; a second run reuses them."""
+
+import json
+import tarfile
+import types
+
+import numpy as np
+import pytest
+
+from ddpm.evaluation import protocol
+
+from helpers import TINY, one_line_error, run
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from ddpm.cli.commands import main
+
+    run_dir = tmp_path_factory.mktemp("protocol") / "run"
+    assert main(["train", "--data", "mnist", "--out", str(run_dir), "--steps", "2", *TINY]) == 0
+    return run_dir
+
+
+def test_eval_scores_a_sampling_jobs_samples_and_says_how(trained, capsys, tmp_path):
+    argv = ["eval", "--run", trained, "--metric", "fid,is,kid,pr,bpd", "--n", "40", "--sampler", "ddim",
+            "--steps", "3", "--bpd-n", "4", "--quiet", "--cache-dir", tmp_path]
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    r = json.loads((trained / "eval" / "metrics.json").read_text())
+    assert {"fid", "is", "kid", "precision", "recall", "bpd"} <= set(r)
+    assert (r["n"], r["ref_n"], r["ref"], r["features"]) == (40, 5000, "mnist", "digits")
+    assert (r["step"], r["weights"], r["sampler"], r["steps"], r["seed"]) == (2, "EMA", "ddim", 3, 0)
+    assert r["bpd"]["data"]["n"] == 4 and r["bpd"]["data"]["bits_per_dim"] > 0
+    samples = trained / "eval" / "samples-step2-ddim3-ema-seed0-n40.npz"
+    assert r["samples"] == str(samples) and f"FID {r['fid']:.4f}" in out and "bits/dim data" in out
+    # the very images ddpm sample draws for seeds 0-39
+    assert run(capsys, "sample", "--run", trained, "--seeds", "0-39", "--sampler", "ddim", "--steps", "3",
+               "--out", tmp_path / "same.npz", "--quiet")[0] == 0
+    with np.load(samples) as a, np.load(tmp_path / "same.npz") as b:
+        assert np.array_equal(a["arr_0"], b["arr_0"])
+    code, out, err = run(capsys, *argv[:4], "fid", *argv[5:])  # again: the samples are reused, not drawn
+    assert code == 0 and "40 drawn by an earlier run" in out
+    assert json.loads((trained / "eval" / "metrics.json").read_text())["fid"] == pytest.approx(r["fid"], rel=1e-12)
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--metric", "fd,fid"], "fd is the quick Fréchet distance"),
+    (["--metric", "fid", "--samples", "x.npz"], "ddpm metrics x.npz --ref DATA --metrics fid"),
+    (["--metric", "fid", "--sampler", "ddim", "--steps", "2,3"], "--steps takes one value"),
+    (["--metric", "bpd", "--ref", "mnist"], "--ref is for the metrics of samples"),
+    (["--metric", "fid,bleu"], "unknown metric 'bleu'"),
+])
+def test_eval_flags_that_do_not_fit_are_one_line(trained, capsys, extra, expected):
+    code, _, err = run(capsys, "eval", "--run", trained, *extra)
+    assert code != 0 and expected in one_line_error(err)
+
+
+def test_bits_per_dim_of_a_cifar_run_on_its_train_and_test_splits(tmp_path, monkeypatch):
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz"):
+        pass
+    asked = []
+    monkeypatch.setattr("ddpm.evaluation.reports.real_images", lambda spec, *a, **k: asked.append(spec) or [0, 1])
+    monkeypatch.setattr("ddpm.evaluation.reports.bpd_report", lambda ckpt, real, **k: {"n": k["n"]})
+    ckpt = types.SimpleNamespace(config=types.SimpleNamespace(train=types.SimpleNamespace(data=str(archive))))
+    splits = protocol.bpd_splits(ckpt, None, n=5, seed=0, ema=True, batch_size=5)
+    assert list(splits) == ["train", "test"] and asked == [str(archive), f"{archive}:test"]
+    asked.clear()
+    assert list(protocol.bpd_splits(ckpt, "mnist", n=5, seed=0, ema=True, batch_size=5)) == ["data"]
+    assert asked == ["mnist"]
