@@ -63,8 +63,10 @@ def _train(tmp_path, name, nproc, steps=4, resume=False, extra=()):
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
-@pytest.mark.parametrize("extra", [(), ("--class-cond", "--p-uncond", "0.3"), "folder"],
-                         ids=["unconditional", "class-cond", "cached-folder"])
+@pytest.mark.parametrize("extra", [(), ("--class-cond", "--p-uncond", "0.3"), "folder",
+                                   ("--t-sampling", "importance", "--var-type", "learned-range", "--objective", "hybrid",
+                                    "--predict", "v", "--T", "21", "--batch-size", "32")],
+                         ids=["unconditional", "class-cond", "cached-folder", "importance-hybrid"])
 def test_two_torchrun_processes_give_the_weights_of_one(extra, tmp_path):
     if extra == "folder":  # rank 0 builds the decoded cache while rank 1 waits, then both memory-map it
         import numpy as np

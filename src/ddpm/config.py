@@ -10,20 +10,22 @@ smoke-test one for ``tiny``.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .diffusion.gaussian import VAR_TYPES, GaussianDiffusion
+from .diffusion.gaussian import OBJECTIVES, VAR_TYPES, GaussianDiffusion
+from .diffusion.parameterisation import LEARNED, PREDICTIONS
 from .errors import DDPMError
 from .diffusion.schedule import NoiseSchedule
 
 __all__ = ["UNetConfig", "DiffusionConfig", "TrainConfig", "RunConfig", "Preset", "PRESETS", "make_run_config",
-           "resume_config", "with_classes", "read_config_file", "overlay", "RESUMABLE", "PRECISIONS", "MODEL_FLAGS", "flag"]
+           "resume_config", "with_classes", "overlay", "RESUMABLE", "PRECISIONS", "MODEL_FLAGS", "flag",
+           "check_outputs"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LOSSES = ("l2", "l1")
+T_SAMPLINGS = ("uniform", "importance")
 LOGS = ("csv", "tensorboard")
 INIT_WEIGHTS = ("ema", "raw")
 LR_SCHEDULES = ("constant", "cosine")
@@ -105,7 +107,12 @@ class DiffusionConfig:
     schedule: str = _opt("beta schedule: linear (the paper's) or cosine", default="linear", choices=("linear", "cosine"))
     beta_start: float = _opt("first beta of the linear schedule (scaled by 1000/T)", default=1e-4)
     beta_end: float = _opt("last beta of the linear schedule (scaled by 1000/T)", default=0.02)
-    var_type: str = _opt("reverse-process variance", default="fixedlarge", choices=VAR_TYPES)
+    var_type: str = _opt("reverse-process variance: fixedlarge (beta_t, the paper's CIFAR-10), fixedsmall (beta-tilde_t), "
+                         "learned (the network outputs log sigma^2), learned-range (Improved DDPM's interpolation "
+                         "between log beta_t and log beta-tilde_t); the learned ones need 2C output channels and "
+                         "--objective vlb or hybrid", default="fixedlarge", choices=VAR_TYPES)
+    predict: str = _opt("what the network predicts: eps (the paper's), x0, mu (the posterior mean, the official "
+                        "code's xprev) or v (Salimans & Ho 2022)", default="eps", choices=PREDICTIONS)
 
     def build(self) -> GaussianDiffusion:
         if self.schedule == "linear":
@@ -114,7 +121,7 @@ class DiffusionConfig:
             s = NoiseSchedule.cosine(self.T)
         else:
             raise ValueError(f"unknown schedule {self.schedule!r}; expected 'linear' or 'cosine'")
-        return GaussianDiffusion(s, var_type=self.var_type)
+        return GaussianDiffusion(s, var_type=self.var_type, predict=self.predict)
 
 
 @dataclass(frozen=True)
@@ -135,7 +142,15 @@ class TrainConfig:
     ema_decay: float = _opt("decay of the exponential moving average of the weights", default=0.9999)
     ema_warmup: bool = _opt("let the EMA decay grow as min(decay, (1 + n) / (10 + n)) over its first n updates, so "
                             "that early samples are not of the initial weights (the paper's code: off)", default=False)
-    loss: str = _opt("l2: the paper's ||eps - eps_theta||^2; l1: |eps - eps_theta|", default="l2", choices=LOSSES)
+    loss: str = _opt("l2: the paper's ||eps - eps_theta||^2 (in the --predict target); l1: |eps - eps_theta|",
+                     default="l2", choices=LOSSES)
+    objective: str = _opt("simple: L_simple (Algorithm 1); vlb: the true bound L (the per-t KL terms and the decoder, "
+                          "in bits/dim); hybrid: L_simple + --vlb-weight T L_t with the mean's gradient stopped, so the "
+                          "bound trains a learned variance only (Improved DDPM)", default="simple", choices=OBJECTIVES)
+    vlb_weight: float = _opt("lambda of the hybrid objective", default=0.001)
+    t_sampling: str = _opt("uniform t, or importance: t drawn by the root mean square of its last 10 losses, each "
+                           "loss weighted by 1 / (T p_t) (Improved DDPM; uniform until every t has 10)",
+                           default="uniform", choices=T_SAMPLINGS)
     val_fraction: float = _opt("keep this share of the images (at most 1,000) out of training and log L_simple on "
                                "them at fixed (t, eps) every --log-every steps (0: off)", default=0.01)
     hflip: Optional[bool] = _opt("random horizontal flips (default: on for CIFAR-10 and folders, off for mnist)",
@@ -179,6 +194,9 @@ class TrainConfig:
                   ("p_uncond", 0 <= self.p_uncond < 1, "must lie in [0, 1)"),
                   ("val_fraction", 0 <= self.val_fraction < 1, "must lie in [0, 1)"),
                   ("loss", self.loss in LOSSES, f"must be one of {', '.join(LOSSES)}"),
+                  ("objective", self.objective in OBJECTIVES, f"must be one of {', '.join(OBJECTIVES)}"),
+                  ("vlb_weight", self.vlb_weight > 0, "must be positive"),
+                  ("t_sampling", self.t_sampling in T_SAMPLINGS, f"must be one of {', '.join(T_SAMPLINGS)}"),
                   ("log", self.log in LOGS, f"must be one of {', '.join(LOGS)}"),
                   ("lr_schedule", self.lr_schedule in LR_SCHEDULES, f"must be one of {', '.join(LR_SCHEDULES)}"),
                   ("precision", self.precision in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}"),
@@ -298,11 +316,28 @@ def make_run_config(preset: str, *, train: Optional[Dict[str, Any]] = None,
     if preset not in PRESETS:
         raise DDPMError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
     p = PRESETS[preset]
-    cfg = RunConfig(preset=preset, model=UNetConfig(**overlay(asdict(p.model), model)),
-                    diffusion=DiffusionConfig(**overlay(p.diffusion, diffusion)),
-                    train=TrainConfig(**overlay(p.train, train)))
+    d = DiffusionConfig(**overlay(p.diffusion, diffusion))
+    net = UNetConfig(**overlay(asdict(p.model), model))
+    if d.var_type in LEARNED and net.out_channels is None:  # the prediction, then the variance
+        net = dataclasses.replace(net, out_channels=2 * net.in_channels)
+    cfg = RunConfig(preset=preset, model=net, diffusion=d, train=TrainConfig(**overlay(p.train, train)))
     cfg.train.validate()
+    check_outputs(cfg)
     return cfg
+
+
+def check_outputs(cfg: RunConfig) -> None:
+    """DDPMError unless the network's outputs fit the diffusion (C channels, 2C with a learned variance) and the
+    objective trains them all."""
+    c = cfg.model.in_channels
+    want = 2 * c if cfg.diffusion.var_type in LEARNED else c
+    if (cfg.model.out_channels or c) != want:
+        raise DDPMError(f"--var-type {cfg.diffusion.var_type} needs a network with {want} output channels, this one "
+                        f"has {cfg.model.out_channels or c}")
+    try:
+        cfg.diffusion.build().check_objective(cfg.train.objective)
+    except ValueError as e:
+        raise DDPMError(f"--objective {cfg.train.objective} with --var-type {cfg.diffusion.var_type}: {e}") from None
 
 
 # The network's fields a training run may set from the command line (``--image-size``, ``--channels``).
@@ -329,72 +364,3 @@ def resume_config(saved: RunConfig, train: Dict[str, Any], diffusion: Dict[str, 
     new = dataclasses.replace(saved.train, **{k: v for k, v in train.items() if k in RESUMABLE and v is not None})
     new.validate()
     return dataclasses.replace(saved, train=new)
-
-
-# ----------------------------------------------------------------------------- config files
-_SECTIONS = {"model": UNetConfig, "diffusion": DiffusionConfig, "train": TrainConfig}
-
-
-def read_config_file(path) -> Dict[str, Any]:
-    """A training config file: TOML (``.toml``) or JSON (``.json``, e.g. another run's config.json), with the keys
-    of ``RUN/config.json``: ``preset`` and the sections ``model``, ``diffusion``, ``train`` (``classes`` and
-    ``model.num_classes`` are accepted and ignored: they come from the data). Returns ``{"preset": str | None,
-    "model": {...}, "diffusion": {...}, "train": {...}}``; an unknown key or a value of the wrong type is a
-    DDPMError naming it."""
-    from pathlib import Path
-
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise DDPMError(f"cannot read config file {path}: {e.strerror or e}") from None
-    try:
-        if path.suffix.lower() == ".json":
-            doc = json.loads(raw)
-        else:
-            doc = _toml().loads(raw.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:  # tomllib.TOMLDecodeError and JSONDecodeError are ValueErrors
-        raise DDPMError(f"{path} is not valid {'JSON' if path.suffix.lower() == '.json' else 'TOML'}: {e}") from None
-    if not isinstance(doc, dict):
-        raise DDPMError(f"{path} must hold a table of settings")
-    out: Dict[str, Any] = {"preset": None, "model": {}, "diffusion": {}, "train": {}}
-    for key, value in doc.items():
-        if key == "preset":
-            if value not in PRESETS:
-                raise DDPMError(f"{path}: unknown preset {value!r}; choose from {', '.join(PRESETS)}")
-            out["preset"] = value
-        elif key in _SECTIONS:
-            if not isinstance(value, dict):
-                raise DDPMError(f"{path}: {key} must be a table ([{key}]), got {value!r}")
-            out[key] = _section(path, key, value)
-        elif key != "classes":
-            raise DDPMError(f"{path}: unknown key {key!r} (expected preset, model, diffusion, train)")
-    out["model"].pop("num_classes", None)
-    return out
-
-
-def _toml():
-    try:
-        import tomllib
-    except ImportError:  # Python < 3.11
-        import tomli as tomllib
-    return tomllib
-
-
-_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "Optional[bool]": (bool,),
-          "Optional[int]": (int,), "Tuple[int, ...]": (list, tuple)}
-
-
-def _section(path, name: str, values: Dict[str, Any]) -> Dict[str, Any]:
-    known = {f.name: str(f.type) for f in fields(_SECTIONS[name])}
-    for key, value in values.items():
-        if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f"did you mean {name}.{close[0]}?" if close else f"known: {', '.join(sorted(known))}"
-            raise DDPMError(f"{path}: unknown key {name}.{key} ({hint})")
-        ok = _TYPES.get(known[key], (object,))
-        if value is None and known[key].startswith("Optional"):  # JSON's null (TOML has none): unset
-            continue
-        if (isinstance(value, bool) and bool not in ok) or not isinstance(value, ok):
-            raise DDPMError(f"{path}: {name}.{key} must be of type {known[key]}, got {value!r}")
-    return {k: v for k, v in values.items() if v is not None}

@@ -179,6 +179,6 @@ def test_training_loss_draws_t_uniformly_and_uses_generator():
 def test_bad_arguments():
     with pytest.raises(ValueError, match="'medium'"):
         GaussianDiffusion(NoiseSchedule.linear(), var_type="medium")
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(ValueError, match="channels"):
         GaussianDiffusion(NoiseSchedule.linear(T=100)).p_mean_variance(
             lambda x, t: x[:, :1], torch.zeros(1, 3, 2, 2), torch.tensor([1]))

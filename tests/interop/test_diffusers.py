@@ -247,3 +247,55 @@ def test_a_class_conditional_unet_gives_diffusers_outputs_both_ways(tmp_path):
         back = pipe.unet.eval()(x, t, class_labels=y).sample
     assert (back - ref).abs().max().item() < 1e-4 * max(1.0, ref.abs().max().item())
     assert json.loads((out / "classes.json").read_text()) == ["cat", "dog", "owl"]
+
+
+@pytest.mark.parametrize("predict, var_type", [("eps", "fixedlarge"), ("x0", "fixedsmall"), ("v", "learned-range"),
+                                               ("eps", "learned-range")])
+def test_an_export_samples_in_diffusers_as_in_ddpm(tmp_path, predict, var_type):
+    from ddpm.nn.unet import UNet, UNetConfig
+
+    learned = var_type == "learned-range"
+    net = randomised(UNet(UNetConfig(in_channels=1, out_channels=2 if learned else None, image_size=16, ch=16,
+                                     ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,), num_groups=8)))
+    if learned:  # variance values inside [-1, 1], as a trained learned-range model gives
+        with torch.no_grad():
+            net.conv_out.weight[1:].mul_(0.05)
+    cfg = DiffusionConfig(T=30, predict=predict, var_type=var_type)
+    pipe = DDPMPipeline.from_pretrained(export_diffusers(net, cfg, tmp_path / "x"))
+    assert pipe.scheduler.config.prediction_type == {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}[predict]
+    d = cfg.build()
+    g = torch.Generator().manual_seed(3)
+    x = ours = torch.randn(2, 1, 16, 16, generator=g)
+    with torch.no_grad():
+        for t in range(29, -1, -1):
+            tt = torch.full((2,), t)
+            out = pipe.unet(x, tt).sample
+            x = pipe.scheduler.step(out, t, x, generator=torch.Generator().manual_seed(t)).prev_sample
+            z = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(t))
+            ours, _ = d.p_sample(net, ours, tt, noise=z)
+    assert x.std() > 1e-3 and (ours - x).abs().max().item() < 1e-4 * max(1.0, x.abs().max().item())
+
+
+def test_what_diffusers_cannot_sample_is_not_exported_or_imported(tmp_path):
+    from ddpm.nn.unet import UNet, UNetConfig
+
+    net = UNet(UNetConfig(in_channels=1, image_size=16, ch=16, ch_mult=(1, 2), num_res_blocks=1, num_groups=8))
+    with pytest.raises(DDPMError, match="predicts mu .*no diffusers counterpart"):
+        export_diffusers(net, DiffusionConfig(T=30, predict="mu"), tmp_path / "a")
+    with pytest.raises(DDPMError, match="reads the network's variance channels as sigma\\^2"):
+        export_diffusers(net, DiffusionConfig(T=30, var_type="learned"), tmp_path / "b")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    _, path = pipeline_dir(tmp_path, {**SMALL, "out_channels": 2},
+                           DDPMScheduler(num_train_timesteps=1000, variance_type="learned"))
+    with pytest.raises(DDPMError, match="unsupported variance_type = 'learned'"):
+        import_diffusers(path, tmp_path / "run")
+
+
+def test_a_v_prediction_learned_range_pipeline_imports_as_such(tmp_path):
+    theirs, path = pipeline_dir(tmp_path, {**SMALL, "out_channels": 2}, DDPMScheduler(
+        num_train_timesteps=1000, variance_type="learned_range", prediction_type="v_prediction"))
+    ckpt = load_checkpoint(import_diffusers(path, tmp_path / "run"))
+    assert (ckpt.config.diffusion.predict, ckpt.config.diffusion.var_type) == ("v", "learned-range")
+    assert ckpt.config.model.out_channels == 2
+    cfg = {**SMALL, "out_channels": 2}
+    assert (outputs(ckpt.ema_model, cfg) - outputs(theirs, cfg)).abs().max().item() < 1e-4

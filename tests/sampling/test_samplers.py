@@ -5,7 +5,8 @@ import torch
 
 from ddpm import GaussianDiffusion, NoiseSchedule
 from ddpm.sampling.guidance import Guided, class_labels
-from ddpm.sampling.samplers import DDIM, Ancestral, Respaced, ddim_update, make_sampler, step_indices
+from ddpm.sampling.samplers import (DDIM, Ancestral, Respaced, _OriginalTimesteps, ddim_update, make_sampler,
+                                    step_indices)
 
 from helpers import OracleEps
 
@@ -279,3 +280,33 @@ def test_sde_dpm_solver_pp_steps_match_diffusers(K):
         x, _ = smp.step(model, x, k, Fixed())
         err = (x.float() - theirs).abs().max().item()
         assert err <= 1e-5 * max(1.0, theirs.abs().max().item()), (k, err)
+
+
+@pytest.mark.parametrize("predict, theirs", [("eps", "epsilon"), ("x0", "sample"), ("v", "v_prediction")])
+@pytest.mark.parametrize("var_type, their_var", [("fixedlarge", "fixed_large"), ("learned-range", "learned_range")])
+@pytest.mark.parametrize("K", [7, 1000])
+def test_algorithm_2_steps_match_diffusers_for_each_prediction_and_variance(predict, theirs, var_type, their_var, K):
+    diffusers = pytest.importorskip("diffusers")
+    d = GaussianDiffusion(NoiseSchedule.linear(), var_type=var_type, predict=predict)
+    smp = Respaced(d, K)
+    ref = _float64_tables(diffusers.DDPMScheduler(num_train_timesteps=1000, variance_type=their_var,
+                                                  prediction_type=theirs, clip_sample=True))
+    if K < 1000:
+        ref.set_timesteps(timesteps=smp.indices[::-1])
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64, generator=g)
+    for k in sorted({K - 1, K // 2, 1, 0}, reverse=True):
+        tau = smp.indices[k]
+        out = torch.randn(2, 3, 8, 8, dtype=torch.float64, generator=g)
+        if var_type == "learned-range":  # the same model output: the prediction, then the variance values
+            out = torch.cat([out, torch.rand(2, 3, 8, 8, dtype=torch.float64, generator=g) * 2 - 1], 1)
+        z = torch.randn(x.shape, generator=torch.Generator().manual_seed(k), dtype=torch.float64)
+        model = lambda xt, t: out  # noqa: E731
+        if smp.process is d:  # all T steps: Algorithm 2 itself
+            ours, _ = d.p_sample(model, x, torch.full((2,), tau), noise=z)
+        else:  # the respaced process, given the network's output read as eps at the original t
+            ours, _ = smp.process.p_sample(_OriginalTimesteps(model, smp.timesteps, d), x, torch.full((2,), k),
+                                           noise=z)
+        step = ref.step(out, tau, x, generator=torch.Generator().manual_seed(k))
+        err = (ours - step.prev_sample).abs().max().item()
+        assert err <= 1e-5 * max(1.0, step.prev_sample.abs().max().item()), (k, err)

@@ -1,7 +1,9 @@
-"""The Gaussian diffusion process of Ho et al. (2020): forward q, reverse p_theta, the loss.
+"""The Gaussian diffusion process of Ho et al. (2020): forward q, reverse p_theta, the losses.
 
-The model is never owned here: every method takes ``model(x_t, t) -> eps`` as an argument (a
-class-conditional one is called ``model(x_t, t, y)`` where labels ``y`` are given).
+The model is never owned here: every method takes ``model(x_t, t) -> output`` as an argument (a
+class-conditional one is called ``model(x_t, t, y)`` where labels ``y`` are given). The output is what
+``predict`` names (eps, x0, mu or v; see ``parameterisation``), followed by C variance channels for a learned
+variance.
 Images are float tensors in [-1, 1], layout NCHW. ``t`` is an int64 tensor [B] of indices
 0..T-1: index 0 is the paper's t = 1.
 """
@@ -13,56 +15,47 @@ from typing import Callable, Dict, Optional, Sequence
 import torch
 from torch import Tensor
 
+from .parameterisation import LEARNED, PREDICTIONS, split_output, target, to_eps_x0, x0_from_eps
 from .losses import discretized_gaussian_log_likelihood, mean_bits_per_dim, normal_kl
 from .schedule import NoiseSchedule
+from .tables import extract, on_device
 
-__all__ = ["GaussianDiffusion", "VAR_TYPES", "extract", "draw_normal"]
+__all__ = ["GaussianDiffusion", "VAR_TYPES", "OBJECTIVES", "extract", "on_device", "draw_normal"]
 
 Model = Callable[[Tensor, Tensor], Tensor]
-VAR_TYPES = ("fixedlarge", "fixedsmall")
-
-
-def on_device(table: Tensor, device) -> Tensor:
-    """``table`` on ``device``, copied there once and kept with the table: a sampler's tables would otherwise
-    cross from host to GPU (a synchronising copy) several times per step."""
-    device = torch.device(device)
-    if table.device == device:
-        return table
-    copies = table.__dict__.setdefault("_ddpm_copies", {})
-    if device not in copies:
-        copies[device] = table.to(device)
-    return copies[device]
-
-
-def extract(table: Tensor, t: Tensor, like: Tensor) -> Tensor:
-    """table[t] cast to ``like``'s dtype/device and shaped [B, 1, 1, ...] to broadcast over ``like``."""
-    out = on_device(table, like.device)[t.to(like.device).long()].to(like.dtype)
-    return out.reshape(t.shape[0], *([1] * (like.ndim - 1)))
+VAR_TYPES = ("fixedlarge", "fixedsmall", "learned", "learned-range")
+OBJECTIVES = ("simple", "vlb", "hybrid")
 
 
 class GaussianDiffusion:
     """DDPM's forward and reverse processes over a :class:`NoiseSchedule`.
 
-    ``var_type`` fixes the reverse-process variance sigma_t^2 (Sec. 3.2): ``"fixedlarge"`` uses beta_t,
-    ``"fixedsmall"`` uses beta-tilde_t. At index 0 both use log beta-tilde_1 as the log-variance (the
-    official code's convention: finite, and it sets the width of the discretised decoder).
+    ``var_type`` sets the reverse-process variance sigma_t^2 (Sec. 3.2): ``"fixedlarge"`` uses beta_t,
+    ``"fixedsmall"`` uses beta-tilde_t (at index 0 both use log beta-tilde_1, the official code's convention:
+    finite, and it sets the width of the discretised decoder); ``"learned"`` takes log sigma^2 from the
+    network, ``"learned-range"`` interpolates between log beta_t and log beta-tilde_t by the network's output
+    (Improved DDPM). ``predict``: what the network outputs, ``"eps"`` (the paper's), ``"x0"``, ``"mu"`` or
+    ``"v"``.
     """
 
-    def __init__(self, schedule: NoiseSchedule, var_type: str = "fixedlarge"):
+    def __init__(self, schedule: NoiseSchedule, var_type: str = "fixedlarge", predict: str = "eps"):
         if not isinstance(schedule, NoiseSchedule):
             raise TypeError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}")
         if var_type not in VAR_TYPES:
             raise ValueError(f"var_type must be one of {VAR_TYPES}, got {var_type!r}")
-        self.schedule = schedule
-        self.var_type = var_type
+        if predict not in PREDICTIONS:
+            raise ValueError(f"predict must be one of {PREDICTIONS}, got {predict!r}")
+        self.schedule, self.var_type, self.predict = schedule, var_type, predict
+        self.learned = var_type in LEARNED
         s = schedule
-        if var_type == "fixedlarge":
+        if var_type == "fixedsmall":
+            self.model_variance = s.posterior_variance
+            self.model_log_variance = s.posterior_log_variance_clipped
+        else:  # fixedlarge; for the learned ones, log beta_t is learned-range's upper end
             first = s.posterior_variance[1:2] if s.T > 1 else s.betas[:1]
             variance = torch.cat([first, s.betas[1:]])
             self.model_variance, self.model_log_variance = variance, variance.log()
-        else:
-            self.model_variance = s.posterior_variance
-            self.model_log_variance = s.posterior_log_variance_clipped
+        self.log_betas = s.betas.log()
         # sigma_t of Algorithm 2 taken from the float64 table, not exp'd per batch: an exp over a batch's
         # tensor rounds by where each row falls in it (see ``unet``), a table lookup does not
         self.model_std = (0.5 * self.model_log_variance).exp()
@@ -72,7 +65,7 @@ class GaussianDiffusion:
         return self.schedule.T
 
     def __repr__(self) -> str:
-        return f"GaussianDiffusion({self.schedule!r}, var_type={self.var_type!r})"
+        return f"GaussianDiffusion({self.schedule!r}, var_type={self.var_type!r}, predict={self.predict!r})"
 
     # ----------------------------------------------------------------------------- forward process
     def q_mean_variance(self, x0: Tensor, t: Tensor):
@@ -97,37 +90,47 @@ class GaussianDiffusion:
 
     def predict_x0_from_eps(self, xt: Tensor, t: Tensor, eps: Tensor) -> Tensor:
         """Invert Eq. 4: x0 = x_t / sqrt(abar_t) - sqrt(1/abar_t - 1) eps."""
-        s = self.schedule
-        return extract(s.sqrt_recip_alphas_cumprod, t, xt) * xt - extract(s.sqrt_recipm1_alphas_cumprod, t, xt) * eps
+        return x0_from_eps(self.schedule, xt, t, eps)
 
     # ----------------------------------------------------------------------------- reverse process
     def p_mean_variance(self, model: Model, xt: Tensor, t: Tensor, clip_denoised: bool = True) -> Dict[str, Tensor]:
-        """p_theta(x_{t-1} | x_t): dict(mean, variance, log_variance, std, pred_x0, eps).
+        """p_theta(x_{t-1} | x_t): dict(mean, variance, log_variance, std, pred_x0, eps) from ``model(x_t, t)``."""
+        return self.p_from_output(model(xt, t), xt, t, clip_denoised)
 
-        Unclipped, the mean is Eq. 11 in the tutorial's form, mu = reciprocal_sqrt_alphas * (x_t -
-        remove_noise_coeff * eps) = 1/sqrt(alpha_t) (x_t - beta_t / sqrt(1 - abar_t) eps). With
-        ``clip_denoised`` it is mu-tilde(x_t, x0_hat) of Eq. 7 with x0_hat predicted from eps and clipped
-        to [-1, 1]: the same number wherever the clip changes nothing.
+    def p_from_output(self, out: Tensor, xt: Tensor, t: Tensor, clip_denoised: bool = True) -> Dict[str, Tensor]:
+        """p_theta(x_{t-1} | x_t) from the network's output ``out`` at (x_t, t).
+
+        For eps, unclipped, the mean is Eq. 11 in the tutorial's form, mu = reciprocal_sqrt_alphas * (x_t -
+        remove_noise_coeff * eps) = 1/sqrt(alpha_t) (x_t - beta_t / sqrt(1 - abar_t) eps); for x0 and v it is
+        mu-tilde(x_t, x0) of Eq. 7, for mu the output itself. With ``clip_denoised`` it is mu-tilde(x_t, x0_hat)
+        with the predicted x0 clipped to [-1, 1]: the same number wherever the clip changes nothing.
         """
-        eps = model(xt, t)
-        if eps.shape != xt.shape:
-            raise ValueError(f"model returned shape {tuple(eps.shape)}, expected {tuple(xt.shape)}")
-        eps = eps.to(xt.dtype)
-        pred_x0 = self.predict_x0_from_eps(xt, t, eps)
+        pred, var_values = split_output(out.to(xt.dtype), xt.shape[1], self.learned)
+        eps, pred_x0 = to_eps_x0(self.schedule, self.predict, xt, t, pred)
         if clip_denoised:
             pred_x0 = pred_x0.clamp(-1.0, 1.0)
             mean, _, _ = self.q_posterior(pred_x0, xt, t)
-        else:
+        elif self.predict == "eps":
             s = self.schedule
             mean = extract(s.reciprocal_sqrt_alphas, t, xt) * (xt - extract(s.remove_noise_coeff, t, xt) * eps)
-        return {
-            "mean": mean,
-            "variance": extract(self.model_variance, t, xt),
-            "log_variance": extract(self.model_log_variance, t, xt),
-            "std": extract(self.model_std, t, xt),
-            "pred_x0": pred_x0,
-            "eps": eps,
-        }
+        elif self.predict == "mu":
+            mean = pred
+        else:
+            mean, _, _ = self.q_posterior(pred_x0, xt, t)
+        return {"mean": mean, **self._variance(var_values, xt, t), "pred_x0": pred_x0, "eps": eps}
+
+    def _variance(self, var_values: Optional[Tensor], xt: Tensor, t: Tensor) -> Dict[str, Tensor]:
+        """variance, log_variance and std of p_theta: the fixed tables, or from the network's variance values."""
+        if var_values is None:
+            return {"variance": extract(self.model_variance, t, xt), "log_variance": extract(self.model_log_variance, t, xt),
+                    "std": extract(self.model_std, t, xt)}
+        if self.var_type == "learned":
+            log_var = var_values
+        else:  # learned-range: (v + 1)/2 log beta_t + (1 - v)/2 log beta-tilde_t (Improved DDPM, Eq. 15)
+            frac = (var_values + 1) / 2
+            log_var = frac * extract(self.log_betas, t, xt) + \
+                (1 - frac) * extract(self.schedule.posterior_log_variance_clipped, t, xt)
+        return {"variance": log_var.exp(), "log_variance": log_var, "std": (0.5 * log_var).exp()}
 
     @torch.no_grad()
     def p_sample(self, model: Model, xt: Tensor, t: Tensor, *, generator: Optional[torch.Generator] = None,
@@ -221,17 +224,35 @@ class GaussianDiffusion:
         snr = abar / (1 - abar)
         return (snr.clamp(max=gamma) / snr).float()
 
+    def check_objective(self, objective: str) -> None:
+        """ValueError unless ``objective`` trains every output of the network: L_simple leaves a learned variance
+        untrained, and the hybrid's bound term trains only a variance."""
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        if objective == "simple" and self.learned:
+            raise ValueError(f"L_simple does not train a {self.var_type} variance: use the objective vlb (the paper's "
+                             "L) or hybrid (Improved DDPM's)")
+        if objective == "hybrid" and not self.learned:
+            raise ValueError("the hybrid objective trains a learned variance on the bound: use var_type learned or "
+                             "learned-range (with a fixed variance, simple or vlb)")
+
     def training_loss(self, model: Model, x0: Tensor, t: Optional[Tensor] = None, noise: Optional[Tensor] = None,
                       *, y: Optional[Tensor] = None, generator: Optional[torch.Generator] = None,
-                      loss: str = "l2") -> Tensor:
-        """Algorithm 1's L_simple: ||eps - eps_theta(x_t, t)||^2, mean over pixels, shape [B] (``loss="l1"``:
-        |eps - eps_theta|, as the seed tutorial's code offers).
+                      loss: str = "l2", objective: str = "simple", vlb_weight: float = 0.001) -> Tensor:
+        """The per-example loss [B] at steps ``t`` (default uniform) with noise ``noise`` (default N(0, I) from
+        ``generator``); ``y``: the labels a class-conditional model is given.
 
-        ``t`` defaults to uniform indices in [0, T-1], ``noise`` to N(0, I) (drawn from ``generator``);
-        ``y`` are the labels a class-conditional model is given.
+        - ``simple``: Algorithm 1's L_simple in the model's parameterisation, ||target - output||^2 averaged over
+          pixels: eps (the paper's), x0, v, or the posterior mean (Table 2's ||mu-tilde - mu_theta||^2);
+          ``loss="l1"``: |target - output|.
+        - ``vlb``: the bound's term at t in bits/dim (the official code's loss_type "kl"): KL(q(x_{t-1}|x_t, x0) ||
+          p_theta(x_{t-1}|x_t)), and at index 0 the discretised decoder's -log p(x0|x1); trains mean and variance.
+        - ``hybrid``: L_simple + ``vlb_weight`` T times that term computed with the mean's output detached, so the
+          bound trains the variance only (Improved DDPM's L_hybrid, lambda = 0.001).
         """
         if loss not in ("l2", "l1"):
             raise ValueError(f"loss must be l2 or l1, got {loss!r}")
+        self.check_objective(objective)
         b = x0.shape[0]
         if t is None:  # drawn where the generator lives (a CPU generator with CUDA data is common), then moved
             where = generator.device if isinstance(generator, torch.Generator) else x0.device
@@ -239,9 +260,29 @@ class GaussianDiffusion:
         if noise is None:
             noise = draw_normal(x0.shape, generator, x0)
         xt = self.q_sample(x0, t, noise)
-        eps = model(xt, t) if y is None else model(xt, t, y)
-        err = noise - eps.to(noise.dtype)
-        return (err.pow(2) if loss == "l2" else err.abs()).flatten(1).mean(dim=1)
+        out = model(xt, t) if y is None else model(xt, t, y)
+        pred, var_values = split_output(out, x0.shape[1], self.learned)
+        if objective == "vlb":
+            return self._vlb_term(out, x0, xt, t)
+        err = target(self.schedule, self.predict, x0, xt, t, noise) - pred.to(noise.dtype)
+        simple = (err.pow(2) if loss == "l2" else err.abs()).flatten(1).mean(dim=1)
+        if objective == "simple":
+            return simple
+        frozen = torch.cat([pred.detach(), var_values], dim=1)  # the bound's gradient reaches the variance only
+        return simple + vlb_weight * self.T * self._vlb_term(frozen, x0, xt, t)
+
+    def _vlb_term(self, out: Tensor, x0: Tensor, xt: Tensor, t: Tensor) -> Tensor:
+        """The bound's term at each example's t from the network's output, in bits/dim [B] (float32)."""
+        p = self.p_from_output(out.float(), xt.float(), t, clip_denoised=False)
+        mean_q, _, logvar_q = self.q_posterior(x0.float(), xt.float(), t)
+        kl = mean_bits_per_dim(normal_kl(mean_q, logvar_q, p["mean"], p["log_variance"]))
+        # the decoder's terms of the other examples are replaced by harmless ones before they are computed: a wide
+        # Gaussian's bin probability underflows, and its gradient would be NaN even where it is not selected
+        first = (t == 0).reshape(-1, *([1] * (x0.ndim - 1)))
+        mean = torch.where(first, p["mean"], x0.float())
+        log_scale = torch.where(first, 0.5 * p["log_variance"], torch.full_like(mean, -6.0))
+        nll = mean_bits_per_dim(-discretized_gaussian_log_likelihood(x0, mean, log_scale))
+        return torch.where(t == 0, nll.float(), kl)
 
 
 def draw_normal(shape, generator, like: Tensor) -> Tensor:

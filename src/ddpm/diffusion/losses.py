@@ -28,9 +28,15 @@ def discretized_gaussian_log_likelihood(x: Tensor, mean: Tensor, log_scale: Tens
     upper, lower = inv_std * (x - mean + 1.0 / 255), inv_std * (x - mean - 1.0 / 255)
     log_cdf_upper = torch.special.log_ndtr(upper)  # log P(X < x + 1/255)
     log_sf_lower = torch.special.log_ndtr(-lower)  # log P(X > x - 1/255)
-    # log(Phi(u) - Phi(l)), evaluated on whichever side of the mean keeps it accurate
-    mid = torch.where(lower > 0, log_sf_lower + torch.log1p(-torch.exp(torch.special.log_ndtr(-upper) - log_sf_lower)),
-                      log_cdf_upper + torch.log1p(-torch.exp(torch.special.log_ndtr(lower) - log_cdf_upper)))
+    # log(Phi(u) - Phi(l)), evaluated on whichever side of the mean keeps it accurate; each side is given harmless
+    # arguments where it is not used, so that its gradient there is 0, not NaN (training on the bound needs it)
+    right = lower > 0
+    u_r, l_r = torch.where(right, upper, 2.0), torch.where(right, lower, 1.0)
+    u_l, l_l = torch.where(right, 0.0, upper), torch.where(right, -1.0, lower)
+    sf_l = torch.special.log_ndtr(-l_r)
+    cdf_u = torch.special.log_ndtr(u_l)
+    mid = torch.where(right, sf_l + torch.log1p(-torch.exp(torch.special.log_ndtr(-u_r) - sf_l)),
+                      cdf_u + torch.log1p(-torch.exp(torch.special.log_ndtr(l_l) - cdf_u)))
     return torch.where(x < -0.999, log_cdf_upper, torch.where(x > 0.999, log_sf_lower, mid))
 
 

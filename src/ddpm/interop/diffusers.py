@@ -360,7 +360,9 @@ def export_diffusers(model: UNet, diffusion: DiffusionConfig, out_dir: os.PathLi
     """Write a diffusers DDPMPipeline directory (model_index.json, unet/, scheduler/) for ``model``; a
     class-conditional model's class names go to ``classes.json``."""
     from ..atomic import save_safetensors
+    from .schedulers import check_exportable
 
+    check_exportable(diffusion)
     out = Path(out_dir)
     with written_aside(out) as tmp:
         (tmp / "unet").mkdir()

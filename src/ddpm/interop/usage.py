@@ -40,10 +40,11 @@ x = torch.randn({shape.format(n="n")}, generator=torch.Generator().manual_seed(0
 scheduler.set_timesteps(scheduler.config.num_train_timesteps)
 with torch.no_grad():
     for t in scheduler.timesteps:
-        eps = unet(x, t, class_labels=y).sample
+        out = unet(x, t, class_labels=y).sample  # what the model predicts (and a learned variance after it)
         if w:
-            eps = (1 + w) * eps - w * unet(x, t, class_labels=null).sample
-        x = scheduler.step(eps, t, x).prev_sample
+            c = x.shape[1]  # guidance mixes the predictions; a learned variance stays the conditional model's
+            out[:, :c] = (1 + w) * out[:, :c] - w * unet(x, t, class_labels=null).sample[:, :c]
+        x = scheduler.step(out, t, x).prev_sample
 images = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # [n, C, H, W]
 ```
 """

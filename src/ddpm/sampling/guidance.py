@@ -15,9 +15,10 @@ log = logging.getLogger(__name__)
 
 
 class Guided:
-    """A class-conditional model as a sampler calls it, ``(x_t, t) -> eps``, for labels ``y`` [B] with classifier-free
+    """A class-conditional model as a sampler calls it, ``(x_t, t) -> output``, for labels ``y`` [B] with classifier-free
     guidance weight ``w`` (Ho & Salimans 2022): eps = (1 + w) eps(x, t, y) - w eps(x, t, null), the conditional and
-    the null halves in one batched forward; w = 0 is the plain conditional model."""
+    the null halves in one batched forward; w = 0 is the plain conditional model. The same mix of x0, v or mu
+    predictions is the mix of their eps (each is affine in eps with the same x_t terms)."""
 
     def __init__(self, model, y: Tensor, null_class: int, guidance: float = 0.0):
         if not guidance >= 0:
@@ -32,7 +33,9 @@ class Guided:
             return self.model(x, t, y)
         cond, uncond = self.model(torch.cat([x, x]), torch.cat([t, t]),
                                   torch.cat([y, torch.full_like(y, self.null_class)])).chunk(2)
-        return (1 + self.w) * cond - self.w * uncond
+        c = x.shape[1]  # a learned variance's channels (after the first C) are the conditional model's, as GLIDE's
+        guided = (1 + self.w) * cond[:, :c] - self.w * uncond[:, :c]
+        return guided if cond.shape[1] == c else torch.cat([guided, cond[:, c:]], 1)
 
 
 def check_guidance(guidance: float, classes: Optional[Sequence[str]], spec: Optional[str]) -> None:

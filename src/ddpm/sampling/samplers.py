@@ -10,7 +10,8 @@
   does (diffusers' "sde-dpmsolver++").
 
 Every sampler returns x_0 in [-1, 1] and calls ``callback(t, x, pred_x0)`` after each step, where t
-is the original (0-based) index of the step just taken. Samplers see the model as ``model(x_t, t)``; for a
+is the original (0-based) index of the step just taken. Samplers see the model as ``model(x_t, t)``, whatever it
+predicts (eps, x0, mu or v; DDIM and the DPM-Solvers convert it to eps, Algorithm 2 uses a learned variance); for a
 class-conditional network ``conditioning.Guided`` binds the labels and the guidance weight, so every sampler
 works with classifier-free guidance. ``generate`` draws every image from its own generator (``rng.ImageGenerators``),
 so image i depends on its seed and the sampler's settings only, not on the batch it is drawn in.
@@ -29,10 +30,11 @@ from ..data.sources import to_uint8
 from ..diffusion.gaussian import GaussianDiffusion, draw_normal, extract, on_device
 from ..rng import ImageGenerators
 from ..runtime import autocast, fast_cuda_math
+from ..diffusion.parameterisation import split_output, to_eps_x0
 from ..diffusion.schedule import NoiseSchedule
 
 __all__ = ["SAMPLERS", "SPACINGS", "make_sampler", "step_indices", "respace", "ddim_update", "Sampler", "Ancestral",
-           "Respaced", "DDIM", "DPMSolverPP", "SDEDPMSolverPP", "generate", "sample_checkpoint", "default_steps"]
+           "Respaced", "DDIM", "DPMSolverPP", "SDEDPMSolverPP", "generate", "sample_checkpoint", "default_steps", "model_eps"]
 
 SAMPLERS = ("ancestral", "respaced", "ddim", "dpm++", "sde-dpm++")
 SPACINGS = ("uniform", "quadratic")
@@ -109,18 +111,30 @@ def respace(diffusion: GaussianDiffusion, indices: Sequence[int]) -> GaussianDif
         return diffusion
     abar = diffusion.schedule.alphas_cumprod[list(indices)]
     prev = torch.cat([abar.new_ones(1), abar[:-1]])
-    return GaussianDiffusion(NoiseSchedule(1.0 - abar / prev), var_type=diffusion.var_type)
+    # the respaced process is given eps (see _OriginalTimesteps); a learned-range variance interpolates between
+    # the respaced betas' log beta and log beta-tilde, as improved-diffusion's respace.py does
+    return GaussianDiffusion(NoiseSchedule(1.0 - abar / prev), var_type=diffusion.var_type, predict="eps")
+
+
+def model_eps(diffusion: GaussianDiffusion, out: Tensor, x: Tensor, t: Tensor, keep_variance: bool = False) -> Tensor:
+    """A network's output at (x_t, t) of ``diffusion`` as eps (with its variance channels, if asked and learned):
+    what a sampler that works in eps needs, whatever the network predicts."""
+    pred, var_values = split_output(out, x.shape[1], diffusion.learned)
+    if diffusion.predict != "eps":
+        pred, _ = to_eps_x0(diffusion.schedule, diffusion.predict, x, t, pred.to(x.dtype))
+    return torch.cat([pred, var_values], 1) if keep_variance and var_values is not None else pred
 
 
 class _OriginalTimesteps:
     """The model as the respaced process calls it: step k of the respaced chain is step tau_k of the original,
-    and the network sees the original t."""
+    the network sees the original t, and its output is read as eps by the original process."""
 
-    def __init__(self, model, timesteps: Tensor):
-        self.model, self.timesteps = model, timesteps
+    def __init__(self, model, timesteps: Tensor, diffusion: GaussianDiffusion):
+        self.model, self.timesteps, self.diffusion = model, timesteps, diffusion
 
     def __call__(self, x: Tensor, k: Tensor) -> Tensor:
-        return self.model(x, on_device(self.timesteps, x.device)[k])
+        t = on_device(self.timesteps, x.device)[k]
+        return model_eps(self.diffusion, self.model(x, t), x, t, keep_variance=True)
 
 
 class Respaced(Sampler):
@@ -135,7 +149,9 @@ class Respaced(Sampler):
 
     def step(self, model, x: Tensor, k: int, generator):
         t = torch.full((x.shape[0],), k, device=x.device, dtype=torch.long)
-        return self.process.p_sample(_OriginalTimesteps(model, self.timesteps), x, t, generator=generator)
+        if self.process is not self.diffusion:
+            model = _OriginalTimesteps(model, self.timesteps, self.diffusion)
+        return self.process.p_sample(model, x, t, generator=generator)
 
 
 class Ancestral(Respaced):
@@ -186,7 +202,7 @@ class DDIM(Sampler):
 
     def _model_eps(self, model, x: Tensor, k: int) -> Tensor:
         t = torch.full((x.shape[0],), self.indices[k], device=x.device, dtype=torch.long)
-        return model(x, t).to(x.dtype)
+        return model_eps(self.diffusion, model(x, t), x, t).to(x.dtype)
 
     def _abars(self, k: int, x: Tensor):
         kk = torch.full((x.shape[0],), k, dtype=torch.long, device=x.device)
@@ -242,7 +258,7 @@ class DPMSolverPP(Sampler):
 
     def step(self, model, x: Tensor, k: int, generator):
         t = torch.full((x.shape[0],), self.indices[k], device=x.device, dtype=torch.long)
-        eps = model(x, t).to(x.dtype)
+        eps = model_eps(self.diffusion, model(x, t), x, t).to(x.dtype)
         x0 = (x - float(self.sigma[k]) * eps) / float(self.alpha[k])
         if self.clip_denoised:
             x0 = x0.clamp(-1.0, 1.0)

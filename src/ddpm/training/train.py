@@ -17,9 +17,10 @@ from typing import Any, Callable, Dict, Optional
 import torch
 
 from ..atomic import atomic_write_text
-from ..config import (RunConfig, TrainConfig, make_run_config, overlay, read_config_file, resume_config,
+from ..config import (RunConfig, TrainConfig, make_run_config, overlay, resume_config,
                      with_classes)
 from ..data.sources import ImageData, load_data, resolve_source
+from .config_file import read_config_file
 from ..errors import DDPMError
 from .finetune import PROVENANCE, check_network, init_source, load_init_weights, source_defaults
 from ..run.directory import (IMPORTED_DATA, checkpoint_step, holds_run_config, is_run, list_checkpoints, load_checkpoint, read_config, run_lock,

@@ -1,0 +1,26 @@
+"""Reading the schedule's float64 tables at a batch of steps, on the batch's device and in its dtype."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["on_device", "extract"]
+
+
+def on_device(table: Tensor, device) -> Tensor:
+    """``table`` on ``device``, copied there once and kept with the table: a sampler's tables would otherwise
+    cross from host to GPU (a synchronising copy) several times per step."""
+    device = torch.device(device)
+    if table.device == device:
+        return table
+    copies = table.__dict__.setdefault("_ddpm_copies", {})
+    if device not in copies:
+        copies[device] = table.to(device)
+    return copies[device]
+
+
+def extract(table: Tensor, t: Tensor, like: Tensor) -> Tensor:
+    """table[t] cast to ``like``'s dtype/device and shaped [B, 1, 1, ...] to broadcast over ``like``."""
+    out = on_device(table, like.device)[t.to(like.device).long()].to(like.dtype)
+    return out.reshape(t.shape[0], *([1] * (like.ndim - 1)))
