@@ -7,6 +7,7 @@ CIFAR-10 figures (IS, FID) stand beside; a row whose training diverges says so.
 
     .venv/bin/python benchmarks/table2.py --steps 1000 --n 500 --bpd-n 100 --json table2.json
     .venv/bin/python benchmarks/table2.py --rows eps-simple,eps-hybrid --steps 200 --n 100   # a quick look
+    .venv/bin/python benchmarks/table2.py --rows eps-simple,eps-hybrid --keep t2   # then fewer_calls.py --runs ...
 
 One run at a time, never beside another benchmark (2 cores).
 """
@@ -68,10 +69,14 @@ def row(name: str, root: Path, args) -> dict:
     ckpt = load_checkpoint(root / name)
     digits = load_data("mnist", channels=1, image_size=28).images
     held = digits[digit_classifier_heldout(len(digits))][:args.bpd_n]
+    t0 = time.perf_counter()
     bpd = evaluate_bpd(ckpt.diffusion, ckpt.ema_model, held, batch_size=100, progress=False)["total"]
-    out.update(bpd=float(bpd.mean()), bpd_se=float(bpd.std(ddof=1) / math.sqrt(len(bpd))))
+    out.update(bpd=float(bpd.mean()), bpd_se=float(bpd.std(ddof=1) / math.sqrt(len(bpd))),
+               bpd_s=time.perf_counter() - t0)
     for sampler, steps in (("ancestral", None), ("respaced", 50)):
+        t0 = time.perf_counter()
         images = sample_checkpoint(ckpt, args.n, sampler=sampler, steps=steps, seed=args.seed, progress=False)
+        out[f"sample_{sampler}_s"] = time.perf_counter() - t0
         r = judge(images.permute(0, 2, 3, 1).numpy())
         key = "T" if sampler == "ancestral" else "50"
         out.update({f"fd_ratio_{key}": r["fd_ratio"], f"confident_{key}": r["confident"]})
@@ -86,6 +91,7 @@ def main() -> int:
     ap.add_argument("--bpd-n", type=int, default=100, help="held-out digits for bits/dim")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--keep", default=None, metavar="DIR", help="keep the trained runs here (for fewer_calls.py)")
     args = ap.parse_args()
     names = [r for r in args.rows.split(",") if r]
     unknown = [r for r in names if r not in ROWS]
@@ -95,8 +101,10 @@ def main() -> int:
     print(f"{'row':<24} {'bits/dim':>15} {'FD ratio T':>10} {'conf T':>7} {'FD ratio 50':>11} {'conf 50':>7} "
           f"{'train s':>8}  paper (CIFAR-10 IS / FID)")
     with tempfile.TemporaryDirectory() as tmp:
+        root = Path(args.keep) if args.keep else Path(tmp)
+        root.mkdir(parents=True, exist_ok=True)
         for name in names:
-            r = row(name, Path(tmp), args)
+            r = row(name, root, args)
             results.append(r)
             if "failed" in r:
                 print(f"{name:<24} failed: {r['failed']}  {r['paper_is_fid']}", flush=True)

@@ -1,0 +1,62 @@
+"""FD against network calls for every sampler, on runs you give (e.g. today's eps model and a learned-range hybrid
+one from table2.py --keep DIR): the same seeds, n samples each, FD of the shipped digit classifier's features
+against the real digits, and each FD over that of Algorithm 2 respaced to 500 steps (the reference).
+
+    .venv/bin/python benchmarks/fewer_calls.py --runs t2/eps-simple,t2/eps-hybrid --n 1000 --json calls.json
+
+One run at a time, never beside another benchmark (2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+CALLS = (10, 20, 25, 50, 100)
+SAMPLERS = ("respaced", "ddim", "dpm++", "sde-dpm++")
+
+
+def measure(run: str, n: int, calls, seed: int) -> list:
+    from ddpm.data.sources import load_data
+    from ddpm.evaluation.features import get_features
+    from ddpm.evaluation.reports import fd_report
+    from ddpm.run.directory import load_checkpoint
+
+    ckpt = load_checkpoint(run)
+    real = load_data("mnist", channels=1, image_size=ckpt.config.model.image_size)
+    features = get_features("digits", channels=1)
+    rows = fd_report(ckpt, real, features, n=n, sampler="respaced", steps=[500], seed=seed, progress=False)
+    reference = rows[0]["fd"]
+    for sampler in SAMPLERS:
+        rows += fd_report(ckpt, real, features, n=n, sampler=sampler, steps=list(calls), seed=seed, progress=False)
+    for r in rows:
+        r.update(run=run, ratio=r["fd"] / reference)
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", required=True, help="run directories, comma-separated")
+    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--calls", default=",".join(map(str, CALLS)))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    calls = [int(c) for c in args.calls.split(",")]
+    everything = []
+    for run in args.runs.split(","):
+        rows = measure(run, args.n, calls, args.seed)
+        everything += rows
+        print(f"{run}: FD@{args.n} over that of Algorithm 2 respaced to 500 steps ({rows[0]['fd']:.3f})")
+        for r in rows[1:]:
+            print(f"  {r['sampler']:>10} {r['steps']:>5} calls  FD {r['fd']:8.3f}  ratio {r['ratio']:.2f}  "
+                  f"{r['seconds_per_image']:.3f} s/image", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(everything, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
