@@ -1,4 +1,5 @@
-"""Writing files so that a reader never sees half of one: write aside, fsync, rename into place.
+"""Writing files so that a reader never sees half of one: write aside, fsync, rename into place; and the checksum
+that tells a file read back from the one written.
 
 Every file and folder the tool writes goes through here: checkpoints, config.json, metrics, figures,
 GIFs, reference statistics, sample outputs, diffusers directories. A process killed at any moment
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import os
 import re
 import shutil
@@ -16,9 +18,19 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Union
 
-__all__ = ["atomic_path", "atomic_write_text", "written_aside", "fsync_dir", "save_safetensors", "named"]
+__all__ = ["atomic_path", "atomic_write_text", "written_aside", "fsync_dir", "save_safetensors", "named",
+           "file_sha256"]
 
 PathLike = Union[str, os.PathLike]
+
+
+def file_sha256(path: PathLike) -> str:
+    """The sha256 of a file, read in blocks of 16 MiB."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def fsync_dir(path: PathLike) -> None:

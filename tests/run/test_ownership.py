@@ -127,6 +127,15 @@ def test_eval_never_replaces_a_report_of_the_users_and_checks_before_work(run_di
     assert (out / "fd.csv").read_text() == "my own table" and sorted(os.listdir(out)) == ["fd.csv"]
 
 
+def test_eval_of_two_metrics_checks_the_reports_of_both(run_dir, tmp_path, capsys):
+    out = tmp_path / "reports"
+    out.mkdir()
+    (out / "bpd.json").write_text("my own numbers")
+    assert main(["eval", "--run", str(run_dir), "--metric", "bpd,fd", "--n", "4", "--out", str(out)]) == 1
+    assert "bpd.json there were not written by ddpm" in _one_line(capsys.readouterr().err)
+    assert (out / "bpd.json").read_text() == "my own numbers" and sorted(os.listdir(out)) == ["bpd.json"]
+
+
 def test_eval_prints_its_numbers_before_a_failed_write(run_dir, tmp_path, capsys, monkeypatch):
     import ddpm.evaluation.reports
 

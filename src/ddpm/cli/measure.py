@@ -3,7 +3,6 @@ the functions that run them."""
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -187,9 +186,9 @@ def _save_stats(args, samples, features, path: Path, kept: dict) -> None:
 
 def _write_json(path: Path, result) -> None:
     from ..atomic import atomic_write_text
-    from ..run.ownership import MARK
+    from ..run.ownership import marked_json
 
-    atomic_write_text(path, json.dumps({**result, "written_by": MARK}, indent=2) + "\n")
+    atomic_write_text(path, marked_json(result))
     print(f"wrote {path}", file=sys.stderr)
 
 
@@ -226,12 +225,11 @@ def cmd_eval(args) -> int:
     metrics = parse_metrics(args.metric, EVAL_METRICS)
     _check_eval_flags(args, metrics)
     out = Path(args.out) if args.out else Path(args.run) / "eval"
-    for m in ("metrics" if any(m in _PAPER for m in metrics) else None, "bpd" if metrics == ("bpd",) else None,
-              "fd" if "fd" in metrics else None):
-        if m:
-            check_report_folder(out, m, own=not args.out)
+    paper = any(m in _PAPER for m in metrics)
+    for report in ["metrics"] if paper else [m for m in ("bpd", "fd") if m in metrics]:  # what will be written
+        check_report_folder(out, report, own=not args.out)
     device = choose_device(args.device)
-    if any(m in _PAPER for m in metrics):
+    if paper:
         return _eval_paper(args, metrics, out, device)
     return _eval_quick(args, metrics, out, device)
 

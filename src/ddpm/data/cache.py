@@ -30,7 +30,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 
-from ..atomic import atomic_write_text, written_aside
+from ..atomic import atomic_write_text, file_sha256, written_aside
 from ..errors import DDPMError
 from .images import CONVERSION, decode_into, folder_classes
 
@@ -95,14 +95,6 @@ def _block_sums(path: Path, offsets: Sequence[int]) -> Dict[str, str]:
     return out
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(16 * BLOCK), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def verify(path: Path, *, full: bool = False) -> Optional[str]:
     """What is wrong with the cache at ``path`` (None: nothing found)."""
     try:
@@ -114,7 +106,7 @@ def verify(path: Path, *, full: bool = False) -> Optional[str]:
             return "images.npy has another shape than was written"
         if _block_sums(npy, [int(k) for k in meta["blocks"]]) != meta["blocks"]:
             return "images.npy does not match its checksums"
-        if full and _sha256(npy) != meta["sha256"]:
+        if full and file_sha256(npy) != meta["sha256"]:
             return "images.npy does not match its checksum"
         if meta.get("labelled") and not (path / "labels.npy").is_file():
             return "labels.npy is missing"
@@ -164,7 +156,7 @@ def _finish(tmp: Path, meta: Dict[str, Any], labels: Optional[np.ndarray]) -> No
     nbytes = npy.stat().st_size
     if labels is not None:
         np.save(tmp / "labels.npy", labels.astype(np.int64))
-    meta.update(bytes=nbytes, blocks=_block_sums(npy, _blocks(nbytes)), sha256=_sha256(npy), labelled=labels is not None,
+    meta.update(bytes=nbytes, blocks=_block_sums(npy, _blocks(nbytes)), sha256=file_sha256(npy), labelled=labels is not None,
                 version=VERSION, conversion=CONVERSION, created=time.strftime("%Y-%m-%dT%H:%M:%S"))
     atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=1) + "\n")
 

@@ -30,43 +30,39 @@ PREDICTIONS = ("eps", "x0", "mu", "v")
 LEARNED = ("learned", "learned-range")
 
 
-def _at(table: Tensor, t: Tensor, like: Tensor) -> Tensor:
-    return extract(table, t, like)
-
-
 def x0_from_eps(s: NoiseSchedule, xt: Tensor, t: Tensor, eps: Tensor) -> Tensor:
     """Eq. 4 solved for x0: x0 = x_t / sqrt(abar_t) - sqrt(1 / abar_t - 1) eps."""
-    return _at(s.sqrt_recip_alphas_cumprod, t, xt) * xt - _at(s.sqrt_recipm1_alphas_cumprod, t, xt) * eps
+    return extract(s.sqrt_recip_alphas_cumprod, t, xt) * xt - extract(s.sqrt_recipm1_alphas_cumprod, t, xt) * eps
 
 
 def eps_from_x0(s: NoiseSchedule, xt: Tensor, t: Tensor, x0: Tensor) -> Tensor:
     """Eq. 4 solved for eps: eps = (x_t / sqrt(abar_t) - x0) / sqrt(1 / abar_t - 1)."""
-    return (_at(s.sqrt_recip_alphas_cumprod, t, xt) * xt - x0) / _at(s.sqrt_recipm1_alphas_cumprod, t, xt)
+    return (extract(s.sqrt_recip_alphas_cumprod, t, xt) * xt - x0) / extract(s.sqrt_recipm1_alphas_cumprod, t, xt)
 
 
 def x0_from_v(s: NoiseSchedule, xt: Tensor, t: Tensor, v: Tensor) -> Tensor:
     """x0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) v (Salimans & Ho 2022, Appendix D)."""
-    return _at(s.sqrt_alphas_cumprod, t, xt) * xt - _at(s.sqrt_one_minus_alphas_cumprod, t, xt) * v
+    return extract(s.sqrt_alphas_cumprod, t, xt) * xt - extract(s.sqrt_one_minus_alphas_cumprod, t, xt) * v
 
 
 def eps_from_v(s: NoiseSchedule, xt: Tensor, t: Tensor, v: Tensor) -> Tensor:
     """eps = sqrt(1 - abar_t) x_t + sqrt(abar_t) v (Salimans & Ho 2022, Appendix D)."""
-    return _at(s.sqrt_one_minus_alphas_cumprod, t, xt) * xt + _at(s.sqrt_alphas_cumprod, t, xt) * v
+    return extract(s.sqrt_one_minus_alphas_cumprod, t, xt) * xt + extract(s.sqrt_alphas_cumprod, t, xt) * v
 
 
 def v_from(s: NoiseSchedule, t: Tensor, x0: Tensor, eps: Tensor) -> Tensor:
     """v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0 (Salimans & Ho 2022, Sec. 4)."""
-    return _at(s.sqrt_alphas_cumprod, t, x0) * eps - _at(s.sqrt_one_minus_alphas_cumprod, t, x0) * x0
+    return extract(s.sqrt_alphas_cumprod, t, x0) * eps - extract(s.sqrt_one_minus_alphas_cumprod, t, x0) * x0
 
 
 def mu_from(s: NoiseSchedule, xt: Tensor, t: Tensor, x0: Tensor) -> Tensor:
     """The posterior mean mu-tilde_t(x_t, x0) = c1_t x0 + c2_t x_t (Eq. 7)."""
-    return _at(s.posterior_mean_coef1, t, xt) * x0 + _at(s.posterior_mean_coef2, t, xt) * xt
+    return extract(s.posterior_mean_coef1, t, xt) * x0 + extract(s.posterior_mean_coef2, t, xt) * xt
 
 
 def x0_from_mu(s: NoiseSchedule, xt: Tensor, t: Tensor, mu: Tensor) -> Tensor:
     """Eq. 7 solved for x0: x0 = (mu - c2_t x_t) / c1_t (c1_t > 0 for every t; at index 0, c1 = 1 and c2 = 0)."""
-    return (mu - _at(s.posterior_mean_coef2, t, xt) * xt) / _at(s.posterior_mean_coef1, t, xt)
+    return (mu - extract(s.posterior_mean_coef2, t, xt) * xt) / extract(s.posterior_mean_coef1, t, xt)
 
 
 def to_eps_x0(s: NoiseSchedule, predict: str, xt: Tensor, t: Tensor, out: Tensor) -> Tuple[Tensor, Tensor]:

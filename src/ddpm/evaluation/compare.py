@@ -125,7 +125,7 @@ def read_set(spec: str, *, shape: Optional[Tuple[int, ...]] = None, cache_dir=No
     return ImageSet(data.name, images=data.images, n=len(data), key=data.key)
 
 
-def _check(samples: ImageSet, ref: Optional[ImageSet], metrics: Sequence[str], features: str) -> None:
+def _check(samples: ImageSet, ref: Optional[ImageSet], metrics: Sequence[str], classifier: bool) -> None:
     """One clear line for what cannot be computed, before any features are."""
     if any(m != "is" for m in metrics) and ref is None:
         raise DDPMError(f"{', '.join(m for m in metrics if m != 'is')} compare two sets: pass --ref (a data source, "
@@ -143,7 +143,7 @@ def _check(samples: ImageSet, ref: Optional[ImageSet], metrics: Sequence[str], f
         for m in metrics:
             if s is not None and s.images is not None and len(s.images) < need[m] and (m != "is" or which == "SAMPLES"):
                 raise DDPMError(f"{which} has {len(s.images)} images; {m} needs at least {need[m]}")
-    if "is" in metrics and features == "inception_without_classifier":
+    if "is" in metrics and not classifier:
         raise DDPMError("the Inception Score needs the Inception's classifier layer, which this file lacks: pass "
                         "--inception pt_inception-2015-12-05-6726825d.pth (pytorch-fid's)")
 
@@ -155,7 +155,7 @@ def score(samples: ImageSet, ref: Optional[ImageSet], metrics: Sequence[str], fe
     of ``ddpm metrics --json`` (fid; is and kid as [mean, std]; precision and recall; n, ref_n, features, and for
     the Inception its sha256 and the resize). ``stats``, a dict, receives the samples' ``mu`` and ``sigma``."""
     name, net = features
-    _check(samples, ref, metrics, name if getattr(net, "has_classifier", True) else "inception_without_classifier")
+    _check(samples, ref, metrics, getattr(net, "has_classifier", True))
     kw = dict(batch_size=batch_size, device=device, progress=progress)
     out: Dict[str, Any] = {"n": samples.n}
     feats = probs = None
@@ -163,8 +163,11 @@ def score(samples: ImageSet, ref: Optional[ImageSet], metrics: Sequence[str], fe
         feats, probs = extract_features(net, samples.images, desc=f"{name} features of SAMPLES", with_probs=True, **kw)
     elif samples.images is not None:
         feats = extract_features(net, samples.images, desc=f"{name} features of SAMPLES", **kw)
+    mine = samples.stats  # the samples' mean and covariance, where FID or the caller needs them
+    if feats is not None and ("fid" in metrics or stats is not None):
+        mine = gaussian_stats(feats)
     if stats is not None and feats is not None:
-        stats["mu"], stats["sigma"] = gaussian_stats(feats)
+        stats["mu"], stats["sigma"] = mine
     if "is" in metrics:
         out["is"] = list(inception_score(probs, IS_SPLITS))
     if ref is not None:
@@ -173,7 +176,6 @@ def score(samples: ImageSet, ref: Optional[ImageSet], metrics: Sequence[str], fe
         if "kid" in metrics or "pr" in metrics:
             ref_feats = reference_features(net, name, ref.images, ref.name, key=ref.key, cache_dir=cache_dir, **kw)
         if "fid" in metrics:
-            mine = samples.stats if feats is None else gaussian_stats(feats)
             theirs = ref.stats if ref.stats is not None else (
                 gaussian_stats(ref_feats) if ref_feats is not None else
                 reference_stats(net, name, ref.images, ref.name, key=ref.key, cache_dir=cache_dir, **kw))

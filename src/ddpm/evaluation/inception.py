@@ -12,7 +12,6 @@ Nothing is downloaded: ``load_inception`` finds a local file (``find_inception``
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Dict, Tuple, Union
@@ -21,10 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..atomic import file_sha256
 from ..errors import DDPMError
 from ..safeload import is_torchscript, load_torchscript_tensors, load_tensors
 
-__all__ = ["FIDInception", "find_inception", "load_inception", "file_sha256", "resize_299", "INCEPTION_FILE",
+__all__ = ["FIDInception", "find_inception", "load_inception", "resize_299", "INCEPTION_FILE",
            "INCEPTION_ENV"]
 
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
@@ -227,22 +227,6 @@ def find_inception(path: Union[str, os.PathLike, None] = None, cache_dir=None) -
     if spec is not None and spec.origin and (Path(spec.origin).parent / HELPER_FILE).is_file():
         return Path(spec.origin).parent / HELPER_FILE
     raise DDPMError(f"the FID Inception weights are not on this machine; {INCEPTION_HELP}")
-
-
-_HASHES: Dict[Tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: Union[str, os.PathLike]) -> str:
-    """The sha256 of a file (remembered per path, size and mtime within the process)."""
-    st = os.stat(path)
-    key = (os.fspath(path), st.st_size, st.st_mtime_ns)
-    if key not in _HASHES:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _HASHES[key] = h.hexdigest()
-    return _HASHES[key]
 
 
 def _state_dict_network(path: str) -> FIDInception:

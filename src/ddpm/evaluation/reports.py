@@ -122,9 +122,9 @@ def _write_reports(out: Path, files: Dict[str, Any]) -> None:
 
 def write_metrics_report(report: Dict[str, Any], out: Path) -> None:
     """``metrics.json``: the scores of ``ddpm eval --metric fid,is,...`` with every setting that moves them."""
-    from ..run.ownership import MARK
+    from ..run.ownership import marked_json
 
-    _write_reports(out, {"metrics.json": json.dumps({**report, "written_by": MARK}, indent=2) + "\n"})
+    _write_reports(out, {"metrics.json": marked_json(report)})
 
 
 def bpd_report(ckpt, data: ImageData, *, n: int = 100, seed: int = 0, ema: bool = True, batch_size: int = 100,

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
 import json
 import logging
 import os
@@ -31,7 +30,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from ..atomic import atomic_write_text, named, save_safetensors, written_aside
+from ..atomic import atomic_write_text, file_sha256, named, save_safetensors, written_aside
 from ..config import RunConfig
 from ..diffusion.gaussian import GaussianDiffusion
 from ..errors import DDPMError, is_disk_full
@@ -65,14 +64,6 @@ class Checkpoint:
 
 
 # ----------------------------------------------------------------------------- config.json
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def is_run(path: PathLike) -> bool:
     """Whether ``path`` is a ddpm run directory (it holds a config.json)."""
     return (Path(path) / "config.json").is_file()
@@ -162,7 +153,7 @@ def save_checkpoint(run_dir: PathLike, *, step: int, model: nn.Module, ema_model
             payload = {"step": int(step), "optimizer": meta, **(state or {})}
             (tmp / "state.json").write_text(json.dumps(payload))
             files = [f for f in FILES if (tmp / f).exists()]
-            manifest = {f: {"sha256": _sha256(tmp / f), "bytes": (tmp / f).stat().st_size} for f in files}
+            manifest = {f: {"sha256": file_sha256(tmp / f), "bytes": (tmp / f).stat().st_size} for f in files}
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
     except OSError as e:
         if is_disk_full(e):
@@ -211,7 +202,7 @@ def verify_checkpoint(path: Path) -> None:
         f = path / name
         if not f.is_file():
             raise DDPMError(f"checkpoint {path} is damaged: {name} is missing")
-        if f.stat().st_size != info.get("bytes") or _sha256(f) != info.get("sha256"):
+        if f.stat().st_size != info.get("bytes") or file_sha256(f) != info.get("sha256"):
             raise DDPMError(f"checkpoint {path} is damaged: {name} does not match its checksum")
 
 

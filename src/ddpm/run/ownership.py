@@ -14,11 +14,11 @@ import os
 import re
 import zipfile
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 from ..errors import DDPMError
 
-__all__ = ["MARK", "MANIFEST", "png_info", "is_marked", "record_written", "written_files", "foreign_entries",
+__all__ = ["MARK", "MANIFEST", "png_info", "marked_json", "is_marked", "record_written", "written_files", "foreign_entries",
            "remove_written", "check_replaceable", "protected_reason"]
 
 PathLike = Union[str, os.PathLike]
@@ -41,6 +41,11 @@ def png_info():
     info = PngInfo()
     info.add_text("Software", MARK)
     return info
+
+
+def marked_json(doc: Dict[str, Any]) -> str:
+    """The text of a JSON report ddpm writes: ``doc`` with ``written_by`` (what ``is_marked`` reads back)."""
+    return json.dumps({**doc, "written_by": MARK}, indent=2) + "\n"
 
 
 def is_marked(path: PathLike) -> bool:
