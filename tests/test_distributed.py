@@ -120,6 +120,25 @@ def test_torchrun_sampling_writes_the_one_process_output_byte_for_byte(cond, tmp
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
+def test_torchrun_inpainting_writes_the_one_process_output_byte_for_byte(tmp_path):
+    """An edit job is a sampling job: under torchrun the processes share its chunks, rank 0 assembles."""
+    _, _, run, _ = _train(tmp_path, "run", 1, steps=2)
+    outs = {}
+    for nproc in (1, 2):
+        out = tmp_path / f"f{nproc}.npz"
+        args = ["-m", "ddpm", "--", "inpaint", "--run", str(run), "mnist:0-4", "--mask", "strokes", "--n", "2",
+                "--chunk", "3", "--steps", "6", "--jump", "2", "--resample", "2", "--out", str(out)]
+        cmd = [sys.executable, *args] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run",
+                                                          "--standalone", f"--nproc_per_node={nproc}", *args]
+        res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                             timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert res.stderr.count("wrote 10 completions") == 1  # rank 0 alone reports
+        outs[nproc] = out.read_bytes()
+    assert outs[1] == outs[2]
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
 def test_torchrun_eval_draws_the_samples_of_one_process_and_scores_once(tmp_path):
     import json
 

@@ -36,17 +36,25 @@ class ImageGenerators:
 
     Each image draws its noise a block of ``block_steps(shape)`` draws at a time, in one call (the scheme
     ``NOISE_SCHEME``): a batch then makes one RNG call per image every block, not every step (on a GPU each call is
-    a kernel launch). The block's length depends on the image's shape only, never on the batch."""
+    a kernel launch). The block's length depends on the image's shape only, never on the batch.
 
-    def __init__(self, seeds, device="cpu"):
+    ``stream`` names an independent stream of the same seeds (``derive_seed(stream, s)``): editing draws the noise
+    of its known pixels from ``sibling("known")``, so that the image's own stream is the one sampling draws."""
+
+    def __init__(self, seeds, device="cpu", stream: str = "image"):
         self.device = torch.device(device)
         self.seeds = [int(s) for s in seeds]
-        self.generators = [generator("image", s, device=self.device) for s in self.seeds]
+        self.stream = stream
+        self.generators = [generator(stream, s, device=self.device) for s in self.seeds]
         self._block: Optional[torch.Tensor] = None  # [B, K, ...] drawn ahead
         self._used = 0
 
     def __len__(self) -> int:
         return len(self.generators)
+
+    def sibling(self, stream: str) -> "ImageGenerators":
+        """The generators of the same seeds in another, independent stream."""
+        return ImageGenerators(self.seeds, self.device, stream)
 
     def randn(self, shape, dtype=torch.float32) -> torch.Tensor:
         if shape[0] != len(self.generators):

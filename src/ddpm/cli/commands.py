@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from .advice import Projection, StderrHandler, count, failure, train_end_line
+from .editing import cmd_edit, cmd_inpaint
 from .flags import early_threads, fields_of
 from .measure import cmd_eval, cmd_metrics
 from ..runtime import configure_threads, keep_freed_memory
@@ -198,8 +199,8 @@ def cmd_export(args) -> int:
     return 0
 
 
-HANDLERS = {"demo": cmd_demo, "train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "metrics": cmd_metrics,
-            "noise": cmd_noise,
+HANDLERS = {"demo": cmd_demo, "train": cmd_train, "sample": cmd_sample, "inpaint": cmd_inpaint, "edit": cmd_edit,
+            "eval": cmd_eval, "metrics": cmd_metrics, "noise": cmd_noise,
             "interpolate": cmd_interpolate, "data": cmd_data, "schedule": cmd_schedule, "import": cmd_import,
             "export": cmd_export}
 COMMANDS = tuple(HANDLERS)

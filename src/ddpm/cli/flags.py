@@ -94,17 +94,24 @@ def config_flags(parser, cls, skip=(), by_preset: bool = False) -> None:
         parser.add_argument(flag(f.name), **kw)
 
 
-def sampler_flags(p, many: bool = False) -> None:
+SAMPLER_HELP = {"ancestral": "Algorithm 2 over all T steps", "respaced": "Algorithm 2 over --steps of them",
+                "ddim": "DDIM over --steps with --eta", "dpm++": "DPM-Solver++(2M)",
+                "sde-dpm++": "its stochastic twin, as good as Algorithm 2 in 20 steps"}
+
+
+def sampler_flags(p, many: bool = False, samplers=None, default: str = "ancestral", steps_help: str = "") -> None:
+    """--sampler (``samplers``, default all), --steps, --eta (with ddim), --spacing, and the flags every way of
+    sampling shares: --seed, --batch-size, --ema, --precision, --guidance."""
     from ..sampling.samplers import SAMPLERS, SPACINGS
 
-    p.add_argument("--sampler", choices=SAMPLERS, default="ancestral",
-                   help="ancestral: Algorithm 2 over all T steps; respaced: Algorithm 2 over --steps of them; "
-                        "ddim: DDIM over --steps with --eta; dpm++: DPM-Solver++(2M); sde-dpm++: its stochastic twin, "
-                        "as good as Algorithm 2 in 20 steps")
+    samplers = samplers or SAMPLERS
+    p.add_argument("--sampler", choices=samplers, default=default,
+                   help="; ".join(f"{k}: {SAMPLER_HELP[k]}" for k in samplers))
     p.add_argument("--steps", type=(lambda s: int_list(s, 1)) if many else positive_int, default=None,
-                   help="network calls per image (respaced, ddim: default T; dpm++, sde-dpm++: default 20)" +
-                        ("; a list such as 10,20,50 measures each" if many else ""))
-    p.add_argument("--eta", type=float, default=None, help="DDIM noise: 0 deterministic (default), 1 DDPM-like")
+                   help=steps_help or "network calls per image (respaced, ddim: default T; dpm++, sde-dpm++: default "
+                                      "20)" + ("; a list such as 10,20,50 measures each" if many else ""))
+    if "ddim" in samplers:
+        p.add_argument("--eta", type=float, default=None, help="DDIM noise: 0 deterministic (default), 1 DDPM-like")
     p.add_argument("--spacing", choices=SPACINGS, default=None, help="which of the T steps respaced, ddim and the "
                                                                      "dpm++ samplers keep (default: uniform; "
                                                                      "quadratic for sde-dpm++)")
@@ -116,6 +123,21 @@ def sampler_flags(p, many: bool = False) -> None:
     p.add_argument("--guidance", type=non_negative_float, default=0.0,
                    help="classifier-free guidance weight W of a class-conditional run: eps = (1 + W) eps(x, y) - W "
                         "eps(x, null); 0 is the plain conditional model")
+
+
+def job_flags(p, also: str = "", per_class: str = "") -> None:
+    """--out, --overwrite, --chunk, --class and --quiet: the flags of a command that writes images as a resumable
+    job (sample, inpaint, edit)."""
+    p.add_argument("--out", required=True, help="FILE.png, FILE.npz or a folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help=f"replace an existing --out {also + ' ' if also else ''}or a job of other settings in the way: "
+                        "only what ddpm wrote; a folder holding anything else, a run, . or home is refused")
+    p.add_argument("--chunk", type=positive_int, default=None,
+                   help="images per resumable chunk (default: 1000, fewer for small jobs)")
+    p.add_argument("--class", dest="class_", metavar="CLASS", default=None,
+                   help="a class-conditional run's class: an index or a name (7, dog), a list (0,1,2) or all, in "
+                        f"equal numbers{per_class} (default: the unconditional model, the null class)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 class Commands:

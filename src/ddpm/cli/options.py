@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 from typing import Any, Dict
 
-from .flags import Commands, Parser, config_flags, data_flags, int_list, positive_int, sampler_flags
+from .editing import add_edit, add_inpaint
+from .flags import Commands, Parser, config_flags, data_flags, int_list, job_flags, positive_int, sampler_flags
 from .measure import add_eval, add_metrics
 
 EPILOG = """examples:
@@ -21,6 +22,8 @@ EPILOG = """examples:
   ddpm eval --run ddpm-demo --metric fd --sampler ddim --steps 10,50,100
   ddpm eval --run runs/cifar10 --metric fid,is,bpd  # the paper's Table 1: 50,000 samples, FID, IS, bits/dim
   ddpm metrics samples.npz --ref fid_stats_cifar10_train.npz   # FID of any images against shared statistics
+  ddpm inpaint --run ddpm-demo mnist:0-7 --mask right --n 4 --out filled.png   # fill in with RePaint
+  ddpm edit --run ddpm-demo mnist:0-3 --strength 0.25,0.5,0.75,1 --n 4 --out fig7.png   # SDEdit; the paper's Fig. 7
   ddpm noise photo.jpg --out strip.png              # the forward process as a picture
   ddpm import ./ddpm-cifar10-32 --out runs/paper    # a diffusers DDPM pipeline directory -> a run
   ddpm export --run ddpm-demo --format diffusers --out demo-diffusers
@@ -38,8 +41,8 @@ def build_parser(handlers: Dict[str, Any]) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ddpm {__version__}")
     parser.add_argument("--traceback", action="store_true", help="show the full Python traceback on errors")
     commands = Commands(parser, handlers)
-    for add in (_demo, _train, _sample, add_eval, add_metrics, _noise, _interpolate, _data, _import, _export,
-                _schedule):
+    for add in (_demo, _train, _sample, add_inpaint, add_edit, add_eval, add_metrics, _noise, _interpolate, _data,
+                _import, _export, _schedule):
         add(commands)
     return parser
 
@@ -130,20 +133,11 @@ def _sample(c: Commands) -> None:
                                                                   "(default: 64)")
     p.add_argument("--seeds", metavar="A-B", default=None, help="the images of seeds A to B (instead of --seed/--n): "
                                                                 "image i depends on its seed alone")
-    p.add_argument("--out", required=True, help="FILE.png, FILE.npz or a folder")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing --out (and --trajectory, --gif), or a job of other settings in the way: "
-                        "only what ddpm wrote; a folder holding anything else, a run, . or home is refused")
-    p.add_argument("--chunk", type=positive_int, default=None,
-                   help="images per resumable chunk (default: 1000, fewer for small jobs)")
-    p.add_argument("--class", dest="class_", metavar="CLASS", default=None,
-                   help="a class-conditional run's class: an index or a name (7, dog), a list (0,1,2) or all, in "
-                        "equal numbers, a grid row per class (default: the unconditional model, the null class)")
+    job_flags(p, "(and --trajectory, --gif)", ", a grid row per class")
     sampler_flags(p)
     p.add_argument("--trajectory", metavar="PNG", help="also draw the reverse process of the first few samples: "
                                                        "x_t and the predicted x_0 at t = T, 0.8 T, ..., 1")
     p.add_argument("--gif", metavar="GIF", help="also animate the reverse process of the first few samples")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _noise(c: Commands) -> None:

@@ -38,7 +38,7 @@ from .cifar10 import CIFAR10_CLASSES, read_cifar10
 from ..errors import DDPMError
 from .images import HIGH_DEPTH, IMAGE_EXTENSIONS, chw, fit, folder_classes, list_images, open_image, to_mode
 
-__all__ = ["ImageData", "Source", "find_source", "load_data", "load_image", "to_float", "to_uint8",
+__all__ = ["ImageData", "Source", "find_source", "load_data", "load_image", "load_images", "to_float", "to_uint8",
            "IMAGE_EXTENSIONS", "MNIST_CLASSES"]
 
 MNIST_CLASSES = tuple(str(d) for d in range(10))
@@ -287,3 +287,41 @@ def load_image(spec: str, size: int, channels: Optional[int] = None) -> torch.Te
         im = open_image(Path(spec))
     grey = im.mode in ("1", "L", "LA", "F") or im.mode in HIGH_DEPTH if channels is None else channels == 1
     return to_float(torch.from_numpy(chw(fit(to_mode(im, "L" if grey else "RGB"), size)).copy()))
+
+
+def load_images(spec: str, size: int, channels: int) -> torch.Tensor:
+    """Images to edit, uint8 [N, channels, size, size], each through the one conversion: an image file, a folder of
+    them (sorted by path), an ``.npz``/``.npy`` uint8 array [N, H, W, C] (``arr_0``, as ``ddpm sample`` writes), or
+    ``mnist:K`` / ``mnist:A-B`` (images A to B of the shipped digits)."""
+    from .images import convert_array, decode
+
+    if spec.startswith("mnist:"):
+        images, _ = _mnist_arrays()
+        a, _, b = spec.partition(":")[2].partition("-")
+        if not a.isdigit() or not (b or a).isdigit() or not int(a) <= int(b or a) < len(images):
+            raise DDPMError(f"{spec!r}: expected mnist:K or mnist:A-B with 0 <= A <= B <= {len(images) - 1}")
+        arrays = images[int(a):int(b or a) + 1]
+    else:
+        path = Path(spec)
+        if path.is_dir():
+            paths = list_images(path)
+            if not paths:
+                raise DDPMError(f"no images (png, jpg, jpeg, bmp, webp) in {path}")
+            return torch.from_numpy(np.stack([decode(p, channels, size) for p in paths]))
+        if path.suffix.lower() not in (".npz", ".npy"):
+            return torch.from_numpy(decode(path, channels, size)[None].copy())
+        if not path.is_file():
+            raise DDPMError(f"{path} not found")
+        try:
+            if path.suffix.lower() == ".npy":
+                arr = np.load(path, allow_pickle=False)
+            else:
+                with np.load(path, allow_pickle=False) as z:
+                    arr = z["arr_0"]
+        except (OSError, ValueError, KeyError) as e:
+            raise DDPMError(f"cannot read {path} as images (uint8 arr_0 [N, H, W, C]): {e}") from None
+        if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] not in (1, 3) or not len(arr):
+            raise DDPMError(f"{path} holds {arr.dtype} {tuple(arr.shape)}; expected uint8 images [N, H, W, 1 or 3]")
+        arrays = arr.transpose(0, 3, 1, 2)
+    out = [a if a.shape == (channels, size, size) else convert_array(a, channels, size) for a in arrays]
+    return torch.from_numpy(np.ascontiguousarray(np.stack(out)))

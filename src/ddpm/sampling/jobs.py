@@ -66,16 +66,18 @@ class JobSpec:
     chunk: int = CHUNK
     device: str = "cpu"  # CPU and CUDA generators give different noise for one seed: never mixed in one job
     noise: str = NOISE_SCHEME
+    edit: Optional[str] = None  # an edit job's inputs, mask and editors (``Edit.describe``); None: sampling
 
     def differences(self, other: Dict[str, Any]) -> List[str]:
         return [f"{k} {other.get(k)!r} (now {v!r})" for k, v in asdict(self).items() if other.get(k) != v]
 
 
 class SampleJob:
-    """The job ``spec`` writing ``out`` (a ``.png`` grid, an ``.npz`` or a folder of PNGs)."""
+    """The job ``spec`` writing ``out`` (a ``.png`` grid, an ``.npz`` or a folder of PNGs); ``figure(images)``, if
+    given, lays out a PNG's images (with the number per row)."""
 
-    def __init__(self, out, spec: JobSpec):
-        self.out, self.spec, self.kind = Path(out), spec, output_kind(out)
+    def __init__(self, out, spec: JobSpec, figure: Optional[Callable[[torch.Tensor], Tuple[torch.Tensor, int]]] = None):
+        self.out, self.spec, self.kind, self.figure = Path(out), spec, output_kind(out), figure
         self.parts = self.parts_of(out)
         if self.kind == "png" and spec.n > GRID_LIMIT:
             raise DDPMError(f"a PNG grid of {spec.n} images is too large (at most {GRID_LIMIT}); write FILE.npz or a "
@@ -152,7 +154,10 @@ class SampleJob:
         elif self.kind == "png":
             images = torch.from_numpy(np.concatenate(list(self._pieces("arr_0")))).permute(0, 3, 1, 2)
             rows = len(set(np.concatenate(list(self._pieces("arr_1"))).tolist())) if labelled else 0
-            write_images(images, self.out, nrow=n // rows if rows > 1 else None)
+            nrow = n // rows if rows > 1 else None
+            if self.figure is not None:
+                images, nrow = self.figure(images)
+            write_images(images, self.out, nrow=nrow)
         else:
             first = self.spec.first_seed
             write_folder(self.out, ((first + i, a) for i, a in enumerate(a for arr in self._pieces("arr_0") for a in arr)))
@@ -190,7 +195,7 @@ def chunk_for_a_minute(model, sampler, image_shape, *, batch_size: int, n: int, 
     device = torch.device(device or "cpu")
     b = max(1, min(batch_size, n)) * (2 if guidance else 1)  # guidance: the conditional and null halves
     x = torch.zeros((b, *image_shape), device=device)
-    t = torch.full((b,), sampler.steps - 1, dtype=torch.long, device=device)
+    t = torch.full((b,), max(sampler.steps - 1, 0), dtype=torch.long, device=device)
     k = getattr(getattr(model, "config", None), "num_classes", 0)
     args = (x, t) if not k else (x, t, torch.full((b,), k, dtype=torch.long, device=device))
     model = model.to(device).eval()
@@ -202,7 +207,7 @@ def chunk_for_a_minute(model, sampler, image_shape, *, batch_size: int, n: int, 
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             seconds.append(time.perf_counter() - t0)
-    per_image = seconds[-1] * sampler.steps / (b // (2 if guidance else 1))
+    per_image = seconds[-1] * sampler.calls / (b // (2 if guidance else 1))
     return int(min(CHUNK, n, max(min(batch_size, n), round(KILL_COST_S / max(per_image, 1e-9)))))
 
 
@@ -227,8 +232,8 @@ def sample_job(out, ckpt, sampler, *, seeds: range, class_spec: Optional[str] = 
                ema: bool = True, precision: str = "fp32", batch_size: int = 256, device=None, overwrite: bool = False,
                chunk: Optional[int] = None, progress: bool = True) -> Tuple[SampleJob, int]:
     """Draw the images of ``seeds`` from a loaded run with ``sampler`` into ``out``, as a resumable job (under
-    torchrun, shared between the processes; rank 0 assembles the output). Returns the job and how many images
-    earlier runs of it had drawn already."""
+    torchrun, shared between the processes; rank 0 assembles the output). ``sampler`` may be an ``Edit`` (its
+    outputs, one seed each). Returns the job and how many images earlier runs of it had drawn already."""
     from tqdm.auto import tqdm
 
     from .guidance import check_guidance, class_labels
@@ -241,14 +246,17 @@ def sample_job(out, ckpt, sampler, *, seeds: range, class_spec: Optional[str] = 
     c, s = ckpt.config.model.in_channels, ckpt.config.model.image_size
     check_guidance(guidance, ckpt.config.classes, class_spec)  # bad requests fail before anything is written
     class_labels(class_spec, ckpt.config.classes, n, range(0), warn=progress and rank == 0)
+    edit = sampler if hasattr(sampler, "figure") else None
+    if edit is not None and (len(edit) != n or seeds.start != edit.seed):
+        raise ValueError(f"an edit of {len(edit)} outputs from seed {edit.seed} needs their seeds, not {seeds}")
     spec = JobSpec(run=str(Path(ckpt.path).resolve().parents[1]), step=ckpt.step, ema=ema, sampler=sampler.name,
                    steps=sampler.steps, eta=getattr(sampler, "eta", None), spacing=sampler.spacing, guidance=guidance,
                    classes=class_spec, first_seed=seeds.start, n=n, precision=precision,
                    chunk=rank0_value(chunk or _earlier_chunk(out) or chunk_for_a_minute(
                        model, sampler, (c, s, s), batch_size=batch_size, n=n, guidance=guidance, device=device,
                        precision=precision), device or "cpu"),
-                   device=torch.device(device or "cpu").type)
-    job = SampleJob(out, spec)
+                   device=torch.device(device or "cpu").type, edit=edit and edit.describe())
+    job = SampleJob(out, spec, figure=edit and (lambda images: (edit.figure(images), edit.n + 2)))
     done = job.prepare(overwrite=overwrite, main=rank == 0)
     barrier()
     todo = job.missing(rank, world)  # dealt out while no process writes: every process sees the same chunks
@@ -258,9 +266,10 @@ def sample_job(out, ckpt, sampler, *, seeds: range, class_spec: Optional[str] = 
               disable=not progress or rank != 0) as bar:
         def draw(span: range):
             labels = class_labels(class_spec, ckpt.config.classes, n, span)
-            images = generate(model, sampler, None, (c, s, s), seeds=seeds[span.start:span.stop], labels=labels,
-                              guidance=guidance, batch_size=batch_size, device=device, precision=precision, bar=bar)
-            return images, labels
+            kw = dict(labels=labels, guidance=guidance, batch_size=batch_size, device=device, precision=precision, bar=bar)
+            if edit is not None:
+                return edit.draw(model, span, **kw), labels
+            return generate(model, sampler, None, (c, s, s), seeds=seeds[span.start:span.stop], **kw), labels
 
         job.run(draw, rank=rank, world=world, bar=bar, chunks=todo)
     barrier()

@@ -20,7 +20,7 @@ so image i depends on its seed and the sampler's settings only, not on the batch
 from __future__ import annotations
 
 import math
-from typing import Callable, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -84,8 +84,20 @@ class Sampler:
         if device is None:
             device = generator.device if generator is not None else torch.device("cpu")
         x = draw_normal(tuple(shape), generator, torch.empty(0, device=device, dtype=dtype))  # x_T ~ N(0, I)
+        return self.run(model, x, len(self.indices) - 1, generator=generator, progress=progress, callback=callback)
+
+    @property
+    def calls(self) -> int:
+        """Network calls per image (a chain of all the steps; editing overrides it)."""
+        return self.steps
+
+    @torch.no_grad()
+    def run(self, model, x: Tensor, start: int, *, generator=None, progress: bool = False,
+            callback: Callback = None) -> Tensor:
+        """Steps ``start``, ``start - 1``, ..., 0 from ``x`` at the noise level of kept index ``start`` (SDEdit
+        starts a chain part-way; ``__call__`` at the top, from x_T)."""
         self.reset()
-        order = list(range(len(self.indices) - 1, -1, -1))
+        order = list(range(start, -1, -1))
         if progress:
             from tqdm.auto import tqdm
 
@@ -319,7 +331,7 @@ def make_sampler(name: str, diffusion: GaussianDiffusion, *, steps: Optional[int
 def generate(model, sampler: Sampler, n: Optional[int], image_shape: Sequence[int], *, seed: int = 0,
              seeds: Optional[Sequence[int]] = None, batch_size: int = 256, labels: Optional[Tensor] = None,
              guidance: float = 0.0, device=None, precision: str = "fp32", progress: bool = True,
-             callback: Callback = None, bar=None) -> Tensor:
+             callback: Callback = None, bar=None, inputs: Optional[Dict[str, Tensor]] = None) -> Tensor:
     """Images as uint8 [N, C, H, W]: those of ``seeds`` (default ``seed, seed + 1, ..., seed + n - 1``), drawn in
     batches of ``batch_size``, each image from its own generator: image i is a function of its seed and the
     sampler's settings only (on a CPU in fp32, bit for bit whatever the batch size; see ``UNet``).
@@ -328,7 +340,8 @@ def generate(model, sampler: Sampler, n: Optional[int], image_shape: Sequence[in
     ``guidance``; without labels such a network samples its null class (the unconditional model).
     ``callback(t, x, pred_x0)``, if given, sees every step of the first batch (e.g. a ``viz.Trajectory``).
     ``precision`` "bf16" runs the network under bf16 autocast ("auto": where the hardware has it). The progress
-    bar counts images (``bar``: a tqdm bar to advance instead of a new one).
+    bar counts images (``bar``: a tqdm bar to advance instead of a new one). ``inputs``: tensors of one row per
+    image that the sampler takes as keywords, each batch its rows (an editor's ``known`` images and ``mask``).
     """
     from tqdm.auto import tqdm
 
@@ -352,16 +365,19 @@ def generate(model, sampler: Sampler, n: Optional[int], image_shape: Sequence[in
 
             done = [0]
 
-            def step_done(t, x, pred_x0, first=(i == 0)):
-                done[0] += 1  # in whole images: the share of the batch's b that this step completes
-                bar.update(done[0] * b // sampler.steps - (done[0] - 1) * b // sampler.steps)
+            def step_done(t, x, pred_x0, first=(i == 0), calls=max(sampler.calls, 1)):
+                done[0] += 1  # in whole images: the share of the batch's b that this call completes
+                bar.update(done[0] * b // calls - (done[0] - 1) * b // calls)
                 if first and callback is not None:
                     callback(t, x, pred_x0)
 
             net = model if labels is None else Guided(model, labels[i:i + b], null_class, guidance)
+            rows = {k: v[i:i + b].to(device) for k, v in (inputs or {}).items()}
             with autocast(device, precision):
                 x = sampler(net, (b, *image_shape), generator=ImageGenerators(seeds[i:i + b], device),
-                            device=device, callback=step_done)
+                            device=device, callback=step_done, **rows)
+            if not sampler.calls:  # nothing to call (an edit of strength 0): the batch in one go
+                bar.update(b)
             out.append(to_uint8(x).cpu())
     finally:
         if own:
