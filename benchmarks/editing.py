@@ -68,7 +68,8 @@ def main() -> int:
     held = digit_classifier_heldout(len(data.images))
     images, labels = data.images[held][:args.n], data.labels[held][:args.n]
     kw = dict(precision=args.precision, progress=False)
-    res = {"run": str(args.run), "step": ckpt.step, "n": len(images), "originals": float((classify(images) == labels).float().mean())}
+    res = {"run": str(args.run), "step": ckpt.step, "n": len(images),
+           "originals": float((classify(images) == labels).float().mean())}
     print(f"{args.run} (step {ckpt.step}), {len(images)} held-out digits; the classifier on the originals: "
           f"{res['originals']:.1%} right")
     print(f"{'mask':<8} {'masked alone':>12} {'r = 1':>14} {'r = 10':>14}   (label right, FD ratio; seconds)")
@@ -115,7 +116,8 @@ def main() -> int:
 
     if args.pictures:
         first = images[:6]
-        edit = Edit([RePaint(diffusion, min(args.steps, diffusion.T))], first, 4, make_mask("right", 6, 1, first.shape[-1]))
+        mask = make_mask("right", 6, 1, first.shape[-1])
+        edit = Edit([RePaint(diffusion, min(args.steps, diffusion.T))], first, 4, mask)
         write_images(edit.figure(edit.draw(model, range(len(edit)), **kw)), Path(args.pictures) / "editing_inpaint.png",
                      nrow=6)
         edit = Edit([SDEdit(sampler, s) for s in (0.25, 0.5, 0.75, 1.0)], images[:2], 4)

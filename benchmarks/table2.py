@@ -75,8 +75,8 @@ def row(name: str, root: Path, args) -> dict:
                bpd_s=time.perf_counter() - t0)
     # The network under args.precision (bf16 autocast where the CPU has it, as the demo samples: about 2x fp32
     # here); the 50-step column again in fp32, so that the table shows what bf16 moves.
-    for sampler, steps, precision, key in (("ancestral", None, args.precision, "T"), ("respaced", 50, args.precision, "50"),
-                                           ("respaced", 50, "fp32", "50_fp32")):
+    for sampler, steps, precision, key in (("ancestral", None, args.precision, "T"),
+                                           ("respaced", 50, args.precision, "50"), ("respaced", 50, "fp32", "50_fp32")):
         t0 = time.perf_counter()
         images = sample_checkpoint(ckpt, args.n, sampler=sampler, steps=steps, seed=args.seed, precision=precision,
                                    progress=False)
@@ -115,7 +115,8 @@ def main() -> int:
                 print(f"{name:<24} failed: {r['failed']}  {r['paper_is_fid']}", flush=True)
                 continue
             print(f"{name:<24} {r['bpd']:>7.3f} +- {r['bpd_se']:.3f} {r['fd_ratio_T']:>10.2f} {r['confident_T']:>7.1%} "
-                  f"{r['fd_ratio_50']:>11.2f} {r['confident_50']:>7.1%} {r['fd_ratio_50_fp32']:>7.2f} {r['train_s']:>8.0f}  {r['paper_is_fid']}",
+                  f"{r['fd_ratio_50']:>11.2f} {r['confident_50']:>7.1%} {r['fd_ratio_50_fp32']:>7.2f} "
+                  f"{r['train_s']:>8.0f}  {r['paper_is_fid']}",
                   flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "rows": results}, indent=1) + "\n")

@@ -112,6 +112,28 @@ def test_schedule_tables_go_to_the_device_once():
     assert on_device(table, "meta") is first and on_device(table, "cpu") is table
 
 
+def test_editors_keep_every_tensor_on_the_images_device():
+    """RePaint and SDEdit with the images, mask and model on a device other than the CPU generators': nothing is
+    mixed (on a GPU a CPU tensor in the step would fail or copy every step)."""
+    from ddpm import GaussianDiffusion, NoiseSchedule
+    from ddpm.rng import ImageGenerators
+    from ddpm.sampling.editing import RePaint, SDEdit
+    from ddpm.sampling.samplers import make_sampler
+
+    d = GaussianDiffusion(NoiseSchedule.linear(T=30))
+    known = torch.zeros(2, 1, 8, 8, device="meta")
+    mask = torch.ones(2, 1, 8, 8, device="meta")
+    model = lambda x, t: x * 0  # noqa: E731
+    out = RePaint(d, 10, jump=3, resample=2)(model, (2, 1, 8, 8), known=known, mask=mask,
+                                             generator=ImageGenerators(range(2)), device="meta")
+    assert out.device.type == "meta" and out.shape == (2, 1, 8, 8)
+    for name in ("respaced", "ddim", "sde-dpm++"):
+        out = SDEdit(make_sampler(name, d, steps=6), 0.7)(model, (2, 1, 8, 8), known=known,
+                                                           noise_seeds=torch.tensor([3, 4]),
+                                                           generator=ImageGenerators(range(2)), device="meta")
+        assert out.device.type == "meta", name
+
+
 def test_a_job_records_its_device_and_refuses_another(tmp_path, capsys, monkeypatch):
     import ddpm.sampling.samplers
     from ddpm.cli.commands import main

@@ -43,7 +43,8 @@ class Edit:
         self.about = about
         first = self.editors[0]
         self.name = "repaint" if isinstance(first, RePaint) else f"sdedit-{first.name}"
-        self.steps, self.spacing, self.eta = first.steps, first.spacing, getattr(getattr(first, "sampler", first), "eta", None)
+        self.steps, self.spacing = first.steps, first.spacing
+        self.eta = getattr(getattr(first, "sampler", first), "eta", None)
         self.calls = max(e.calls for e in self.editors)
 
     def __len__(self) -> int:
@@ -87,9 +88,11 @@ class Edit:
                                   bar=bar, callback=callback, inputs=rows)
         return out
 
-    def figure(self, outputs: Tensor) -> Tensor:
+    def figure(self, outputs: Tensor, device=None) -> Tensor:
         """One row per input and editor: the input, what the model starts from (the input with the part to fill
-        in gray; SDEdit's x_t), then the n completions (uint8 [rows * (n + 2), C, H, W])."""
+        in gray; SDEdit's x_t, its noise drawn on ``device`` as the outputs' was), then the n completions (uint8
+        [rows * (n + 2), C, H, W])."""
+        device = torch.device(device or "cpu")
         tiles = []
         for i in range(len(self.images)):
             for e, editor in enumerate(self.editors):
@@ -97,7 +100,7 @@ class Edit:
                 if isinstance(editor, RePaint):
                     start = x0 * self.mask[i:i + 1]  # the part to fill in: 0, mid-gray
                 else:
-                    start = editor.noised(x0, noise_seeds=torch.tensor([self.seed + i])).clamp(-1, 1)
+                    start = editor.noised(x0.to(device), noise_seeds=torch.tensor([self.seed + i])).clamp(-1, 1).cpu()
                 j = (i * len(self.editors) + e) * self.n
                 tiles += [self.images[i:i + 1], to_uint8(start), outputs[j:j + self.n]]
         return torch.cat(tiles)

@@ -143,8 +143,9 @@ class SDEdit:
         """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps at the start (the input itself at strength 0)."""
         if self.start is None:
             return known
-        if noise_seeds is not None:
-            generator = ImageGenerators(noise_seeds.tolist(), known.device, stream="sdedit")
+        if noise_seeds is not None:  # on the device of the images' own generators (CPU and CUDA ones differ)
+            where = generator.device if generator is not None else known.device
+            generator = ImageGenerators(noise_seeds.tolist(), where, stream="sdedit")
         t = torch.full((known.shape[0],), self.t, dtype=torch.long, device=known.device)
         return self.diffusion.q_sample(known, t, draw_normal(known.shape, generator, known))
 

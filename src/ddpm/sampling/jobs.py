@@ -256,7 +256,7 @@ def sample_job(out, ckpt, sampler, *, seeds: range, class_spec: Optional[str] = 
                        model, sampler, (c, s, s), batch_size=batch_size, n=n, guidance=guidance, device=device,
                        precision=precision), device or "cpu"),
                    device=torch.device(device or "cpu").type, edit=edit and edit.describe())
-    job = SampleJob(out, spec, figure=edit and (lambda images: (edit.figure(images), edit.n + 2)))
+    job = SampleJob(out, spec, figure=edit and (lambda images: (edit.figure(images, device), edit.n + 2)))
     done = job.prepare(overwrite=overwrite, main=rank == 0)
     barrier()
     todo = job.missing(rank, world)  # dealt out while no process writes: every process sees the same chunks
@@ -266,7 +266,8 @@ def sample_job(out, ckpt, sampler, *, seeds: range, class_spec: Optional[str] = 
               disable=not progress or rank != 0) as bar:
         def draw(span: range):
             labels = class_labels(class_spec, ckpt.config.classes, n, span)
-            kw = dict(labels=labels, guidance=guidance, batch_size=batch_size, device=device, precision=precision, bar=bar)
+            kw = dict(labels=labels, guidance=guidance, batch_size=batch_size, device=device, precision=precision,
+                      bar=bar)
             if edit is not None:
                 return edit.draw(model, span, **kw), labels
             return generate(model, sampler, None, (c, s, s), seeds=seeds[span.start:span.stop], **kw), labels
