@@ -71,6 +71,9 @@ def test_edit_strength_zero_is_the_input_and_classes_steer(runs, tmp_path, capsy
     code, _, err = run(capsys, "edit", "--run", runs[1], "mnist:3", "--strength", "0.3,0.9", "--n", "3", "--class",
                        "8", "--guidance", "1", "--sampler", "ddim", "--steps", "5", "--out", fig, "--quiet")
     assert code == 0 and "wrote 6 edits of 1 image" in err and fig.is_file()
+    code, _, err = run(capsys, "inpaint", "--run", runs[1], "mnist:3", "--mask", "top", "--class", "8", "--guidance",
+                       "1", "--sampler", "ancestral", "--resample", "1", "--out", tmp_path / "eights.npz", "--quiet")
+    assert code == 0 and "wrote 1 completion of 1 image (60 network calls each)" in err
 
 
 def test_refusals_are_one_line(runs, tmp_path, capsys):

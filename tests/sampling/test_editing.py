@@ -13,7 +13,7 @@ from ddpm.nn.unet import UNet
 from ddpm.rng import ImageGenerators
 from ddpm.sampling.edit_jobs import Edit, inpaint, sdedit
 from ddpm.sampling.editing import MASKS, RePaint, SDEdit, make_mask, named_mask, repaint_levels, sdedit_start
-from ddpm.sampling.samplers import Ancestral, Respaced, generate, make_sampler
+from ddpm.sampling.samplers import SAMPLERS, Ancestral, Respaced, generate, make_sampler
 
 from helpers import OracleEps
 
@@ -128,6 +128,16 @@ def test_sdedit_noises_by_eq_4_and_runs_the_rest_of_the_chain(net, diffusion, im
         alone = sampler.run(net, xt.clone(), editor.start, generator=ImageGenerators([1, 2, 3]))
     edited = editor(net, x0.shape, known=x0, noise_seeds=seeds, generator=ImageGenerators([1, 2, 3]))
     assert torch.equal(edited, alone)
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_sdedit_with_the_oracle_lands_on_the_image_with_every_sampler(diffusion, name):
+    x_star = torch.rand(2, 1, 8, 8) * 2 - 1
+    image = to_uint8(x_star)
+    oracle = OracleEps(diffusion, to_float(image))
+    sampler = make_sampler(name, diffusion, steps=None if name == "ancestral" else 8)
+    out = sdedit(oracle, sampler, image, [0.3, 1.0], progress=False)
+    assert (out.int() - image.repeat_interleave(2, 0).int()).abs().max() <= 1, name
 
 
 def test_sdedit_completions_share_x_t(net, diffusion, images):
