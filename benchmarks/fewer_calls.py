@@ -43,6 +43,34 @@ def measure(run: str, n: int, calls, seed: int, samplers, precision: str, full_c
     return rows
 
 
+def plot(rows: list, out: str) -> None:
+    """One panel per run: each sampler's FD ratio against network calls (log-log), 1 = the reference."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = list(dict.fromkeys(r["run"] for r in rows))
+    fig, axes = plt.subplots(1, len(runs), figsize=(6 * len(runs), 4), dpi=110, squeeze=False)
+    for ax, run in zip(axes[0], runs):
+        mine = [r for r in rows if r["run"] == run][1:]  # the first row of a run is its reference
+        for name in dict.fromkeys(r["sampler"] for r in mine):
+            rs = sorted((r for r in mine if r["sampler"] == name), key=lambda r: r["steps"])
+            ax.plot([r["steps"] for r in rs], [r["ratio"] for r in rs], "o-", label=name)
+        ax.axhline(1.0, color="gray", lw=0.8)
+        for y in (1.1, 1.25, 1.3):
+            ax.axhline(y, color="gray", lw=0.5, ls=":")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("network calls per image")
+        ax.set_ylabel("FD / FD of Algorithm 2 respaced to 500")
+        ax.set_title(Path(run).name, fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", required=True, help="run directories, comma-separated")
@@ -53,7 +81,12 @@ def main() -> int:
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     ap.add_argument("--full-chain", action="store_true", help="also Algorithm 2 over all T steps")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--plot", default=None, metavar="PNG", help="draw FD ratio against calls here")
+    ap.add_argument("--replot", default=None, metavar="JSON", help="only draw --plot from an earlier --json")
     args = ap.parse_args()
+    if args.replot:
+        plot(json.loads(Path(args.replot).read_text()), args.plot)
+        return 0
     calls = [int(c) for c in args.calls.split(",")]
     everything = []
     for run in args.runs.split(","):
@@ -65,6 +98,8 @@ def main() -> int:
                   f"{r['seconds_per_image']:.3f} s/image", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(everything, indent=1) + "\n")
+    if args.plot:
+        plot(everything, args.plot)
     return 0
 
 
