@@ -282,11 +282,13 @@ def test_a_chunk_is_about_a_minute_of_sampling(monkeypatch):
             clock[0] += self.seconds
             return x
 
-    sampler = SimpleNamespace(steps=200)
+    sampler = SimpleNamespace(steps=200, calls=200)
     assert chunk_for_a_minute(Slow(0.5), sampler, (3, 8, 8), batch_size=4, n=5000) == 4  # a batch at least
     assert chunk_for_a_minute(Slow(0.01), sampler, (3, 8, 8), batch_size=4, n=5000) == 120  # 0.5 s an image
     assert chunk_for_a_minute(Slow(1e-5), sampler, (3, 8, 8), batch_size=4, n=5000) == CHUNK
     assert chunk_for_a_minute(Slow(1e-5), sampler, (3, 8, 8), batch_size=4, n=300) == 300
+    resampling = SimpleNamespace(steps=200, calls=400)  # RePaint's jumps: twice the calls of its steps
+    assert chunk_for_a_minute(Slow(0.01), resampling, (3, 8, 8), batch_size=4, n=5000) == 60
     clock[0] = 0.0
     assert chunk_for_a_minute(Slow(100.0), sampler, (3, 8, 8), batch_size=64, n=50) == 50 and clock[0] == 0.0
 
