@@ -76,7 +76,8 @@ def main() -> int:
     ap.add_argument("--runs", required=True, help="run directories, comma-separated")
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--calls", default=",".join(map(str, CALLS)))
-    ap.add_argument("--samplers", default=",".join(SAMPLERS))
+    ap.add_argument("--samplers", default=",".join(SAMPLERS), help="comma-separated; empty: only the reference "
+                    "(and --full-chain)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     ap.add_argument("--full-chain", action="store_true", help="also Algorithm 2 over all T steps")
@@ -90,7 +91,7 @@ def main() -> int:
     calls = [int(c) for c in args.calls.split(",")]
     everything = []
     for run in args.runs.split(","):
-        rows = measure(run, args.n, calls, args.seed, args.samplers.split(","), args.precision, args.full_chain)
+        rows = measure(run, args.n, calls, args.seed, [s for s in args.samplers.split(",") if s], args.precision, args.full_chain)
         everything += rows
         print(f"{run}: FD@{args.n} over that of Algorithm 2 respaced to {rows[0]['steps']} steps ({rows[0]['fd']:.3f})")
         for r in rows[1:]:
