@@ -202,7 +202,7 @@ def test_a_file_that_is_not_what_was_expected_is_named_so(case, run_dir, tmp_pat
                     else "holds Python objects besides tensors")
     elif case == "text-as-data":
         f.write_text("hello")
-        argv, expected = ["train", "--data", f, "--out", tmp_path / "r"], "a file that is not a CIFAR-10 archive"
+        argv, expected = ["train", "--data", f, "--out", tmp_path / "r"], "a file of no format ddpm reads"
     else:
         assert main(["export", "--run", str(run_dir), "--format", "diffusers", "--out", str(tmp_path / "exp")]) == 0
         (tmp_path / "exp" / "unet" / "diffusion_pytorch_model.safetensors").rename(tmp_path / "moved")

@@ -29,6 +29,7 @@ T_SAMPLINGS = ("uniform", "importance")
 LOGS = ("csv", "tensorboard")
 INIT_WEIGHTS = ("ema", "raw")
 LR_SCHEDULES = ("constant", "cosine")
+RESIZES = ("center-crop", "pad", "stretch")  # how an image becomes square (ddpm.data.images.fit); the first is the default
 
 
 def flag(name: str) -> str:
@@ -126,7 +127,16 @@ class DiffusionConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    data: str = _opt("data source: 'mnist' (shipped), a folder of images, or a CIFAR-10 archive/folder", default="mnist")
+    data: str = _opt("data source: 'mnist' (shipped), a folder of images, a CIFAR-10 archive/folder, an LMDB, a zip, "
+                     "a Hugging Face dataset (parquet or save_to_disk) or an .npz/.npy array (see 'data sources' "
+                     "above)", default="mnist")
+    resize: str = _opt("how images become square at the network's size: center-crop (the paper's: short side "
+                       "resized, bicubic, centre crop), pad (long side resized, black borders) or stretch",
+                       default="center-crop", choices=RESIZES)
+    image_column: str = _opt("a Hugging Face dataset's image column (default: its Image feature, else 'image', ...)",
+                             default="")
+    label_column: str = _opt("a Hugging Face dataset's label column (default: its ClassLabel, else 'label', ...)",
+                             default="")
     steps: int = _opt("total number of training steps (a resumed run continues up to this)", default=800_000)
     batch_size: int = _opt("global batch size (over all processes under torchrun)", default=128)
     grad_accum: int = _opt("split each process's share of the batch into this many micro-batches (same result, "
@@ -183,6 +193,12 @@ class TrainConfig:
                           metavar="RUN_OR_DIFFUSERS_DIR")
     init_weights: str = _opt("with --init-from: its EMA weights or its raw ones", default="ema", choices=INIT_WEIGHTS)
 
+    def data_options(self, src: Optional[str] = None) -> Dict[str, Any]:
+        """``load_data``'s options for this run's data (``src``: another source, read with the run's resize)."""
+        same = src is None or src == self.data
+        return {"resize": self.resize, "image_column": self.image_column if same else "",
+                "label_column": self.label_column if same else ""}
+
     def validate(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "log_every", "save_every", "keep", "n_samples"):
             _check_int(name, getattr(self, name), 1, "a positive")
@@ -194,6 +210,7 @@ class TrainConfig:
                   ("p_uncond", 0 <= self.p_uncond < 1, "must lie in [0, 1)"),
                   ("val_fraction", 0 <= self.val_fraction < 1, "must lie in [0, 1)"),
                   ("loss", self.loss in LOSSES, f"must be one of {', '.join(LOSSES)}"),
+                  ("resize", self.resize in RESIZES, f"must be one of {', '.join(RESIZES)}"),
                   ("objective", self.objective in OBJECTIVES, f"must be one of {', '.join(OBJECTIVES)}"),
                   ("vlb_weight", self.vlb_weight > 0, "must be positive"),
                   ("t_sampling", self.t_sampling in T_SAMPLINGS, f"must be one of {', '.join(T_SAMPLINGS)}"),

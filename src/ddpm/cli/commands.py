@@ -144,12 +144,14 @@ def cmd_interpolate(args) -> int:
 def cmd_data(args) -> int:
     from ..data.sources import cache_info, describe, load_data
 
+    options = {"resize": args.resize, "image_column": args.image_column or "", "label_column": args.label_column or ""}
     info = cache_info(args.src, preset=args.preset, channels=args.channels, image_size=args.image_size,
-                      cache_dir=args.cache_dir)
+                      cache_dir=args.cache_dir, **options)
     if args.action == "build":
         load_data(args.src, channels=info["channels"], image_size=info["size"], progress=not args.quiet,
-                  cache_dir=args.cache_dir, skip_bad=args.skip_bad_images)
-        info = cache_info(args.src, channels=info["channels"], image_size=info["size"], cache_dir=args.cache_dir)
+                  cache_dir=args.cache_dir, skip_bad=args.skip_bad_images, **options)
+        info = cache_info(args.src, channels=info["channels"], image_size=info["size"], cache_dir=args.cache_dir,
+                          **options)
     print("\n".join(describe(info, verify=args.verify)))
     return 0
 

@@ -67,6 +67,19 @@ def _demo(c: Commands) -> None:
                    help=f"network calls per sample ({DEMO_SAMPLER[0]} sampler; 1000 = the full Algorithm 2)")
 
 
+DATA_SOURCES = """data sources (--data; each recognised by what the path is, decoded once into the cache):
+  mnist                           the 5,000 digits shipped in the package (labelled)
+  ./my_images                     a folder of png/jpg/bmp/webp, searched recursively; ./pets/cat/*.jpg: labelled
+  cifar-10-python.tar.gz[:test]   CIFAR-10, either official format, archive or extracted (labelled)
+  bedroom_train_lmdb/             an LMDB of encoded images, as LSUN ships (needs ddpm-tool[lsun]: lmdb)
+  images.zip                      a zip of images, read in place; labels from class folders in it or EDM's
+                                  dataset.json
+  ./hf_dataset  or  train.parquet  a Hugging Face dataset: a save_to_disk folder, parquet file(s) or a folder of
+                                  them, with an image column and optionally a label column (ClassLabel names are
+                                  the classes; --image-column/--label-column; needs ddpm-tool[hf]: pyarrow)
+  samples.npz  or  images.npy     uint8 [N, H, W, C] (arr_0, labels arr_1; class names from classes.json beside)"""
+
+
 def _train(c: Commands) -> None:
     from ..config import PRESETS, DiffusionConfig, TrainConfig
 
@@ -74,7 +87,7 @@ def _train(c: Commands) -> None:
               "Train eps_theta with Algorithm 1. A new run needs --data and --out; `--out RUN --resume` continues "
               "an existing run bit-exactly (only how long it runs and how it reports may change). Unset options "
               "come from the preset (the paper's recipe for cifar10 and celebahq256). Ctrl-C saves and stops.\n\n"
-              "presets:\n" + "\n".join(f"  {k:<12} {v.summary}" for k, v in PRESETS.items()),
+              "presets:\n" + "\n".join(f"  {k:<12} {v.summary}" for k, v in PRESETS.items()) + "\n\n" + DATA_SOURCES,
               "ddpm train --data mnist --preset tiny --out runs/tiny --steps 200; "
               "ddpm train --data ./my_images --preset cifar10 --out runs/mine --batch-size 32; "
               "ddpm train --out runs/mine --resume --steps 100000; "
@@ -98,20 +111,26 @@ def _data(c: Commands) -> None:
     p = c.add("data", "what a data source holds, and its decoded cache",
               "info: what SRC holds (images, classes) and whether a decoded cache of it exists at the preset's (or "
               "--image-size/--channels') size, and where. build: decode it into the cache now (in parallel, "
-              "once), so that training starts at once. A folder or CIFAR-10 archive is decoded once per size and "
-              "channels into $DDPM_CACHE_DIR (default ~/.cache/ddpm) and memory-mapped from then on; a changed "
-              "folder gets a new cache. Delete the folder to clear it.",
-              "ddpm data info ./my_images --preset celebahq256; ddpm data build ~/data/lsun --image-size 256; "
+              "once), so that training starts at once. Every source but mnist is decoded once per size, channels "
+              "and --resize into $DDPM_CACHE_DIR (default ~/.cache/ddpm) and memory-mapped from then on; a changed "
+              "source gets a new cache. Delete the folder to clear it.\n\n" + DATA_SOURCES,
+              "ddpm data info ./my_images --preset celebahq256; "
+              "ddpm data build ~/lsun/bedroom_train_lmdb --image-size 256; "
               "ddpm data info cifar-10-python.tar.gz:test", device=False)
     p.add_argument("action", choices=("info", "build"), help="info, or build the cache")
-    p.add_argument("src", help="a data source as for train: mnist, a folder, a CIFAR-10 archive (PATH:test for its "
-                               "test split)")
+    p.add_argument("src", help="a data source as for train (see 'data sources' above)")
     from ..config import PRESETS
 
     p.add_argument("--preset", choices=list(PRESETS), default=None, help="its size and channels (default: mnist for "
                                                                          "mnist, else cifar10)")
     data_flags(p)
     p.add_argument("--skip-bad-images", action="store_true", help="build: leave unreadable images out")
+    from ..config import RESIZES, TrainConfig
+
+    for name in ("resize", "image_column", "label_column"):
+        f = TrainConfig.__dataclass_fields__[name]
+        p.add_argument("--" + name.replace("_", "-"), default=f.default, choices=RESIZES if name == "resize" else None,
+                       help=f.metadata["help"] + (f" (default: {f.default})" if f.default else ""))
     p.add_argument("--verify", action="store_true", help="info: check every byte of the cache against its checksum")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 

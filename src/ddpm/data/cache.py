@@ -22,7 +22,7 @@ import logging
 import os
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -35,7 +35,7 @@ from ..errors import DDPMError
 from .images import CONVERSION, decode_into, folder_classes
 
 __all__ = ["CACHE_ENV", "cache_root", "Cached", "source_key", "cache_key", "open_cache", "build_folder_cache",
-           "build_array_cache", "verify", "caches_of"]
+           "build_encoded_cache", "build_array_cache", "verify", "caches_of"]
 
 log = logging.getLogger(__name__)
 CACHE_ENV = "DDPM_CACHE_DIR"
@@ -66,8 +66,12 @@ def source_key(kind: str, files: Sequence[Path], root: Optional[Path] = None, **
     return _hash({"kind": kind, "files": stats, **extra})
 
 
-def cache_key(source: str, channels: int, size: int) -> str:
-    return _hash({"source": source, "channels": channels, "size": size, "conversion": CONVERSION, "version": VERSION})
+def cache_key(source: str, channels: int, size: int, resize: str = "center-crop") -> str:
+    """The key of a source's cache at a size and conversion (the default conversion's keys as before it had a
+    choice)."""
+    extra = {} if resize == "center-crop" else {"resize": resize}
+    return _hash({"source": source, "channels": channels, "size": size, "conversion": CONVERSION, "version": VERSION,
+                  **extra})
 
 
 @dataclass
@@ -162,10 +166,50 @@ def _finish(tmp: Path, meta: Dict[str, Any], labels: Optional[np.ndarray]) -> No
 
 
 def build_folder_cache(root: Path, key: str, meta: Dict[str, Any], folder: Path, paths: Sequence[Path], channels: int,
-                       size: int, *, skip_bad: bool = False, progress: bool = False,
+                       size: int, *, resize: str = "center-crop", skip_bad: bool = False, progress: bool = False,
                        workers: Optional[int] = None) -> Cached:
     """Decode ``paths`` of ``folder`` in worker processes into the cache ``key``. Unreadable images stop it with
     the first one named and their count, or, with ``skip_bad``, are left out and listed in the cache's meta."""
+    def tasks(npy: str):
+        for i in range(0, len(paths), TASK):
+            chunk = [str(p) for p in paths[i:i + TASK]]
+            yield len(chunk), decode_into, (npy, i, chunk, channels, size, resize)
+
+    def labels(keep: Optional[np.ndarray]):
+        classes, labels, why = folder_classes(folder, [p for i, p in enumerate(paths) if keep is None or keep[i]])
+        return classes, None if labels is None else np.asarray(labels), why
+
+    return _build(root, key, meta, str(folder), len(paths), tasks, lambda row, _: str(paths[row].relative_to(folder)),
+                  labels, channels, size, skip_bad=skip_bad, progress=progress, workers=workers)
+
+
+def build_encoded_cache(root: Path, key: str, meta: Dict[str, Any], source, channels: int, size: int, *,
+                        resize: str = "center-crop", skip_bad: bool = False, progress: bool = False,
+                        workers: Optional[int] = None) -> Cached:
+    """``build_folder_cache`` for a ``formats.Encoded`` source (LMDB, zip, parquet, arrow): its chunks listed here,
+    decoded in the workers, each reading its images itself."""
+    from .formats import decode_chunk
+
+    n = source.count()
+
+    def tasks(npy: str):
+        start = 0
+        for count, payload in source.chunks():
+            yield count, decode_chunk, (npy, start, source, payload, channels, size, resize)
+            start += count
+
+    def labels(keep: Optional[np.ndarray]):
+        classes, labels, why = source.labels()
+        return classes, labels if labels is None or keep is None else labels[keep], why
+
+    return _build(root, key, meta, str(source.path), n, tasks, lambda _, name: name, labels, channels, size,
+                  skip_bad=skip_bad, progress=progress, workers=workers)
+
+
+def _build(root: Path, key: str, meta: Dict[str, Any], what: str, n: int, tasks, name_of, labels, channels: int,
+           size: int, *, skip_bad: bool, progress: bool, workers: Optional[int]) -> Cached:
+    """Run ``tasks(npy)`` ((images, worker function, its task) each) in worker processes, each writing its rows
+    of a new images.npy of ``n`` rows and returning what it could not read; then the labels of the rows kept."""
     from tqdm.auto import tqdm
 
     from ..runtime import usable_cores
@@ -173,40 +217,51 @@ def build_folder_cache(root: Path, key: str, meta: Dict[str, Any], folder: Path,
     with _building(root, key) as done:
         if done is not None:
             return done
-        n = len(paths)
         with written_aside(root / key) as tmp:
             out = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8,
                                             shape=(n, channels, size, size))
             del out
             _reserve(tmp / "images.npy")
-            tasks = [(str(tmp / "images.npy"), i, [str(p) for p in paths[i:i + TASK]], channels, size)
-                     for i in range(0, n, TASK)]
-            bad: List[Tuple[int, str]] = []
+            bad: List[Tuple[int, str, str]] = []
             with ProcessPoolExecutor(max_workers=workers or usable_cores(), mp_context=get_context("spawn")) as ex, \
-                    tqdm(total=n, desc=f"decoding {folder} once, into the cache", unit="img", disable=not progress) as bar:
-                futures = {ex.submit(decode_into, t): len(t[2]) for t in tasks}
-                for fut in as_completed(futures):
-                    bad += fut.result()
-                    bar.update(futures[fut])
-            good = _without_bad(tmp, sorted(bad), n, folder, skip_bad)
-            kept = [p for i, p in enumerate(paths) if good is None or good[i]]
-            classes, labels, why = folder_classes(folder, kept)
-            meta.update(n=len(kept), shape=[len(kept), channels, size, size], classes=classes, unlabelled=why,
-                        skipped=[str(paths[i].relative_to(folder)) for i, _ in sorted(bad)])
-            _finish(tmp, meta, None if labels is None else np.asarray(labels))
+                    tqdm(total=n, desc=f"decoding {what} once, into the cache", unit="img", disable=not progress) as bar:
+                futures = {}
+                for count, fn, task in tasks(str(tmp / "images.npy")):
+                    futures[ex.submit(fn, task)] = count
+                    if len(futures) >= 64:  # a bounded queue: listing millions of images holds little at a time
+                        _collect(futures, bad, bar, wait_one=True)
+                _collect(futures, bad, bar, wait_one=False)
+            bad.sort()
+            keep = _without_bad(tmp, bad, n, what, skip_bad)
+            classes, labels_kept, why = labels(keep)
+            kept = n if keep is None else int(keep.sum())
+            meta.update(n=kept, shape=[kept, channels, size, size], classes=classes, unlabelled=why,
+                        skipped=[name_of(row, name) for row, name, _ in bad])
+            _finish(tmp, meta, labels_kept)
     return open_cache(root, key)
 
 
-def _without_bad(tmp: Path, bad: List[Tuple[int, str]], n: int, folder: Path, skip_bad: bool) -> Optional[np.ndarray]:
+def _collect(futures: Dict, bad: List, bar, wait_one: bool) -> None:
+    """Take the results of finished tasks (with ``wait_one``: at least one, else all) off ``futures``."""
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    finished, _ = wait(list(futures), return_when=FIRST_COMPLETED) if wait_one else (list(futures), None)
+    for fut in finished:
+        bad += fut.result()
+        bar.update(futures.pop(fut))
+
+
+def _without_bad(tmp: Path, bad: List[Tuple[int, str, str]], n: int, folder: str, skip_bad: bool
+                 ) -> Optional[np.ndarray]:
     """The rows to keep (None: all), after compacting images.npy without the unreadable ones; DDPMError unless
     ``skip_bad``."""
     if not bad:
         return None
     if not skip_bad:
-        raise DDPMError(f"{len(bad)} of the {n} images in {folder} cannot be read; the first: {bad[0][1]}. Pass "
+        raise DDPMError(f"{len(bad)} of the {n} images in {folder} cannot be read; the first: {bad[0][2]}. Pass "
                         "--skip-bad-images to leave them out (they are listed in the run)")
     keep = np.ones(n, bool)
-    keep[[i for i, _ in bad]] = False
+    keep[[i for i, _, _ in bad]] = False
     src = np.load(tmp / "images.npy", mmap_mode="r")
     dst = np.lib.format.open_memmap(tmp / "kept.npy", mode="w+", dtype=np.uint8, shape=(int(keep.sum()), *src.shape[1:]))
     _reserve(tmp / "kept.npy")
@@ -219,9 +274,11 @@ def _without_bad(tmp: Path, bad: List[Tuple[int, str]], n: int, folder: Path, sk
     return keep
 
 
-def build_array_cache(root: Path, key: str, meta: Dict[str, Any], load: Callable[[], Tuple[np.ndarray, np.ndarray]],
-                      classes: Sequence[str], channels: int, size: int, *, progress: bool = False) -> Cached:
-    """Cache a source read whole into memory (CIFAR-10), converted to ``channels`` x ``size``."""
+def build_array_cache(root: Path, key: str, meta: Dict[str, Any],
+                      load: Callable[[], Tuple[np.ndarray, Optional[np.ndarray]]], classes, channels: int, size: int, *,
+                      resize: str = "center-crop", progress: bool = False, unlabelled: str = "") -> Cached:
+    """Cache a source read whole (CIFAR-10, a numpy array), converted to ``channels`` x ``size``. ``classes``: the
+    names, or a function of the labels that gives them."""
     from tqdm.auto import tqdm
 
     from .images import convert_array
@@ -239,10 +296,13 @@ def build_array_cache(root: Path, key: str, meta: Dict[str, Any], load: Callable
                 out[:] = images
             else:
                 for i in tqdm(range(n), desc="converting into the cache", unit="img", disable=not progress):
-                    out[i] = convert_array(images[i], channels, size)
+                    out[i] = convert_array(images[i], channels, size, resize)
             out.flush()
             del out
-            meta.update(n=n, shape=[n, channels, size, size], classes=list(classes), unlabelled="", skipped=[])
+            if callable(classes):
+                classes = classes(labels) if labels is not None else None
+            meta.update(n=n, shape=[n, channels, size, size], classes=None if classes is None else list(classes),
+                        unlabelled="" if labels is not None else unlabelled, skipped=[])
             _finish(tmp, meta, labels)
     return open_cache(root, key)
 

@@ -1,22 +1,26 @@
 """Images from files: listing a folder, decoding and converting one image, and the cache builder's worker.
 
-Every image goes through one conversion: to gray ("L") or RGB, the short side resized to S (bicubic),
-centre-cropped to S x S. This module needs only numpy and Pillow (not torch), so that the worker processes
+Every image goes through one conversion: to gray ("L") or RGB, then to S x S by the chosen ``resize``: the
+paper's ``center-crop`` (the default: the short side resized to S, bicubic, centre-cropped; LSUN as the paper:
+centre crop, then resize), ``pad`` (the long side to S, the rest black, centred) or ``stretch`` (both sides to S,
+the aspect ratio not kept). This module needs only numpy and Pillow (not torch), so that the worker processes
 that decode a large folder start fast and share nothing with the trainer.
 """
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..config import RESIZES
 from ..errors import DDPMError
 
-__all__ = ["IMAGE_EXTENSIONS", "CONVERSION", "list_images", "folder_classes", "open_image", "to_mode", "fit", "chw",
+__all__ = ["IMAGE_EXTENSIONS", "CONVERSION", "RESIZES", "list_images", "classes_of_parts", "folder_classes", "open_image", "to_mode", "fit", "chw",
            "decode", "convert_array", "decode_into"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -37,9 +41,14 @@ def list_images(root: Path) -> List[Path]:
 def folder_classes(root: Path, paths: Sequence[Path]) -> Tuple[Optional[Tuple[str, ...]], Optional[List[int]], str]:
     """The ImageFolder convention: ``root/<class>/**/*.png``, classes the first-level subfolder names (those
     with images), sorted. Returns (classes, one label per path, ""), or (None, None, why there are no labels)."""
-    first = [p.relative_to(root).parts for p in paths]
+    return classes_of_parts([p.relative_to(root).parts for p in paths], str(root))
+
+
+def classes_of_parts(first: Sequence[Sequence[str]], root: str
+                     ) -> Tuple[Optional[Tuple[str, ...]], Optional[List[int]], str]:
+    """``folder_classes`` for paths given as their parts below ``root`` (a folder, or the inside of a zip)."""
     loose = sum(len(parts) == 1 for parts in first)
-    if loose == len(paths):
+    if loose == len(first):
         return None, None, (f"its images are not in class subfolders (put each class's images in a subfolder of "
                             f"its own: {root}/cat/*.png, {root}/dog/*.png)")
     if loose:
@@ -74,9 +83,22 @@ def to_mode(im: Image.Image, mode: str) -> Image.Image:
     return im if im.mode == mode else im.convert(mode)
 
 
-def fit(im: Image.Image, size: int) -> Image.Image:
-    """Centre square of side min(w, h), resized to size x size (short side -> size, centre crop)."""
+def fit(im: Image.Image, size: int, resize: str = "center-crop") -> Image.Image:
+    """``im`` at size x size: center-crop (the centre square of side min(w, h), resized: short side -> size),
+    pad (resized so that the long side is size, centred on black) or stretch (resized, aspect not kept)."""
     w, h = im.size
+    if resize == "stretch":
+        return im if (w, h) == (size, size) else im.resize((size, size), Image.BICUBIC, reducing_gap=3.0)
+    if resize == "pad":
+        if w == h:
+            return fit(im, size)
+        scale = size / max(w, h)
+        inner = im.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BICUBIC, reducing_gap=3.0)
+        out = Image.new(im.mode, (size, size))
+        out.paste(inner, ((size - inner.size[0]) // 2, (size - inner.size[1]) // 2))
+        return out
+    if resize != "center-crop":
+        raise DDPMError(f"unknown resize {resize!r}; expected one of {', '.join(RESIZES)}")
     m = min(w, h)
     box = ((w - m) // 2, (h - m) // 2, (w - m) // 2 + m, (h - m) // 2 + m)
     if m == size:
@@ -90,27 +112,41 @@ def chw(im: Image.Image) -> np.ndarray:
     return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
 
 
-def decode(path: Path, channels: int, size: int) -> np.ndarray:
+def decode(path: Path, channels: int, size: int, resize: str = "center-crop") -> np.ndarray:
     """An image file -> uint8 [channels, size, size]; DDPMError for an unreadable one."""
-    return chw(fit(to_mode(open_image(path), "L" if channels == 1 else "RGB"), size))
+    return chw(fit(to_mode(open_image(path), "L" if channels == 1 else "RGB"), size, resize))
 
 
-def convert_array(image: np.ndarray, channels: int, size: int) -> np.ndarray:
+def decode_bytes(data: bytes, name: str, channels: int, size: int, resize: str = "center-crop") -> np.ndarray:
+    """An encoded image (png, jpeg, webp, ... bytes; ``name`` says where it came from) -> uint8 [channels, size,
+    size]; DDPMError for an unreadable one."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            im = ImageOps.exif_transpose(im)
+    except UnidentifiedImageError:
+        raise DDPMError(f"cannot read image {name}: no image format reads its {len(data)} bytes") from None
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... for bad bytes
+        raise DDPMError(f"cannot read image {name}: {e}") from None
+    return chw(fit(to_mode(im, "L" if channels == 1 else "RGB"), size, resize))
+
+
+def convert_array(image: np.ndarray, channels: int, size: int, resize: str = "center-crop") -> np.ndarray:
     """uint8 [c, h, w] -> uint8 [channels, size, size] by the same conversion."""
     hwc = image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
-    return chw(fit(Image.fromarray(np.ascontiguousarray(hwc)).convert("L" if channels == 1 else "RGB"), size))
+    return chw(fit(Image.fromarray(np.ascontiguousarray(hwc)).convert("L" if channels == 1 else "RGB"), size, resize))
 
 
-def decode_into(task: Tuple[str, int, Sequence[str], int, int]) -> List[Tuple[int, str]]:
+def decode_into(task: Tuple[str, int, Sequence[str], int, int, str]) -> List[Tuple[int, str, str]]:
     """The cache builder's worker: decode ``paths`` into rows ``start ..`` of the .npy at ``npy`` (opened in place).
-    Returns (row, message) of each image it could not read; those rows are left as they were."""
-    npy, start, paths, channels, size = task
+    Returns (row, path, message) of each image it could not read; those rows are left as they were."""
+    npy, start, paths, channels, size, resize = task
     out = np.load(npy, mmap_mode="r+")
     bad = []
     for j, p in enumerate(paths):
         try:
-            out[start + j] = decode(Path(p), channels, size)
+            out[start + j] = decode(Path(p), channels, size, resize)
         except DDPMError as e:
-            bad.append((start + j, str(e)))
+            bad.append((start + j, p, str(e)))
     out.flush()
     return bad

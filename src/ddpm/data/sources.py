@@ -8,9 +8,13 @@
   by its subfolders when every image lies in one (``root/cat/*.png``: the ImageFolder convention);
 - CIFAR-10 from a local file or folder in either official format (the python pickles or the binary
   records, as the ``.tar.gz`` or extracted): the 50,000 training images, or with ``:test`` after the
-  path (``cifar-10-python.tar.gz:test``) the 10,000 test images.
+  path (``cifar-10-python.tar.gz:test``) the 10,000 test images;
+- an LMDB (LSUN's ``bedroom_train_lmdb/``: keys -> webp/jpeg/png bytes), a zip of images (labels from class
+  folders inside it or EDM's ``dataset.json``), a Hugging Face dataset (parquet file(s), a folder of them, or a
+  ``save_to_disk`` folder; an image column and optionally a label column), an ``.npz``/``.npy`` uint8 array
+  [N, H, W, C] (``arr_1`` labels): see ``ddpm.data.formats``.
 
-Folders and CIFAR-10 are decoded once into the decoded cache (``ddpm.data.cache``) and memory-mapped from then
+Everything but mnist is decoded once into the decoded cache (``ddpm.data.cache``) and memory-mapped from then
 on, so memory does not grow with the data set. Every image goes through one conversion (``ddpm.data.images``);
 ``load_image(spec, size)`` reads one picture (a file, or ``mnist:K``) the same way. Bad input raises
 ``DDPMError``.
@@ -32,14 +36,19 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .cache import (build_array_cache, build_folder_cache, cache_key, cache_root, caches_of, open_cache,
+from .cache import (build_array_cache, build_encoded_cache, build_folder_cache, cache_key, cache_root, caches_of, open_cache,
                     source_key)
 from .cifar10 import CIFAR10_CLASSES, read_cifar10
 from ..errors import DDPMError
-from .images import HIGH_DEPTH, IMAGE_EXTENSIONS, chw, fit, folder_classes, list_images, open_image, to_mode
+from .formats import Encoded, find_encoded
+from .tables import Arrays
+from .images import HIGH_DEPTH, IMAGE_EXTENSIONS, RESIZES, chw, fit, folder_classes, list_images, open_image, to_mode
 
 __all__ = ["ImageData", "Source", "find_source", "load_data", "load_image", "load_images", "to_float", "to_uint8",
-           "IMAGE_EXTENSIONS", "MNIST_CLASSES"]
+           "native_shape", "IMAGE_EXTENSIONS", "MNIST_CLASSES", "RESIZES", "SOURCES"]
+
+SOURCES = ("'mnist', a folder of images, a CIFAR-10 archive/folder, an LMDB, a zip of images, a Hugging Face dataset "
+           "(parquet or a save_to_disk folder) or an .npz/.npy array")
 
 MNIST_CLASSES = tuple(str(d) for d in range(10))
 
@@ -88,13 +97,15 @@ class ImageData:
 
 @dataclass
 class Source:
-    """A data source found on disk, not yet read: ``kind`` "mnist", "cifar10" or "folder", its path (and CIFAR-10
-    split), and for a folder its image files."""
+    """A data source found on disk, not yet read: ``kind`` "mnist", "cifar10", "folder", "npz" or an encoded
+    source's ("lmdb", "zip", "parquet", "arrow"), its path (and CIFAR-10 split), for a folder its image files,
+    for an encoded source its reader (``formats.Encoded``)."""
 
     kind: str
     path: Optional[Path] = None
     split: str = "train"
     paths: Tuple[Path, ...] = ()
+    encoded: Optional[Encoded] = None
 
     @property
     def name(self) -> str:
@@ -102,17 +113,23 @@ class Source:
             self.kind, str(self.path))
 
     def key(self) -> str:
-        """The identity of the source's contents (not of its size or channels), for the cache."""
+        """The identity of the source's contents (not of its size or channels), for the cache: file names, sizes
+        and modification times (an LMDB's entry count too), never a hash of the images."""
         if self.kind == "folder":
             return source_key("folder", self.paths, self.path)
+        if self.encoded is not None:
+            return source_key(self.kind, self.encoded.key_files(), **self.encoded.key_extra())
+        if self.kind == "npz":
+            return source_key("npz", [self.path])
         files = list(self.path.rglob("*")) if self.path.is_dir() else [self.path]
         return source_key("cifar10", [f for f in files if f.is_file()], self.path if self.path.is_dir() else None,
                           split=self.split)
 
 
-def find_source(src: str) -> Source:
-    """What ``src`` names, checked: "mnist", a CIFAR-10 archive or folder (``PATH:test`` for its test split), or a
-    folder of images (listed, not decoded)."""
+def find_source(src: str, *, image_column: str = "", label_column: str = "") -> Source:
+    """What ``src`` names, checked: "mnist", a CIFAR-10 archive or folder (``PATH:test`` for its test split), an
+    LMDB, a zip, a Hugging Face dataset (with ``image_column`` / ``label_column`` when they are not the obvious
+    ones), an .npz/.npy array, or a folder of images (listed, not decoded)."""
     src = os.fspath(src)
     if src == "mnist":
         return Source("mnist")
@@ -121,11 +138,21 @@ def find_source(src: str) -> Source:
         src, _, split = src.rpartition(":")
     path = Path(src).expanduser()
     if not path.exists():
-        raise DDPMError(f"data source {src!r} not found: expected 'mnist', a folder of images, or a CIFAR-10 "
-                        "archive/folder")
+        raise DDPMError(f"data source {src!r} not found: expected {SOURCES}")
+    if path.is_file() and path.suffix.lower() in (".npz", ".npy"):
+        if split != "train":
+            raise DDPMError(f"{src}:{split}: a split is a CIFAR-10 archive's, and {src} is an array")
+        return Source("npz", path)
+    encoded = find_encoded(path, image_column, label_column)
+    if encoded is not None:
+        if split != "train":
+            raise DDPMError(f"{src}:{split}: a split is a CIFAR-10 archive's; give the split's own file or folder")
+        return Source(encoded.kind, path, encoded=encoded)
+    if image_column or label_column:
+        raise DDPMError(f"--image-column and --label-column are for Hugging Face datasets (parquet, save_to_disk), "
+                        f"and {src} is none")
     if path.is_file() and not tarfile.is_tarfile(path):
-        raise DDPMError(f"data source {src}: a file that is not a CIFAR-10 archive (a .tar.gz); --data takes 'mnist', "
-                        "a folder of images or a CIFAR-10 archive")
+        raise DDPMError(f"data source {src}: a file of no format ddpm reads; --data takes {SOURCES}")
     if path.is_file() or _has_cifar_batches(path):
         return Source("cifar10", path, split)
     if split != "train":
@@ -155,29 +182,39 @@ def _has_cifar_batches(path: Path) -> bool:
 
 
 def load_data(src: str, *, channels: int, image_size: int, progress: bool = False, cache_dir=None,
-              skip_bad: bool = False) -> ImageData:
-    """Load ``src`` ("mnist", a folder of images, or a CIFAR-10 archive/folder) as uint8
-    [N, channels, image_size, image_size]. ``channels`` is 1 (gray) or 3 (RGB). Folders and CIFAR-10 come from
+              skip_bad: bool = False, resize: str = "center-crop", image_column: str = "",
+              label_column: str = "") -> ImageData:
+    """Load ``src`` (any of ``SOURCES``) as uint8 [N, channels, image_size, image_size]. ``channels`` is 1 (gray) or
+    3 (RGB); ``resize`` one of ``RESIZES`` (the paper's center-crop by default). Everything but mnist comes from
     the decoded cache in ``cache_dir`` (see ``cache.cache_root``), built on first use; ``skip_bad`` leaves
-    unreadable images out instead of stopping."""
+    unreadable images out instead of stopping. ``image_column`` / ``label_column``: a Hugging Face dataset's."""
     if channels not in (1, 3):
         raise DDPMError(f"channels must be 1 or 3, got {channels!r}")
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
         raise DDPMError(f"image_size must be a positive integer, got {image_size!r}")
-    source = find_source(src)
+    if resize not in RESIZES:
+        raise DDPMError(f"unknown resize {resize!r}; expected one of {', '.join(RESIZES)}")
+    source = find_source(src, image_column=image_column, label_column=label_column)
     if source.kind == "mnist":
-        return _mnist(channels, image_size)
+        return _mnist(channels, image_size, resize)
     root, skey = cache_root(cache_dir), source.key()
-    key = cache_key(skey, channels, image_size)
+    key = cache_key(skey, channels, image_size, resize)
     meta = {"key": key, "source_key": skey, "source": str(source.path.resolve()), "kind": source.kind,
-            "split": source.split}
+            "split": source.split, "resize": resize}
     cached = open_cache(root, key)
     if cached is None and source.kind == "folder":
-        cached = build_folder_cache(root, key, meta, source.path, source.paths, channels, image_size,
+        cached = build_folder_cache(root, key, meta, source.path, source.paths, channels, image_size, resize=resize,
                                     skip_bad=skip_bad, progress=progress)
+    elif cached is None and source.encoded is not None:
+        cached = build_encoded_cache(root, key, meta, source.encoded, channels, image_size, resize=resize,
+                                     skip_bad=skip_bad, progress=progress)
+    elif cached is None and source.kind == "npz":
+        arrays = Arrays(source.path)
+        cached = build_array_cache(root, key, meta, arrays.load, arrays.classes, channels, image_size, resize=resize,
+                                   progress=progress, unlabelled=f"{source.path} has no labels (arr_1)")
     elif cached is None:
         cached = build_array_cache(root, key, meta, lambda: _read_cifar(source), CIFAR10_CLASSES, channels,
-                                   image_size, progress=progress)
+                                   image_size, resize=resize, progress=progress)
     skipped = tuple(cached.meta.get("skipped", ()))
     if skipped and not skip_bad:
         raise DDPMError(f"{len(skipped)} of the images in {source.path} cannot be read; the first: {skipped[0]}. "
@@ -195,25 +232,61 @@ def _read_cifar(source: Source) -> Tuple[np.ndarray, np.ndarray]:
     return found
 
 
+def native_shape(source: Source) -> Tuple[int, int]:
+    """(channels, size) a source has of itself: mnist 1 x 28, CIFAR-10 3 x 32, an array its own, else its first
+    image's (gray 1, anything else 3; its short side)."""
+    if source.kind == "mnist":
+        return 1, 28
+    if source.kind == "cifar10":
+        return 3, 32
+    if source.kind == "npz":
+        arr = Arrays(source.path).load()[0]
+        return arr.shape[1], min(arr.shape[2:])
+    if source.encoded is not None:
+        _, data = source.encoded.first()
+        opened = Image.open(io.BytesIO(data or b""))
+    else:
+        opened = Image.open(source.paths[0])
+    try:
+        with opened as im:
+            return (1 if im.mode in ("1", "L", "LA", "F") or im.mode in HIGH_DEPTH else 3), min(im.size)
+    except OSError as e:
+        raise DDPMError(f"cannot read the first image of {source.name}: {e}") from None
+
+
 def cache_info(src: str, *, channels: Optional[int] = None, image_size: Optional[int] = None,
-               preset: Optional[str] = None, cache_dir=None) -> dict:
+               preset: Optional[str] = None, cache_dir=None, resize: str = "center-crop", image_column: str = "",
+               label_column: str = "") -> dict:
     """What a source holds and where its caches are, without decoding anything: at ``channels`` x ``image_size``
     (default: those of ``preset``, itself by default mnist for mnist and cifar10 otherwise)."""
     from ..config import PRESETS
 
-    source = find_source(src)
+    source = find_source(src, image_column=image_column, label_column=label_column)
     model = PRESETS[preset or ("mnist" if source.kind == "mnist" else "cifar10")].model
     channels, size = channels or model.in_channels, image_size or model.image_size
     info = {"source": source, "channels": channels, "size": size, "cache": None, "caches": []}
     if source.kind == "mnist":
         return {**info, "images": 5000, "classes": MNIST_CLASSES}
     root, skey = cache_root(cache_dir), source.key()
-    path = root / cache_key(skey, channels, size)
-    n = len(source.paths) if source.kind == "folder" else (10000 if source.split == "test" else 50000)
+    path = root / cache_key(skey, channels, size, resize)
     if source.kind == "folder":
+        n = len(source.paths)
         classes, _, why = folder_classes(source.path, source.paths)
         info["classes"], info["unlabelled"] = classes, why
+    elif source.encoded is not None:
+        n = source.encoded.count()
+        classes, _, why = source.encoded.labels()
+        info["classes"], info["unlabelled"] = classes, why
+        if source.encoded.image_column:
+            info["columns"] = (source.encoded.image_column, source.encoded.label_column)
+    elif source.kind == "npz":
+        arrays = Arrays(source.path)
+        images, labels = arrays.load()
+        n = len(images)
+        info["classes"] = arrays.classes(labels) if labels is not None else None
+        info["unlabelled"] = "" if labels is not None else "the array has no labels (arr_1)"
     else:
+        n = 10000 if source.split == "test" else 50000
         info["classes"] = CIFAR10_CLASSES
     return {**info, "images": n, "cache": path, "built": (path / "meta.json").is_file(), "caches": caches_of(root, skey)}
 
@@ -224,6 +297,9 @@ def describe(info: dict, verify: bool = False) -> list:
 
     src = info["source"]
     lines = [f"{src.name}: {src.kind}, {info['images']} images" + (f" in {src.path}" if src.path else "")]
+    if info.get("columns"):
+        lines.append(f"image column {info['columns'][0]!r}, label column "
+                     + (repr(info["columns"][1]) if info["columns"][1] else "none"))
     if info.get("classes"):
         names = info["classes"]
         lines.append(f"{len(names)} classes: {', '.join(names[:50])}{', ...' if len(names) > 50 else ''}")
@@ -262,12 +338,12 @@ def _mnist_arrays() -> Tuple[np.ndarray, np.ndarray]:
     return images[order, None], labels[order]
 
 
-def _mnist(channels: int, size: int) -> ImageData:
+def _mnist(channels: int, size: int, resize: str = "center-crop") -> ImageData:
     from .images import convert_array
 
     images, labels = _mnist_arrays()
     if (channels, size) != (1, 28):
-        images = np.stack([convert_array(im, channels, size) for im in images])
+        images = np.stack([convert_array(im, channels, size, resize) for im in images])
     key = hashlib.blake2b(images.tobytes(), digest_size=12).hexdigest()
     return ImageData(torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels), "mnist", False,
                      MNIST_CLASSES, "", key)
@@ -312,16 +388,6 @@ def load_images(spec: str, size: int, channels: int) -> torch.Tensor:
             return torch.from_numpy(decode(path, channels, size)[None].copy())
         if not path.is_file():
             raise DDPMError(f"{path} not found")
-        try:
-            if path.suffix.lower() == ".npy":
-                arr = np.load(path, allow_pickle=False)
-            else:
-                with np.load(path, allow_pickle=False) as z:
-                    arr = z["arr_0"]
-        except (OSError, ValueError, KeyError) as e:
-            raise DDPMError(f"cannot read {path} as images (uint8 arr_0 [N, H, W, C]): {e}") from None
-        if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] not in (1, 3) or not len(arr):
-            raise DDPMError(f"{path} holds {arr.dtype} {tuple(arr.shape)}; expected uint8 images [N, H, W, 1 or 3]")
-        arrays = arr.transpose(0, 3, 1, 2)
+        arrays = Arrays(path).load()[0]
     out = [a if a.shape == (channels, size, size) else convert_array(a, channels, size) for a in arrays]
     return torch.from_numpy(np.ascontiguousarray(np.stack(out)))

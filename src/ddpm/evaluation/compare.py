@@ -85,18 +85,10 @@ def _samples_of(z: Dict[str, np.ndarray], p: Path) -> Tuple[Tensor, Optional[Ten
 
 
 def _native_shape(spec: str) -> Tuple[int, int]:
-    """(channels, size) a data source has of itself: mnist 1 x 28, CIFAR-10 3 x 32, a folder its first image's."""
-    from PIL import Image
+    """(channels, size) a data source has of itself (``sources.native_shape``)."""
+    from ..data.sources import find_source, native_shape
 
-    from ..data.sources import find_source
-
-    source = find_source(spec)
-    if source.kind == "mnist":
-        return 1, 28
-    if source.kind == "cifar10":
-        return 3, 32
-    with Image.open(source.paths[0]) as im:
-        return (1 if im.mode in ("1", "L", "LA", "I", "I;16", "F") else 3), min(im.size)
+    return native_shape(find_source(spec))
 
 
 def read_set(spec: str, *, shape: Optional[Tuple[int, ...]] = None, cache_dir=None, progress: bool = False) -> ImageSet:

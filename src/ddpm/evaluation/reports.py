@@ -35,7 +35,7 @@ def real_images(src: str, cfg, cache_dir=None, progress: bool = True) -> ImageDa
         raise DDPMError("this run was imported and has no data of its own: pass --data SRC (e.g. a CIFAR-10 archive, "
                         "or its test split: cifar-10-python.tar.gz:test)")
     data = load_data(src, channels=cfg.model.in_channels, image_size=cfg.model.image_size, progress=progress,
-                     cache_dir=cache_dir, skip_bad=cfg.train.skip_bad_images)
+                     cache_dir=cache_dir, skip_bad=cfg.train.skip_bad_images, **cfg.train.data_options(src))
     if len(data) == 0:
         raise DDPMError(f"data source {src!r} has no images")
     return data

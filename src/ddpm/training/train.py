@@ -163,7 +163,8 @@ def _training_data(cfg: RunConfig, main: bool, progress: bool, cache_dir) -> Ima
     if not main:
         barrier()
     data = load_data(cfg.train.data, channels=cfg.model.in_channels, image_size=cfg.model.image_size,
-                     progress=progress and main, cache_dir=cache_dir, skip_bad=cfg.train.skip_bad_images)
+                     progress=progress and main, cache_dir=cache_dir, skip_bad=cfg.train.skip_bad_images,
+                     **cfg.train.data_options())
     if main:
         barrier()
     if len(data) == 0:
