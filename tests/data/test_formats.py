@@ -325,3 +325,14 @@ def test_each_source_trains(tmp_path, capsys, kind):
         code, _, err = run(capsys, "train", "--data", src, "--preset", "tiny", "--out", tmp_path / "r2", "--steps",
                            "2", "--quiet", "--cache-dir", tmp_path / "c", "--class-cond")
         assert code != 0 and "an LMDB holds images only" in one_line_error(err)
+
+
+def test_metrics_ref_an_lmdb_with_a_bad_value(tmp_path, capsys):
+    db = _lmdb(tmp_path / "db", _encoded(20), extra=[(b"zz-broken", b"not an image")])
+    np.savez(tmp_path / "s.npz", np.random.default_rng(1).integers(0, 256, (10, 28, 28, 1), dtype=np.uint8))
+    argv = ["metrics", tmp_path / "s.npz", "--ref", db, "--metrics", "fid", "--quiet", "--cache-dir", tmp_path / "c"]
+    code, _, err = run(capsys, *argv)
+    assert code != 0 and "key zz-broken" in one_line_error(err)
+    code, out, err = run(capsys, *argv, "--skip-bad-images")
+    assert code == 0, err
+    assert "10 images of" in out and "(20 images)" in out

@@ -93,6 +93,8 @@ def add_metrics(c: Commands) -> None:
                                                                          "CPU, 250 on a GPU)")
     p.add_argument("--seed", type=int, default=0, help="seed of KID's random subsets")
     cache_dir_flag(p)
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="leave unreadable images of a data source out instead of stopping at the first")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -101,7 +103,7 @@ def _read_pair(args):
     from ..errors import DDPMError
     from ..evaluation.compare import read_set
 
-    kw = dict(cache_dir=args.cache_dir, progress=not args.quiet)
+    kw = dict(cache_dir=args.cache_dir, progress=not args.quiet, skip_bad=args.skip_bad_images)
     ref_first = args.ref is not None and str(args.ref).lower().endswith(".npz") and \
         not str(args.samples).lower().endswith(".npz")
     ref = read_set(args.ref, **kw) if ref_first else None

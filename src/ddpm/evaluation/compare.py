@@ -91,7 +91,8 @@ def _native_shape(spec: str) -> Tuple[int, int]:
     return native_shape(find_source(spec))
 
 
-def read_set(spec: str, *, shape: Optional[Tuple[int, ...]] = None, cache_dir=None, progress: bool = False) -> ImageSet:
+def read_set(spec: str, *, shape: Optional[Tuple[int, ...]] = None, cache_dir=None, progress: bool = False,
+             skip_bad: bool = False) -> ImageSet:
     """The set ``spec`` names (see the module's text). A data source is read at ``shape`` (C, H, W; square), the
     other set's, else at its own size."""
     from ..data.sources import load_data
@@ -111,7 +112,8 @@ def read_set(spec: str, *, shape: Optional[Tuple[int, ...]] = None, cache_dir=No
     if shape is not None and shape[1] != shape[2]:
         raise DDPMError(f"{spec} is read as square images, and the other set's are {shape[1]} x {shape[2]}")
     channels, size = (shape[0], shape[1]) if shape is not None else _native_shape(spec)
-    data = load_data(spec, channels=channels, image_size=size, progress=progress, cache_dir=cache_dir)
+    data = load_data(spec, channels=channels, image_size=size, progress=progress, cache_dir=cache_dir,
+                     skip_bad=skip_bad)
     if len(data) < 2:
         raise DDPMError(f"{spec} has {len(data)} image(s); a set needs at least 2")
     return ImageSet(data.name, images=data.images, n=len(data), key=data.key)
