@@ -20,7 +20,7 @@ from .errors import DDPMError
 from .diffusion.schedule import NoiseSchedule
 
 __all__ = ["UNetConfig", "DiffusionConfig", "TrainConfig", "RunConfig", "Preset", "PRESETS", "make_run_config",
-           "resume_config", "with_classes", "overlay", "RESUMABLE", "PRECISIONS", "MODEL_FLAGS", "flag",
+           "resume_config", "with_classes", "overlay", "RESUMABLE", "DATA_OPTIONS", "RESIZES", "PRECISIONS", "MODEL_FLAGS", "flag",
            "check_outputs"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -29,7 +29,8 @@ T_SAMPLINGS = ("uniform", "importance")
 LOGS = ("csv", "tensorboard")
 INIT_WEIGHTS = ("ema", "raw")
 LR_SCHEDULES = ("constant", "cosine")
-RESIZES = ("center-crop", "pad", "stretch")  # how an image becomes square (ddpm.data.images.fit); the first is the default
+DATA_OPTIONS = ("resize", "image_column", "label_column")  # the fields of TrainConfig that say how data is read
+RESIZES = ("center-crop", "pad", "stretch")  # how an image becomes square (data.images.fit); the first: default
 
 
 def flag(name: str) -> str:
@@ -196,8 +197,7 @@ class TrainConfig:
     def data_options(self, src: Optional[str] = None) -> Dict[str, Any]:
         """``load_data``'s options for this run's data (``src``: another source, read with the run's resize)."""
         same = src is None or src == self.data
-        return {"resize": self.resize, "image_column": self.image_column if same else "",
-                "label_column": self.label_column if same else ""}
+        return {k: getattr(self, k) if same or k == "resize" else "" for k in DATA_OPTIONS}
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "log_every", "save_every", "keep", "n_samples"):

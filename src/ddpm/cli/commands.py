@@ -144,7 +144,10 @@ def cmd_interpolate(args) -> int:
 def cmd_data(args) -> int:
     from ..data.sources import cache_info, describe, load_data
 
-    options = {"resize": args.resize, "image_column": args.image_column or "", "label_column": args.label_column or ""}
+    from ..config import DATA_OPTIONS, TrainConfig
+
+    given = {k: getattr(args, k) for k in DATA_OPTIONS if getattr(args, k) is not None}
+    options = TrainConfig(**given).data_options()
     info = cache_info(args.src, preset=args.preset, channels=args.channels, image_size=args.image_size,
                       cache_dir=args.cache_dir, **options)
     if args.action == "build":

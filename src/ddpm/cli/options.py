@@ -125,12 +125,9 @@ def _data(c: Commands) -> None:
                                                                          "mnist, else cifar10)")
     data_flags(p)
     p.add_argument("--skip-bad-images", action="store_true", help="build: leave unreadable images out")
-    from ..config import RESIZES, TrainConfig
+    from ..config import DATA_OPTIONS, TrainConfig
 
-    for name in ("resize", "image_column", "label_column"):
-        f = TrainConfig.__dataclass_fields__[name]
-        p.add_argument("--" + name.replace("_", "-"), default=f.default, choices=RESIZES if name == "resize" else None,
-                       help=f.metadata["help"] + (f" (default: {f.default})" if f.default else ""))
+    config_flags(p, TrainConfig, skip=[f for f in TrainConfig.__dataclass_fields__ if f not in DATA_OPTIONS])
     p.add_argument("--verify", action="store_true", help="info: check every byte of the cache against its checksum")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 

@@ -32,7 +32,7 @@ import numpy as np
 
 from ..atomic import atomic_write_text, file_sha256, written_aside
 from ..errors import DDPMError
-from .images import CONVERSION, decode_into, folder_classes
+from .images import CONVERSION, TASK, decode_into, folder_classes
 
 __all__ = ["CACHE_ENV", "cache_root", "Cached", "source_key", "cache_key", "open_cache", "build_folder_cache",
            "build_encoded_cache", "build_array_cache", "verify", "caches_of"]
@@ -41,7 +41,6 @@ log = logging.getLogger(__name__)
 CACHE_ENV = "DDPM_CACHE_DIR"
 VERSION = 1
 BLOCK = 1 << 20  # checksummed block size
-TASK = 128  # images per worker task
 
 
 def cache_root(cache_dir=None) -> Path:

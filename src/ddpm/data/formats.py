@@ -25,12 +25,10 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import DDPMError
-from .images import IMAGE_EXTENSIONS, classes_of_parts, decode_bytes
-from .tables import Labels, arrow_table, column_labels, handle, require, stamp, with_columns
+from .images import IMAGE_EXTENSIONS, TASK, classes_of_parts, decode_bytes
+from .tables import Labels, arrow_table, column_labels, handle, numbered, require, stamp, with_columns
 
-__all__ = ["TASK", "Encoded", "find_encoded", "decode_chunk"]
-
-TASK = 128  # images per worker task
+__all__ = ["Encoded", "find_encoded", "decode_chunk"]
 
 
 @dataclass
@@ -299,7 +297,7 @@ def _zip_labels(path: Path, names: Sequence[str]) -> Labels:
         labels = np.array([table[n] for n in names], np.int64)
         if labels.min() < 0:
             raise DDPMError(f"{path}: dataset.json has negative labels")
-        return tuple(str(i) for i in range(int(labels.max()) + 1)), labels, ""
+        return numbered(labels), labels, ""
     parts = [PurePosixPath(n).parts for n in names]
     if len({p[0] for p in parts}) == 1 and all(len(p) > 1 for p in parts):
         parts = [p[1:] for p in parts]

@@ -17,14 +17,14 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..config import RESIZES
 from ..errors import DDPMError
 
-__all__ = ["IMAGE_EXTENSIONS", "CONVERSION", "RESIZES", "list_images", "classes_of_parts", "folder_classes", "open_image", "to_mode", "fit", "chw",
-           "decode", "convert_array", "decode_into"]
+__all__ = ["IMAGE_EXTENSIONS", "CONVERSION", "TASK", "list_images", "classes_of_parts", "folder_classes",
+           "open_image", "is_gray", "to_mode", "fit", "chw", "decode", "decode_bytes", "convert_array", "decode_into"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 CONVERSION = "short-side-bicubic-centre-crop-v1"  # part of every cache key: change it when the conversion changes
+TASK = 128  # images per cache-building worker task
 HIGH_DEPTH = ("I", "I;16", "I;16L", "I;16B", "I;16N")  # 16-bit sources, scaled 0..65535 -> 0..255
 
 
@@ -70,6 +70,11 @@ def open_image(path: Path) -> Image.Image:
         raise DDPMError(f"cannot read image {path}: {e}") from None
 
 
+def is_gray(mode: str) -> bool:
+    """Whether a PIL mode is a gray one (1-bit, 8-bit, float or 16-bit; with or without alpha)."""
+    return mode in ("1", "L", "LA", "F") or mode in HIGH_DEPTH
+
+
 def to_mode(im: Image.Image, mode: str) -> Image.Image:
     """Any PIL image -> mode "L" or "RGB": alpha dropped, palettes expanded, CMYK/YCbCr to RGB,
     16-bit scaled (65535 -> 255, not clipped), "F" taken on PIL's 0..255 scale and clipped."""
@@ -98,7 +103,7 @@ def fit(im: Image.Image, size: int, resize: str = "center-crop") -> Image.Image:
         out.paste(inner, ((size - inner.size[0]) // 2, (size - inner.size[1]) // 2))
         return out
     if resize != "center-crop":
-        raise DDPMError(f"unknown resize {resize!r}; expected one of {', '.join(RESIZES)}")
+        raise DDPMError(f"unknown resize {resize!r}")  # the choices are checked before, where they are known
     m = min(w, h)
     box = ((w - m) // 2, (h - m) // 2, (w - m) // 2 + m, (h - m) // 2 + m)
     if m == size:

@@ -36,13 +36,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .cache import (build_array_cache, build_encoded_cache, build_folder_cache, cache_key, cache_root, caches_of, open_cache,
-                    source_key)
+from .cache import (build_array_cache, build_encoded_cache, build_folder_cache, cache_key, cache_root, caches_of,
+                    open_cache, source_key)
 from .cifar10 import CIFAR10_CLASSES, read_cifar10
 from ..errors import DDPMError
 from .formats import Encoded, find_encoded
 from .tables import Arrays
-from .images import HIGH_DEPTH, IMAGE_EXTENSIONS, RESIZES, chw, fit, folder_classes, list_images, open_image, to_mode
+from ..config import RESIZES
+from .images import IMAGE_EXTENSIONS, chw, fit, folder_classes, is_gray, list_images, open_image, to_mode
 
 __all__ = ["ImageData", "Source", "find_source", "load_data", "load_image", "load_images", "to_float", "to_uint8",
            "native_shape", "IMAGE_EXTENSIONS", "MNIST_CLASSES", "RESIZES", "SOURCES"]
@@ -249,7 +250,7 @@ def native_shape(source: Source) -> Tuple[int, int]:
         opened = Image.open(source.paths[0])
     try:
         with opened as im:
-            return (1 if im.mode in ("1", "L", "LA", "F") or im.mode in HIGH_DEPTH else 3), min(im.size)
+            return (1 if is_gray(im.mode) else 3), min(im.size)
     except OSError as e:
         raise DDPMError(f"cannot read the first image of {source.name}: {e}") from None
 
@@ -361,7 +362,7 @@ def load_image(spec: str, size: int, channels: Optional[int] = None) -> torch.Te
         im = Image.fromarray(images[int(k), 0])
     else:
         im = open_image(Path(spec))
-    grey = im.mode in ("1", "L", "LA", "F") or im.mode in HIGH_DEPTH if channels is None else channels == 1
+    grey = is_gray(im.mode) if channels is None else channels == 1
     return to_float(torch.from_numpy(chw(fit(to_mode(im, "L" if grey else "RGB"), size)).copy()))
 
 

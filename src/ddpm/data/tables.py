@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import DDPMError
 
-__all__ = ["require", "Labels", "handle", "stamp", "arrow_table", "with_columns", "column_labels", "Arrays"]
+__all__ = ["require", "Labels", "numbered", "handle", "stamp", "arrow_table", "with_columns", "column_labels", "Arrays"]
 
 IMAGE_NAMES = ("image", "img", "images", "picture", "pixel_values")  # an image column's usual names, in order
 LABEL_NAMES = ("label", "labels", "class", "target", "fine_label")
@@ -32,6 +32,11 @@ def require(module: str, extra: str):
 
 
 Labels = Tuple[Optional[Tuple[str, ...]], Optional[np.ndarray], str]  # (class names, int64 [N], why none)
+
+
+def numbered(labels: np.ndarray) -> Tuple[str, ...]:
+    """Class names for labels that come without any: "0" .. str(max label)."""
+    return tuple(str(i) for i in range(int(labels.max()) + 1 if len(labels) else 0))
 
 
 _HANDLES: Dict[Any, Any] = {}  # per process: open databases, archives and memory-mapped tables
@@ -136,7 +141,7 @@ def column_labels(src) -> Labels:
     if names and top > len(names):
         raise DDPMError(f"{src.path}: the label column {src.label_column!r} has the value {top - 1}, and its "
                         f"ClassLabel names only {len(names)} classes")
-    return tuple(map(str, names)) if names else tuple(str(i) for i in range(top)), labels, ""
+    return tuple(map(str, names)) if names else numbered(labels), labels, ""
 
 
 # ------------------------------------------------------------------ numpy arrays
@@ -177,11 +182,6 @@ class Arrays:
             labels = labels.astype(np.int64)
         return arr.transpose(0, 3, 1, 2), labels
 
-    def count(self) -> int:
-        if self.path.suffix.lower() == ".npy":
-            return int(np.load(self.path, mmap_mode="r", allow_pickle=False).shape[0])
-        return len(self.load()[0])
-
     def classes(self, labels: Optional[np.ndarray]) -> Tuple[str, ...]:
         top = int(labels.max()) + 1
         for f in (self.path.with_name(self.path.stem + ".classes.json"), self.path.with_name("classes.json")):
@@ -194,4 +194,4 @@ class Arrays:
                     raise DDPMError(f"{f}: {len(names) if isinstance(names, list) else 'no'} class names for labels "
                                     f"up to {top - 1} in {self.path}")
                 return tuple(map(str, names))
-        return tuple(str(i) for i in range(top))
+        return numbered(labels)
