@@ -19,7 +19,7 @@ demo: $(BIN)/ddpm
 	$(BIN)/ddpm demo
 
 test: $(BIN)/ddpm
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,6 +1,9 @@
-"""The GPU benchmark script cannot rot: its --smoke mode (the CPU, the tiny preset) runs every part of it."""
+"""The GPU benchmark script cannot rot: its --smoke mode (the CPU, the tiny preset) runs every part of it. Every
+figure is checked to be there, finite and positive, never against a bound that depends on the machine's speed or
+load (an MFU below 1 is the benchmark's business: a busy machine once made it 1.28)."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -20,12 +23,17 @@ def test_gpu_sh_smoke_writes_every_figure(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     r = json.loads(out.read_text())
     for key in ("train_eager", "train_compiled"):
-        assert r[key]["img_per_s"] > 0 and r[key]["flops_per_image"] > 0 and 0 < r[key]["mfu_vs_measured_peak"] < 1
+        for figure in ("img_per_s", "flops_per_image", "mfu_vs_measured_peak"):
+            assert _positive(r[key][figure]), (key, figure, r[key][figure])
     for key in ("sampling_eager", "sampling_compiled"):
-        assert r[key]["ancestral_100_steps_s"] > 0 and r[key]["sde-dpm++_20_steps_s"] > 0
+        assert _positive(r[key]["ancestral_100_steps_s"]) and _positive(r[key]["sde-dpm++_20_steps_s"])
     assert r["fp16_gradscaler"]["all_finite"] and r["fp16_gradscaler"]["precision"] == "fp16"
     assert r["stop_and_resume"]["max_weight_difference"] == 0.0  # resumed exactly on this device
-    assert r["cli"]["ddpm_train_img_per_s"] > 0 and r["cli"]["ddpm_sample_job_s"] > 0
+    assert _positive(r["cli"]["ddpm_train_img_per_s"]) and _positive(r["cli"]["ddpm_sample_job_s"])
+
+
+def _positive(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a machine with CUDA would run the whole benchmark")

@@ -14,7 +14,8 @@ from ddpm.cli import commands as cli
 GLIBC = sys.platform.startswith("linux") and os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")
 
 # A fresh process runs a few training steps of the mnist network (activations of 0.1-2 MiB, above glibc's first
-# mmap threshold) and counts the page faults of the later ones.
+# mmap threshold) and counts the page faults of each later one (the median of five: a thread's first use of a new
+# arena may fault once in a while, wherever it falls).
 PROBE = """
 import json, resource, sys
 from ddpm.runtime import keep_freed_memory
@@ -28,10 +29,12 @@ def step():
     net(x, t).square().mean().backward()
 for _ in range(3):
     step()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(3):
+faults = []
+for _ in range(5):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     step()
-print(json.dumps({"applied": applied, "faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before}))
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(json.dumps({"applied": applied, "faults": sorted(faults)[2]}))
 """
 
 
@@ -46,7 +49,7 @@ def _probe(mode, **env):
 def test_freed_memory_is_reused_instead_of_faulted_in_again():
     default, kept = _probe("default"), _probe("keep")
     assert kept["applied"] is True
-    assert default["faults"] > 3 * 1000  # glibc's defaults fault activations in again every step
+    assert default["faults"] > 1000  # glibc's defaults fault activations in again every step
     assert kept["faults"] < default["faults"] / 10
 
 
@@ -54,7 +57,7 @@ def test_freed_memory_is_reused_instead_of_faulted_in_again():
 def test_the_users_own_malloc_settings_win():
     got = _probe("keep", MALLOC_MMAP_THRESHOLD_="131072")
     assert got["applied"] is False
-    assert got["faults"] > 3 * 1000  # the user's fixed threshold (128 KiB) maps each activation afresh
+    assert got["faults"] > 1000  # the user's fixed threshold (128 KiB) maps each activation afresh
 
 
 def test_the_cli_applies_it_before_a_command_runs(monkeypatch, tmp_path):
