@@ -151,6 +151,6 @@ def test_torchrun_eval_draws_the_samples_of_one_process_and_scores_once(tmp_path
         res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
                              timeout=300)
         assert res.returncode == 0, res.stderr[-3000:]
-        assert res.stdout.count("FID ") == 1  # rank 0 alone scores and reports
+        assert res.stdout.count("FD ") == 1  # rank 0 alone scores and reports
     one, two = (json.loads((tmp_path / f"e{k}" / "metrics.json").read_text()) for k in (1, 2))
     assert one["fid"] == pytest.approx(two["fid"], rel=1e-9) and one["n"] == two["n"] == 24

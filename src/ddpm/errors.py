@@ -11,13 +11,24 @@ class DDPMError(Exception):
 
 class Interrupted(DDPMError):
     """Work stopped by a signal (Ctrl-C, SIGTERM) after keeping what it had done; ``exit_code`` is the shell's
-    128 + the signal's number."""
+    128 + the signal's number; ``resumable``: running the same call again continues it."""
 
-    def __init__(self, message: str, signal_name: str = "SIGINT"):
+    def __init__(self, message: str, signal_name: str = "SIGINT", resumable: bool = False):
         import signal
 
         super().__init__(message)
         self.exit_code = 128 + int(getattr(signal, signal_name, signal.SIGINT))
+        self.resumable = resumable  # the same call (command) continues where it stopped
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler or ``kill``) raised where Ctrl-C raises KeyboardInterrupt, so that work stops the same
+    way: what is finished is kept and the command exits 143 (see ``stopped_by``)."""
+
+
+def stopped_by(e: BaseException) -> str:
+    """The signal behind a KeyboardInterrupt: "SIGTERM" for ``Terminated``, else "SIGINT" (Ctrl-C)."""
+    return "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
 
 
 def is_disk_full(e: BaseException) -> bool:

@@ -45,8 +45,8 @@ def test_scores_match_independent_computations(sets, capsys):
                          "--features", "digits", "--json", root / "s.json", "--quiet", "--cache-dir", root / "c")
     assert code == 0, err
     r = json.loads((root / "s.json").read_text())
-    assert set(r) == {"fid", "is", "kid", "precision", "recall", "n", "ref_n", "features", "samples", "ref",
-                      "written_by"}
+    assert set(r) == {"fid", "is", "kid", "precision", "recall", "n", "ref_n", "features", "feature_dim", "samples",
+                      "ref", "written_by"}
     assert (r["n"], r["ref_n"], r["features"]) == (300, 300, "digits")
     fa, pa = _independent(digits[:300])
     fb, _ = _independent(digits[1000:1300])
@@ -54,7 +54,7 @@ def test_scores_match_independent_computations(sets, capsys):
     assert r["fid"] == pytest.approx(eigen_fd(*stats[0], *stats[1]), rel=1e-6)
     assert r["is"] == pytest.approx(list(inception_score(pa)), rel=1e-6)
     assert 0 < r["precision"] <= 1 and 0 < r["recall"] <= 1 and len(r["kid"]) == 2
-    assert f"FID {r['fid']:.4f}" in out and "IS " in out and "precision" in out
+    assert f"FD {r['fid']:.4f}" in out and "FID" not in out and "IS " in out and "precision" in out
 
 
 def test_fid_from_a_statistics_file_equals_fid_from_its_images(sets, capsys):

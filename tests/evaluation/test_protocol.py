@@ -33,7 +33,7 @@ def test_eval_scores_a_sampling_jobs_samples_and_says_how(trained, capsys, tmp_p
     assert (r["step"], r["weights"], r["sampler"], r["steps"], r["seed"]) == (2, "EMA", "ddim", 3, 0)
     assert r["bpd"]["data"]["n"] == 4 and r["bpd"]["data"]["bits_per_dim"] > 0
     samples = trained / "eval" / "samples-step2-ddim3-ema-seed0-n40.npz"
-    assert r["samples"] == str(samples) and f"FID {r['fid']:.4f}" in out and "bits/dim data" in out
+    assert r["samples"] == str(samples) and f"FD {r['fid']:.4f}" in out and "bits/dim data" in out
     # the very images ddpm sample draws for seeds 0-39
     assert run(capsys, "sample", "--run", trained, "--seeds", "0-39", "--sampler", "ddim", "--steps", "3",
                "--out", tmp_path / "same.npz", "--quiet")[0] == 0

@@ -107,15 +107,23 @@ def disk_full_line(args, e: OSError) -> str:
     return f"no space to write ({where}); {kept}"
 
 
+# What a command stopped by a signal before it wrote anything keeps (its outputs are written whole, at the end).
+_NOTHING_KEPT = {f"cmd_{c}": "; nothing was written (outputs are written whole, at the end)"
+                 for c in ("eval", "metrics", "interpolate", "noise", "schedule", "import", "export")}
+
+
 def failure(args, e: BaseException) -> Tuple[Optional[int], str]:
     """The exit code and the one line for an exception that ended a command; (None, "") for one to raise (a bug,
     or any error under ``--traceback``)."""
-    from ..errors import DDPMError, Interrupted, is_disk_full
+    import signal
+
+    from ..errors import DDPMError, Interrupted, is_disk_full, stopped_by
 
     if isinstance(e, KeyboardInterrupt):
-        return 130, "ddpm: interrupted"
+        name = stopped_by(e)
+        return 128 + int(getattr(signal, name)), f"ddpm: stopped by {name}{_NOTHING_KEPT.get(args.func.__name__, '')}"
     if isinstance(e, Interrupted):
-        return e.exit_code, f"ddpm: {e}"
+        return e.exit_code, f"ddpm: {e}" + ("; run the same command again to continue" if e.resumable else "")
     if getattr(args, "traceback", False):
         return None, ""
     if isinstance(e, RuntimeError) and not isinstance(e, DDPMError):

@@ -7,6 +7,7 @@ line on stderr with a non-zero exit. Nothing heavy is imported before the thread
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -108,15 +109,16 @@ def cmd_noise(args) -> int:
     from ..errors import DDPMError
     from ..run.directory import read_config
     from ..sampling.outputs import check_picture_path
-    from ..viz import noise_strip, save_picture
+    from ..viz import NOISE_STEPS, noise_strip, save_picture
 
     out = check_picture_path(args.out, overwrite=args.overwrite)
     flags = fields_of(args, DiffusionConfig)
     if args.run is not None and flags:
         raise DDPMError(f"--run takes the schedule from the run; drop {', '.join('--' + k for k in flags)}")
     diffusion = (read_config(args.run).diffusion if args.run else DiffusionConfig(**flags)).build()
-    save_picture(noise_strip(diffusion, load_image(args.image, args.size), args.t, seed=args.seed), out)
-    print(f"wrote the forward process of {args.image} at t = {', '.join(map(str, args.t))} (T = {diffusion.T}) "
+    steps = args.t if args.t is not None else sorted({round(t * diffusion.T / 1000) for t in NOISE_STEPS})
+    save_picture(noise_strip(diffusion, load_image(args.image, args.size), steps, seed=args.seed), out)
+    print(f"wrote the forward process of {args.image} at t = {', '.join(map(str, steps))} (T = {diffusion.T}) "
           f"to {out}", file=sys.stderr)
     return 0
 
@@ -134,7 +136,7 @@ def cmd_interpolate(args) -> int:
     ckpt = load_checkpoint(args.run, map_location=device)
     xa, xb = (load_image(spec, ckpt.config.model.image_size, ckpt.config.model.in_channels) for spec in (args.a, args.b))
     mixed = interpolate(ckpt.ema_model if args.ema else ckpt.model, ckpt.diffusion, xa, xb, args.t, n=args.n,
-                        mix=args.mix, seed=args.seed, device=device)
+                        mix=args.mix, seed=args.seed, device=device, progress=not args.quiet)
     save_picture(interpolation_strip(xa, mixed, xb), out)
     print(f"wrote {args.n} {args.mix} mixtures of {args.a} and {args.b} encoded to t = {args.t} (of "
           f"{ckpt.diffusion.T}) to {out}", file=sys.stderr)
@@ -183,8 +185,12 @@ def cmd_import(args) -> int:
     import_diffusers(args.dir, out, DiffusionConfig(**flags) if flags else None)
     cfg = read_config(out)
     m, d = cfg.model, cfg.diffusion
-    print(f"imported {args.dir} into {out}: {m.ch}-channel UNet, {m.image_size}x{m.image_size}x{m.in_channels}, "
-          f"T={d.T}, {d.schedule} schedule, {d.var_type} variance", file=sys.stderr)
+    names = ", ".join((cfg.classes or ())[:10]) + (", ..." if m.num_classes > 10 else "")
+    classes = (f"class-conditional ({m.num_classes} {'class' if m.num_classes == 1 else 'classes'}: {names})"
+               if m.num_classes else "unconditional")
+    print(f"imported {args.dir} into {out}: a UNet of base width {m.ch} (x{', x'.join(map(str, m.ch_mult))}) for "
+          f"{m.image_size}x{m.image_size}x{m.in_channels} images, {classes}, predicting {d.predict}; T={d.T}, "
+          f"{d.schedule} schedule, {d.var_type} variance", file=sys.stderr)
     return 0
 
 
@@ -212,6 +218,29 @@ COMMANDS = tuple(HANDLERS)
 
 
 # ----------------------------------------------------------------------------- main
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM raises ``Terminated`` (a KeyboardInterrupt) while a command runs, so that a scheduler's or ``kill``'s
+    stop keeps what is finished and says so, as Ctrl-C does (training has handlers of its own, set around its
+    loop)."""
+    import signal
+
+    from ..errors import Terminated
+
+    def stop(signum, frame):
+        raise Terminated()
+
+    try:
+        old = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     if argv[:1] == ["--"]:  # `torchrun ... -m ddpm -- train ...`: the `--` keeps torchrun's parser off our flags
@@ -235,7 +264,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         lib.addHandler(StderrHandler())
         lib.setLevel(logging.INFO)
     try:
-        return int(args.func(args) or 0)
+        with _sigterm_as_interrupt():
+            return int(args.func(args) or 0)
     except (KeyboardInterrupt, DDPMError, ValueError, OSError, RuntimeError) as e:
         code, line = failure(args, e)
         if code is None:

@@ -28,22 +28,23 @@ from ..data.sources import MNIST_CLASSES, load_data
 from ..errors import DDPMError, Interrupted
 from ..sampling.outputs import write_images
 from ..run.directory import checkpoint_step, is_run, list_checkpoints, load_checkpoint, read_config, write_config
-from ..runtime import autocast
+from ..runtime import autocast, machine_class, resolve_precision
 from ..sampling.guidance import class_labels
 from ..sampling.samplers import sample_checkpoint
 from ..training.train import Trainer, train_run
 from ..nn.unet import UNet
 
 __all__ = ["DemoPlan", "DemoResult", "plan_demo", "run_demo", "DEMO_DIR", "DEMO_SAMPLES", "DEMO_SAMPLER",
-           "DEMO_MINUTES"]
+           "DEMO_MINUTES", "DEMO_MIN_STEPS"]
 
 log = logging.getLogger(__name__)
 DEMO_DIR = "ddpm-demo"
 DEMO_SAMPLES = 100
-# The default budget, chosen by benchmarks/demo_budget.py (BENCHMARKS.md): 1,000 steps of the recipe are the fewest
-# measured to give >= 95% of the asked-for digit and an FD ratio <= 1.5 at 100 samples; 4 minutes fit them on this
-# 2-core machine at its slowest measured speed (0.216 s a step), and about 2,100 at its speed of the measurement.
+# The default budget and the floor of steps, chosen by benchmarks/demo_budget.py (BENCHMARKS.md): DEMO_MIN_STEPS of
+# the recipe are the fewest measured to give >= 95% of the asked-for digit and an FD ratio <= 1.5 at 100 samples
+# (both seeds); a machine too slow to train them in DEMO_MINUTES trains them anyway, taking longer, and says so.
 DEMO_MINUTES = 4.0
+DEMO_MIN_STEPS = 800
 DEMO_BATCH = 256  # images per sampling batch
 DEMO_SAMPLER = ("sde-dpm++", 20)  # SDE-DPM-Solver++(2M), 20 network calls (BENCHMARKS.md: chosen by measurement)
 DEMO_GUIDANCE = 1.0  # classifier-free guidance weight of the per-digit rows (BENCHMARKS.md)
@@ -53,12 +54,19 @@ DEMO_P_UNCOND = 0.1  # the share of training labels replaced by the null class
 @dataclass
 class DemoPlan:
     """Training steps that fit (None: not timed, the config decides), seconds left for training, and the
-    estimated seconds of sampling."""
+    estimated seconds of sampling; ``extended``: the budget was too short for DEMO_MIN_STEPS, so ``train_s`` was
+    stretched to fit them."""
 
     steps: Optional[int]
     train_s: float
     sampling_s: float
     step_s: Optional[float] = None  # the timed seconds per training step
+    extended: bool = False
+
+    @property
+    def minutes(self) -> float:
+        """The whole demo as planned: start-up, training and sampling."""
+        return (START_S + self.train_s + 1.25 * self.sampling_s) / 60
 
 
 @dataclass
@@ -103,35 +111,44 @@ def _time_train_step(cfg: RunConfig, net, device) -> float:
     return (time.monotonic() - t0) / 10
 
 
+START_S = 15.0  # seconds the plan keeps for start-up and writing files
+
+
 def plan_demo(cfg: RunConfig, *, minutes: float, n: int, sampling_steps: int, device,
-              calibrate: bool = True) -> DemoPlan:
+              calibrate: bool = True, min_steps: int = DEMO_MIN_STEPS) -> DemoPlan:
     """What fits in ``minutes`` for the whole demo: times sampling forwards on this machine at the demo's batch
     sizes (guided samples run the conditional and the null halves in one batch of twice the size; then the
     unconditional ones) and, when ``calibrate``, training steps of a throw-away copy of the network; gives
-    sampling 25% more than its estimate and 15 s for start-up and files, and plans 97% of the training steps
-    that fit."""
+    sampling 25% more than its estimate and START_S for start-up and files, and plans 97% of the training steps
+    that fit, but never fewer than ``min_steps`` (the fewest that reach the demo's quality; at most the recipe's):
+    a slower machine gets the time they need (``extended``)."""
     torch.manual_seed(cfg.train.seed)
     net = UNet(cfg.model).to(device)
     c, s, b = cfg.model.in_channels, cfg.model.image_size, min(n, DEMO_BATCH)
     forward_s = sum(_time_forward(net, torch.randn(k, c, s, s, device=device),
                                   torch.zeros(k, dtype=torch.long, device=device), device) for k in (2 * b, b))
     sampling_s = math.ceil(n / DEMO_BATCH) * sampling_steps * forward_s
-    train_s = minutes * 60 - 15 - 1.25 * sampling_s
+    train_s = minutes * 60 - START_S - 1.25 * sampling_s
     steps = step_s = None
-    if calibrate and train_s >= 10:
+    extended = False
+    if calibrate:
         step_s = _time_train_step(cfg, net, device)
         train_s -= 16 * step_s  # the time this calibration took
         # a 3% margin for jitter; if the machine slows down more, the time limit stops training near the
         # end of the cosine decay, where the learning rate is already small
         steps = min(cfg.train.steps, int(0.97 * train_s / step_s))
-    if train_s < 10 or (steps is not None and steps < 1):
+        floor = min(min_steps, cfg.train.steps)
+        if steps < floor:
+            steps, train_s, extended = floor, max(train_s, floor * step_s / 0.97), True
+    elif train_s < 10:
         raise DDPMError(f"--minutes {minutes:g} leaves no time to train on this machine: drawing the samples "
                         f"alone takes about {sampling_s:.0f} s; give more minutes, or fewer --n / --sampling-steps")
-    return DemoPlan(steps, train_s, sampling_s, step_s)
+    return DemoPlan(steps, train_s, sampling_s, step_s, extended)
 
 
 def _demo_config(run: Path, plan: DemoPlan, steps: Optional[int]) -> RunConfig:
-    over = {"time_limit": plan.train_s / 60, "steps": steps or plan.steps}
+    # a plan stretched to the floor of steps trains them all: no time limit cuts it short
+    over = {"time_limit": 0.0 if plan.extended else plan.train_s / 60, "steps": steps or plan.steps}
     if is_run(run):
         return resume_config(read_config(run), over, {})
     return with_classes(make_run_config("mnist", train={"data": "mnist", "class_cond": True,
@@ -146,6 +163,7 @@ class _Replan:
     def __init__(self, run: Path, cfg: RunConfig, deadline: float, record: Dict[str, Any]):
         self.run, self.cfg, self.deadline, self.record = run, cfg, deadline, record
         self.most = PRESETS["mnist"].train["steps"]
+        self.floor = min(DEMO_MIN_STEPS, self.most)
         # at the end of the warm-up (or before the first plan's end), timing from the 5th step on
         self.at = max(2, min(cfg.train.warmup, cfg.train.steps - 1))
         self.start = max(1, min(5, self.at // 2))
@@ -157,14 +175,21 @@ class _Replan:
         if trainer.step != self.at or self.t0 is None or trainer.step == self.s0:
             return
         step_s = (time.monotonic() - self.t0) / (trainer.step - self.s0)
-        steps = max(trainer.step + 1, min(self.most, trainer.step + int(0.97 * (self.deadline - time.monotonic())
-                                                                         / step_s)))
+        fit = min(self.most, trainer.step + int(0.97 * (self.deadline - time.monotonic()) / step_s))
+        steps = max(trainer.step + 1, self.floor, fit)
         trainer.set_steps(steps)
+        if steps > fit:  # the floor: trained whole, however long it takes
+            trainer.config = dataclasses.replace(trainer.config, time_limit=0.0)
         write_config(self.run, dataclasses.replace(self.cfg, train=trainer.config))
-        self.record.update(replanned_at_step=trainer.step, measured_step_s=round(step_s, 4), steps=steps)
+        self.record.update(replanned_at_step=trainer.step, measured_step_s=round(step_s, 4), steps=steps,
+                           extended=steps > fit)
         atomic_write_text(self.run / "plan.json", json.dumps(self.record, indent=2) + "\n")
-        log.info("at step %d: %.3f s per step measured, so %d steps fit (the first plan: %d)", trainer.step, step_s,
-                 steps, self.record["planned_steps"])
+        if steps > fit:
+            log.info("at step %d: %.3f s per step measured; the %d steps the demo needs take %s more than its "
+                     "budget", trainer.step, step_s, steps, _minutes((steps - fit) * step_s))
+        else:
+            log.info("at step %d: %.3f s per step measured, so %d steps fit (the first plan: %d)", trainer.step,
+                     step_s, steps, self.record["planned_steps"])
 
 
 def run_demo(out: Path = Path(DEMO_DIR), *, minutes: float = DEMO_MINUTES, steps: Optional[int] = None,
@@ -188,9 +213,16 @@ def run_demo(out: Path = Path(DEMO_DIR), *, minutes: float = DEMO_MINUTES, steps
                         "'mnist' run); choose another --out")
     base = with_classes(make_run_config("mnist", train={"data": "mnist", "steps": steps, "class_cond": True}),
                         MNIST_CLASSES)
+    precision = resolve_precision(base.train.precision, device, training=True)
+    log.info("this machine: %s, %s; training in %s", machine_class(device), _threads(device),
+             {"bf16": "bf16 autocast", "fp16": "fp16 autocast"}.get(precision, precision))
     plan = plan_demo(base, minutes=minutes, n=n, sampling_steps=sampling_steps, device=device,
                      calibrate=not resume and not steps)
-    if plan.steps is not None:
+    if plan.extended:
+        log.info("at %.3f s per training step the %d steps the demo needs for its quality do not fit in --minutes "
+                 "%g: it trains them anyway and takes about %s", plan.step_s, plan.steps, minutes,
+                 _minutes(plan.minutes * 60))
+    elif plan.steps is not None:
         log.info("this machine fits %d training steps (the recipe's most: %d) in %.1f min, leaving about %.0f s "
                  "for sampling within --minutes %g", plan.steps, PRESETS["mnist"].train["steps"], plan.train_s / 60,
                  plan.sampling_s, minutes)
@@ -203,14 +235,26 @@ def run_demo(out: Path = Path(DEMO_DIR), *, minutes: float = DEMO_MINUTES, steps
         log.info("continuing the demo run in %s from step %d of %d", run, done, cfg.train.steps)
     replan = None
     if plan.steps is not None and done < cfg.train.warmup:
-        record = {"minutes": minutes, "timed_step_s": round(plan.step_s, 4),
-                  "planned_steps": plan.steps, "sampling_s_estimate": round(plan.sampling_s, 1)}
+        record = {"minutes": minutes, "machine": machine_class(device), "precision": precision,
+                  "timed_step_s": round(plan.step_s, 4), "planned_steps": plan.steps,
+                  "sampling_s_estimate": round(plan.sampling_s, 1), "extended": plan.extended}
         replan = _Replan(run, cfg, time.monotonic() + plan.train_s, record)
     res = train_run(run, cfg, device=device, on_step=replan, progress=progress)
     if res.reason in ("SIGINT", "SIGTERM"):
         raise Interrupted(f"stopped at step {res.step} ({res.reason}) before drawing samples; the checkpoint is kept. "
                           f"Continue with: ddpm demo --out {run}", res.reason)
     return _draw(run, n, sampling_steps, device, t0, status, progress)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+def _threads(device) -> str:
+    if device.type != "cpu":
+        return "1 GPU"
+    n = torch.get_num_threads()
+    return f"{n} CPU thread{'s' if n != 1 else ''}"
 
 
 def _draw(run: Path, n: int, sampling_steps: int, device, t0: float, status: str, progress: bool = True) -> DemoResult:

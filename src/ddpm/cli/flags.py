@@ -126,7 +126,7 @@ def sampler_flags(p, many: bool = False, samplers=None, default: str = "ancestra
 
 
 def job_flags(p, also: str = "", per_class: str = "") -> None:
-    """--out, --overwrite, --chunk, --class and --quiet: the flags of a command that writes images as a resumable
+    """--out, --overwrite, --chunk and --class: the flags of a command that writes images as a resumable
     job (sample, inpaint, edit)."""
     p.add_argument("--out", required=True, help="FILE.png, FILE.npz or a folder")
     p.add_argument("--overwrite", action="store_true",
@@ -137,7 +137,6 @@ def job_flags(p, also: str = "", per_class: str = "") -> None:
     p.add_argument("--class", dest="class_", metavar="CLASS", default=None,
                    help="a class-conditional run's class: an index or a name (7, dog), a list (0,1,2) or all, in "
                         f"equal numbers{per_class} (default: the unconditional model, the null class)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 class Commands:
@@ -147,6 +146,7 @@ class Commands:
         self.sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
         self.handlers = handlers
         self.common = argparse.ArgumentParser(add_help=False)
+        self.common.add_argument("--quiet", action="store_true", help="no progress bars")
         self.common.add_argument("--threads", type=positive_int, default=None,
                                  help="CPU threads (default: the cores this process may use; OpenMP waits passively "
                                       "when other processes keep the cores busy)")

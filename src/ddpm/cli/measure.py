@@ -62,7 +62,6 @@ def add_eval(c: Commands) -> None:
     _feature_flags(p)
     p.add_argument("--samples", metavar="NPZ", default=None,
                    help="fd of these samples (arr_0 uint8 [N, H, W, C], e.g. from ddpm sample) instead of new ones")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
     sampler_flags(p, many=True)
 
 
@@ -95,7 +94,6 @@ def add_metrics(c: Commands) -> None:
     cache_dir_flag(p)
     p.add_argument("--skip-bad-images", action="store_true",
                    help="leave unreadable images of a data source out instead of stopping at the first")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _read_pair(args):
@@ -303,6 +301,7 @@ def _eval_paper(args, metrics, out: Path, device) -> int:
         features = get_features(args.features, channels=ckpt.config.model.in_channels, inception=args.inception)
         if rank == 0:
             out.mkdir(exist_ok=True)
+            _say_if_long(args, ckpt, sampler, args.n or PAPER_N, device)
         barrier()
         drawn = draw_samples(out, ckpt, sampler, n=args.n or PAPER_N, seed=args.seed, ema=args.ema,
                              guidance=args.guidance, precision=args.precision, batch_size=args.batch_size,
@@ -310,8 +309,39 @@ def _eval_paper(args, metrics, out: Path, device) -> int:
     finally:
         close_distributed()
     if rank == 0:
-        _score_run(args, metrics, out, device, ckpt, sampler, features, drawn)
+        try:
+            _score_run(args, metrics, out, device, ckpt, sampler, features, drawn)
+        except KeyboardInterrupt as e:
+            from ..errors import Interrupted, stopped_by
+
+            raise Interrupted(f"stopped by {stopped_by(e)} while scoring; the {drawn['drawn'] + drawn['reused']:,} "
+                              f"samples in {drawn['path']} are kept", stopped_by(e), resumable=True) from None
     return 0
+
+
+LONG_S = 3600.0  # a sampling job this long gets a note, with what would shorten it, before it starts
+
+
+def _say_if_long(args, ckpt, sampler, n: int, device) -> None:
+    """Before a long sampling job (the paper's 50,000 samples over all T steps on a CPU: days): how long it takes
+    here and how to look sooner."""
+    from ..runtime import rank_world
+    from ..sampling.jobs import seconds_per_image
+    from .advice import duration
+
+    if n * sampler.calls < 100_000:  # e.g. 1,000 samples of 100 calls: minutes on any CPU; not worth timing
+        return
+    c, s, world = ckpt.config.model.in_channels, ckpt.config.model.image_size, rank_world()[1]
+    per = seconds_per_image(ckpt.ema_model if args.ema else ckpt.model, sampler, (c, s, s),
+                            batch_size=min(args.batch_size, n), guidance=args.guidance, device=device,
+                            precision=args.precision)
+    if per * n / world < LONG_S:
+        return
+    on = f"{world} processes on {device.type}" if world > 1 else str(device)
+    print(f"ddpm: note: {n:,} samples of {sampler.calls:,} network calls each take about {duration(per * n / world)} "
+          f"here ({per:.2f} s per image, {on}); a stopped job continues where it stopped. To look sooner: --n 2000 "
+          "--sampler sde-dpm++ --steps 20 (compare FIDs only at equal n and settings), or more processes or GPUs "
+          "(torchrun)", file=sys.stderr, flush=True)
 
 
 def _score_run(args, metrics, out: Path, device, ckpt, sampler, features, drawn) -> None:

@@ -59,7 +59,6 @@ def _demo(c: Commands) -> None:
     p.add_argument("--out", default=DEMO_DIR, help="run directory")
     p.add_argument("--minutes", type=float, default=DEMO_MINUTES, help="time budget of the whole demo, training and "
                    "sampling (more: more steps, up to the recipe's 4,800)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--steps", type=positive_int, default=None,
                    help="training steps, fixed (default: as many as fit in --minutes, at most the mnist recipe's)")
     p.add_argument("--n", type=positive_int, default=DEMO_SAMPLES, help="number of samples to draw")
@@ -97,7 +96,6 @@ def _train(c: Commands) -> None:
     p.add_argument("--preset", choices=list(PRESETS), default=None,
                    help="network and recipe (default: mnist for --data mnist, else cifar10)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--config", metavar="FILE.toml", default=None,
                    help="settings from a TOML file with the keys of RUN/config.json (preset = ..., [model], "
                         "[diffusion], [train]) or from a run's config.json; flags given here win")
@@ -129,7 +127,6 @@ def _data(c: Commands) -> None:
 
     config_flags(p, TrainConfig, skip=[f for f in TrainConfig.__dataclass_fields__ if f not in DATA_OPTIONS])
     p.add_argument("--verify", action="store_true", help="info: check every byte of the cache against its checksum")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _sample(c: Commands) -> None:
@@ -169,7 +166,9 @@ def _noise(c: Commands) -> None:
                                  "mnist:7 is a seven)")
     p.add_argument("--out", required=True, help="the strip, a .png")
     p.add_argument("--overwrite", action="store_true", help="replace --out if ddpm wrote it (never a file of yours)")
-    p.add_argument("--t", type=int_list, default=list(NOISE_STEPS), help="steps to show, separated by commas")
+    p.add_argument("--t", type=int_list, default=None,
+                   help=f"steps to show, separated by commas (default: {','.join(map(str, NOISE_STEPS))} for T = "
+                        "1000, scaled to another T)")
     p.add_argument("--size", type=positive_int, default=128, help="resize the short side to this and centre-crop")
     p.add_argument("--seed", type=int, default=0, help="seed of eps")
     p.add_argument("--run", default=None, help="take the schedule from this run (else the flags below)")

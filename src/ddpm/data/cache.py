@@ -258,7 +258,7 @@ def _without_bad(tmp: Path, bad: List[Tuple[int, str, str]], n: int, folder: str
         return None
     if not skip_bad:
         raise DDPMError(f"{len(bad)} of the {n} images in {folder} cannot be read; the first: {bad[0][2]}. Pass "
-                        "--skip-bad-images to leave them out (they are listed in the run)")
+                        "--skip-bad-images to leave them out (a training run lists them in RUN/skipped_images.txt)")
     keep = np.ones(n, bool)
     keep[[i for i, _, _ in bad]] = False
     src = np.load(tmp / "images.npy", mmap_mode="r")

@@ -137,6 +137,11 @@ def find_source(src: str, *, image_column: str = "", label_column: str = "") -> 
     split = "train"
     if src.endswith((":test", ":train")) and not Path(src).expanduser().exists():
         src, _, split = src.rpartition(":")
+    if src == "mnist":
+        if split == "test":
+            raise DDPMError("mnist:test: the shipped digits are 5,000 images of MNIST's training set and have no test "
+                            "split; use mnist, or a folder or .npz of MNIST's test images")
+        return Source("mnist")
     path = Path(src).expanduser()
     if not path.exists():
         raise DDPMError(f"data source {src!r} not found: expected {SOURCES}")
@@ -219,7 +224,7 @@ def load_data(src: str, *, channels: int, image_size: int, progress: bool = Fals
     skipped = tuple(cached.meta.get("skipped", ()))
     if skipped and not skip_bad:
         raise DDPMError(f"{len(skipped)} of the images in {source.path} cannot be read; the first: {skipped[0]}. "
-                        "Pass --skip-bad-images to leave them out (they are listed in the run)")
+                        "Pass --skip-bad-images to leave them out (a training run lists them in RUN/skipped_images.txt)")
     classes = tuple(cached.meta["classes"]) if cached.meta.get("classes") else None
     return ImageData(torch.from_numpy(cached.images), None if cached.labels is None else torch.from_numpy(cached.labels),
                      source.name, True, classes, cached.meta.get("unlabelled", ""), key, skipped)

@@ -58,8 +58,8 @@ def parse_metrics(text: str, allowed: Sequence[str] = METRICS) -> Tuple[str, ...
 
 
 def read_samples(path) -> Tuple[Tensor, Optional[Tensor]]:
-    """uint8 [N, C, H, W] from an ``.npz`` whose ``arr_0`` is uint8 [N, H, W, C] with N >= 2 (ddpm sample's), and
-    its ``arr_1`` (each image's requested class) when it has one."""
+    """uint8 [N, C, H, W] from an ``.npz`` whose ``arr_0`` is uint8 [N, H, W, C] (ddpm sample's) or [N, H, W]
+    (gray) with N >= 2, and its ``arr_1`` (each image's requested class) when it has one."""
     from ..safeload import load_npz
 
     p = Path(path)
@@ -73,6 +73,8 @@ def _samples_of(z: Dict[str, np.ndarray], p: Path) -> Tuple[Tensor, Optional[Ten
         raise DDPMError(f"{p} has no arr_0 (it holds {', '.join(z) or 'nothing'}); samples are arr_0 uint8 "
                         "[N, H, W, C], statistics are mu and sigma")
     arr = z["arr_0"]
+    if arr.ndim == 3 and arr.dtype == np.uint8:  # gray images [N, H, W], as a data source's .npz may hold them
+        arr = arr[..., None]
     labels = z["arr_1"].astype(np.int64) if "arr_1" in z else None
     if arr.ndim == 4 and arr.shape[1] in (1, 3) and arr.shape[3] not in (1, 3):
         raise DDPMError(f"{p}: arr_0 has shape {arr.shape}, which looks like N, C, H, W; samples are N, H, W, C "
@@ -105,6 +107,9 @@ def read_set(spec: str, *, shape: Optional[Tuple[int, ...]] = None, cache_dir=No
             mu, sigma = np.asarray(z["mu"], np.float64), np.asarray(z["sigma"], np.float64)
             if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
                 raise DDPMError(f"{p}: mu must be [D] and sigma [D, D], got {mu.shape} and {sigma.shape}")
+            if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+                raise DDPMError(f"{p}: mu or sigma holds NaN or infinite values, so no distance can be computed from "
+                                "it; write the statistics again (ddpm metrics IMAGES --save-stats OUT.npz)")
             n = int(z["n"].reshape(-1)[0]) if "n" in z and z["n"].size == 1 and z["n"].dtype.kind in "iu" else 0
             return ImageSet(str(spec), stats=(mu, sigma), n=n)
         images, _ = _samples_of(z, p)
@@ -184,6 +189,8 @@ def score(samples: ImageSet, ref: Optional[ImageSet], metrics: Sequence[str], fe
         if "pr" in metrics:
             out["precision"], out["recall"] = precision_recall(ref_feats, feats, k=PR_K, device=device)
     out["features"] = name
+    if mine is not None:
+        out["feature_dim"] = int(len(mine[0]))
     if name == "inception":
         out.update(inception_sha256=net.sha256, resize=RESIZE)
     return out
@@ -196,13 +203,16 @@ def stats_arrays(mu: np.ndarray, sigma: np.ndarray, n: int) -> Dict[str, Tuple[S
 
 
 def metric_lines(r: Dict[str, Any], samples: str, ref: Optional[str]) -> Tuple[list, str]:
-    """The lines of a ``score`` result, each naming what moves its number, and a note when n is below the 50,000
-    samples published FIDs use (FID falls as n grows), else ""."""
+    """The lines of a ``score`` result, each naming what moves its number (FID on the Inception's features, FD on
+    others), and the notes ("" if none): n below the 50,000 samples published FIDs use (FID falls as n grows), n
+    no more than the features' dimensions (a rank-deficient covariance)."""
     n, against = r["n"], f" against {ref} ({r['ref_n']:,} images)" if ref and r.get("ref_n") else f" against {ref}"
     what = f"{n:,} images of {samples}" if n else samples
     lines = []
+    fid = "FID" if r["features"] == "inception" else "FD"  # the Fréchet *Inception* distance is the Inception's
     if "fid" in r:
-        lines.append(f"FID {max(r['fid'], 0.0):.4f}  ({what}{against}; FID@{n:,})")
+        lines.append(f"{fid} {max(r['fid'], 0.0):.4f}  ({what}{against}; {fid}@{n:,}"
+                     + (f", {r['features']} features)" if fid == "FD" else ")"))
     if "is" in r:
         lines.append(f"IS {r['is'][0]:.4f} +- {r['is'][1]:.4f}  ({what}; {IS_SPLITS} splits)")
     if "kid" in r:
@@ -213,6 +223,12 @@ def metric_lines(r: Dict[str, Any], samples: str, ref: Optional[str]) -> Tuple[l
     feats = f"features: {r['features']}" + (f" (Inception sha256 {r['inception_sha256'][:16]}..., resized "
                                              f"{r['resize']})" if "inception_sha256" in r else "")
     lines.append(feats)
-    note = (f"note: published FIDs use 50,000 samples; FID falls as n grows, so compare FID@{n:,} only at equal n"
-            if "fid" in r and n and n < 50000 else "")
-    return lines, note
+    notes = []
+    dim = r.get("feature_dim", 0)
+    if "fid" in r and n and dim and min(n, r.get("ref_n") or n) <= dim:
+        notes.append(f"note: {min(n, r.get('ref_n') or n):,} images are no more than the features' {dim:,} dimensions, "
+                     f"so the covariance is rank-deficient and {fid} is biased upward and noisy; use more than {dim:,}")
+    if "fid" in r and n and n < 50000 and fid == "FID":
+        notes.append(f"note: published FIDs use 50,000 samples; FID falls as n grows, so compare FID@{n:,} only at "
+                     "equal n")
+    return lines, "\n".join(notes)

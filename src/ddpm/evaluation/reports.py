@@ -100,8 +100,13 @@ def check_report_folder(out: Path, metric: str, *, own: bool = False) -> None:
     from ..sampling.outputs import check_writable_folder
     from ..run.ownership import foreign_entries
 
+    from ..run.directory import holds_run_config
+
     if out.exists() and not out.is_dir():
         raise DDPMError(f"--out {out}: a file of that name is in the way of the report folder")
+    if out.is_dir() and holds_run_config(out):
+        raise DDPMError(f"--out {out} is a run directory, which eval does not write into; leave --out out (the "
+                        f"reports go to {out / 'eval'}) or choose another folder")
     check_writable_folder(out if out.is_dir() else out.parent, out)
     if out.is_dir() and not own:
         theirs = sorted(set(foreign_entries(out)) & set(REPORTS[metric]))

@@ -64,6 +64,25 @@ class Edit:
         """(input, editor) of output j."""
         return j // (len(self.editors) * self.n), (j // self.n) % len(self.editors)
 
+    def calls_text(self) -> str:
+        """The network calls per output: "10 network calls each", or by strength: "network calls: 2 at strength
+        0.2, 10 at strength 1"."""
+        calls = [e.calls for e in self.editors]
+        if len(set(calls)) == 1:
+            return f"{calls[0]} network calls each"
+        return "network calls: " + ", ".join(f"{e.calls} at strength {e.strength:g}" for e in self.editors)
+
+    def records(self) -> dict:
+        """What each output is, for an ``.npz`` beside its images: ``input`` (the index of its input image) and,
+        for SDEdit, ``strength`` (int64 [N], float64 [N])."""
+        import numpy as np
+
+        j = np.arange(len(self))
+        out = {"input": j // (len(self.editors) * self.n)}
+        if not isinstance(self.editors[0], RePaint):
+            out["strength"] = np.array([e.strength for e in self.editors], np.float64)[(j // self.n) % len(self.editors)]
+        return out
+
     def draw(self, model, span: range, *, labels: Optional[Tensor] = None, guidance: float = 0.0,
              batch_size: int = 256, device=None, precision: str = "fp32", progress: bool = False, bar=None,
              callback=None) -> Tensor:

@@ -211,7 +211,9 @@ def make_mask(spec: str, n: int, channels: int, size: int, seed: int = 0) -> Ten
     from ..data.images import open_image
 
     if not Path(spec).is_file():
-        raise DDPMError(f"unknown mask {spec!r}: give an image file (white = keep) or one of {', '.join(MASKS)}")
+        looks_like_a_file = Path(spec).suffix or "/" in spec or "\\" in spec
+        what = f"mask file {spec} not found" if looks_like_a_file else f"unknown mask {spec!r}"
+        raise DDPMError(f"{what}: give an image file (white = keep) or one of {', '.join(MASKS)}")
     im = open_image(Path(spec))
     if im.size != (size, size):
         raise DDPMError(f"mask {spec} is {im.size[0]}x{im.size[1]}; the run's images are {size}x{size}")

@@ -44,11 +44,14 @@ def mix_latents(a: Tensor, b: Tensor, lambdas: Sequence[float], mix: str = "line
 
 
 @torch.no_grad()
-def _decode(model, diffusion: GaussianDiffusion, xt: Tensor, t: int, seed: int) -> Tensor:
+def _decode(model, diffusion: GaussianDiffusion, xt: Tensor, t: int, seed: int, progress: bool = False) -> Tensor:
     """The reverse process from step t (1..T) to 0 for each row of ``xt``, every row with the same noise."""
+    from tqdm.auto import tqdm
+
     gens = ImageGenerators([seed] * xt.shape[0], xt.device)
     x = xt
-    for i in range(t - 1, -1, -1):
+    for i in tqdm(range(t - 1, -1, -1), desc=f"decoding {xt.shape[0]} latents", unit="step", disable=not progress,
+                  dynamic_ncols=True):
         x, _ = diffusion.p_sample(model, x, torch.full((x.shape[0],), i, dtype=torch.long, device=x.device),
                                   generator=gens)
     return x.clamp(-1, 1)
@@ -70,13 +73,14 @@ def reconstruct(model, diffusion: GaussianDiffusion, x0: Tensor, t: int, *, seed
 
 
 def interpolate(model, diffusion: GaussianDiffusion, xa: Tensor, xb: Tensor, t: int, *, n: int = 9,
-                mix: str = "slerp", seed: int = 0, device=None, lambdas: Optional[Sequence[float]] = None) -> Tensor:
+                mix: str = "slerp", seed: int = 0, device=None, lambdas: Optional[Sequence[float]] = None,
+                progress: bool = False) -> Tensor:
     """Decoded mixtures of two images [C, H, W] in [-1, 1] encoded to step t with the same noise: uint8 [n, C, H, W],
-    for lambda = 0, 1/(n-1), ..., 1 (or ``lambdas``)."""
+    for lambda = 0, 1/(n-1), ..., 1 (or ``lambdas``); ``progress``: a bar over the t reverse steps."""
     if xa.shape != xb.shape:
         raise ValueError(f"the two images differ in shape: {tuple(xa.shape)} and {tuple(xb.shape)}")
     lambdas = [i / (n - 1) for i in range(n)] if lambdas is None else list(lambdas)
     device = torch.device(device or "cpu")
     a, b = _encode(diffusion, xa.float(), t, seed), _encode(diffusion, xb.float(), t, seed)
     mixed = mix_latents(a, b, lambdas, mix).to(device)
-    return to_uint8(_decode(model.to(device).eval(), diffusion, mixed, t, seed)).cpu()
+    return to_uint8(_decode(model.to(device).eval(), diffusion, mixed, t, seed, progress)).cpu()

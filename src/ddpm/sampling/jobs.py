@@ -22,12 +22,13 @@ import numpy as np
 import torch
 
 from ..atomic import written_aside
-from ..errors import DDPMError
+from ..errors import DDPMError, Interrupted, stopped_by
 from ..rng import NOISE_SCHEME
 from ..viz import Trajectory
 from .outputs import PathLike, check_output, output_kind, write_folder, write_images, write_npz
 
-__all__ = ["JobSpec", "SampleJob", "parse_seeds", "reverse_process_pictures", "CHUNK", "GRID_LIMIT"]
+__all__ = ["JobSpec", "SampleJob", "parse_seeds", "reverse_process_pictures", "seconds_per_image", "CHUNK",
+           "GRID_LIMIT"]
 
 log = logging.getLogger(__name__)
 CHUNK = 1000  # images per chunk: what a kill can cost at most
@@ -74,10 +75,13 @@ class JobSpec:
 
 class SampleJob:
     """The job ``spec`` writing ``out`` (a ``.png`` grid, an ``.npz`` or a folder of PNGs); ``figure(images)``, if
-    given, lays out a PNG's images (with the number per row)."""
+    given, lays out a PNG's images (with the number per row); ``records`` (name: array [n]) go into an ``.npz``
+    beside ``arr_0`` and ``arr_1``."""
 
-    def __init__(self, out, spec: JobSpec, figure: Optional[Callable[[torch.Tensor], Tuple[torch.Tensor, int]]] = None):
+    def __init__(self, out, spec: JobSpec, figure: Optional[Callable[[torch.Tensor], Tuple[torch.Tensor, int]]] = None,
+                 records: Optional[Dict[str, np.ndarray]] = None):
         self.out, self.spec, self.kind, self.figure = Path(out), spec, output_kind(out), figure
+        self.records = records or {}  # more per-image arrays for an .npz (an edit's input and strength)
         self.parts = self.parts_of(out)
         if self.kind == "png" and spec.n > GRID_LIMIT:
             raise DDPMError(f"a PNG grid of {spec.n} images is too large (at most {GRID_LIMIT}); write FILE.npz or a "
@@ -133,6 +137,17 @@ class SampleJob:
             if bar is not None:
                 bar.set_postfix(chunks=f"{k + 1}/{len(self.chunks)}")
 
+    def finished(self) -> Tuple[int, int]:
+        """(chunks, images) finished so far, by every process."""
+        done = [r for k, r in enumerate(self.chunks) if self._chunk_file(k).is_file()]
+        return len(done), sum(len(r) for r in done)
+
+    def interrupted(self, signal_name: str) -> Interrupted:
+        """The error that says what an interrupted job keeps (``resumable``: the same call continues it)."""
+        chunks, images = self.finished()
+        return Interrupted(f"stopped by {signal_name}: {chunks} of {len(self.chunks)} chunks ({images:,} of "
+                           f"{self.spec.n:,} images) are kept in {self.parts}", signal_name, resumable=True)
+
     def _pieces(self, key: str):
         for k in range(len(self.chunks)):
             with np.load(self._chunk_file(k), allow_pickle=False) as z:
@@ -150,6 +165,8 @@ class SampleJob:
             arrays = {"arr_0": ((n, *shape), np.uint8, self._pieces("arr_0"))}
             if labelled:
                 arrays["arr_1"] = ((n,), np.int64, self._pieces("arr_1"))
+            for name, values in self.records.items():
+                arrays[name] = ((n,), values.dtype, [values])
             write_npz(self.out, arrays)
         elif self.kind == "png":
             images = torch.from_numpy(np.concatenate(list(self._pieces("arr_0")))).permute(0, 3, 1, 2)
@@ -181,19 +198,17 @@ class SampleJob:
 KILL_COST_S = 60.0  # what a kill may cost at most, in seconds of sampling
 
 
-def chunk_for_a_minute(model, sampler, image_shape, *, batch_size: int, n: int, guidance: float = 0.0, device=None,
-                       precision: str = "fp32") -> int:
-    """Images per chunk such that a kill costs about ``KILL_COST_S`` of work: the seconds per image measured from
-    one network call at the batch size (after one to warm up) times the sampler's steps; at least a batch (it
-    batches well) and at most CHUNK, and never more than the job."""
+def seconds_per_image(model, sampler, image_shape, *, batch_size: int, guidance: float = 0.0, device=None,
+                      precision: str = "fp32") -> float:
+    """Seconds of sampling per image on this device: one network call at the batch size (timed after one to warm
+    up) times the sampler's calls, over the images of the batch (guidance: the conditional and null halves run in
+    one batch of twice the size)."""
     import time
 
     from ..runtime import autocast
 
-    if n <= batch_size:  # one batch: nothing to measure (a chunk is at least a batch)
-        return n
     device = torch.device(device or "cpu")
-    b = max(1, min(batch_size, n)) * (2 if guidance else 1)  # guidance: the conditional and null halves
+    b = max(1, batch_size) * (2 if guidance else 1)
     x = torch.zeros((b, *image_shape), device=device)
     t = torch.full((b,), max(sampler.steps - 1, 0), dtype=torch.long, device=device)
     k = getattr(getattr(model, "config", None), "num_classes", 0)
@@ -207,7 +222,17 @@ def chunk_for_a_minute(model, sampler, image_shape, *, batch_size: int, n: int, 
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             seconds.append(time.perf_counter() - t0)
-    per_image = seconds[-1] * sampler.calls / (b // (2 if guidance else 1))
+    return seconds[-1] * sampler.calls / (b // (2 if guidance else 1))
+
+
+def chunk_for_a_minute(model, sampler, image_shape, *, batch_size: int, n: int, guidance: float = 0.0, device=None,
+                       precision: str = "fp32") -> int:
+    """Images per chunk such that a kill costs about ``KILL_COST_S`` of work (``seconds_per_image``); at least a
+    batch (it batches well) and at most CHUNK, and never more than the job."""
+    if n <= batch_size:  # one batch: nothing to measure (a chunk is at least a batch)
+        return n
+    per_image = seconds_per_image(model, sampler, image_shape, batch_size=min(batch_size, n), guidance=guidance,
+                                  device=device, precision=precision)
     return int(min(CHUNK, n, max(min(batch_size, n), round(KILL_COST_S / max(per_image, 1e-9)))))
 
 
@@ -256,7 +281,8 @@ def sample_job(out, ckpt, sampler, *, seeds: range, class_spec: Optional[str] = 
                        model, sampler, (c, s, s), batch_size=batch_size, n=n, guidance=guidance, device=device,
                        precision=precision), device or "cpu"),
                    device=torch.device(device or "cpu").type, edit=edit and edit.describe())
-    job = SampleJob(out, spec, figure=edit and (lambda images: (edit.figure(images, device), edit.n + 2)))
+    job = SampleJob(out, spec, figure=edit and (lambda images: (edit.figure(images, device), edit.n + 2)),
+                    records=edit.records() if edit is not None else None)
     done = job.prepare(overwrite=overwrite, main=rank == 0)
     barrier()
     todo = job.missing(rank, world)  # dealt out while no process writes: every process sees the same chunks
@@ -272,7 +298,10 @@ def sample_job(out, ckpt, sampler, *, seeds: range, class_spec: Optional[str] = 
                 return edit.draw(model, span, **kw), labels
             return generate(model, sampler, None, (c, s, s), seeds=seeds[span.start:span.stop], **kw), labels
 
-        job.run(draw, rank=rank, world=world, bar=bar, chunks=todo)
+        try:
+            job.run(draw, rank=rank, world=world, bar=bar, chunks=todo)
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM as Terminated: what is finished stays for the next run
+            raise job.interrupted(stopped_by(e)) from None
     barrier()
     if rank == 0:
         job.assemble()

@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ..config import DiffusionConfig, UNetConfig
 from ..errors import DDPMError
-from ..run.directory import holds_run_config, load_checkpoint, read_config
+from ..run.directory import IMPORTED_DATA, holds_run_config, load_checkpoint, read_config
 from ..nn.unet import UNet
 
 __all__ = ["InitSource", "init_source", "network_mismatch", "check_network", "load_init_weights",
@@ -33,6 +33,24 @@ class InitSource:
     model: UNetConfig
     diffusion: Optional[DiffusionConfig]  # None: a bare diffusers unet/ folder, whose schedule is not known
     preset: Optional[str] = None
+    objective: Optional[str] = None  # a run's training objective (a diffusers pipeline does not say)
+
+    def default_objective(self) -> Optional[str]:
+        """The objective a fine-tuning run takes unless told: the source run's; for an imported network with a
+        learned variance, Improved DDPM's hybrid (L_simple alone would not train the variance)."""
+        from ..diffusion.parameterisation import LEARNED
+
+        if self.objective is not None:
+            return self.objective
+        return "hybrid" if self.diffusion is not None and self.diffusion.var_type in LEARNED else None
+
+    def changes(self, diffusion: DiffusionConfig) -> List[str]:
+        """What ``diffusion`` changes of what the source's network was trained for ("--predict eps here, v
+        there"): fine-tuning may change it, but the weights start out answering the old question."""
+        if self.diffusion is None:
+            return []
+        a, b = dataclasses.asdict(diffusion), dataclasses.asdict(self.diffusion)
+        return [f"--{k.replace('_', '-')} {a[k]} here, {b[k]} there" for k in a if a[k] != b[k]]
 
 
 def init_source(path) -> InitSource:
@@ -46,7 +64,8 @@ def init_source(path) -> InitSource:
                         "directory)")
     if holds_run_config(path):
         cfg = read_config(path)
-        return InitSource(path, "run", cfg.model, cfg.diffusion, cfg.preset)
+        imported = cfg.train.data == IMPORTED_DATA  # its objective is not known: the config's is a placeholder
+        return InitSource(path, "run", cfg.model, cfg.diffusion, cfg.preset, None if imported else cfg.train.objective)
     return InitSource(path, "diffusers", *read_diffusers_config(path, required=False))
 
 

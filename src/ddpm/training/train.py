@@ -84,17 +84,7 @@ def plan_run(run: Path, *, train: Dict[str, Any], diffusion: Dict[str, Any], pre
         raise DDPMError("--data is required for a new run: 'mnist', a folder of images, or a CIFAR-10 archive")
     source = init_source(train["init_from"]) if train.get("init_from") else None
     if source is not None:
-        preset = preset or source.preset or _recipe_for(source)
-        if source.model.num_classes and train.get("class_cond") is None:
-            log.info("--init-from %s is class-conditional (%d classes): so is this run (--class-cond)", source.path,
-                     source.model.num_classes)
-            train = {**train, "class_cond": True}
-        if source.diffusion is None and diffusion.get("T") is None:
-            from ..interop.diffusers import NO_SCHEDULER
-
-            raise DDPMError(f"--init-from {source.path} {NO_SCHEDULER}")
-        model_defaults, diffusion_defaults = source_defaults(source)
-        model, diffusion = overlay(model_defaults, model), overlay(diffusion_defaults, diffusion)
+        preset, train, model, diffusion = _from_source(source, preset, train, model, diffusion)
     try:
         cfg = make_run_config(preset or ("mnist" if train["data"] == "mnist" else "cifar10"), train=train,
                               diffusion=diffusion, model=model)
@@ -102,7 +92,32 @@ def plan_run(run: Path, *, train: Dict[str, Any], diffusion: Dict[str, Any], pre
         raise DDPMError(f"{e} (--image-size / --channels)") from None
     if source is not None:  # all but the classes, which come from the data
         check_network(dataclasses.replace(cfg.model, num_classes=source.model.num_classes), source)
+        changed = source.changes(cfg.diffusion)
+        if changed:
+            log.warning("fine-tuning changes what the weights of %s were trained for (%s): they start out answering "
+                        "the old question, so early samples are poor until the network has relearnt", source.path,
+                        "; ".join(changed))
     return dataclasses.replace(cfg, data_as_given=given if given not in (None, cfg.train.data) else None)
+
+
+def _from_source(source, preset, train, model, diffusion):
+    """What a fine-tuning run takes from its ``--init-from`` source unless told: its recipe (preset), classes,
+    network, diffusion and, for a learned variance, an objective that trains it."""
+    preset = preset or source.preset or _recipe_for(source)
+    if source.model.num_classes and train.get("class_cond") is None:
+        log.info("--init-from %s is class-conditional (%d classes): so is this run (--class-cond)", source.path,
+                 source.model.num_classes)
+        train = {**train, "class_cond": True}
+    if source.diffusion is None and diffusion.get("T") is None:
+        from ..interop.diffusers import NO_SCHEDULER
+
+        raise DDPMError(f"--init-from {source.path} {NO_SCHEDULER}")
+    if train.get("objective") is None and source.default_objective() not in (None, "simple"):
+        log.info("--init-from %s has a learned variance: this run trains it with --objective %s", source.path,
+                 source.default_objective())
+        train = {**train, "objective": source.default_objective()}
+    model_defaults, diffusion_defaults = source_defaults(source)
+    return preset, train, overlay(model_defaults, model), overlay(diffusion_defaults, diffusion)
 
 
 def _recipe_for(source) -> str:
@@ -201,6 +216,7 @@ def train_run(run: Path, cfg: RunConfig, *, device, progress: bool = True, cache
             trainer.load(ckpt)
             if main:
                 _say_what_resuming_changes(run, read_config(run).train, cfg.train, ckpt.step)
+                _say_if_the_data_changed(data, ckpt)
         barrier()  # every process has checked the run directory before rank 0 writes to it
         if main:
             write_config(run, cfg)
@@ -217,6 +233,18 @@ def train_run(run: Path, cfg: RunConfig, *, device, progress: bool = True, cache
         barrier()  # rank 0 has written the last checkpoint before anyone returns
     last = list_checkpoints(run)
     return TrainResult(reason, trainer.step, last[-1] if last else None)
+
+
+def _say_if_the_data_changed(data: ImageData, ckpt) -> None:
+    """One line when the data a resumed run reads is not what its checkpoint was trained on (files added, removed or
+    changed since): training goes on, with the data as it is now."""
+    then = ckpt.state.get("data")
+    if not isinstance(then, dict) or (then.get("images"), then.get("key")) == (len(data), data.key):
+        return
+    what = (f"{then.get('images')} images then, {len(data)} now" if then.get("images") != len(data) else
+            f"{len(data)} images, but its files' names, sizes or modification times changed")
+    log.warning("the data %s changed since step %d was saved (%s): training continues on the data as it is now",
+                data.name, ckpt.step, what)
 
 
 def _say_what_resuming_changes(run: Path, saved: TrainConfig, new: TrainConfig, step: int) -> None:

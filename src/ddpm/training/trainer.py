@@ -228,6 +228,7 @@ class Trainer:
     def state(self) -> Dict[str, Any]:
         """JSON-able trainer state that is not in the weights or the optimizer."""
         return {"ema_updates": self.ema_updates, "skipped": self.skipped, "rng": rng_state(),
+                "data": {"images": len(self.data), "key": self.data.key},  # a resume says if the data changed
                 "log_acc": _plain(self.log_acc), "scaler": self.precision.state_dict(),
                 **({"timesteps": self.timesteps.state()} if self.timesteps else {})}
 
