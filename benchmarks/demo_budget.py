@@ -3,9 +3,9 @@
     python benchmarks/demo_budget.py --steps 600,1000,1500,2400 --seeds 0,1 --json budget.json
     python benchmarks/demo_budget.py --steps 600 --set lr=3e-3 --set batch_size=32 --guidance 1,2
 
-For each number of steps and seed, trains the demo's recipe (class-conditional mnist preset, p_uncond 0.1, EMA
-warm-up, cosine decay over exactly those steps: a demo with a shorter budget plans fewer steps and its decay
-follows), then draws the demo's 100 samples (ten of each digit, sde-dpm++ 20 calls, at each --guidance weight)
+For each number of steps and seed, trains the demo's recipe (``ddpm.cli.demo.DEMO_RECIPE``: the class-conditional
+mnist preset, p_uncond 0.1, min-SNR-5, EMA warm-up, cosine decay over exactly those steps: a demo with a shorter
+budget plans fewer steps and its decay follows), then draws the demo's 100 samples (ten of each digit, sde-dpm++ 20 calls, at each --guidance weight)
 and judges them as demo_quality.py does: the share labelled as the asked-for digit with confidence >= 0.9, and
 the FD ratio. ``--set FIELD=VALUE`` changes a field of the training config (``model.FIELD=VALUE`` of the network,
 ``diffusion.FIELD=VALUE`` of the diffusion) to try another recipe. Prints a row per run and weight with the
@@ -51,15 +51,15 @@ def one(steps: int, seed: int, root: Path, guidance=(1.0,), sets=None, precision
     from ddpm.sampling.guidance import class_labels
     from ddpm.config import make_run_config, with_classes
     from ddpm.data.sources import MNIST_CLASSES
-    from ddpm.cli.demo import DEMO_P_UNCOND, DEMO_SAMPLER
+    from ddpm.cli.demo import DEMO_RECIPE, DEMO_SAMPLER
     from ddpm.run.directory import load_checkpoint
     from ddpm.sampling.samplers import sample_checkpoint
     from ddpm.training.train import train_run
 
     sets = sets or overrides([])
     run = root / f"s{steps}-{seed}-{time.time_ns()}"
-    train = {"data": "mnist", "class_cond": True, "p_uncond": DEMO_P_UNCOND, "steps": steps, "seed": seed,
-             "save_every": steps, "precision": precision, **sets["train"]}
+    train = {**DEMO_RECIPE, "steps": steps, "seed": seed, "save_every": steps, "precision": precision,
+             **sets["train"]}
     cfg = with_classes(make_run_config("mnist", train=train, model=sets["model"], diffusion=sets["diffusion"]),
                        MNIST_CLASSES)
     t0 = time.perf_counter()

@@ -62,12 +62,29 @@ def _train(tmp_path, name, nproc, steps=4, resume=False, extra=()):
     return load_file(str(ckpt / "model.safetensors")), load_file(str(ckpt / "ema.safetensors")), out, res.stderr
 
 
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    """The one-process run of a setting (its flags), trained once for the module: the reference that the torchrun
+    tests compare with, and the run that their sampling jobs read."""
+    root, runs = tmp_path_factory.mktemp("one-process"), {}
+
+    def get(extra=()):
+        if tuple(extra) not in runs:
+            runs[tuple(extra)] = _train(root, f"run{len(runs)}", 1, extra=extra)
+        return runs[tuple(extra)]
+
+    return get
+
+
+# every option whose state or arithmetic the processes must share: labels and the null class, the importance
+# sampler's loss history, the hybrid objective's learned variance, v-prediction
+EVERY_OPTION = ("--class-cond", "--p-uncond", "0.3", "--t-sampling", "importance", "--var-type", "learned-range",
+                "--objective", "hybrid", "--predict", "v", "--T", "21", "--batch-size", "32")
+
+
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
-@pytest.mark.parametrize("extra", [(), ("--class-cond", "--p-uncond", "0.3"), "folder",
-                                   ("--t-sampling", "importance", "--var-type", "learned-range", "--objective", "hybrid",
-                                    "--predict", "v", "--T", "21", "--batch-size", "32")],
-                         ids=["unconditional", "class-cond", "cached-folder", "importance-hybrid"])
-def test_two_torchrun_processes_give_the_weights_of_one(extra, tmp_path):
+@pytest.mark.parametrize("extra", [EVERY_OPTION, "folder"], ids=["every-option", "cached-folder"])
+def test_two_torchrun_processes_give_the_weights_of_one(extra, tmp_path, one_process):
     if extra == "folder":  # rank 0 builds the decoded cache while rank 1 waits, then both memory-map it
         import numpy as np
         from PIL import Image
@@ -77,7 +94,7 @@ def test_two_torchrun_processes_give_the_weights_of_one(extra, tmp_path):
         for i in range(40):
             Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(tmp_path / "imgs" / f"{i}.png")
         extra = ("--data", str(tmp_path / "imgs"))
-    one_model, one_ema, _, _ = _train(tmp_path, "one", 1, extra=extra)
+    one_model, one_ema, _, _ = one_process(extra) if extra == EVERY_OPTION else _train(tmp_path, "one", 1, extra=extra)
     two_model, two_ema, out, err = _train(tmp_path, "two", 2, extra=extra)
     if "--class-cond" in extra:
         assert "label_emb.weight" in one_model
@@ -88,22 +105,24 @@ def test_two_torchrun_processes_give_the_weights_of_one(extra, tmp_path):
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
-def test_resume_under_torchrun(tmp_path):
-    one_model, _, _, _ = _train(tmp_path, "one", 1)
-    _train(tmp_path, "two", 2, steps=2)
-    two_model, _, _, err = _train(tmp_path, "two", 2, steps=4, resume=True)
-    assert "resuming" in err
-    assert _max_diff(one_model, two_model) < 1e-5
-
+def test_resume_under_torchrun(tmp_path, one_process):
+    """The plain run on two processes, stopped at step 2 and resumed: the weights of one process's uninterrupted
+    run, with rank 0 alone talking and writing."""
+    one_model, one_ema, _, _ = one_process()
+    _, _, _, first = _train(tmp_path, "two", 2, steps=2)
+    two_model, two_ema, out, err = _train(tmp_path, "two", 2, steps=4, resume=True)
+    assert "resuming" in err and first.count("training ") == 1 and err.count("training ") == 1
+    assert _max_diff(one_model, two_model) < 1e-5 and _max_diff(one_ema, two_ema) < 1e-5
+    rows = (out / "metrics.csv").read_text().strip().splitlines()
+    assert len(rows) == 3  # header + steps 2 and 4, each written once
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
 @pytest.mark.parametrize("cond", [(), ("--class", "all", "--guidance", "1")], ids=["unconditional", "guided"])
-def test_torchrun_sampling_writes_the_one_process_output_byte_for_byte(cond, tmp_path):
+def test_torchrun_sampling_writes_the_one_process_output_byte_for_byte(cond, tmp_path, one_process):
     """`torchrun ... -m ddpm -- sample ...` (the form torchrun's own parser leaves alone) shares the chunks between
     the processes; rank 0 assembles. On a CPU with the same threads per process, the .npz equals one process's."""
-    extra = ("--class-cond",) if cond else ()
-    _, _, run, _ = _train(tmp_path, "run", 1, steps=2, extra=extra)
+    _, _, run, _ = one_process(EVERY_OPTION if cond else ())
     outs = {}
     for nproc in (1, 2):
         out = tmp_path / f"s{nproc}.npz"
@@ -120,9 +139,9 @@ def test_torchrun_sampling_writes_the_one_process_output_byte_for_byte(cond, tmp
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
-def test_torchrun_inpainting_writes_the_one_process_output_byte_for_byte(tmp_path):
+def test_torchrun_inpainting_writes_the_one_process_output_byte_for_byte(tmp_path, one_process):
     """An edit job is a sampling job: under torchrun the processes share its chunks, rank 0 assembles."""
-    _, _, run, _ = _train(tmp_path, "run", 1, steps=2)
+    _, _, run, _ = one_process()
     outs = {}
     for nproc in (1, 2):
         out = tmp_path / f"f{nproc}.npz"
@@ -139,10 +158,10 @@ def test_torchrun_inpainting_writes_the_one_process_output_byte_for_byte(tmp_pat
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
-def test_torchrun_eval_draws_the_samples_of_one_process_and_scores_once(tmp_path):
+def test_torchrun_eval_draws_the_samples_of_one_process_and_scores_once(tmp_path, one_process):
     import json
 
-    _, _, run, _ = _train(tmp_path, "run", 1, steps=2)
+    _, _, run, _ = one_process()
     for nproc in (1, 2):
         args = ["-m", "ddpm", "--", "eval", "--run", str(run), "--metric", "fid,kid", "--n", "24", "--sampler", "ddim",
                 "--steps", "3", "--out", str(tmp_path / f"e{nproc}"), "--quiet", "--cache-dir", str(tmp_path / "c")]

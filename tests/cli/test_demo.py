@@ -85,6 +85,7 @@ def test_the_demo_plans_again_after_the_warm_up(tmp_path, monkeypatch, capsys):
         return dataclasses.replace(real(cfg, **kw), steps=8)
 
     monkeypatch.setattr(demo, "plan_demo", busy_at_first)
+    _machine(monkeypatch, forward_s=0.001, step_s=0.01)  # the first plan's timing (the replan measures for real)
     monkeypatch.setitem(demo.PRESETS["mnist"].train, "warmup", 6)  # the recipe's warm-up, shortened for the test
     monkeypatch.setitem(demo.PRESETS["mnist"].train, "steps", 20)  # and its most steps
     out = tmp_path / "demo"

@@ -7,19 +7,14 @@ from PIL import Image
 
 from ddpm.data.sources import load_images
 
-from helpers import TINY, one_line_error, run
+from helpers import one_line_error, run
 
 STEPS = ["--steps", "6", "--jump", "2", "--resample", "2"]
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    from ddpm.cli.commands import main
-
-    root = tmp_path_factory.mktemp("editing")
-    assert main(["train", "--data", "mnist", "--out", str(root / "u"), "--steps", "3", *TINY]) == 0
-    assert main(["train", "--data", "mnist", "--out", str(root / "c"), "--steps", "3", "--class-cond", *TINY]) == 0
-    return root / "u", root / "c"
+@pytest.fixture
+def runs(tiny_runs):
+    return tiny_runs
 
 
 def test_inpaint_keeps_the_known_pixels_and_draws_a_figure(runs, tmp_path, capsys):

@@ -13,12 +13,9 @@ from ddpm.cli.commands import main
 from helpers import TINY, one_line_error, run
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("newcomer")
-    assert main(["train", "--data", "mnist", "--out", str(root / "u"), "--steps", "3", *TINY]) == 0
-    assert main(["train", "--data", "mnist", "--out", str(root / "c"), "--steps", "3", "--class-cond", *TINY]) == 0
-    return root / "u", root / "c"
+@pytest.fixture
+def runs(tiny_runs):
+    return tiny_runs
 
 
 def _stop_in_call(monkeypatch, module, name, k, how):

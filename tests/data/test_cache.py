@@ -135,3 +135,31 @@ def test_data_info_and_build(tmp_path, capsys):
     assert "10 images" in out and "(built)" in out and "10 images of 3x16x16" in out and "intact" in out
     assert main(["data", "info", "mnist"]) == 0
     assert "no cache" in capsys.readouterr().out
+
+
+def test_the_decoding_processes_start_without_torch():
+    """A cache build's worker processes import the modules of their tasks (and ddpm.data): numpy and Pillow, never
+    torch, whose import costs each worker a second or more."""
+    code = ("import sys, ddpm.data.cache, ddpm.data.formats, ddpm.data.images; "
+            "print('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == \
+        "False"
+
+
+def test_a_few_images_decode_in_the_process_and_many_in_workers(tmp_path, monkeypatch):
+    """Up to INLINE_MAX images decode in the building process; more in worker processes. Both give the same
+    pixels."""
+    src = _folder(tmp_path / "imgs", 12)
+    pools = []
+    real = cache.ProcessPoolExecutor
+
+    def counted(*a, **k):
+        pools.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(cache, "ProcessPoolExecutor", counted)
+    inline = load_data(str(src), channels=3, image_size=16, cache_dir=tmp_path / "a")
+    assert pools == []
+    monkeypatch.setattr(cache, "INLINE_MAX", 4)
+    pooled = load_data(str(src), channels=3, image_size=16, cache_dir=tmp_path / "b")
+    assert pools == [1] and torch.equal(inline.images, pooled.images)

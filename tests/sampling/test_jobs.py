@@ -97,14 +97,9 @@ def test_seed_ranges():
             parse_seeds(bad)
 
 
-TINY = ["--preset", "tiny", "--batch-size", "4", "--log-every", "2", "--save-every", "3", "--quiet", "--T", "60"]
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("jobs") / "run"
-    assert main(["train", "--data", "mnist", "--out", str(run_dir), "--steps", "3", *TINY]) == 0
-    return run_dir
+@pytest.fixture
+def run(tiny_runs):
+    return tiny_runs[0]
 
 
 def _sample(run, out, *extra):

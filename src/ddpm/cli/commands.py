@@ -30,8 +30,8 @@ def cmd_demo(args) -> int:
     print(f"demo finished in {res.minutes:.1f} min after {res.step} steps:")
     print("\n".join(f"  {path}{' ' * (27 - len(path.name))}{what}" for path, what in res.described()))
     if res.status == "finished":
-        print("(for a longer run: ddpm demo --out NEW --minutes M, or ddpm train --data mnist --class-cond --out RUN, "
-              "the full recipe)", file=sys.stderr)
+        print("(for a longer run: ddpm demo --out NEW --minutes M, or ddpm train --data mnist --class-cond "
+              "--snr-gamma 5 --out RUN, the full recipe)", file=sys.stderr)
     return 0
 
 

@@ -201,14 +201,19 @@ def build_encoded_cache(root: Path, key: str, meta: Dict[str, Any], source, chan
         classes, labels, why = source.labels()
         return classes, labels if labels is None or keep is None else labels[keep], why
 
+    # an LMDB allows one handle per process, which a worker keeps: this process only lists (never decodes) it
     return _build(root, key, meta, str(source.path), n, tasks, lambda _, name: name, labels, channels, size,
-                  skip_bad=skip_bad, progress=progress, workers=workers)
+                  skip_bad=skip_bad, progress=progress, workers=workers, inline=source.kind != "lmdb")
+
+
+INLINE_MAX = 64  # sources of at most this many images are decoded in the building process, without workers
 
 
 def _build(root: Path, key: str, meta: Dict[str, Any], what: str, n: int, tasks, name_of, labels, channels: int,
-           size: int, *, skip_bad: bool, progress: bool, workers: Optional[int]) -> Cached:
+           size: int, *, skip_bad: bool, progress: bool, workers: Optional[int], inline: bool = True) -> Cached:
     """Run ``tasks(npy)`` ((images, worker function, its task) each) in worker processes, each writing its rows
-    of a new images.npy of ``n`` rows and returning what it could not read; then the labels of the rows kept."""
+    of a new images.npy of ``n`` rows and returning what it could not read; then the labels of the rows kept.
+    With ``inline``, at most INLINE_MAX images are decoded in this process instead."""
     from tqdm.auto import tqdm
 
     from ..runtime import usable_cores
@@ -222,10 +227,16 @@ def _build(root: Path, key: str, meta: Dict[str, Any], what: str, n: int, tasks,
             del out
             _reserve(tmp / "images.npy")
             bad: List[Tuple[int, str, str]] = []
-            with ProcessPoolExecutor(max_workers=workers or usable_cores(), mp_context=get_context("spawn")) as ex, \
+            inline = inline and n <= INLINE_MAX  # a few images: decoded here, sooner than workers start
+            with contextlib.nullcontext() if inline else ProcessPoolExecutor(
+                    max_workers=workers or usable_cores(), mp_context=get_context("spawn")) as ex, \
                     tqdm(total=n, desc=f"decoding {what} once, into the cache", unit="img", disable=not progress) as bar:
                 futures = {}
                 for count, fn, task in tasks(str(tmp / "images.npy")):
+                    if inline:
+                        bad += fn(task)
+                        bar.update(count)
+                        continue
                     futures[ex.submit(fn, task)] = count
                     if len(futures) >= 64:  # a bounded queue: listing millions of images holds little at a time
                         _collect(futures, bad, bar, wait_one=True)
