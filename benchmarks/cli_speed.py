@@ -89,6 +89,9 @@ def main() -> int:
     ap.add_argument("--images", type=int, default=256, help="random PNGs in the training folder")
     ap.add_argument("--ddpm-env", action="append", default=[], metavar="NAME=VALUE")
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--diffusers", default="fp32,bf16",
+                    help="the diffusers loops to run: fp32, bf16 or both (on a CPU without native bf16, such as "
+                         "an AVX2 one, bf16 is emulated and many times slower: compare fp32 with fp32 there)")
     ap.add_argument("--child", choices=("fp32", "bf16"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -101,24 +104,32 @@ def main() -> int:
 
     size = PRESETS[args.preset].model.image_size
     rounds = []
+    sides = [p.strip() for p in args.diffusers.split(",") if p.strip()]
+    if not sides or set(sides) - {"fp32", "bf16"}:
+        ap.error(f"--diffusers: fp32, bf16 or both, got {args.diffusers!r}")
+    from ddpm.runtime import machine_class
+
+    print(f"machine class: {machine_class(__import__('torch').device('cpu'))}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "images"
         make_folder(data, args.images, size)
         for r in range(args.rounds):
-            got = {"ddpm": statistics.median(run_ddpm(args, data, Path(tmp) / f"run-{r}", env)),
-                   "diffusers fp32": statistics.median(run_diffusers(args, "fp32")),
-                   "diffusers bf16": statistics.median(run_diffusers(args, "bf16"))}
+            got = {"ddpm": statistics.median(run_ddpm(args, data, Path(tmp) / f"run-{r}", env))}
+            for side in sides:
+                got[f"diffusers {side}"] = statistics.median(run_diffusers(args, side))
             rounds.append(got)
-            print(f"round {r + 1}: ddpm {got['ddpm']:.2f} images/s, diffusers fp32 {got['diffusers fp32']:.2f}, "
-                  f"bf16 {got['diffusers bf16']:.2f}; x fp32 {got['ddpm'] / got['diffusers fp32']:.2f}, "
-                  f"x bf16 {got['ddpm'] / got['diffusers bf16']:.2f}", flush=True)
-    x32 = statistics.median(g["ddpm"] / g["diffusers fp32"] for g in rounds)
-    x16 = statistics.median(g["ddpm"] / g["diffusers bf16"] for g in rounds)
-    print(f"median of {args.rounds} rounds: ddpm train is {x32:.2f}x diffusers fp32 and {x16:.2f}x diffusers bf16 "
-          f"({args.preset}, batch {args.batch_size}{', ddpm env ' + ' '.join(args.ddpm_env) if args.ddpm_env else ''})")
+            theirs = {side: got[f"diffusers {side}"] for side in sides}
+            print(f"round {r + 1}: ddpm {got['ddpm']:.2f} images/s, "
+                  + ", ".join(f"diffusers {side} {v:.2f} (x {got['ddpm'] / v:.2f})" for side, v in theirs.items()),
+                  flush=True)
+    x = {side: statistics.median(g["ddpm"] / g[f"diffusers {side}"] for g in rounds) for side in sides}
+    extra = f", ddpm env {' '.join(args.ddpm_env)}" if args.ddpm_env else ""
+    print(f"median of {args.rounds} rounds: ddpm train is "
+          + " and ".join(f"{v:.2f}x diffusers {side}" for side, v in x.items())
+          + f" ({args.preset}, batch {args.batch_size}{extra})")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "rounds": rounds, "x_fp32": x32, "x_bf16": x16}, f, indent=2)
+            json.dump({"args": vars(args), "rounds": rounds, **{f"x_{side}": v for side, v in x.items()}}, f, indent=2)
     return 0
 
 

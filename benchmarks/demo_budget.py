@@ -5,7 +5,8 @@
 
 For each number of steps and seed, trains the demo's recipe (``ddpm.cli.demo.DEMO_RECIPE``: the class-conditional
 mnist preset, p_uncond 0.1, min-SNR-5, EMA warm-up, cosine decay over exactly those steps: a demo with a shorter
-budget plans fewer steps and its decay follows), then draws the demo's 100 samples (ten of each digit, sde-dpm++ 20 calls, at each --guidance weight)
+budget plans fewer steps and its decay follows), then draws the demo's 100 samples (ten of each digit, sde-dpm++ 20
+calls, at each --guidance weight)
 and judges them as demo_quality.py does: the share labelled as the asked-for digit with confidence >= 0.9, and
 the FD ratio. ``--set FIELD=VALUE`` changes a field of the training config (``model.FIELD=VALUE`` of the network,
 ``diffusion.FIELD=VALUE`` of the diffusion) to try another recipe. Prints a row per run and weight with the

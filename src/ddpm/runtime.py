@@ -29,7 +29,8 @@ import time
 from typing import Dict, Optional, Tuple
 
 __all__ = ["keep_freed_memory", "usable_cores", "busy_cores", "thread_settings", "configure_threads",
-           "choose_device", "bf16_supported", "machine_class", "fast_cuda_math", "resolve_precision", "autocast", "Precision", "init_distributed",
+           "choose_device", "bf16_supported", "machine_class",
+           "fast_cuda_math", "resolve_precision", "autocast", "Precision", "init_distributed",
            "rank_world", "barrier", "close_distributed", "rank0_value", "shares"]
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3

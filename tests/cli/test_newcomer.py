@@ -181,8 +181,8 @@ def test_import_says_what_it_imported(runs, tmp_path, capsys):
 def test_fine_tuning_says_when_it_changes_what_the_weights_were_trained_for(tmp_path, capsys):
     v = tmp_path / "v"
     assert main(["train", "--data", "mnist", "--out", str(v), "--steps", "2", *TINY, "--predict", "v"]) == 0
-    code, _, err = run(capsys, "train", "--init-from", v, "--data", "mnist", "--out", tmp_path / "t", "--predict", "eps",
-                       "--dry-run")
+    code, _, err = run(capsys, "train", "--init-from", v, "--data", "mnist", "--out", tmp_path / "t", "--predict",
+                       "eps", "--dry-run")
     assert code == 0 and "--predict eps here, v there" in err and "early samples are poor" in err
     code, _, err = run(capsys, "train", "--init-from", v, "--data", "mnist", "--out", tmp_path / "t", "--dry-run")
     assert code == 0 and "fine-tuning changes" not in err

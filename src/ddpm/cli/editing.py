@@ -12,8 +12,8 @@ _IMAGES = ("the images to edit: an image file, a folder of them, an .npz of uint
            "writes) or mnist:A-B (images A to B of the shipped digits); each resized (short side) and centre-cropped "
            "to the run's size")
 _OUT = ("--out decides the format: FILE.png a figure, one row per input (the input, what the model starts from, then "
-        "the --n completions), FILE.npz the completions alone (uint8 arr_0 [N, H, W, C], input by input, with each one's input index in "
-        "'input', its strength in 'strength' (edit) and its class in arr_1 (--class)), DIR/ one "
+        "the --n completions), FILE.npz the completions alone (uint8 arr_0 [N, H, W, C], input by input, with each "
+        "one's input index in 'input', its strength in 'strength' (edit) and its class in arr_1 (--class)), DIR/ one "
         "PNG per completion. Output j is drawn from seed --seed + j, so a killed job continues where it stopped "
         "(run the same command again) and torchrun shares it.")
 

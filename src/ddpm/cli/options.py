@@ -48,19 +48,23 @@ def build_parser(handlers: Dict[str, Any]) -> argparse.ArgumentParser:
 
 
 def _demo(c: Commands) -> None:
-    from .demo import DEMO_DIR, DEMO_MINUTES, DEMO_SAMPLER, DEMO_SAMPLES
+    from .demo import DEMO_DIR, DEMO_MIN_STEPS, DEMO_MINUTES, DEMO_SAMPLER, DEMO_SAMPLES
 
     p = c.add("demo", "train on the shipped MNIST digits and write samples (a few minutes on a CPU)",
-              "Train the 'mnist' preset on the 5,000 digits shipped in the package, then write EMA samples to "
-              "RUN/samples.png and RUN/samples.npz. A new demo first times this machine, then trains as many "
-              "steps as fit in --minutes (so the learning-rate schedule runs to its end). Run again, it continues "
-              "a demo stopped early (e.g. by Ctrl-C); a finished one only draws its samples again.",
+              "Train the 'mnist' preset, class-conditional with min-SNR-5 loss weighting, on the 5,000 digits "
+              "shipped in the package, then write EMA samples to RUN/samples.png (a row per digit) and "
+              "RUN/samples.npz. A new demo says what it runs on, times this machine, then trains as many steps as "
+              "fit in --minutes (so the learning-rate schedule runs to its end), but at least the "
+              f"{DEMO_MIN_STEPS} its quality needs: a slower machine trains them anyway and says how long it "
+              "takes. Run again, it continues a demo stopped early (e.g. by Ctrl-C); a finished one only draws "
+              "its samples again.",
               "ddpm demo; ddpm demo --out long-demo --minutes 20")
     p.add_argument("--out", default=DEMO_DIR, help="run directory")
     p.add_argument("--minutes", type=float, default=DEMO_MINUTES, help="time budget of the whole demo, training and "
                    "sampling (more: more steps, up to the recipe's 4,800)")
     p.add_argument("--steps", type=positive_int, default=None,
-                   help="training steps, fixed (default: as many as fit in --minutes, at most the mnist recipe's)")
+                   help=f"training steps, fixed (default: as many as fit in --minutes, at least {DEMO_MIN_STEPS}, at "
+                        "most the mnist recipe's)")
     p.add_argument("--n", type=positive_int, default=DEMO_SAMPLES, help="number of samples to draw")
     p.add_argument("--sampling-steps", type=positive_int, default=DEMO_SAMPLER[1],
                    help=f"network calls per sample ({DEMO_SAMPLER[0]} sampler; 1000 = the full Algorithm 2)")

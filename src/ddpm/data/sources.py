@@ -224,7 +224,8 @@ def load_data(src: str, *, channels: int, image_size: int, progress: bool = Fals
     skipped = tuple(cached.meta.get("skipped", ()))
     if skipped and not skip_bad:
         raise DDPMError(f"{len(skipped)} of the images in {source.path} cannot be read; the first: {skipped[0]}. "
-                        "Pass --skip-bad-images to leave them out (a training run lists them in RUN/skipped_images.txt)")
+                        "Pass --skip-bad-images to leave them out (a training run lists them in "
+                        "RUN/skipped_images.txt)")
     classes = tuple(cached.meta["classes"]) if cached.meta.get("classes") else None
     return ImageData(torch.from_numpy(cached.images), None if cached.labels is None else torch.from_numpy(cached.labels),
                      source.name, True, classes, cached.meta.get("unlabelled", ""), key, skipped)

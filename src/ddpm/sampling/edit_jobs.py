@@ -80,7 +80,8 @@ class Edit:
         j = np.arange(len(self))
         out = {"input": j // (len(self.editors) * self.n)}
         if not isinstance(self.editors[0], RePaint):
-            out["strength"] = np.array([e.strength for e in self.editors], np.float64)[(j // self.n) % len(self.editors)]
+            strengths = np.array([e.strength for e in self.editors], np.float64)
+            out["strength"] = strengths[(j // self.n) % len(self.editors)]
         return out
 
     def draw(self, model, span: range, *, labels: Optional[Tensor] = None, guidance: float = 0.0,
