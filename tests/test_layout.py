@@ -53,7 +53,7 @@ def test_no_import_cycles():
 # The layers, bottom first, written once: a unit (a top-level module or a sub-package) may import only units in
 # tiers below its own, and any module of its own sub-package. Units of one tier know nothing of each other.
 LAYERS = [
-    ("errors", "atomic", "rng"),   # foundations: no ddpm imports
+    ("errors", "atomic", "rng", "lazy"),  # foundations: no ddpm imports
     ("runtime", "safeload"),       # devices, threads, precision; reading foreign weights safely
     ("diffusion",),                # the schedule, the Gaussian process, the bound
     ("config",),                   # the dataclasses a run is made of (builds a diffusion)

@@ -4,7 +4,7 @@ The public names load on first use, so that ``import ddpm`` (and the ``ddpm`` co
 its thread options) does not import torch.
 """
 
-from importlib import import_module
+from .lazy import lazy_names
 
 __version__ = "0.1.0"
 
@@ -13,14 +13,4 @@ _PUBLIC = {"NoiseSchedule": "diffusion", "GaussianDiffusion": "diffusion", "UNet
 
 __all__ = [*_PUBLIC, "__version__"]
 
-
-def __getattr__(name: str):
-    if name in _PUBLIC:
-        value = getattr(import_module(f".{_PUBLIC[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'ddpm' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_names(__name__, _PUBLIC, globals())

@@ -5,7 +5,7 @@ The names load on first use, so that the processes that decode images into the c
 ``data.formats``: numpy and Pillow only) start without importing torch.
 """
 
-from importlib import import_module
+from ..lazy import lazy_names
 
 _NAMES = {"Batches": "batches", "HeldOut": "batches", "Prefetcher": "batches", "held_out_split": "batches",
           "MNIST_CLASSES": "sources", "ImageData": "sources", "Source": "sources", "find_source": "sources",
@@ -13,14 +13,4 @@ _NAMES = {"Batches": "batches", "HeldOut": "batches", "Prefetcher": "batches", "
 
 __all__ = list(_NAMES)
 
-
-def __getattr__(name: str):
-    if name in _NAMES:
-        value = getattr(import_module(f".{_NAMES[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'ddpm.data' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_names(__name__, _NAMES, globals())
