@@ -152,7 +152,9 @@ def score(samples: ImageSet, ref: Optional[ImageSet], metrics: Sequence[str], fe
           stats: Optional[dict] = None) -> Dict[str, Any]:
     """The ``metrics`` of ``samples`` (against ``ref``) with ``features`` ((name, network)): a dict with the keys
     of ``ddpm metrics --json`` (fid; is and kid as [mean, std]; precision and recall; n, ref_n, features, and for
-    the Inception its sha256 and the resize). ``stats``, a dict, receives the samples' ``mu`` and ``sigma``."""
+    the Inception its sha256 and the resize). ``stats``, a dict, receives the samples' ``mu`` and ``sigma``.
+    ``seed`` draws KID's subsets and the order of the Inception Score's splits (``is_split_seed``): a class-
+    conditional job writes its samples class by class, and splits of that order would each hold one class."""
     name, net = features
     _check(samples, ref, metrics, getattr(net, "has_classifier", True))
     kw = dict(batch_size=batch_size, device=device, progress=progress)
@@ -167,8 +169,9 @@ def score(samples: ImageSet, ref: Optional[ImageSet], metrics: Sequence[str], fe
         mine = gaussian_stats(feats)
     if stats is not None and feats is not None:
         stats["mu"], stats["sigma"] = mine
-    if "is" in metrics:
-        out["is"] = list(inception_score(probs, IS_SPLITS))
+    if "is" in metrics:  # splits of a seeded shuffle: never of the order the samples were written in (by class)
+        order = np.random.default_rng(seed).permutation(len(probs))
+        out["is"], out["is_split_seed"] = list(inception_score(probs[order], IS_SPLITS)), seed
     if ref is not None:
         out["ref_n"] = ref.n
         ref_feats = None
@@ -214,7 +217,8 @@ def metric_lines(r: Dict[str, Any], samples: str, ref: Optional[str]) -> Tuple[l
         lines.append(f"{fid} {max(r['fid'], 0.0):.4f}  ({what}{against}; {fid}@{n:,}"
                      + (f", {r['features']} features)" if fid == "FD" else ")"))
     if "is" in r:
-        lines.append(f"IS {r['is'][0]:.4f} +- {r['is'][1]:.4f}  ({what}; {IS_SPLITS} splits)")
+        lines.append(f"IS {r['is'][0]:.4f} +- {r['is'][1]:.4f}  ({what}; {IS_SPLITS} splits of a shuffle, seed "
+                     f"{r['is_split_seed']})")
     if "kid" in r:
         lines.append(f"KID {r['kid'][0]:.6f} +- {r['kid'][1]:.6f}  ({what}{against}; subsets of "
                      f"{min(1000, n, r.get('ref_n') or n):,})")
