@@ -140,3 +140,33 @@ def test_the_inception_score_does_not_depend_on_the_order_samples_were_written_i
     shuffled = probs[np.random.default_rng(0).permutation(300)]
     assert scores["sorted"]["is"][0] == pytest.approx(inception_score(shuffled)[0], rel=1e-6)
     assert scores["sorted"]["is"][0] == pytest.approx(scores["a"]["is"][0], rel=0.1)
+
+
+def test_a_statistics_file_names_its_network_and_another_networks_is_refused(sets, capsys):
+    root, _ = sets
+    stats = root / "named_stats.npz"
+    assert run(capsys, "metrics", root / "b.npz", "--save-stats", stats, "--features", "digits", "--quiet",
+               "--overwrite")[0] == 0
+    from ddpm.evaluation.features import load_digit_classifier
+
+    with np.load(stats) as z:
+        assert str(z["features"][0]) == "digits" and str(z["feature_sha256"][0]) == load_digit_classifier().sha256
+        other = {k: z[k] for k in z.files}
+    other["feature_sha256"] = np.array(["0" * 64])
+    np.savez(root / "other_stats.npz", **other)
+    code, _, err = run(capsys, "metrics", root / "a.npz", "--ref", root / "other_stats.npz", "--features", "digits",
+                       "--quiet")
+    assert code == 1 and "holds statistics of another digits network" in one_line_error(err)
+    assert run(capsys, "metrics", root / "a.npz", "--ref", stats, "--features", "digits", "--quiet")[0] == 0
+
+
+def test_cached_reference_statistics_are_keyed_by_the_size_they_were_read_at(tmp_path):
+    """The same source read at two sizes, and the same pixels seen by two networks: four cache files."""
+    from ddpm.evaluation.features import _cache_file, load_digit_classifier
+
+    net = load_digit_classifier()
+    a, b = torch.zeros(4, 1, 28, 28, dtype=torch.uint8), torch.zeros(4, 1, 14, 56, dtype=torch.uint8)
+    other = load_digit_classifier()
+    other.sha256 = "f" * 64
+    files = {_cache_file(tmp_path, "stats", "digits", n, x, "same-key") for n in (net, other) for x in (a, b)}
+    assert len(files) == 4

@@ -32,8 +32,11 @@ def test_eval_scores_a_sampling_jobs_samples_and_says_how(trained, capsys, tmp_p
     assert (r["n"], r["ref_n"], r["ref"], r["features"]) == (40, 5000, "mnist", "digits")
     assert (r["step"], r["weights"], r["sampler"], r["steps"], r["seed"]) == (2, "EMA", "ddim", 3, 0)
     assert r["bpd"]["data"]["n"] == 4 and r["bpd"]["data"]["bits_per_dim"] > 0
-    samples = trained / "eval" / "samples-step2-ddim3-ema-seed0-n40.npz"
-    assert r["samples"] == str(samples) and f"FD {r['fid']:.4f}" in out and "bits/dim data" in out
+    samples = protocol.samples_file(trained / "eval", r["sampling"])
+    assert samples.name.startswith("samples-step2-ddim3-ema-seed0-n40-") and r["samples"] == str(samples)
+    assert f"FD {r['fid']:.4f}" in out and "bits/dim data" in out
+    assert {k: r["sampling"][k] for k in ("sampler", "steps", "eta", "precision", "weights", "first_seed", "n")} == \
+        {"sampler": "ddim", "steps": 3, "eta": 0.0, "precision": "fp32", "weights": "EMA", "first_seed": 0, "n": 40}
     # the very images ddpm sample draws for seeds 0-39
     assert run(capsys, "sample", "--run", trained, "--seeds", "0-39", "--sampler", "ddim", "--steps", "3",
                "--out", tmp_path / "same.npz", "--quiet")[0] == 0
@@ -69,3 +72,21 @@ def test_bits_per_dim_of_a_cifar_run_on_its_train_and_test_splits(tmp_path, monk
     asked.clear()
     assert list(protocol.bpd_splits(ckpt, "mnist", n=5, seed=0, ema=True, batch_size=5)) == ["data"]
     assert asked == ["mnist"]
+
+
+@pytest.mark.parametrize("change", [["--eta", "0.5"], ["--spacing", "quadratic"], ["--precision", "bf16"],
+                                    ["--no-ema"], ["--seed", "1"]],
+                         ids=["eta", "spacing", "precision", "raw-weights", "seed"])
+def test_a_changed_setting_draws_its_own_samples_and_scores_as_a_fresh_folder(trained, capsys, tmp_path, change):
+    """The same folder, a setting changed: new samples, the number a fresh folder gives (once, a rerun with another
+    --eta reused the first run's samples and printed their KID)."""
+    base = ["eval", "--run", trained, "--metric", "kid", "--n", "24", "--sampler", "ddim", "--steps", "3", "--eta",
+            "1", "--quiet", "--cache-dir", tmp_path / "c"]
+    assert run(capsys, *base, "--out", tmp_path / "used")[0] == 0
+    first = json.loads((tmp_path / "used" / "metrics.json").read_text())
+    assert run(capsys, *base, *change, "--out", tmp_path / "used")[0] == 0
+    again = json.loads((tmp_path / "used" / "metrics.json").read_text())
+    assert run(capsys, *base, *change, "--out", tmp_path / "fresh")[0] == 0
+    fresh = json.loads((tmp_path / "fresh" / "metrics.json").read_text())
+    assert again["kid"] == fresh["kid"] and again["kid"] != first["kid"]
+    assert again["samples"] != first["samples"] and again["sampling"] == fresh["sampling"] != first["sampling"]

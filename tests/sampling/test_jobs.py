@@ -178,3 +178,23 @@ def test_a_sigkilled_job_continues_where_it_stopped(run, tmp_path):
     assert "were drawn by an earlier run of this job" in res.stderr
     assert killed.read_bytes() == whole.read_bytes()
     assert not parts.exists() and stamps  # the earlier chunks were kept, then assembled and removed
+
+
+def test_a_job_records_the_precision_it_ran_in_never_auto(run, tmp_path, monkeypatch):
+    """`--precision auto` is bf16 on one machine and fp32 on another: the job records which, so that a job
+    continued on another machine class is not mixed with images of the other precision."""
+    import ddpm.sampling.samplers
+    from ddpm.runtime import resolve_precision
+
+    real, calls = ddpm.sampling.samplers.generate, []
+
+    def stop_in_the_second_chunk(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(ddpm.sampling.samplers, "generate", stop_in_the_second_chunk)
+    assert _sample(run, tmp_path / "s.npz", "--n", "6", "--chunk", "3", "--precision", "auto") == 130
+    job = json.loads((tmp_path / ".s.npz.parts" / "job.json").read_text())
+    assert job["precision"] == resolve_precision("auto", torch.device("cpu")) != "auto"

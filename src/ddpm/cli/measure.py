@@ -179,7 +179,7 @@ def _save_stats(args, samples, features, path: Path, kept: dict) -> None:
         kept["mu"], kept["sigma"] = gaussian_stats(extract_features(
             net, samples.images, batch_size=args.batch_size, progress=not args.quiet, desc=f"{name} features",
             device=kept["device"]))
-    write_npz(path, stats_arrays(kept["mu"], kept["sigma"], samples.n))
+    write_npz(path, stats_arrays(kept["mu"], kept["sigma"], samples.n, name, getattr(net, "sha256", "")))
     print(f"wrote the {name} statistics (mu {kept['mu'].shape}, sigma {kept['sigma'].shape}) of {samples.n:,} images "
           f"to {path}", file=sys.stderr)
 
@@ -362,7 +362,7 @@ def _score_run(args, metrics, out: Path, device, ckpt, sampler, features, drawn)
                    progress=not args.quiet)
     report = {**result, "run": str(args.run), "step": ckpt.step, "weights": "EMA" if args.ema else "raw",
               "sampler": sampler.name, "steps": sampler.steps, "guidance": args.guidance, "seed": args.seed,
-              "samples": str(drawn["path"]), "ref": str(ref_spec)}
+              "samples": str(drawn["path"]), "ref": str(ref_spec), "sampling": drawn["settings"]}
     earlier = f"; {drawn['reused']:,} drawn by an earlier run" if drawn["reused"] else ""
     print(f"{args.run} at step {ckpt.step}, {report['weights']} weights, {sampler.name} sampler over {sampler.steps} "
           f"steps, {result['n']:,} samples (seeds {args.seed}-{args.seed + result['n'] - 1}"

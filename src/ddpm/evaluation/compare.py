@@ -41,6 +41,7 @@ class ImageSet:
     stats: Optional[Tuple[np.ndarray, np.ndarray]] = None
     n: int = 0
     key: str = ""  # what identifies a data source's images (its cache key), for cached statistics
+    feature_sha256: str = ""  # a statistics file's feature network, where the file says
 
     @property
     def shape(self) -> Optional[Tuple[int, ...]]:
@@ -111,7 +112,9 @@ def read_set(spec: str, *, shape: Optional[Tuple[int, ...]] = None, cache_dir=No
                 raise DDPMError(f"{p}: mu or sigma holds NaN or infinite values, so no distance can be computed from "
                                 "it; write the statistics again (ddpm metrics IMAGES --save-stats OUT.npz)")
             n = int(z["n"].reshape(-1)[0]) if "n" in z and z["n"].size == 1 and z["n"].dtype.kind in "iu" else 0
-            return ImageSet(str(spec), stats=(mu, sigma), n=n)
+            sha = z.get("feature_sha256")
+            sha = str(sha.reshape(-1)[0]) if sha is not None and sha.size == 1 and sha.dtype.kind == "U" else ""
+            return ImageSet(str(spec), stats=(mu, sigma), n=n, feature_sha256=sha)
         images, _ = _samples_of(z, p)
         return ImageSet(str(spec), images=images, n=len(images))
     if shape is not None and shape[1] != shape[2]:
@@ -181,6 +184,12 @@ def score(samples: ImageSet, ref: Optional[ImageSet], metrics: Sequence[str], fe
             theirs = ref.stats if ref.stats is not None else (
                 gaussian_stats(ref_feats) if ref_feats is not None else
                 reference_stats(net, name, ref.images, ref.name, key=ref.key, cache_dir=cache_dir, **kw))
+            for s, which in ((ref, "REF"), (samples, "SAMPLES")):
+                if s.stats is not None and s.feature_sha256 and getattr(net, "sha256", "") and \
+                        s.feature_sha256 != net.sha256:
+                    raise DDPMError(f"{which} {s.name} holds statistics of another {name} network (sha256 "
+                                    f"{s.feature_sha256[:12]}..., this one {net.sha256[:12]}...): their FID would "
+                                    "mean nothing; pass the --inception file they were made with")
             if len(mine[0]) != len(theirs[0]):
                 s, which = (ref, "REF") if ref.stats is not None else (samples, "SAMPLES")
                 raise DDPMError(f"{which} {s.name} holds statistics of {len((theirs if s is ref else mine)[0])}-d "
@@ -199,10 +208,14 @@ def score(samples: ImageSet, ref: Optional[ImageSet], metrics: Sequence[str], fe
     return out
 
 
-def stats_arrays(mu: np.ndarray, sigma: np.ndarray, n: int) -> Dict[str, Tuple[Sequence[int], np.dtype, Any]]:
-    """A statistics file's arrays (pytorch-fid's keys ``mu`` and ``sigma``, and ``n``) for ``outputs.write_npz``."""
+def stats_arrays(mu: np.ndarray, sigma: np.ndarray, n: int, features: str = "",
+                 feature_sha256: str = "") -> Dict[str, Tuple[Sequence[int], np.dtype, Any]]:
+    """A statistics file's arrays for ``outputs.write_npz``: pytorch-fid's keys ``mu`` and ``sigma``, and ``n``,
+    the feature network's name and the sha256 of its weights (which a later FID against the file checks)."""
+    text = {k: np.array([v]) for k, v in (("features", features), ("feature_sha256", feature_sha256)) if v}
     return {"mu": (mu.shape, np.float64, [mu]), "sigma": (sigma.shape, np.float64, [sigma]),
-            "n": ((1,), np.int64, [np.array([n], np.int64)])}
+            "n": ((1,), np.int64, [np.array([n], np.int64)]),
+            **{k: ((1,), v.dtype, [v]) for k, v in text.items()}}
 
 
 def metric_lines(r: Dict[str, Any], samples: str, ref: Optional[str]) -> Tuple[list, str]:

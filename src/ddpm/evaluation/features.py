@@ -10,6 +10,7 @@ features of an image set, and the cached statistics of real images.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..atomic import atomic_path
+from ..atomic import atomic_path, file_sha256
 from ..data.sources import to_float
 from .metrics import gaussian_stats
 
@@ -78,12 +79,10 @@ def load_digit_classifier(path: Optional[str] = None) -> DigitClassifier:
     from safetensors.torch import load_file
 
     net = DigitClassifier()
-    if path is None:
-        with resources.as_file(resources.files("ddpm") / "assets" / CLASSIFIER_FILE) as p:
-            state = load_file(str(p))
-    else:
-        state = load_file(str(path))
-    net.load_state_dict(state)
+    with resources.as_file(resources.files("ddpm") / "assets" / CLASSIFIER_FILE) if path is None else \
+            contextlib.nullcontext(Path(path)) as p:
+        net.load_state_dict(load_file(str(p)))
+        net.sha256 = file_sha256(p)  # what cached statistics are keyed by, as the Inception's file
     return net.eval()
 
 
@@ -136,8 +135,9 @@ def extract_features(net: nn.Module, images: Tensor, *, batch_size: Optional[int
 
 def _cache_file(cache_dir, kind: str, name: str, net: nn.Module, images: Tensor, key: str) -> Optional[Path]:
     """Where the cached ``kind`` (stats, feats) of real ``images`` under extractor ``name`` live: keyed by ``key`` (e.g.
-    ``ImageData.key``; else a hash of the images' bytes, read in blocks) and the network's weights file (its
-    sha256, where it has one), so a changed set or network never meets stale data."""
+    ``ImageData.key``, which holds the source's files and the size, channels and resize it was read at; else a hash
+    of the images' bytes, read in blocks), their shape and the network's weights file (its sha256), so a changed
+    set, size or network never meets stale data."""
     if cache_dir is None:
         return None
     if not key:
@@ -145,7 +145,8 @@ def _cache_file(cache_dir, kind: str, name: str, net: nn.Module, images: Tensor,
         for i in range(0, len(images), 4096):  # in blocks: a memory-mapped data set is never copied whole
             h.update(images[i:i + 4096].contiguous().numpy().tobytes())
         key = h.hexdigest()
-    digest = hashlib.blake2b((key + getattr(net, "sha256", "")).encode(), digest_size=8).hexdigest()
+    shape = "x".join(map(str, images.shape[1:]))  # the size and channels the set was read at (and its resize, in key)
+    digest = hashlib.blake2b((key + shape + getattr(net, "sha256", "")).encode(), digest_size=8).hexdigest()
     return Path(cache_dir) / f"ref_{kind}_{name}_{digest}.{'npz' if kind == 'stats' else 'npy'}"
 
 

@@ -6,40 +6,77 @@ test split side by side, as Table 1 shows them.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 from ..errors import DDPMError
 
-__all__ = ["PAPER_N", "samples_file", "draw_samples", "bpd_splits"]
+__all__ = ["PAPER_N", "sampling_settings", "samples_file", "draw_samples", "bpd_splits"]
 
 PAPER_N = 50000  # the samples of the paper's (and every published) FID and IS
 
 
-def samples_file(out: Path, ckpt, sampler, *, n: int, seed: int, ema: bool, guidance: float) -> Path:
-    """Where the samples of these settings live in the report folder: the name holds every setting, so a run again
-    with the same ones finds (or continues) them and other settings never mix with them."""
-    g = f"-guidance{guidance:g}" if guidance else ""
-    return out / (f"samples-step{ckpt.step}-{sampler.name}{sampler.steps}-{'ema' if ema else 'raw'}-seed{seed}"
-                  f"-n{n}{g}.npz")
+def sampling_settings(ckpt, sampler, *, n: int, seed: int, ema: bool, guidance: float, precision: str,
+                      device=None) -> Dict[str, Any]:
+    """Everything that decides the images of a sample set: the run, its checkpoint and the sha256 of the weights
+    used, the network and the diffusion, the sampler's settings, the precision as resolved on ``device``, guidance
+    and classes, the seeds, n, the device type (its generators) and the noise scheme. Two sets with equal settings
+    hold the same images; metrics.json records them."""
+    import json
+
+    import torch
+
+    from ..rng import NOISE_SCHEME
+    from ..runtime import resolve_precision
+
+    device = torch.device(device or "cpu")
+    weights = "ema.safetensors" if ema else "model.safetensors"
+    try:
+        sha = json.loads((Path(ckpt.path) / "manifest.json").read_text())[weights]["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        sha = None
+    return {"run": str(Path(ckpt.path).resolve().parents[1]), "step": ckpt.step, "weights": "EMA" if ema else "raw",
+            "weights_sha256": sha, "network": ckpt.config.model.to_dict(),
+            "diffusion": dataclasses.asdict(ckpt.config.diffusion), "sampler": sampler.name, "steps": sampler.steps,
+            "eta": getattr(sampler, "eta", None), "spacing": sampler.spacing,
+            "precision": resolve_precision(precision, device), "guidance": guidance,
+            "classes": "all" if ckpt.config.classes else None, "first_seed": seed, "n": n, "device": device.type,
+            "noise": NOISE_SCHEME}
+
+
+def samples_file(out: Path, settings: Dict[str, Any]) -> Path:
+    """Where the samples of these ``sampling_settings`` live in the report folder: a readable name with a hash of
+    every setting, so that a run again with the same settings finds (or continues) them and any other setting
+    draws its own."""
+    import hashlib
+    import json
+
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    s = settings
+    g = f"-guidance{s['guidance']:g}" if s["guidance"] else ""
+    return out / (f"samples-step{s['step']}-{s['sampler']}{s['steps']}-{s['weights'].lower()}-seed{s['first_seed']}"
+                  f"-n{s['n']}{g}-{key}.npz")
 
 
 def draw_samples(out: Path, ckpt, sampler, *, n: int, seed: int, ema: bool, guidance: float = 0.0,
                  precision: str = "fp32", batch_size: int = 256, device=None, progress: bool = True) -> Dict[str, Any]:
     """The samples of these settings in ``out``: drawn by a sampling job (resumable, shared between torchrun's
-    processes; a class-conditional run draws every class in equal numbers), or found there from an earlier run.
-    Returns ``path``, ``drawn`` (this time) and ``reused`` (from earlier runs)."""
+    processes; a class-conditional run draws every class in equal numbers), or found there from an earlier run
+    with exactly these settings. Returns ``path``, ``drawn`` (this time), ``reused`` (from earlier runs) and
+    ``settings`` (``sampling_settings``)."""
     from ..run.ownership import is_marked
-    from ..sampling.jobs import sample_job
+    from ..sampling.jobs import SampleJob, sample_job
 
-    path = samples_file(out, ckpt, sampler, n=n, seed=seed, ema=ema, guidance=guidance)
-    parts = path.with_name(path.name + ".parts")
-    if path.is_file() and is_marked(path) and not parts.exists():
-        return {"path": path, "drawn": 0, "reused": n}
+    settings = sampling_settings(ckpt, sampler, n=n, seed=seed, ema=ema, guidance=guidance, precision=precision,
+                                 device=device)
+    path = samples_file(out, settings)
+    if path.is_file() and is_marked(path) and not SampleJob.parts_of(path).exists():
+        return {"path": path, "drawn": 0, "reused": n, "settings": settings}
     classes = "all" if ckpt.config.classes else None
     _, done = sample_job(path, ckpt, sampler, seeds=range(seed, seed + n), class_spec=classes, guidance=guidance,
                          ema=ema, precision=precision, batch_size=batch_size, device=device, progress=progress)
-    return {"path": path, "drawn": n - done, "reused": done}
+    return {"path": path, "drawn": n - done, "reused": done, "settings": settings}
 
 
 def bpd_splits(ckpt, data: Optional[str], *, n: int, seed: int, ema: bool, batch_size: int, device=None,

@@ -262,7 +262,7 @@ def sample_job(out, ckpt, sampler, *, seeds: range, class_spec: Optional[str] = 
     from tqdm.auto import tqdm
 
     from .guidance import check_guidance, class_labels
-    from ..runtime import barrier, rank0_value, rank_world
+    from ..runtime import barrier, rank0_value, rank_world, resolve_precision
     from .samplers import generate
 
     rank, world = rank_world()
@@ -276,7 +276,8 @@ def sample_job(out, ckpt, sampler, *, seeds: range, class_spec: Optional[str] = 
         raise ValueError(f"an edit of {len(edit)} outputs from seed {edit.seed} needs their seeds, not {seeds}")
     spec = JobSpec(run=str(Path(ckpt.path).resolve().parents[1]), step=ckpt.step, ema=ema, sampler=sampler.name,
                    steps=sampler.steps, eta=getattr(sampler, "eta", None), spacing=sampler.spacing, guidance=guidance,
-                   classes=class_spec, first_seed=seeds.start, n=n, precision=precision,
+                   classes=class_spec, first_seed=seeds.start, n=n,
+                   precision=resolve_precision(precision, torch.device(device or "cpu")),  # as it ran: never "auto"
                    chunk=rank0_value(chunk or _earlier_chunk(out) or chunk_for_a_minute(
                        model, sampler, (c, s, s), batch_size=batch_size, n=n, guidance=guidance, device=device,
                        precision=precision), device or "cpu"),
