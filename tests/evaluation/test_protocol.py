@@ -1,6 +1,7 @@
 """``ddpm eval --metric fid,is,kid,pr[,bpd]``: the paper's protocol on a tiny run: the samples of a sampling job,
 scored against the run's data, with everything that moves the number in the report; a second run reuses them."""
 
+import io
 import json
 import tarfile
 import types
@@ -90,3 +91,40 @@ def test_a_changed_setting_draws_its_own_samples_and_scores_as_a_fresh_folder(tr
     fresh = json.loads((tmp_path / "fresh" / "metrics.json").read_text())
     assert again["kid"] == fresh["kid"] and again["kid"] != first["kid"]
     assert again["samples"] != first["samples"] and again["sampling"] == fresh["sampling"] != first["sampling"]
+
+
+def test_the_reference_is_read_as_the_run_read_its_data(tmp_path, capsys):
+    """A run trained on wide images with --resize pad is scored against padded images (no second, centre-cropped
+    cache of its data is built), and a parquet run with its own image column evaluates."""
+    from PIL import Image
+
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    from ddpm.cli.commands import main
+
+    wide = tmp_path / "wide"
+    wide.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(30):
+        Image.fromarray(rng.integers(0, 256, (8, 24), dtype=np.uint8)).save(wide / f"{i:02d}.png")
+    cache = tmp_path / "cache"
+    tiny = ["--preset", "tiny", "--steps", "2", "--batch-size", "4", "--T", "30", "--quiet", "--cache-dir", cache]
+    assert main(["train", "--data", str(wide), "--out", str(tmp_path / "pad"), "--resize", "pad", *map(str, tiny)]) == 0
+    builds = sorted(p.name for p in cache.iterdir() if p.is_dir() and p.name != "ref_stats")
+    evaluate = ["--metric", "kid", "--n", "24", "--sampler", "ddim", "--steps", "2", "--quiet", "--cache-dir", cache]
+    code, _, err = run(capsys, "eval", "--run", tmp_path / "pad", *evaluate)
+    assert code == 0, err
+    assert sorted(p.name for p in cache.iterdir() if p.is_dir() and p.name != "ref_stats") == builds
+
+    blobs = []
+    for i in range(30):
+        b = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(b, format="PNG")
+        blobs.append({"bytes": b.getvalue(), "path": None})
+    table = pa.table({"pic": pa.array(blobs, pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
+                      "note": pa.array(["x"] * 30)})
+    pq.write_table(table, tmp_path / "pics.parquet")
+    assert main(["train", "--data", str(tmp_path / "pics.parquet"), "--image-column", "pic", "--out",
+                 str(tmp_path / "pq"), *map(str, tiny)]) == 0
+    code, _, err = run(capsys, "eval", "--run", tmp_path / "pq", *evaluate)
+    assert code == 0, err

@@ -60,6 +60,9 @@ def add_eval(c: Commands) -> None:
     p.add_argument("--out", default=None, help="folder for the samples, reports and cached statistics "
                                                "(default: RUN/eval)")
     _feature_flags(p)
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="leave unreadable images of --data / --ref out instead of stopping at the first (a run "
+                        "trained with --skip-bad-images does so by itself)")
     p.add_argument("--samples", metavar="NPZ", default=None,
                    help="fd of these samples (arr_0 uint8 [N, H, W, C], e.g. from ddpm sample) instead of new ones")
     sampler_flags(p, many=True)
@@ -251,7 +254,8 @@ def _eval_quick(args, metrics, out: Path, device) -> int:
         for k in args.steps or [None]:  # every sampler setting is checked before any work
             make_sampler(args.sampler, ckpt.diffusion, steps=k, eta=args.eta, spacing=args.spacing)
         features = get_features(args.features, channels=ckpt.config.model.in_channels, inception=args.inception)
-    real = real_images(args.data or ckpt.config.train.data, ckpt.config, args.cache_dir, progress=not args.quiet)
+    real = real_images(args.data or ckpt.config.train.data, ckpt.config, args.cache_dir, progress=not args.quiet,
+                       skip_bad=args.skip_bad_images)
     if samples is not None and samples.shape[1:] != real.images.shape[1:]:
         raise DDPMError(f"{args.samples}: samples are {tuple(samples.shape[1:])} (C, H, W) but the real images "
                         f"{tuple(real.images.shape[1:])}")
@@ -344,6 +348,19 @@ def _say_if_long(args, ckpt, sampler, n: int, device) -> None:
           "(torchrun)", file=sys.stderr, flush=True)
 
 
+def _reference(spec: str, cfg, shape, args):
+    """eval's reference: a file of samples or statistics as it is, a data source read as the run read its data."""
+    from pathlib import Path as P
+
+    from ..evaluation.compare import ImageSet, read_set
+    from ..evaluation.reports import real_images
+
+    if P(spec).expanduser().suffix.lower() == ".npz" and P(spec).expanduser().is_file():
+        return read_set(spec, shape=shape, cache_dir=args.cache_dir, progress=not args.quiet)
+    data = real_images(spec, cfg, args.cache_dir, progress=not args.quiet, skip_bad=args.skip_bad_images)
+    return ImageSet(data.name, images=data.images, n=len(data), key=data.key)
+
+
 def _score_run(args, metrics, out: Path, device, ckpt, sampler, features, drawn) -> None:
     from ..errors import DDPMError
     from ..evaluation.compare import metric_lines, read_set, score
@@ -356,7 +373,7 @@ def _score_run(args, metrics, out: Path, device, ckpt, sampler, features, drawn)
         raise DDPMError("this run was imported and has no data of its own: pass --ref (a data source or a statistics "
                         "file such as fid_stats_cifar10_train.npz)")
     samples = read_set(drawn["path"])
-    ref = read_set(ref_spec, shape=samples.shape, cache_dir=args.cache_dir, progress=not args.quiet)
+    ref = _reference(ref_spec, ckpt.config, samples.shape, args)
     paper = [m for m in metrics if m in _PAPER]
     result = score(samples, ref, paper, features, device=device, cache_dir=_stats_cache(args), seed=args.seed,
                    progress=not args.quiet)
@@ -371,7 +388,7 @@ def _score_run(args, metrics, out: Path, device, ckpt, sampler, features, drawn)
     if "bpd" in metrics:
         splits = bpd_splits(ckpt, args.data, n=args.bpd_n or 100, seed=args.seed, ema=args.ema,
                             batch_size=args.batch_size, device=device, cache_dir=args.cache_dir,
-                            progress=not args.quiet)
+                            progress=not args.quiet, skip_bad=args.skip_bad_images)
         report["bpd"] = {k: {f: r[f] for f in ("bits_per_dim", "std_error", "n", "data")} for k, r in splits.items()}
         lines.append("bits/dim " + ", ".join(f"{k} {r['bits_per_dim']:.4f} +- {r['std_error']:.4f}" for k, r in
                                              splits.items()) + f"  ({next(iter(splits.values()))['n']} images each)")

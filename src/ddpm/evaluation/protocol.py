@@ -80,7 +80,7 @@ def draw_samples(out: Path, ckpt, sampler, *, n: int, seed: int, ema: bool, guid
 
 
 def bpd_splits(ckpt, data: Optional[str], *, n: int, seed: int, ema: bool, batch_size: int, device=None,
-               cache_dir=None, progress: bool = True) -> Dict[str, Dict[str, Any]]:
+               cache_dir=None, progress: bool = True, skip_bad: bool = False) -> Dict[str, Dict[str, Any]]:
     """bits/dim of ``n`` images of each split: a CIFAR-10 source's train and test splits (Table 1's two columns),
     else the one source given (or the run's)."""
     from ..data.sources import find_source
@@ -96,7 +96,7 @@ def bpd_splits(ckpt, data: Optional[str], *, n: int, seed: int, ema: bool, batch
             splits = {"train": src, "test": f"{source.path}:test"}
     out = {}
     for split, spec in splits.items():
-        real = real_images(spec, ckpt.config, cache_dir, progress=progress)
+        real = real_images(spec, ckpt.config, cache_dir, progress=progress, skip_bad=skip_bad)
         if len(real) < 2:
             raise DDPMError(f"bits/dim needs at least 2 images of {spec}")
         out[split] = bpd_report(ckpt, real, n=n, seed=seed, ema=ema, batch_size=batch_size, device=device,

@@ -29,13 +29,16 @@ __all__ = ["evaluate_bpd", "bpd_report", "write_bpd_report", "bpd_line", "fd_rep
            "check_report_folder", "REPORTS", "real_images", "labels_like", "class_match", "write_metrics_report"]
 
 
-def real_images(src: str, cfg, cache_dir=None, progress: bool = True) -> ImageData:
-    """The real images to measure a run of config ``cfg`` against: source ``src`` at the run's channels and size."""
+def real_images(src: str, cfg, cache_dir=None, progress: bool = True, skip_bad: bool = False) -> ImageData:
+    """The real images to measure a run of config ``cfg`` against: source ``src`` read as the run read its data (its
+    channels, size and ``--resize``; its image and label columns when ``src`` is its own data), leaving out
+    unreadable images if the run did or ``skip_bad``."""
     if src == IMPORTED_DATA:
         raise DDPMError("this run was imported and has no data of its own: pass --data SRC (e.g. a CIFAR-10 archive, "
                         "or its test split: cifar-10-python.tar.gz:test)")
     data = load_data(src, channels=cfg.model.in_channels, image_size=cfg.model.image_size, progress=progress,
-                     cache_dir=cache_dir, skip_bad=cfg.train.skip_bad_images, **cfg.train.data_options(src))
+                     cache_dir=cache_dir, skip_bad=cfg.train.skip_bad_images or skip_bad,
+                     **cfg.train.data_options(src))
     if len(data) == 0:
         raise DDPMError(f"data source {src!r} has no images")
     return data
