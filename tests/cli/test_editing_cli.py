@@ -80,6 +80,9 @@ def test_refusals_are_one_line(runs, tmp_path, capsys):
             (["inpaint", *base, "--mask", tmp_path / "small.png"], "is 8x8; the run's images are 16x16"),
             (["inpaint", *base, "--mask", "diagonal"], "unknown mask 'diagonal'"),
             (["inpaint", *base, "--mask", "top", "--sampler", "ancestral", "--steps", "5"], "takes all T=60 steps"),
+            (["inpaint", *base, "--mask", "top", "--steps", "200"], "the run has T=60 steps, so a chain takes at most 60"),
+            (["inpaint", *base, "--mask", "top", "--steps", "10", "--jump", "50"], "--jump 50 is not below the chain's "
+                                                                                   "10 steps"),
             (["inpaint", "--run", runs[0], "mnist:0", "--mask", "top", "--out", mine], "mine.png"),
             (["edit", *base, "--strength", "0.5", "--class", "3"], "needs a class-conditional run"),
             (["edit", "--run", runs[0], tmp_path / "none.png", "--strength", "0.5", "--out", tmp_path / "x.npz"],

@@ -128,3 +128,16 @@ def test_the_reference_is_read_as_the_run_read_its_data(tmp_path, capsys):
                  str(tmp_path / "pq"), *map(str, tiny)]) == 0
     code, _, err = run(capsys, "eval", "--run", tmp_path / "pq", *evaluate)
     assert code == 0, err
+
+
+def test_bits_per_dim_and_fd_are_rank_0s_work_under_torchrun(trained, tmp_path, monkeypatch, capsys):
+    """Every rank of `torchrun ... eval --metric bpd` used to compute and rewrite the same reports (racing on the
+    folder's list of ddpm's files); ranks other than 0 now leave at once, writing nothing."""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code, out, err = run(capsys, "eval", "--run", trained, "--metric", "bpd", "--n", "2", "--out", tmp_path / "e")
+    assert code == 0 and not (tmp_path / "e").exists() and "bits/dim" not in out
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    code, out, err = run(capsys, "eval", "--run", trained, "--metric", "bpd", "--n", "2", "--out", tmp_path / "e")
+    assert code == 0 and (tmp_path / "e" / "bpd.json").is_file() and "bits/dim" in out

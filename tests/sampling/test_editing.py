@@ -201,8 +201,8 @@ def test_mask_files(tmp_path):
     with pytest.raises(DDPMError, match="is 8x8; the run's images are 16x16"):
         make_mask(str(tmp_path / "m.png"), 1, 1, 16)
     with pytest.raises(ValueError, match="does not fit"):
-        Edit([RePaint(GaussianDiffusion(NoiseSchedule.linear(T)), 5)], torch.zeros(2, 1, 16, 16, dtype=torch.uint8),
-             mask=torch.ones(2, 1, 8, 8))
+        Edit([RePaint(GaussianDiffusion(NoiseSchedule.linear(T)), 5, jump=2)],
+             torch.zeros(2, 1, 16, 16, dtype=torch.uint8), mask=torch.ones(2, 1, 8, 8))
 
 
 def test_load_images(tmp_path):

@@ -114,6 +114,8 @@ def cmd_inpaint(args) -> int:
         T = ckpt.diffusion.T
         if args.sampler == "ancestral" and args.steps not in (None, T):
             raise ValueError(f"the ancestral sampler takes all T={T} steps; for {args.steps} use --sampler respaced")
+        if args.steps is not None and args.steps > T:
+            raise ValueError(f"--steps {args.steps}: the run has T={T} steps, so a chain takes at most {T}")
         steps = None if args.sampler == "ancestral" else min(args.steps or 250, T)
         editor = RePaint(ckpt.diffusion, steps, args.spacing or "uniform", args.jump, args.resample)
         mask = make_mask(args.mask, len(images), c, s, seed=args.seed)

@@ -3,6 +3,7 @@ the functions that run them."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -234,6 +235,8 @@ def cmd_eval(args) -> int:
     device = choose_device(args.device)
     if paper:
         return _eval_paper(args, metrics, out, device)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun bpd and fd are rank 0's work: the others only leave
+        return 0
     return _eval_quick(args, metrics, out, device)
 
 

@@ -75,6 +75,10 @@ class RePaint:
         self.chain = Respaced(diffusion, steps, spacing)
         self.diffusion, self.steps, self.spacing = diffusion, self.chain.steps, spacing
         self.indices, self.jump, self.resample = self.chain.indices, int(jump), int(resample)
+        if self.resample > 1 and self.jump >= self.steps:
+            raise ValueError(f"--jump {self.jump} is not below the chain's {self.steps} steps, so no stretch would be "
+                             f"walked again and --resample {self.resample} would do nothing: give --jump below "
+                             f"{self.steps}, or --resample 1")
         self.levels = repaint_levels(len(self.indices), self.jump, self.resample)
         self.calls = sum(b < a for a, b in zip(self.levels, self.levels[1:]))
 
