@@ -242,8 +242,12 @@ def test_fd_of_a_run_whose_classes_are_not_digits_claims_no_class_match(folder_r
     assert "are their class" not in out
     row = out.strip().splitlines()[-1].split()
     assert row[:3] == ["dpm++", "20", "4"], out  # the steps the sampler used (its default 20), not T
-    csv = (tmp_path / "e" / "fd.csv").read_text().splitlines()
-    assert csv[1].startswith("dpm++,20,") and csv[1].endswith(",digits,,")
+    import csv
+
+    with open(tmp_path / "e" / "fd.csv", newline="") as f:
+        (r,) = list(csv.DictReader(f))
+    assert (r["sampler"], r["steps"], r["features"], r["class_match"], r["confident_match"]) == \
+        ("dpm++", "20", "digits", "", "")
 
 
 def test_fd_from_features_that_do_not_vary_is_refused(run_dir, tmp_path, capsys, monkeypatch):

@@ -123,6 +123,7 @@ def test_digit_features_give_an_fd_not_an_fid_and_a_small_n_is_flagged(tmp_path,
     (["metrics", "{gray}", "--ref", "{nan}"], "mu or sigma holds NaN or infinite values"),
     (["eval", "--run", "{run}", "--metric", "bpd", "--out", "{run}"], "is a run directory, which eval does not "
                                                                        "write into"),
+    (["metrics", "{run}", "--ref", "mnist"], "is a ddpm run, not a set of images: score its samples with ddpm eval"),
 ])
 def test_misleading_lines_now_say_what_is_wrong(runs, tmp_path, capsys, argv, says):
     rng = np.random.default_rng(0)

@@ -54,10 +54,15 @@ def test_eval_scores_a_sampling_jobs_samples_and_says_how(trained, capsys, tmp_p
     (["--metric", "fid", "--sampler", "ddim", "--steps", "2,3"], "--steps takes one value"),
     (["--metric", "bpd", "--ref", "mnist"], "--ref is for the metrics of samples"),
     (["--metric", "fid,bleu"], "unknown metric 'bleu'"),
+    (["--metric", "fid", "--n", "1"], "--metric fid needs --n >= 2 samples, got 1"),
+    (["--metric", "fid,is", "--n", "12"], "--metric is needs --n >= 20 samples, got 12"),
+    (["--metric", "fd", "--samples", "x.npz", "--steps", "5"], "--samples scores the samples given, so --steps would "
+                                                                "do nothing"),
 ])
-def test_eval_flags_that_do_not_fit_are_one_line(trained, capsys, extra, expected):
-    code, _, err = run(capsys, "eval", "--run", trained, *extra)
+def test_eval_flags_that_do_not_fit_are_one_line(trained, capsys, tmp_path, extra, expected):
+    code, _, err = run(capsys, "eval", "--run", trained, *extra, "--out", tmp_path / "e")
     assert code != 0 and expected in one_line_error(err)
+    assert not (tmp_path / "e").exists()  # checked before anything is drawn or written
 
 
 def test_bits_per_dim_of_a_cifar_run_on_its_train_and_test_splits(tmp_path, monkeypatch):
@@ -141,3 +146,25 @@ def test_bits_per_dim_and_fd_are_rank_0s_work_under_torchrun(trained, tmp_path, 
     monkeypatch.setenv("WORLD_SIZE", "1")
     code, out, err = run(capsys, "eval", "--run", trained, "--metric", "bpd", "--n", "2", "--out", tmp_path / "e")
     assert code == 0 and (tmp_path / "e" / "bpd.json").is_file() and "bits/dim" in out
+
+
+def test_reports_of_several_evals_keep_what_each_measured(trained, tmp_path, capsys):
+    """An is, kid and pr eval, then a fid-only one with the same settings: metrics.json (and the setting's own
+    metrics-KEY.json) hold all five scores. fd runs of one setting merge their rows in fd-KEY.csv, and a one-row
+    fd report does not leave an earlier run's plot beside it."""
+    out = tmp_path / "e"
+    base = ["eval", "--run", trained, "--n", "24", "--sampler", "ddim", "--steps", "3", "--quiet", "--out", out,
+            "--cache-dir", tmp_path / "c"]
+    assert run(capsys, *base, "--metric", "is,kid,pr")[0] == 0
+    assert run(capsys, *base, "--metric", "fid")[0] == 0
+    r = json.loads((out / "metrics.json").read_text())
+    assert {"fid", "is", "kid", "precision", "recall"} <= set(r)
+    (per_setting,) = out.glob("metrics-*.json")
+    assert json.loads(per_setting.read_text()) == r
+    fd = ["eval", "--run", trained, "--metric", "fd", "--n", "6", "--sampler", "ddim", "--quiet", "--out",
+          tmp_path / "f"]
+    assert run(capsys, *fd, "--steps", "2,3")[0] == 0 and (tmp_path / "f" / "fd_vs_steps.png").is_file()
+    assert run(capsys, *fd, "--steps", "4")[0] == 0 and not (tmp_path / "f" / "fd_vs_steps.png").exists()
+    assert len((tmp_path / "f" / "fd.csv").read_text().splitlines()) == 2  # this run's one row
+    (merged,) = (tmp_path / "f").glob("fd-*.csv")
+    assert [line.split(",")[1] for line in merged.read_text().splitlines()[1:]] == ["2", "3", "4"]

@@ -219,6 +219,16 @@ def _check_eval_flags(args, metrics) -> None:
         raise DDPMError("--ref is for fid, is, kid and pr; bpd and fd read --data")
     if "fd" in metrics and args.samples is None and args.n is not None and args.n < 2:
         raise DDPMError(f"--metric fd needs --n >= 2 samples (a covariance of one sample is undefined), got {args.n}")
+    if paper and args.n is not None:  # before any sample is drawn
+        from ..evaluation.compare import MIN_IMAGES
+
+        m = max(paper, key=lambda k: MIN_IMAGES[k])
+        if args.n < MIN_IMAGES[m]:
+            raise DDPMError(f"--metric {m} needs --n >= {MIN_IMAGES[m]} samples, got {args.n}")
+    if args.samples is not None:
+        given = [f"--{k}" for k in ("steps", "eta", "spacing") if getattr(args, k) is not None]
+        if given:
+            raise DDPMError(f"--samples scores the samples given, so {', '.join(given)} would do nothing; drop them")
 
 
 def cmd_eval(args) -> int:

@@ -24,12 +24,13 @@ from ..errors import DDPMError
 from .features import extract_features, reference_features, reference_stats
 from .metrics import frechet_distance, gaussian_stats, inception_score, kernel_inception_distance, precision_recall
 
-__all__ = ["METRICS", "ImageSet", "read_set", "read_samples", "parse_metrics", "score", "metric_lines", "stats_arrays",
+__all__ = ["METRICS", "MIN_IMAGES", "ImageSet", "read_set", "read_samples", "parse_metrics", "score", "metric_lines", "stats_arrays",
            "RESIZE"]
 
 METRICS = ("fid", "is", "kid", "pr")
 RESIZE = "bilinear to 299x299 from [-1, 1], no antialiasing (pytorch-fid)"
 IS_SPLITS, PR_K = 10, 3
+MIN_IMAGES = {"is": 2 * IS_SPLITS, "fid": 2, "kid": 2, "pr": PR_K + 1}  # the fewest images each metric is defined on
 
 
 @dataclass
@@ -117,6 +118,11 @@ def read_set(spec: str, *, shape: Optional[Tuple[int, ...]] = None, cache_dir=No
             return ImageSet(str(spec), stats=(mu, sigma), n=n, feature_sha256=sha)
         images, _ = _samples_of(z, p)
         return ImageSet(str(spec), images=images, n=len(images))
+    from ..run.directory import holds_run_config
+
+    if p.is_dir() and holds_run_config(p):  # its loss plot and sample grids are not a set of samples
+        raise DDPMError(f"{spec} is a ddpm run, not a set of images: score its samples with ddpm eval --run {spec} "
+                        f"--metric fid, or draw them first (ddpm sample --run {spec} --n 10000 --out samples.npz)")
     if shape is not None and shape[1] != shape[2]:
         raise DDPMError(f"{spec} is read as square images, and the other set's are {shape[1]} x {shape[2]}")
     channels, size = (shape[0], shape[1]) if shape is not None else _native_shape(spec)
@@ -140,11 +146,11 @@ def _check(samples: ImageSet, ref: Optional[ImageSet], metrics: Sequence[str], c
                                 f"{', '.join(other) or 'FID against another statistics file'}; give images")
     if ref is not None and samples.shape and ref.shape and samples.shape != ref.shape:
         raise DDPMError(f"the sets differ: SAMPLES are {samples.shape} (C, H, W), REF {ref.shape}")
-    need = {"is": 2 * IS_SPLITS, "fid": 2, "kid": 2, "pr": PR_K + 1}
     for s, which in ((samples, "SAMPLES"), (ref, "REF")):
         for m in metrics:
-            if s is not None and s.images is not None and len(s.images) < need[m] and (m != "is" or which == "SAMPLES"):
-                raise DDPMError(f"{which} has {len(s.images)} images; {m} needs at least {need[m]}")
+            if s is not None and s.images is not None and len(s.images) < MIN_IMAGES[m] and \
+                    (m != "is" or which == "SAMPLES"):
+                raise DDPMError(f"{which} has {len(s.images)} images; {m} needs at least {MIN_IMAGES[m]}")
     if "is" in metrics and not classifier:
         raise DDPMError("the Inception Score needs the Inception's classifier layer, which this file lacks: pass "
                         "--inception pt_inception-2015-12-05-6726825d.pth (pytorch-fid's)")

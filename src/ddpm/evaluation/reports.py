@@ -22,6 +22,7 @@ from ..errors import DDPMError
 from .features import extract_features, reference_stats
 from .metrics import frechet_distance, gaussian_stats
 from ..run.directory import IMPORTED_DATA
+from ..runtime import resolve_precision
 from ..sampling.samplers import make_sampler, sample_checkpoint
 from ..viz import plot_bpd_terms, plot_fd_steps
 
@@ -129,10 +130,18 @@ def _write_reports(out: Path, files: Dict[str, Any]) -> None:
 
 
 def write_metrics_report(report: Dict[str, Any], out: Path) -> None:
-    """``metrics.json``: the scores of ``ddpm eval --metric fid,is,...`` with every setting that moves them."""
-    from ..run.ownership import marked_json
+    """``metrics.json``: the scores of ``ddpm eval --metric fid,is,...`` with every setting that moves them, merged
+    with the scores earlier evals gave these settings (``metrics-KEY.json`` keeps them per setting: samples,
+    reference and feature network), so a fid-only eval after an is, kid and pr one loses nothing."""
+    from ..run.ownership import is_marked, marked_json
 
-    _write_reports(out, {"metrics.json": marked_json(report)})
+    key = setting_key({k: report.get(k) for k in ("sampling", "ref", "features", "inception_sha256")})
+    mine = out / f"metrics-{key}.json"
+    if mine.exists() and not is_marked(mine):
+        raise DDPMError(f"{mine} was not written by ddpm; nothing was changed. Choose another --out")
+    earlier = json.loads(mine.read_text()) if mine.is_file() else {}
+    merged = {**{k: v for k, v in earlier.items() if k != "written_by"}, **report}
+    _write_reports(out, {"metrics.json": marked_json(merged), mine.name: marked_json(merged)})
 
 
 def bpd_report(ckpt, data: ImageData, *, n: int = 100, seed: int = 0, ema: bool = True, batch_size: int = 100,
@@ -238,7 +247,11 @@ def fd_report(ckpt, data: ImageData, features, *, n: int = 1000, sampler: str = 
         mu, sig = gaussian_stats(extract_features(net, images, device=device, progress=progress,
                                                   desc=f"{feat_name} features of samples"))
         _check_varies(sig, f"{feat_name} features of the samples")
-        rows.append({"dims": len(mu), "sampler": name, "steps": k, "n": len(images), "seconds": seconds,
+        rows.append({"dims": len(mu), "step": ckpt.step, "weights": "EMA" if sampling.get("ema", True) else "raw",
+                     "precision": resolve_precision(sampling.get("precision", "fp32"),
+                                                    torch.device(sampling.get("device") or "cpu")),
+                     "spacing": sampling.get("spacing") or "uniform", "seed": sampling.get("seed", 0),
+                     "data": data.name, "sampler": name, "steps": k, "n": len(images), "seconds": seconds,
                      "eta": (sampling.get("eta") or 0.0) if name == "ddim" else None,
                      "guidance": sampling.get("guidance", 0.0) if labels is not None else None,
                      "seconds_per_image": seconds / len(images), "fd": frechet_distance(mu, sig, mu_r, sig_r),
@@ -253,16 +266,52 @@ def _check_varies(sigma: np.ndarray, what: str) -> None:
                         "would mean nothing")
 
 
+FD_COLUMNS = ["sampler", "steps", "eta", "guidance", "n", "seconds", "seconds_per_image", "fd", "features",
+              "class_match", "confident_match", "step", "weights", "precision", "spacing", "seed", "data"]
+FD_MEASURED = ("seconds", "seconds_per_image", "fd", "class_match", "confident_match")
+_FD_ROW = ("sampler", "steps", "eta")  # what tells the rows of one setting apart
+
+
 def write_fd_report(rows: List[Dict[str, Any]], out: Path, title: str = "", step: int = 0) -> None:
-    """``fd.csv`` (a row per sampler setting) and, for several rows, ``fd_vs_steps.png``."""
-    columns = ["sampler", "steps", "eta", "guidance", "n", "seconds", "seconds_per_image", "fd", "features",
-               "class_match", "confident_match"]
-    lines = [",".join(columns)] + [",".join(_csv_cell(r.get(c)) for c in columns) for r in rows]
-    files: Dict[str, Any] = {"fd.csv": "\n".join(lines) + "\n"}
+    """``fd.csv`` (this run's rows, a row per sampler setting) and, for several rows, ``fd_vs_steps.png`` (an
+    earlier one of ddpm's goes with a one-row report); and ``fd-KEY.csv``, the rows of every run with this run's
+    other settings (checkpoint, weights, precision, spacing, seed, n, guidance, features, data), merged: a later
+    run replaces the rows of its samplers and steps and keeps the others."""
+    from ..run.ownership import is_marked
+
+    files: Dict[str, Any] = {"fd.csv": _fd_csv(rows)}
     if len(rows) > 1:
         files["fd_vs_steps.png"] = lambda p: plot_fd_steps(
             rows, p, title=f"{title} (step {step}), FD@{rows[0]['n']}, {rows[0]['features']} features")
+    elif (out / "fd_vs_steps.png").is_file() and is_marked(out / "fd_vs_steps.png"):  # an earlier run's plot
+        (out / "fd_vs_steps.png").unlink()
+    key = setting_key({c: rows[0].get(c) for c in FD_COLUMNS if c not in FD_MEASURED and c not in _FD_ROW})
+    merged = {tuple(str(r.get(c)) for c in _FD_ROW): r for r in _read_fd_csv(out / f"fd-{key}.csv") + rows}
+    files[f"fd-{key}.csv"] = _fd_csv(list(merged.values()))
     _write_reports(out, files)
+
+
+def setting_key(settings: Dict[str, Any]) -> str:
+    """12 hex digits naming a setting (a report per setting: ``metrics-KEY.json``, ``fd-KEY.csv``)."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _fd_csv(rows: List[Dict[str, Any]]) -> str:
+    return "\n".join([",".join(FD_COLUMNS)] + [",".join(_csv_cell(r.get(c)) for c in FD_COLUMNS) for r in rows]) + "\n"
+
+
+def _read_fd_csv(path: Path) -> List[Dict[str, Any]]:
+    """The rows of an earlier ``fd-KEY.csv`` of ddpm's (as strings), [] if none."""
+    import csv
+
+    from ..run.ownership import foreign_entries, written_files
+
+    if not path.is_file() or path.name not in written_files(path.parent) or path.name in foreign_entries(path.parent):
+        return []
+    with open(path, newline="") as f:
+        return [{k: (v if v != "" else None) for k, v in r.items()} for r in csv.DictReader(f)]
 
 
 def bpd_line(r: Dict[str, Any]) -> str:
