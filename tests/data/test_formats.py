@@ -336,3 +336,57 @@ def test_metrics_ref_an_lmdb_with_a_bad_value(tmp_path, capsys):
     code, out, err = run(capsys, *argv, "--skip-bad-images")
     assert code == 0, err
     assert "10 images of" in out and "(20 images)" in out
+
+
+def test_a_datasets_image_paths_are_read_only_inside_its_folder(tmp_path):
+    """Rows whose path points outside the data set's folder (absolute, or up with ..) are not read: they are bad
+    images, named with the reason (skipped with --skip-bad-images); a path inside the folder is read."""
+    from ddpm.data.sources import load_data
+
+    inside, outside = tmp_path / "data", tmp_path / "private"
+    inside.mkdir()
+    outside.mkdir()
+    blob = _encoded(1)[0]
+    (inside / "ok.png").write_bytes(blob)
+    (outside / "secret.png").write_bytes(blob)
+    rows = [{"bytes": None, "path": "ok.png"}, {"bytes": None, "path": str(outside / "secret.png")},
+            {"bytes": None, "path": "../private/secret.png"}]
+    table = pa.table({"image": pa.array(rows, IMAGE_TYPE)})
+    pq.write_table(table, inside / "train.parquet")
+    with pytest.raises(DDPMError, match="lies outside the data set's folder"):
+        load_data(str(inside / "train.parquet"), channels=3, image_size=8, cache_dir=tmp_path / "c")
+    data = load_data(str(inside / "train.parquet"), channels=3, image_size=8, cache_dir=tmp_path / "c",
+                     skip_bad=True)
+    assert len(data) == 1 and len(data.skipped) == 2 and all("outside" in s for s in data.skipped)
+
+
+@pytest.mark.parametrize("member", ["/abs/x.png", "a/../../x.png", "dup.png"])
+def test_a_zip_with_unsafe_or_doubled_member_names_is_refused(tmp_path, member):
+    blob = _encoded(1)[0]
+    with zipfile.ZipFile(tmp_path / "x.zip", "w") as zf:
+        zf.writestr("ok.png", blob)
+        zf.writestr(member, blob)
+        if member == "dup.png":
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # zipfile warns of the duplicate name it writes
+                zf.writestr("dup.png", blob)
+    from ddpm.data.sources import load_data
+
+    with pytest.raises(DDPMError, match="absolute names or '..'|two members named dup.png"):
+        load_data(str(tmp_path / "x.zip"), channels=3, image_size=8, cache_dir=tmp_path / "c")
+
+
+def test_a_decompression_bomb_is_refused_in_one_line_before_decoding(tmp_path):
+    from ddpm.data.sources import load_data
+
+    d = tmp_path / "imgs"
+    d.mkdir()
+    Image.new("L", (13000, 13000)).save(d / "bomb.png")  # 164 KB on disk, 169M pixels
+    for i in range(3):
+        Image.new("L", (20, 20), i * 60).save(d / f"{i}.png")
+    with pytest.raises(DDPMError, match="13000 x 13000 pixels is more than the 67,108,864 pixels ddpm decodes"):
+        load_data(str(d), channels=1, image_size=8, cache_dir=tmp_path / "c")
+    data = load_data(str(d), channels=1, image_size=8, cache_dir=tmp_path / "c", skip_bad=True)
+    assert len(data) == 3 and "bomb.png" in data.skipped[0]

@@ -151,24 +151,34 @@ class Encoded:
             if stop is not None:
                 values = values.slice(0, stop)
             for i, v in enumerate(values.to_pylist()):
-                yield f"{Path(f).name} row {first + i}", _image_bytes(v, Path(f).parent)
+                data, why = _image_bytes(v, Path(f).parent)
+                yield f"{Path(f).name} row {first + i}" + (f" ({why})" if why else ""), data
 
 
-def _image_bytes(v, folder: Path) -> Optional[bytes]:
-    """A dataset cell as bytes: the ``datasets`` Image feature ({bytes, path}: bytes, else the file at path,
-    relative to the data's folder) or plain binary."""
+def _image_bytes(v, folder: Path) -> Tuple[Optional[bytes], str]:
+    """A dataset cell as bytes: the ``datasets`` Image feature ({bytes, path}: bytes, else the file at path, which
+    must lie inside the data's folder) or plain binary; (None, why) where there is no image to read."""
     if isinstance(v, dict):
         if v.get("bytes"):
-            return v["bytes"]
+            return v["bytes"], ""
         if v.get("path"):
-            p = Path(v["path"])
-            p = p if p.is_absolute() else folder / p
+            p = (folder / v["path"]).resolve()  # an absolute path stays itself
+            if not _within(p, folder.resolve()):
+                return None, f"its path {v['path']} lies outside the data set's folder {folder}, which ddpm never reads"
             try:
-                return p.read_bytes()
-            except OSError:
-                return None
-        return None
-    return v if isinstance(v, (bytes, bytearray)) else None
+                return p.read_bytes(), ""
+            except OSError as e:
+                return None, f"cannot read its path {v['path']}: {e.strerror or e}"
+        return None, ""
+    return (v, "") if isinstance(v, (bytes, bytearray)) else (None, "")
+
+
+def _within(p: Path, folder: Path) -> bool:
+    try:
+        p.relative_to(folder)
+        return True
+    except ValueError:
+        return False
 
 
 def _open_lmdb(path: Path):
@@ -267,6 +277,15 @@ def _find_zip(path: Path) -> Encoded:
             members = [i.filename for i in zf.infolist() if not i.is_dir()]
     except (zipfile.BadZipFile, OSError) as e:
         raise DDPMError(f"cannot read the zip archive {path}: {e}") from None
+    unsafe = [m for m in members if m.startswith(("/", "\\")) or ".." in PurePosixPath(m.replace("\\", "/")).parts
+              or (len(m) > 1 and m[1] == ":")]
+    if unsafe:
+        raise DDPMError(f"the zip archive {path} holds members with absolute names or '..' in them (the first: "
+                        f"{unsafe[0]}), which no data set has; ddpm does not read such an archive")
+    twice = sorted({m for m in members if members.count(m) > 1})
+    if twice:
+        raise DDPMError(f"the zip archive {path} holds two members named {twice[0]}; which one is the image is not "
+                        "clear, so ddpm does not read it")
     images = [m for m in members if m.lower().endswith(IMAGE_EXTENSIONS)
               and not any(p.startswith(".") or p == "__MACOSX" for p in PurePosixPath(m).parts)]
     if not images:

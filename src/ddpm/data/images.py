@@ -58,14 +58,39 @@ def classes_of_parts(first: Sequence[Sequence[str]], root: str
     return classes, [index[parts[0]] for parts in first], ""
 
 
+# The most pixels an image may have: above it an image is refused before it is decoded (a 164 KB PNG of 13,000 x
+# 13,000 pixels decodes into 1.1 GB per worker). 2**26 is 8,192 x 8,192, far above any data set ddpm trains on.
+MAX_PIXELS = 1 << 26
+
+
+def _opened(source, name) -> Image.Image:
+    """``Image.open(source)``, refused in one line (before any decoding) above MAX_PIXELS; Pillow's own
+    decompression-bomb warning and error give way to that line."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(source)
+        except Image.DecompressionBombError:
+            im = None
+    if im is None or im.size[0] * im.size[1] > MAX_PIXELS:
+        size = "it has" if im is None else f"{im.size[0]} x {im.size[1]} pixels is"
+        raise DDPMError(f"cannot read image {name}: {size} more than the {MAX_PIXELS:,} pixels ddpm decodes (a "
+                        "decompression bomb, or an image far larger than any network's input)")
+    return im
+
+
 def open_image(path: Path) -> Image.Image:
-    """A fully decoded, EXIF-rotated image; DDPMError for a missing, truncated or corrupt file."""
+    """A fully decoded, EXIF-rotated image; DDPMError for a missing, truncated, corrupt or too large file."""
     if not path.is_file():
         raise DDPMError(f"image {path} not found")
     try:
-        with Image.open(path) as im:
+        with _opened(path, path) as im:
             im.load()  # decodes fully: a truncated or corrupt file raises here
             return ImageOps.exif_transpose(im)
+    except DDPMError:
+        raise
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files
         raise DDPMError(f"cannot read image {path}: {e}") from None
 
@@ -126,9 +151,11 @@ def decode_bytes(data: bytes, name: str, channels: int, size: int, resize: str =
     """An encoded image (png, jpeg, webp, ... bytes; ``name`` says where it came from) -> uint8 [channels, size,
     size]; DDPMError for an unreadable one."""
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with _opened(io.BytesIO(data), name) as im:
             im.load()
             im = ImageOps.exif_transpose(im)
+    except DDPMError:
+        raise
     except UnidentifiedImageError:
         raise DDPMError(f"cannot read image {name}: no image format reads its {len(data)} bytes") from None
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... for bad bytes
