@@ -30,7 +30,7 @@ from typing import Dict, Optional, Tuple
 
 __all__ = ["keep_freed_memory", "usable_cores", "busy_cores", "thread_settings", "configure_threads",
            "choose_device", "bf16_supported", "machine_class",
-           "fast_cuda_math", "resolve_precision", "autocast", "Precision", "init_distributed",
+           "fast_cuda_math", "exact_cuda_math", "resolve_precision", "autocast", "Precision", "init_distributed",
            "rank_world", "barrier", "close_distributed", "rank0_value", "shares"]
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
@@ -197,6 +197,21 @@ def fast_cuda_math(device, training: bool = False) -> None:
     torch.backends.cudnn.allow_tf32 = True
     if training:
         torch.backends.cudnn.benchmark = True
+
+
+@contextlib.contextmanager
+def exact_cuda_math():
+    """TF32 off for matmuls and cuDNN convolutions while measuring (features, metrics, bits/dim), restored after:
+    an Ampere GPU's TF32 products (on for training and sampling, ``fast_cuda_math``) would move the numbers away
+    from the CPU's, and make them depend on whether sampling ran first in the process."""
+    import torch
+
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
 def resolve_precision(precision: str, device, training: bool = False) -> str:

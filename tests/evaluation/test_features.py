@@ -72,3 +72,40 @@ def test_class_probabilities_come_with_the_features():
     with torch.no_grad():
         expected = torch.softmax(net(to_float(images)).double(), dim=1).numpy()
     assert np.allclose(probs, expected, atol=1e-6) and np.allclose(probs.sum(1), 1)
+
+
+def test_measurements_run_without_tf32_whatever_ran_before(monkeypatch):
+    """Sampling turns TF32 on for the process (fast_cuda_math); features, bits/dim and precision/recall run with it
+    off and leave it as they found it, so a GPU measures what the CPU measures whatever ran first."""
+    import torch
+
+    from ddpm.evaluation.features import extract_features
+    from ddpm.evaluation.metrics import precision_recall
+
+    seen = []
+
+    class Net(torch.nn.Module):
+        def features(self, x):
+            seen.append((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32))
+            return x.flatten(1)
+
+    import ddpm.evaluation.metrics as metrics
+
+    real = metrics._covered
+
+    def spy(*a, **k):
+        seen.append((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32))
+        return real(*a, **k)
+
+    monkeypatch.setattr(metrics, "_covered", spy)
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # as after sampling on a GPU
+    try:
+        extract_features(Net(), torch.zeros(3, 1, 4, 4, dtype=torch.uint8))
+        assert seen == [(False, False)]
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32  # restored
+        rng = np.random.default_rng(0)
+        precision_recall(rng.normal(size=(8, 3)), rng.normal(size=(8, 3)))
+        assert seen[1:] == [(False, False)] * 2 and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before

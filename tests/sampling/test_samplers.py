@@ -310,3 +310,22 @@ def test_algorithm_2_steps_match_diffusers_for_each_prediction_and_variance(pred
         step = ref.step(out, tau, x, generator=torch.Generator().manual_seed(k))
         err = (ours - step.prev_sample).abs().max().item()
         assert err <= 1e-5 * max(1.0, step.prev_sample.abs().max().item()), (k, err)
+
+
+def test_the_guidance_mix_is_computed_in_fp32_from_bf16_outputs():
+    """Under bf16 autocast the network's outputs are bf16; (1 + w) c - w u in bf16 loses the difference that
+    guidance is made of (c and u agree to a few bits). The mix is computed in fp32."""
+    from ddpm.sampling.guidance import Guided
+
+    g = torch.Generator().manual_seed(0)
+    cond = (1 + 1e-2 * torch.randn(2, 1, 4, 4, generator=g)).bfloat16()
+    uncond = (1 + 1e-2 * torch.randn(2, 1, 4, 4, generator=g)).bfloat16()
+
+    def model(x, t, y):
+        return torch.cat([cond, uncond]) if len(x) == 4 else cond
+
+    out = Guided(model, torch.tensor([1, 2]), 10, 3.0)(torch.zeros(2, 1, 4, 4), torch.zeros(2, dtype=torch.long))
+    exact = 4.0 * cond.double() - 3.0 * uncond.double()
+    assert out.dtype == torch.float32 and (out.double() - exact).abs().max().item() < 1e-6
+    in_bf16 = 4.0 * cond - 3.0 * uncond
+    assert (in_bf16.double() - exact).abs().max().item() > 1e-3  # what the bf16 mix loses

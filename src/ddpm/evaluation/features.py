@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..atomic import atomic_path, file_sha256
+from ..runtime import exact_cuda_math
 from ..data.sources import to_float
 from .metrics import gaussian_stats
 
@@ -113,7 +114,8 @@ def extract_features(net: nn.Module, images: Tensor, *, batch_size: Optional[int
                      progress: bool = False, desc: str = "features", with_probs: bool = False):
     """uint8 images [N, C, H, W] -> float64 features [N, D] from ``net.features`` (inputs mapped to [-1, 1]); with
     ``with_probs``, (features, class probabilities [N, K] from ``net.class_probs``). The network runs in
-    channels-last layout (1.5x faster on a CPU; the features agree to 1e-6 relative)."""
+    channels-last layout (1.5x faster on a CPU; the features agree to 1e-6 relative), with TF32 off on a GPU
+    (``runtime.exact_cuda_math``), so a device gives the CPU's features whatever ran before in the process."""
     from tqdm.auto import tqdm
 
     if images.dtype != torch.uint8 or images.ndim != 4:
@@ -122,7 +124,7 @@ def extract_features(net: nn.Module, images: Tensor, *, batch_size: Optional[int
     batch_size = batch_size or feature_batch(device)
     net = net.to(device, memory_format=torch.channels_last).eval()
     feats, probs = [], []
-    with tqdm(total=len(images), desc=desc, unit="img", disable=not progress, leave=False) as bar:
+    with exact_cuda_math(), tqdm(total=len(images), desc=desc, unit="img", disable=not progress, leave=False) as bar:
         for i in range(0, len(images), batch_size):
             f = net.features(to_float(images[i:i + batch_size].to(device)))
             feats.append(f.double().cpu())

@@ -113,6 +113,9 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3, batch: int 
     if min(len(r), len(f)) <= k or r.shape[1:] != f.shape[1:]:
         raise ValueError(f"precision/recall with k = {k} needs more than {k} feature vectors of one dimension on "
                          f"each side, got {tuple(r.shape)} and {tuple(f.shape)}")
-    precision = _covered(f, r, _kth_radii(r, k, batch), batch).double().mean().item()
-    recall = _covered(r, f, _kth_radii(f, k, batch), batch).double().mean().item()
+    from ..runtime import exact_cuda_math
+
+    with exact_cuda_math():  # the distances' matmuls in full fp32 on a GPU too
+        precision = _covered(f, r, _kth_radii(r, k, batch), batch).double().mean().item()
+        recall = _covered(r, f, _kth_radii(f, k, batch), batch).double().mean().item()
     return precision, recall

@@ -22,7 +22,7 @@ from ..errors import DDPMError
 from .features import extract_features, reference_stats
 from .metrics import frechet_distance, gaussian_stats
 from ..run.directory import IMPORTED_DATA
-from ..runtime import resolve_precision
+from ..runtime import exact_cuda_math, resolve_precision
 from ..sampling.samplers import make_sampler, sample_checkpoint
 from ..viz import plot_bpd_terms, plot_fd_steps
 
@@ -73,8 +73,8 @@ def evaluate_bpd(diffusion, model: nn.Module, images: Tensor, *, labels: Optiona
     g = torch.Generator(device=device).manual_seed(seed)
     out: Dict[str, List[Tensor]] = {"total": [], "prior": [], "terms": []}
     n_batches = -(-len(images) // batch_size)
-    with tqdm(total=n_batches * diffusion.T, desc=f"bits/dim of {len(images)} images", unit="step",
-              dynamic_ncols=True, disable=not progress) as bar:
+    with exact_cuda_math(), tqdm(total=n_batches * diffusion.T, desc=f"bits/dim of {len(images)} images",
+                                 unit="step", dynamic_ncols=True, disable=not progress) as bar:
         counting = _CountCalls(model, bar)
         for i in range(0, len(images), batch_size):
             x0 = to_float(images[i:i + batch_size].to(device))

@@ -34,6 +34,7 @@ class Guided:
         cond, uncond = self.model(torch.cat([x, x]), torch.cat([t, t]),
                                   torch.cat([y, torch.full_like(y, self.null_class)])).chunk(2)
         c = x.shape[1]  # a learned variance's channels (after the first C) are the conditional model's, as GLIDE's
+        cond, uncond = cond.float(), uncond.float()  # mixed in fp32: under bf16 autocast the outputs are bf16
         guided = (1 + self.w) * cond[:, :c] - self.w * uncond[:, :c]
         return guided if cond.shape[1] == c else torch.cat([guided, cond[:, c:]], 1)
 
