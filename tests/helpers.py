@@ -83,3 +83,23 @@ def one_line_error(err):
     assert len(lines) == 1, err
     assert "Traceback" not in err
     return lines[0]
+
+
+def stop_at_call(monkeypatch, owner, name: str, k: int, how: str = "SIGINT"):
+    """Make ``owner.name`` stop the process at its k-th call, by Ctrl-C (a KeyboardInterrupt) or by a real SIGTERM
+    sent to this process (which the ddpm command turns into a stop). Returns the real function."""
+    import os
+    import signal
+
+    real, calls = getattr(owner, name), []
+
+    def stopping(*a, **kw):
+        calls.append(1)
+        if len(calls) == k:
+            if how == "SIGTERM":
+                os.kill(os.getpid(), signal.SIGTERM)
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(owner, name, stopping)
+    return real

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from ddpm.errors import DDPMError
+from helpers import stop_at_call
 
 
 @pytest.fixture
@@ -144,15 +145,7 @@ def test_a_job_records_its_device_and_refuses_another(tmp_path, capsys, monkeypa
     out = tmp_path / "s.npz"
     argv = ["sample", "--run", str(run), "--out", str(out), "--n", "4", "--chunk", "2", "--sampler", "ddim",
             "--steps", "3"]
-    real, calls = ddpm.sampling.samplers.generate, []
-
-    def ctrl_c_in_the_second_chunk(*a, **k):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(ddpm.sampling.samplers, "generate", ctrl_c_in_the_second_chunk)
+    real = stop_at_call(monkeypatch, ddpm.sampling.samplers, "generate", 2)  # Ctrl-C in the second chunk
     assert main(argv) == 130
     monkeypatch.setattr(ddpm.sampling.samplers, "generate", real)
     job = tmp_path / ".s.npz.parts" / "job.json"

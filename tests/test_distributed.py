@@ -173,3 +173,73 @@ def test_torchrun_eval_draws_the_samples_of_one_process_and_scores_once(tmp_path
         assert res.stdout.count("FD ") == 1  # rank 0 alone scores and reports
     one, two = (json.loads((tmp_path / f"e{k}" / "metrics.json").read_text()) for k in (1, 2))
     assert one["fid"] == pytest.approx(two["fid"], rel=1e-9) and one["n"] == two["n"] == 24
+
+
+INJECT = '''"""`ddpm` with a failure injected into rank 1: a full disk on its chunk writes, or a broken step."""
+import errno
+import os
+import sys
+
+if os.environ.get("RANK") == "1":
+    if sys.argv[1] == "write":
+        import ddpm.sampling.samplers as samplers
+
+        def full_disk(*a, **k):
+            raise OSError(errno.EFBIG, "File too large", "/data/chunk-000001.npz")
+
+        samplers.generate = full_disk
+    elif sys.argv[1] == "read":
+        import ddpm.run.directory as directory
+
+        def bad_disk(*a, **k):
+            raise OSError(errno.EIO, "Input/output error", "/data/run/checkpoints/step-00000004/ema.safetensors")
+
+        directory.load_checkpoint = bad_disk
+    else:
+        import ddpm.training.trainer as trainer
+        from ddpm.errors import DDPMError
+
+        real = trainer.Trainer.train_step
+
+        def broken(self):
+            if self.step == 2:
+                raise DDPMError("the loss became nan at step 3 (injected on rank 1)")
+            return real(self)
+
+        trainer.Trainer.train_step = broken
+from ddpm.cli.commands import main
+
+sys.exit(main(sys.argv[2:]))
+'''
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
+@pytest.mark.parametrize("command", ["sample", "eval", "train"])
+def test_one_failing_process_ends_the_job_quickly_and_says_why(command, tmp_path, one_process):
+    """Rank 1 fails (its disk is full, or its step breaks) while rank 0 works or waits in a collective: the job ends
+    within seconds, not at --dist-timeout (120 minutes), rank 1's line names its rank and the cause, torchrun's
+    summary carries it (its error file), and rank 0 says that another process failed, without a traceback."""
+    import time
+
+    (tmp_path / "inject.py").write_text(INJECT)
+    _, _, run, _ = one_process()
+    args = {"sample": ["write", "sample", "--run", str(run), "--n", "40", "--chunk", "4", "--out", str(tmp_path / "s.npz"),
+                       "--sampler", "ddim", "--steps", "3"],
+            "eval": ["read", "eval", "--run", str(run), "--metric", "kid", "--n", "40", "--sampler", "ddim", "--steps",
+                     "3", "--out", str(tmp_path / "e")],
+            "train": ["step", "train", "--data", "mnist", "--out", str(tmp_path / "r"), "--preset", "tiny", "--steps",
+                      "6", "--batch-size", "8", "--T", "30"]}[command]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(tmp_path / "inject.py"), args[0], "--", *args[1:], "--quiet"]
+    t0 = time.monotonic()
+    res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300,
+                         cwd=tmp_path)
+    assert res.returncode != 0 and time.monotonic() - t0 < 120
+    cause = {"write": "ddpm: rank 1: error: no space to write (File too large: /data/chunk-000001.npz)",
+             "read": "ddpm: rank 1: error: [Errno 5] Input/output error: '/data/run/checkpoints/step-00000004/",
+             "step": "ddpm: rank 1: error: the loss became nan at step 3 (injected on rank 1)"}[args[0]]
+    lines = res.stderr.splitlines()
+    assert any(line.startswith(cause) for line in lines), res.stderr[-3000:]
+    assert any(line.strip().startswith("traceback : " + cause) for line in lines)  # torchrun's summary
+    frames = [line for line in lines if line.strip().startswith(("File ", "[rank0]:   File ", "[rank1]:   File "))]
+    assert not [f for f in frames if "/ddpm/" in f], res.stderr[-3000:]  # torchrun's own frames only

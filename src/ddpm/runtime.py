@@ -26,12 +26,12 @@ import ctypes
 import os
 import sys
 import time
-from typing import Dict, Optional, Tuple
+from typing import Dict, Iterator, Optional, Tuple
 
 __all__ = ["keep_freed_memory", "usable_cores", "busy_cores", "thread_settings", "configure_threads",
            "choose_device", "bf16_supported", "machine_class",
            "fast_cuda_math", "exact_cuda_math", "resolve_precision", "autocast", "Precision", "init_distributed",
-           "rank_world", "barrier", "close_distributed", "rank0_value", "shares"]
+           "rank_world", "barrier", "distributed", "close_distributed", "rank0_value", "shares"]
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
@@ -313,6 +313,17 @@ def barrier() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+@contextlib.contextmanager
+def distributed(device, timeout_min: float = DIST_TIMEOUT_MIN) -> Iterator[int]:
+    """The process group of a torchrun job (``init_distributed``) around a command's collective work; yields this
+    process's rank. Torn down when the work succeeds; never on an error, where the other processes may be waiting
+    in a collective (on NCCL, destroying the group then blocks until ``--dist-timeout``): the process exits, and
+    torchrun stops the others."""
+    rank, _ = init_distributed(device, timeout_min)
+    yield rank
+    close_distributed()
 
 
 def close_distributed() -> None:

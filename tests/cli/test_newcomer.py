@@ -2,7 +2,6 @@
 that say what they mean, and flags every command takes."""
 
 import json
-import os
 import signal
 
 import numpy as np
@@ -10,7 +9,7 @@ import pytest
 
 from ddpm import load_checkpoint
 from ddpm.cli.commands import main
-from helpers import TINY, one_line_error, run
+from helpers import TINY, one_line_error, run, stop_at_call
 
 
 @pytest.fixture
@@ -18,29 +17,12 @@ def runs(tiny_runs):
     return tiny_runs
 
 
-def _stop_in_call(monkeypatch, module, name, k, how):
-    """Make ``module.name`` stop the process at its k-th call: by Ctrl-C (KeyboardInterrupt) or by a real SIGTERM
-    sent to this process (which the command turns into a stop)."""
-    real, calls = getattr(module, name), []
-
-    def stopping(*a, **kw):
-        calls.append(1)
-        if len(calls) == k:
-            if how == "SIGTERM":
-                os.kill(os.getpid(), signal.SIGTERM)
-            raise KeyboardInterrupt
-        return real(*a, **kw)
-
-    monkeypatch.setattr(module, name, stopping)
-    return real
-
-
 @pytest.mark.parametrize("how, code", [("SIGINT", 130), ("SIGTERM", 143)])
 def test_a_stopped_sampling_job_says_what_is_kept_and_how_to_continue(runs, tmp_path, monkeypatch, capsys, how, code):
     import ddpm.sampling.samplers as samplers
 
     args = ["sample", "--run", runs[0], "--n", "10", "--chunk", "3", "--sampler", "ddim", "--steps", "4"]
-    real = _stop_in_call(monkeypatch, samplers, "generate", 3, how)
+    real = stop_at_call(monkeypatch, samplers, "generate", 3, how)
     before = signal.getsignal(signal.SIGTERM)
     got, _, err = run(capsys, *args, "--out", tmp_path / "s.npz")
     assert got == code
@@ -56,7 +38,7 @@ def test_a_stopped_sampling_job_says_what_is_kept_and_how_to_continue(runs, tmp_
 def test_a_stopped_edit_says_so_too(runs, tmp_path, monkeypatch, capsys):
     import ddpm.sampling.edit_jobs as edit_jobs
 
-    _stop_in_call(monkeypatch, edit_jobs.Edit, "draw", 2, "SIGINT")
+    stop_at_call(monkeypatch, edit_jobs.Edit, "draw", 2, "SIGINT")
     code, _, err = run(capsys, "inpaint", "--run", runs[0], "mnist:0-3", "--mask", "right", "--chunk", "2", "--steps",
                        "4", "--jump", "2", "--resample", "1", "--out", tmp_path / "f.npz", "--quiet")
     assert code == 130 and "1 of 2 chunks (2 of 4 images) are kept" in one_line_error(err)
@@ -65,7 +47,7 @@ def test_a_stopped_edit_says_so_too(runs, tmp_path, monkeypatch, capsys):
 def test_a_stop_before_anything_is_written_says_so(runs, tmp_path, monkeypatch, capsys):
     import ddpm.evaluation.reports as reports
 
-    _stop_in_call(monkeypatch, reports, "bpd_report", 1, "SIGINT")
+    stop_at_call(monkeypatch, reports, "bpd_report", 1, "SIGINT")
     code, _, err = run(capsys, "eval", "--run", runs[0], "--metric", "bpd", "--n", "2", "--out", tmp_path / "e")
     assert code == 130 and one_line_error(err) == ("ddpm: stopped by SIGINT; nothing was written (outputs are "
                                                    "written whole, at the end)")

@@ -16,6 +16,7 @@ from ddpm.cli.commands import main
 from ddpm.errors import DDPMError
 from ddpm.sampling.jobs import parse_seeds
 from ddpm.sampling.samplers import generate, make_sampler
+from helpers import stop_at_call
 
 
 def _net(**kw):
@@ -115,15 +116,7 @@ def test_an_interrupted_job_gives_the_uninterrupted_output(run, tmp_path, monkey
     assert other.read_bytes() == whole.read_bytes()  # byte for byte, with another batch size
     import ddpm.sampling.samplers
 
-    real, calls = ddpm.sampling.samplers.generate, []
-
-    def ctrl_c_in_the_third_chunk(*a, **k):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(ddpm.sampling.samplers, "generate", ctrl_c_in_the_third_chunk)
+    real = stop_at_call(monkeypatch, ddpm.sampling.samplers, "generate", 3)  # Ctrl-C in the third chunk
     cut = tmp_path / "cut.npz"
     assert _sample(run, cut, "--n", 10, "--chunk", 3) == 130
     parts = tmp_path / ".cut.npz.parts"
@@ -186,15 +179,7 @@ def test_a_job_records_the_precision_it_ran_in_never_auto(run, tmp_path, monkeyp
     import ddpm.sampling.samplers
     from ddpm.runtime import resolve_precision
 
-    real, calls = ddpm.sampling.samplers.generate, []
-
-    def stop_in_the_second_chunk(*a, **k):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(ddpm.sampling.samplers, "generate", stop_in_the_second_chunk)
+    stop_at_call(monkeypatch, ddpm.sampling.samplers, "generate", 2)
     assert _sample(run, tmp_path / "s.npz", "--n", "6", "--chunk", "3", "--precision", "auto") == 130
     job = json.loads((tmp_path / ".s.npz.parts" / "job.json").read_text())
     assert job["precision"] == resolve_precision("auto", torch.device("cpu")) != "auto"

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Optional, Tuple
 
 __all__ = ["count", "duration", "Projection", "out_of_memory", "oom_line", "disk_full_line", "failure",
-           "train_end_line", "StderrHandler"]
+           "one_of_many", "say_if_long", "train_end_line", "StderrHandler"]
 
 
 def count(n: int, noun: str) -> str:
@@ -51,6 +51,30 @@ class Projection:
             self.say(f"ddpm: note: at {per:.2f} s per step, the {trainer.config.steps - trainer.step:,} steps left take "
                      f"about {duration(left)}. To train less: --steps N, a smaller --preset (mnist, tiny), "
                      "--time-limit MINUTES (it stops with a checkpoint), or a GPU")
+
+
+LONG_S = 3600.0  # a sampling job this long gets a note, with what would shorten it, before it starts
+
+
+def say_if_long(args, ckpt, sampler, n: int, device) -> None:
+    """Before a long sampling job (the paper's 50,000 samples over all T steps on a CPU: days): how long it takes
+    here and how to look sooner."""
+    from ..runtime import rank_world
+    from ..sampling.jobs import seconds_per_image
+
+    if n * sampler.calls < 100_000:  # e.g. 1,000 samples of 100 calls: minutes on any CPU; not worth timing
+        return
+    c, s, world = ckpt.config.model.in_channels, ckpt.config.model.image_size, rank_world()[1]
+    per = seconds_per_image(ckpt.ema_model if args.ema else ckpt.model, sampler, (c, s, s),
+                            batch_size=min(args.batch_size, n), guidance=args.guidance, device=device,
+                            precision=args.precision)
+    if per * n / world < LONG_S:
+        return
+    on = f"{world} processes on {device.type}" if world > 1 else str(device)
+    print(f"ddpm: note: {n:,} samples of {sampler.calls:,} network calls each take about {duration(per * n / world)} "
+          f"here ({per:.2f} s per image, {on}); a stopped job continues where it stopped. To look sooner: --n 2000 "
+          "--sampler sde-dpm++ --steps 20 (compare FIDs only at equal n and settings), or more processes or GPUs "
+          "(torchrun)", file=sys.stderr, flush=True)
 
 
 def out_of_memory(e: BaseException) -> bool:
@@ -127,8 +151,45 @@ def failure(args, e: BaseException) -> Tuple[Optional[int], str]:
     if getattr(args, "traceback", False):
         return None, ""
     if isinstance(e, RuntimeError) and not isinstance(e, DDPMError):
+        if lost_peer(e):
+            return 1, ("ddpm: error: another process of this torchrun job failed or was stopped (this one's collective "
+                       "lost its peer); that process's own line says why")
         return (1, f"ddpm: error: {oom_line(args)}") if out_of_memory(e) else (None, "")
     return 1, f"ddpm: error: {disk_full_line(args, e) if is_disk_full(e) else e}"
+
+
+def one_of_many(line: str) -> str:
+    """``line`` (a failed command's ``ddpm: ...``) as one process of a torchrun job says it: with its rank, and
+    written to torchrun's error file too (``TORCHELASTIC_ERROR_FILE``), so that the job's summary names the cause
+    instead of "error_file: <N/A>". Alone, the line as it is."""
+    import json
+    import os
+    import time
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return line
+    line = line.replace("ddpm: ", f"ddpm: rank {os.environ.get('RANK', '?')}: ", 1)
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if path and not os.path.exists(path):  # torchrun's format; the first error of the process wins
+        try:
+            with open(path, "w") as f:
+                json.dump({"message": {"message": line, "extraInfo": {"py_callstack": line,
+                                                                      "timestamp": str(int(time.time()))}}}, f)
+        except OSError:
+            pass
+    return line
+
+
+# What gloo and NCCL say when a collective's peer process died: not a fault of this process
+_PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "remote worker crashing",
+              "NCCL communicator was aborted", "Broken pipe")
+
+
+def lost_peer(e: BaseException) -> bool:
+    """Whether ``e`` is a collective's error for a peer process that died (under torchrun only)."""
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and any(p in str(e) for p in _PEER_LOST)
 
 
 def train_end_line(run: Path, res, seconds: float) -> str:

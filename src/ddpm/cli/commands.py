@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from .advice import Projection, StderrHandler, count, failure, train_end_line
+from .advice import Projection, StderrHandler, count, failure, one_of_many, train_end_line
 from .editing import cmd_edit, cmd_inpaint
 from .flags import early_threads, fields_of
 from .measure import cmd_eval, cmd_metrics
@@ -39,7 +39,7 @@ def cmd_train(args) -> int:
     import time
 
     from ..config import DiffusionConfig, TrainConfig
-    from ..runtime import choose_device, close_distributed, init_distributed
+    from ..runtime import choose_device, distributed
     from ..training.train import plan_run, train_run
 
     run = Path(args.out)
@@ -50,13 +50,10 @@ def cmd_train(args) -> int:
         print(cfg.to_json(), end="")
         return 0
     device = choose_device(args.device)
-    rank, _ = init_distributed(device, args.dist_timeout)
     t0 = time.monotonic()
-    try:
+    with distributed(device, args.dist_timeout) as rank:
         res = train_run(run, cfg, device=device, progress=not args.quiet, cache_dir=args.cache_dir,
                         on_step=None if args.quiet else Projection())
-    finally:
-        close_distributed()
     if rank == 0:
         print(train_end_line(run, res, time.monotonic() - t0), file=sys.stderr)
     return {"SIGINT": 130, "SIGTERM": 143}.get(res.reason, 0)  # so that `ddpm train ... && ddpm sample ...` stops
@@ -68,7 +65,7 @@ def cmd_sample(args) -> int:
     from ..sampling.jobs import parse_seeds, reverse_process_pictures, sample_job
     from ..sampling.outputs import check_output, check_picture_path
     from ..run.directory import load_checkpoint
-    from ..runtime import choose_device, close_distributed, init_distributed
+    from ..runtime import choose_device, distributed
     from ..sampling.samplers import make_sampler
 
     if args.seeds and args.n is not None:
@@ -79,8 +76,7 @@ def cmd_sample(args) -> int:
                                                                 flag="--trajectory"),
                 "gif": args.gif and check_picture_path(args.gif, ".gif", overwrite=args.overwrite, flag="--gif")}
     device = choose_device(args.device)
-    rank, _ = init_distributed(device, args.dist_timeout)
-    try:
+    with distributed(device, args.dist_timeout) as rank:
         ckpt = load_checkpoint(args.run, map_location=device)
         sampler = make_sampler(args.sampler, ckpt.diffusion, steps=args.steps, eta=args.eta, spacing=args.spacing)
         kw = dict(guidance=args.guidance, ema=args.ema, precision=args.precision, device=device)
@@ -90,8 +86,6 @@ def cmd_sample(args) -> int:
             few = range(min(4, len(seeds)))
             labels = class_labels(args.class_, ckpt.config.classes, len(seeds), few)
             reverse_process_pictures(ckpt, sampler, seeds=seeds[:len(few)], labels=labels, **kw, **pictures)
-    finally:
-        close_distributed()
     if rank == 0:
         again = f"; {done} of them were drawn by an earlier run of this job" if done else ""
         which = f"seeds {seeds.start}-{seeds.stop - 1}" if len(seeds) > 1 else f"seed {seeds.start}"
@@ -270,5 +264,5 @@ def main(argv: Optional[List[str]] = None) -> int:
         code, line = failure(args, e)
         if code is None:
             raise
-        print(line, file=sys.stderr)
+        print(one_of_many(line), file=sys.stderr, flush=True)
         return code

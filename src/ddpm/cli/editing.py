@@ -79,15 +79,14 @@ def add_edit(c: Commands) -> None:
 def _run_job(args, make_edit, what: str) -> int:
     from ..data.sources import load_images
     from ..run.directory import load_checkpoint
-    from ..runtime import choose_device, close_distributed, init_distributed
+    from ..runtime import choose_device, distributed
     from ..sampling.jobs import sample_job
     from ..sampling.outputs import check_output
     from .advice import count
 
     check_output(args.out, overwrite=args.overwrite, runs=[args.run])  # before anything is loaded
     device = choose_device(args.device)
-    rank, _ = init_distributed(device, args.dist_timeout)
-    try:
+    with distributed(device, args.dist_timeout) as rank:
         ckpt = load_checkpoint(args.run, map_location=device)
         c, s = ckpt.config.model.in_channels, ckpt.config.model.image_size
         images = load_images(args.images, s, c)
@@ -96,8 +95,6 @@ def _run_job(args, make_edit, what: str) -> int:
                                class_spec=args.class_, guidance=args.guidance, ema=args.ema, precision=args.precision,
                                device=device, batch_size=args.batch_size, chunk=args.chunk, overwrite=args.overwrite,
                                progress=not args.quiet)
-    finally:
-        close_distributed()
     if rank == 0:
         again = f"; {done} of them were drawn by an earlier run of this job" if done else ""
         print(f"wrote {count(len(edit), what)} of {count(len(images), 'image')} ({edit.calls_text()}) "

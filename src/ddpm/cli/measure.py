@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from .advice import say_if_long
 from .flags import Commands, cache_dir_flag, positive_int, sampler_flags
 
 EVAL_METRICS = ("bpd", "fd", "fid", "is", "kid", "pr")
@@ -305,12 +306,11 @@ def _eval_paper(args, metrics, out: Path, device) -> int:
     from ..evaluation.features import get_features
     from ..evaluation.protocol import PAPER_N, draw_samples
     from ..run.directory import load_checkpoint
-    from ..runtime import barrier, close_distributed, init_distributed
+    from ..runtime import barrier, distributed
     from ..sampling.guidance import check_guidance
     from ..sampling.samplers import make_sampler
 
-    rank, _ = init_distributed(device, args.dist_timeout)
-    try:
+    with distributed(device, args.dist_timeout) as rank:
         ckpt = load_checkpoint(args.run, map_location=device)
         check_guidance(args.guidance, ckpt.config.classes, "all")
         steps = args.steps[0] if args.steps else None
@@ -318,13 +318,11 @@ def _eval_paper(args, metrics, out: Path, device) -> int:
         features = get_features(args.features, channels=ckpt.config.model.in_channels, inception=args.inception)
         if rank == 0:
             out.mkdir(exist_ok=True)
-            _say_if_long(args, ckpt, sampler, args.n or PAPER_N, device)
+            say_if_long(args, ckpt, sampler, args.n or PAPER_N, device)
         barrier()
         drawn = draw_samples(out, ckpt, sampler, n=args.n or PAPER_N, seed=args.seed, ema=args.ema,
                              guidance=args.guidance, precision=args.precision, batch_size=args.batch_size,
                              device=device, progress=not args.quiet)
-    finally:
-        close_distributed()
     if rank == 0:
         try:
             _score_run(args, metrics, out, device, ckpt, sampler, features, drawn)
@@ -334,31 +332,6 @@ def _eval_paper(args, metrics, out: Path, device) -> int:
             raise Interrupted(f"stopped by {stopped_by(e)} while scoring; the {drawn['drawn'] + drawn['reused']:,} "
                               f"samples in {drawn['path']} are kept", stopped_by(e), resumable=True) from None
     return 0
-
-
-LONG_S = 3600.0  # a sampling job this long gets a note, with what would shorten it, before it starts
-
-
-def _say_if_long(args, ckpt, sampler, n: int, device) -> None:
-    """Before a long sampling job (the paper's 50,000 samples over all T steps on a CPU: days): how long it takes
-    here and how to look sooner."""
-    from ..runtime import rank_world
-    from ..sampling.jobs import seconds_per_image
-    from .advice import duration
-
-    if n * sampler.calls < 100_000:  # e.g. 1,000 samples of 100 calls: minutes on any CPU; not worth timing
-        return
-    c, s, world = ckpt.config.model.in_channels, ckpt.config.model.image_size, rank_world()[1]
-    per = seconds_per_image(ckpt.ema_model if args.ema else ckpt.model, sampler, (c, s, s),
-                            batch_size=min(args.batch_size, n), guidance=args.guidance, device=device,
-                            precision=args.precision)
-    if per * n / world < LONG_S:
-        return
-    on = f"{world} processes on {device.type}" if world > 1 else str(device)
-    print(f"ddpm: note: {n:,} samples of {sampler.calls:,} network calls each take about {duration(per * n / world)} "
-          f"here ({per:.2f} s per image, {on}); a stopped job continues where it stopped. To look sooner: --n 2000 "
-          "--sampler sde-dpm++ --steps 20 (compare FIDs only at equal n and settings), or more processes or GPUs "
-          "(torchrun)", file=sys.stderr, flush=True)
 
 
 def _reference(spec: str, cfg, shape, args):

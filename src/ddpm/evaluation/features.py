@@ -179,5 +179,6 @@ def reference_stats(net: nn.Module, name: str, images: Tensor, source: str, cach
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(cache) as tmp:
-            np.savez(tmp, mu=mu, sigma=sigma, n=len(images), source=json.dumps(source), extractor=name)
+            np.savez(tmp, mu=mu, sigma=sigma, n=len(images), source=json.dumps(source), extractor=name,
+                     device=torch.device(kw.get("device") or "cpu").type, dtype="float32 features, float64 statistics")
     return mu, sigma
