@@ -188,6 +188,11 @@ if os.environ.get("RANK") == "1":
             raise OSError(errno.EFBIG, "File too large", "/data/chunk-000001.npz")
 
         samplers.generate = full_disk
+    elif sys.argv[1] == "stale":  # its node's listing of the job's parts is out of date: it shows no chunk
+        import pathlib
+
+        real_is_file = pathlib.Path.is_file
+        pathlib.Path.is_file = lambda self: False if self.name.startswith("chunk-") else real_is_file(self)
     elif sys.argv[1] == "read":
         import ddpm.run.directory as directory
 
@@ -243,3 +248,28 @@ def test_one_failing_process_ends_the_job_quickly_and_says_why(command, tmp_path
     assert any(line.strip().startswith("traceback : " + cause) for line in lines)  # torchrun's summary
     frames = [line for line in lines if line.strip().startswith(("File ", "[rank0]:   File ", "[rank1]:   File "))]
     assert not [f for f in frames if "/ddpm/" in f], res.stderr[-3000:]  # torchrun's own frames only
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
+def test_processes_share_a_resumed_job_by_rank_0s_listing(tmp_path, one_process, monkeypatch):
+    """A job stopped after some chunks, continued on two processes whose second sees a stale listing of the parts
+    (as NFS caches one on another node): the chunks left are dealt out from rank 0's listing, so none is drawn
+    twice or forgotten (by their own listings rank 0 would draw chunks 3 and 5, rank 1 chunks 1, 3 and 5, and chunk
+    4 nobody), and the output is the one-process output, byte for byte."""
+    import ddpm.sampling.samplers
+    from ddpm.cli.commands import main
+    from helpers import stop_at_call
+
+    (tmp_path / "inject.py").write_text(INJECT)
+    _, _, run, _ = one_process()
+    argv = ["sample", "--run", str(run), "--n", "24", "--chunk", "4", "--sampler", "ddim", "--steps", "3", "--quiet"]
+    assert main([*argv, "--out", str(tmp_path / "whole.npz")]) == 0
+    real = stop_at_call(monkeypatch, ddpm.sampling.samplers, "generate", 4)  # chunks 0-2 of six drawn
+    assert main([*argv, "--out", str(tmp_path / "cut.npz")]) == 130
+    monkeypatch.setattr(ddpm.sampling.samplers, "generate", real)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(tmp_path / "inject.py"), "stale", "--", *argv, "--out", str(tmp_path / "cut.npz")]
+    res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "12 of them were drawn by an earlier run" in res.stderr
+    assert (tmp_path / "cut.npz").read_bytes() == (tmp_path / "whole.npz").read_bytes()

@@ -31,7 +31,7 @@ from typing import Dict, Iterator, Optional, Tuple
 __all__ = ["keep_freed_memory", "usable_cores", "busy_cores", "thread_settings", "configure_threads",
            "choose_device", "bf16_supported", "machine_class",
            "fast_cuda_math", "exact_cuda_math", "resolve_precision", "autocast", "Precision", "init_distributed",
-           "rank_world", "barrier", "distributed", "close_distributed", "rank0_value", "shares"]
+           "rank_world", "barrier", "distributed", "close_distributed", "rank0_value", "rank0_flags", "shares"]
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
@@ -343,6 +343,23 @@ def rank0_value(value: int, device) -> int:
     t = torch.tensor([int(value)], dtype=torch.int64, device=device)
     dist.broadcast(t, 0)
     return int(t.item())
+
+
+def rank0_flags(flags, device, combine: bool = False) -> list:
+    """A list of booleans agreed by every process (itself, outside torchrun): rank 0's, or with ``combine`` those
+    true in any process. For what each process would read differently, e.g. a directory listing that a shared
+    file system caches."""
+    if rank_world()[1] == 1:
+        return [bool(f) for f in flags]
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([int(bool(f)) for f in flags], dtype=torch.int64, device=device)
+    if combine:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    else:
+        dist.broadcast(t, 0)
+    return [bool(v) for v in t.tolist()]
 
 
 def shares(total: int, parts: int) -> list:

@@ -183,3 +183,33 @@ def test_a_job_records_the_precision_it_ran_in_never_auto(run, tmp_path, monkeyp
     assert _sample(run, tmp_path / "s.npz", "--n", "6", "--chunk", "3", "--precision", "auto") == 130
     job = json.loads((tmp_path / ".s.npz.parts" / "job.json").read_text())
     assert job["precision"] == resolve_precision("auto", torch.device("cpu")) != "auto"
+
+
+def test_assembly_waits_for_chunks_another_node_wrote(run, tmp_path, monkeypatch):
+    """On a shared file system rank 0's listing may not show another node's chunk yet: assembly waits for it (a
+    cached NFS listing), and says how long it waited if it never comes."""
+    from pathlib import Path
+
+    from ddpm.sampling.jobs import JobSpec, SampleJob
+
+    spec = JobSpec(run=str(run), step=3, ema=True, sampler="ddim", steps=5, eta=1.0, spacing="uniform", guidance=0.0,
+                   classes=None, first_seed=0, n=4, precision="fp32", chunk=2)
+    job = SampleJob(tmp_path / "s.npz", spec)
+    job.prepare()
+    job.run(lambda span: (torch.zeros(len(span), 1, 16, 16, dtype=torch.uint8), None))
+    hidden, real_is_file = {"chunk-000001.npz": 2}, Path.is_file
+
+    def stale(self):  # the listing shows the second chunk only at the third look
+        if self.name in hidden and hidden[self.name] > 0:
+            hidden[self.name] -= 1
+            return False
+        return real_is_file(self)
+
+    monkeypatch.setattr(Path, "is_file", stale)
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    assert job.assemble(wait_s=60) == tmp_path / "s.npz" and np.load(tmp_path / "s.npz")["arr_0"].shape[0] == 4
+    job2 = SampleJob(tmp_path / "t.npz", spec)
+    job2.prepare()
+    job2.run(lambda span: (torch.zeros(len(span), 1, 16, 16, dtype=torch.uint8), None), chunks=[0])
+    with pytest.raises(DDPMError, match=r"chunks \[1\] are not drawn yet \(waited 0 s"):
+        job2.assemble(wait_s=0.01)

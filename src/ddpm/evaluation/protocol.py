@@ -66,12 +66,14 @@ def draw_samples(out: Path, ckpt, sampler, *, n: int, seed: int, ema: bool, guid
     with exactly these settings. Returns ``path``, ``drawn`` (this time), ``reused`` (from earlier runs) and
     ``settings`` (``sampling_settings``)."""
     from ..run.ownership import is_marked
+    from ..runtime import rank0_flags
     from ..sampling.jobs import SampleJob, sample_job
 
     settings = sampling_settings(ckpt, sampler, n=n, seed=seed, ema=ema, guidance=guidance, precision=precision,
                                  device=device)
     path = samples_file(out, settings)
-    if path.is_file() and is_marked(path) and not SampleJob.parts_of(path).exists():
+    found = path.is_file() and is_marked(path) and not SampleJob.parts_of(path).exists()
+    if rank0_flags([found], device or "cpu")[0]:  # rank 0's listing decides for all: a shared file system caches
         return {"path": path, "drawn": 0, "reused": n, "settings": settings}
     classes = "all" if ckpt.config.classes else None
     _, done = sample_job(path, ckpt, sampler, seeds=range(seed, seed + n), class_spec=classes, guidance=guidance,

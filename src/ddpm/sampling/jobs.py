@@ -24,6 +24,7 @@ import torch
 from ..atomic import written_aside
 from ..errors import DDPMError, Interrupted, stopped_by
 from ..rng import NOISE_SCHEME
+from ..runtime import rank0_flags
 from ..viz import Trajectory
 from .outputs import PathLike, check_output, output_kind, write_folder, write_images, write_npz
 
@@ -120,11 +121,12 @@ class SampleJob:
                 (tmp / "job.json").write_text(json.dumps(asdict(self.spec), indent=1) + "\n")
         return sum(len(r) for k, r in enumerate(self.chunks) if self._chunk_file(k).is_file())
 
-    def missing(self, rank: int = 0, world: int = 1) -> List[int]:
-        """The chunks this process still has to draw: the missing ones dealt out in turn, so that after a resume
-        every process has its share of what is left (never one process drawing while the others wait)."""
-        todo = [k for k in range(len(self.chunks)) if not self._chunk_file(k).is_file()]
-        return todo[rank::world]
+    def missing(self, rank: int = 0, world: int = 1, device=None) -> List[int]:
+        """The chunks this process still has to draw: the missing ones as rank 0 sees them (its listing broadcast:
+        on a shared file system each node may see another), dealt out in turn, so that after a resume every process
+        has its share of what is left (never one process drawing while the others wait)."""
+        there = rank0_flags([self._chunk_file(k).is_file() for k in range(len(self.chunks))], device or "cpu")
+        return [k for k, done in enumerate(there) if not done][rank::world]
 
     def run(self, draw: Callable[[range], Tuple[torch.Tensor, Optional[torch.Tensor]]], *, rank: int = 0,
             world: int = 1, bar=None, chunks: Optional[List[int]] = None) -> None:
@@ -153,11 +155,20 @@ class SampleJob:
             with np.load(self._chunk_file(k), allow_pickle=False) as z:
                 yield z[key]
 
-    def assemble(self) -> Path:
-        """Write the output from the finished chunks (streaming) and remove the parts."""
-        todo = [k for k in range(len(self.chunks)) if not self._chunk_file(k).is_file()]
+    def assemble(self, wait_s: float = 0.0) -> Path:
+        """Write the output from the finished chunks (streaming) and remove the parts. ``wait_s``: how long to wait
+        for chunks that other processes wrote to appear here (a shared file system's cached listing)."""
+        import time
+
+        deadline = time.monotonic() + wait_s
+        while True:
+            todo = [k for k in range(len(self.chunks)) if not self._chunk_file(k).is_file()]
+            if not todo or time.monotonic() >= deadline:
+                break
+            time.sleep(0.5)
         if todo:
-            raise DDPMError(f"{self.parts}: chunks {todo[:5]} are not drawn yet")
+            raise DDPMError(f"{self.parts}: chunks {todo[:5]} are not drawn yet"
+                            + (f" (waited {wait_s:.0f} s for the other processes' chunks to appear)" if wait_s else ""))
         with np.load(self._chunk_file(0), allow_pickle=False) as z:
             shape, labelled = z["arr_0"].shape[1:], "arr_1" in z.files
         n = self.spec.n
@@ -195,6 +206,7 @@ class SampleJob:
             pass
 
 
+SHARED_FS_WAIT_S = 120.0  # how long rank 0 waits for other nodes' chunks to show in its listing (NFS caches it)
 KILL_COST_S = 60.0  # what a kill may cost at most, in seconds of sampling
 
 
@@ -286,7 +298,7 @@ def sample_job(out, ckpt, sampler, *, seeds: range, class_spec: Optional[str] = 
                     records=edit.records() if edit is not None else None)
     done = job.prepare(overwrite=overwrite, main=rank == 0)
     barrier()
-    todo = job.missing(rank, world)  # dealt out while no process writes: every process sees the same chunks
+    todo = job.missing(rank, world, device)  # dealt out while no process writes, from rank 0's listing
     barrier()
     mine = sum(len(job.chunks[k]) for k in todo)
     with tqdm(total=mine, desc=f"sampling ({sampler.name}, {sampler.steps} steps)", unit="img", dynamic_ncols=True,
@@ -303,9 +315,10 @@ def sample_job(out, ckpt, sampler, *, seeds: range, class_spec: Optional[str] = 
             job.run(draw, rank=rank, world=world, bar=bar, chunks=todo)
         except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM as Terminated: what is finished stays for the next run
             raise job.interrupted(stopped_by(e)) from None
-    barrier()
+    # every process says what it wrote, so rank 0 waits for chunks its own listing does not show yet
+    written = rank0_flags([k in todo for k in range(len(job.chunks))], device or "cpu", combine=True)
     if rank == 0:
-        job.assemble()
+        job.assemble(wait_s=SHARED_FS_WAIT_S if any(written) and world > 1 else 0.0)
     return job, done
 
 
