@@ -2,6 +2,7 @@
 
     python benchmarks/ab.py HEAD                 # before committing a change to a hot path
     python benchmarks/ab.py e6124ae --rounds 7   # against an older commit
+    python benchmarks/ab.py HEAD --what train --train-args "--objective hybrid --t-sampling importance"
 
 Runs before committing any change to unet, trainer, batches, sampling, rng, runtime or diffusion. The revision is
 checked out into a temporary git worktree and run from there (``PYTHONPATH=<worktree>/src``, the same venv), the
@@ -55,7 +56,8 @@ def img_per_s(metrics: Path) -> list:
 
 def train(env: dict, data: Path, out: Path, args) -> float:
     cmd = [sys.executable, "-m", "ddpm", "train", "--data", str(data), "--out", str(out), "--preset", args.preset,
-           "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--log-every", "1", "--quiet"]
+           "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--log-every", "1", "--quiet",
+           *args.train_args.split()]
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return statistics.median(img_per_s(out / "metrics.csv")[2:])
 
@@ -82,6 +84,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=16, help="images per sampling job")
     ap.add_argument("--sampling-steps", type=int, default=20)
     ap.add_argument("--what", default="train,sample", help="train, sample or both")
+    ap.add_argument("--train-args", default="", help="more train flags, e.g. '--objective hybrid --var-type "
+                                                       "learned-range --t-sampling importance'")
     ap.add_argument("--json", default=None, help="write every figure here")
     args = ap.parse_args()
     what = set(args.what.split(","))

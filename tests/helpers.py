@@ -33,10 +33,10 @@ def tiny_data(n: int = 24, size: int = 16, channels: int = 1, seed: int = 0, cla
                      classes=tuple(f"c{i}" for i in range(classes)))
 
 
-def tiny_config(**train):
+def tiny_config(diffusion=None, **train):
     base = dict(steps=12, batch_size=6, warmup=4, save_every=5, log_every=3, sample_every=0, keep=2, val_fraction=0.0)
     base.update(train)
-    return make_run_config("tiny", train=base, model={"dropout": 0.1})
+    return make_run_config("tiny", train=base, model={"dropout": 0.1}, diffusion=diffusion or {})
 
 
 def tiny_trainer(cfg, data=None, seed=None):

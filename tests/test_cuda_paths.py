@@ -150,7 +150,7 @@ def test_a_job_records_its_device_and_refuses_another(tmp_path, capsys, monkeypa
     monkeypatch.setattr(ddpm.sampling.samplers, "generate", real)
     job = tmp_path / ".s.npz.parts" / "job.json"
     spec = json.loads(job.read_text())
-    assert spec["device"] == "cpu" and spec["noise"] == "per-image-blocks-v2"
+    assert spec["device"] == "cpu" and spec["noise"] == "per-image-blocks-v3"
     job.write_text(json.dumps({**spec, "device": "cuda"}))  # as if started on a GPU
     capsys.readouterr()
     assert main(argv) == 1
@@ -188,7 +188,9 @@ def test_each_process_has_its_own_dropout_stream_and_resume_needs_no_gpu_state(m
     set_rng_state({**state, "cuda": ["AAAA"] * 8})  # a checkpoint from 8 visible GPUs, resumed with fewer
 
 
-def test_a_training_step_waits_for_the_device_once(monkeypatch):
+@pytest.mark.parametrize("options", [{}, {"t_sampling": "importance", "objective": "hybrid",
+                                           "diffusion": {"var_type": "learned-range"}}])
+def test_a_training_step_waits_for_the_device_once(monkeypatch, options):
     """Every .item()/.tolist()/.cpu()/bool()/float() that ddpm's own code calls in a step is a host sync on a GPU;
     a step makes one (the finiteness check, which carries the stop flag), and reading its numbers is up to the
     caller (a log row)."""
@@ -209,7 +211,7 @@ def test_a_training_step_waits_for_the_device_once(monkeypatch):
 
         return wrapper
 
-    tr = tiny_trainer(tiny_config(steps=10, log_every=100))
+    tr = tiny_trainer(tiny_config(steps=10, log_every=100, **options))
     tr.train_step()  # the first step sets things up
     for name in ("item", "tolist", "cpu", "__bool__", "__float__", "__int__"):
         monkeypatch.setattr(torch.Tensor, name, counting(name))
@@ -245,7 +247,8 @@ def test_a_batch_draws_its_noise_in_far_fewer_calls_than_images_times_steps(monk
     monkeypatch.setattr(torch, "randn", counting)
     sampler(model, (8, 1, 8, 8), generator=gens)
     monkeypatch.undo()
-    assert draws[0] >= 32 and block_steps((1, 8, 8)) == 16  # x_T and the steps' noise
+    assert draws[0] >= 32 and block_steps((1, 8, 8)) == 16 == block_steps((3, 64, 64))  # x_T and the steps' noise
+    assert block_steps((3, 256, 256)) == 1 and 256 * block_steps((3, 128, 128)) * 3 * 128 * 128 * 4 <= 256 << 20
     assert calls[0] == 8 * -(-draws[0] // 16) < 8 * draws[0] / 10
     # and an image's noise is still its seed's alone: image 5 alone draws what it drew among eight
     one, all8 = ImageGenerators([5]), ImageGenerators(range(8))
@@ -323,3 +326,47 @@ def test_batches_are_prefetched_on_a_thread_for_a_gpu_only():
         assert all(torch.equal(a, b) for a, b in zip(cpu.get(3)[0][:3], tr.batches.make(3, range(4))[:3]))
     finally:
         cpu.close(), gpu.close()
+
+
+def test_the_decoders_rows_alone_or_every_row_masked_give_the_same_bits_and_gradients():
+    """On a CPU the t = 0 rows alone are decoded; on a GPU every row is, masked (choosing rows would wait for the
+    device): the two give one value and one gradient, and float32 agrees with the float64 of bits/dim."""
+    from ddpm.diffusion.gaussian import _decoder_bits
+    from ddpm.diffusion.losses import discretized_gaussian_log_likelihood, mean_bits_per_dim
+
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randint(0, 256, (6, 3, 4, 4), generator=g).float() / 127.5 - 1
+    t = torch.tensor([0, 5, 0, 9, 2, 0])
+    grads = []
+    for select in (True, False):
+        mean = (x0 + 0.02 * torch.randn(x0.shape, generator=g.manual_seed(1))).requires_grad_()
+        log_scale = torch.full_like(x0, -4.0).requires_grad_()
+        bits = _decoder_bits(x0, mean, log_scale, t == 0, select=select)
+        bits.sum().backward()
+        grads.append((bits.detach(), mean.grad, log_scale.grad))
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-6) and torch.isfinite(a).all()
+    assert (grads[0][0][t != 0] == 0).all() and (grads[0][1][t != 0] == 0).all()
+    wide = mean_bits_per_dim(-discretized_gaussian_log_likelihood(x0, mean.detach(), log_scale.detach()))
+    assert torch.allclose(grads[1][0][t == 0].double(), wide[t == 0], rtol=1e-5)
+
+
+def test_no_float64_reaches_a_device_without_it():
+    """MPS has no float64: sums kept there, the importance sampler's history and the schedule's tables are
+    float32 on it (checked here by asking as MPS would: accumulator_dtype, and the trainer with it)."""
+    from ddpm import runtime
+    from ddpm.training import trainer
+
+    assert runtime.accumulator_dtype("mps") == torch.float32 and runtime.accumulator_dtype("cpu") == torch.float64
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from helpers import tiny_config, tiny_trainer
+
+    narrow = lambda device: torch.float32  # noqa: E731
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(runtime, "accumulator_dtype", narrow)
+        m.setattr(trainer, "accumulator_dtype", narrow)
+        tr = tiny_trainer(tiny_config(steps=4, t_sampling="importance", objective="vlb",
+                                      diffusion={"var_type": "learned"}))
+        assert tr.timesteps.history.dtype == torch.float32
+        out = tr.train_step()
+        assert out.raw("loss").dtype == torch.float32 and np.isfinite(out["loss"])

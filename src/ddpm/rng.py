@@ -70,16 +70,18 @@ class ImageGenerators:
         return b[:, self._used - 1].contiguous()
 
 
-NOISE_SCHEME = "per-image-blocks-v2"  # what ImageGenerators draws for a seed; recorded in sampling jobs
+NOISE_SCHEME = "per-image-blocks-v3"  # what ImageGenerators draws for a seed; recorded in sampling jobs
+BLOCK_BYTES = 1 << 20  # the most one image's block of noise takes (v2 took 4 MiB: 1 GiB a stream at 256 x 256 x 256)
 
 
 def block_steps(shape) -> int:
-    """How many draws of one image's ``shape`` ImageGenerators makes in one call: up to 16, at most 4 MiB of
-    float32 per image."""
+    """How many draws of one image's ``shape`` ImageGenerators makes in one call: up to 16, at most ``BLOCK_BYTES``
+    of float32 per image (a batch of 256 images of 256 x 256 then holds 192 MiB of noise per stream, one step's;
+    images of up to 64 x 64 x 3 draw 16 steps a call, as before)."""
     n = 1
     for d in shape:
         n *= int(d)
-    return max(1, min(16, (1 << 20) // max(n, 1)))
+    return max(1, min(16, (BLOCK_BYTES // 4) // max(n, 1)))
 
 
 def _b64(t: torch.Tensor) -> str:

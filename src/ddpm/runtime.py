@@ -31,7 +31,8 @@ from typing import Dict, Iterator, Optional, Tuple
 __all__ = ["keep_freed_memory", "usable_cores", "busy_cores", "thread_settings", "configure_threads",
            "choose_device", "bf16_supported", "machine_class",
            "fast_cuda_math", "exact_cuda_math", "resolve_precision", "autocast", "Precision", "init_distributed",
-           "rank_world", "barrier", "distributed", "close_distributed", "rank0_value", "rank0_flags", "shares"]
+           "rank_world", "barrier", "distributed", "close_distributed", "rank0_value", "rank0_flags", "shares",
+           "accumulator_dtype"]
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
@@ -360,6 +361,13 @@ def rank0_flags(flags, device, combine: bool = False) -> list:
     else:
         dist.broadcast(t, 0)
     return [bool(v) for v in t.tolist()]
+
+
+def accumulator_dtype(device):
+    """float64 where ``device`` has it, else float32 (MPS has no float64): the dtype of sums kept on a device."""
+    import torch
+
+    return torch.float32 if torch.device(device).type == "mps" else torch.float64
 
 
 def shares(total: int, parts: int) -> list:

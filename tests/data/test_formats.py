@@ -390,3 +390,41 @@ def test_a_decompression_bomb_is_refused_in_one_line_before_decoding(tmp_path):
         load_data(str(d), channels=1, image_size=8, cache_dir=tmp_path / "c")
     data = load_data(str(d), channels=1, image_size=8, cache_dir=tmp_path / "c", skip_bad=True)
     assert len(data) == 3 and "bomb.png" in data.skipped[0]
+
+
+def test_a_huge_parquet_row_group_is_read_in_bounded_pieces_across_workers(tmp_path, monkeypatch):
+    from ddpm.data import formats
+
+    monkeypatch.setattr(formats, "GROUP_PIECE", 5)  # pieces of >= 5 rows, at most 8 a group
+    monkeypatch.setattr(formats, "TASK", 2)  # batches of 2 rows within a piece
+    blobs = _encoded(50, fmt="PNG")
+    pq.write_table(_table(blobs, [i % 3 for i in range(50)]), tmp_path / "one.parquet", row_group_size=50)
+    src = find_source(str(tmp_path / "one.parquet")).encoded
+    chunks = list(src.chunks())
+    assert [n for n, _ in chunks] == [7] * 7 + [1] and [p[2] for _, p in chunks] == list(range(0, 50, 7))
+    read = []
+    real = pq.ParquetFile.iter_batches
+
+    def watched(self, *a, **k):
+        for b in real(self, *a, **k):
+            read.append(b.num_rows)
+            yield b
+
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", watched)
+    names = [name for _, p in chunks for name, _ in src.items(p)]
+    assert names == [f"one.parquet row {i}" for i in range(50)] and max(read) == 2
+    data = [blob for _, p in chunks for _, blob in src.items(p)]
+    assert data == blobs
+    assert [b for _, b in src.items(chunks[3][1], stop=2)] == blobs[21:23]
+
+
+def test_cache_workers_import_no_torch():
+    """A spawned decoding worker imports what its task's function needs (and the ddpm CLI's entry module): none
+    of it may pull in torch, which would cost each worker seconds and hundreds of MB."""
+    import subprocess
+    import sys
+
+    code = ("import sys, ddpm.cli, ddpm.data.images, ddpm.data.formats, ddpm.data.tables, ddpm.data.cache; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch')[:3])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

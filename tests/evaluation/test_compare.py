@@ -170,3 +170,24 @@ def test_cached_reference_statistics_are_keyed_by_the_size_they_were_read_at(tmp
     other.sha256 = "f" * 64
     files = {_cache_file(tmp_path, "stats", "digits", n, x, "same-key") for n in (net, other) for x in (a, b)}
     assert len(files) == 4
+
+
+def test_a_reference_larger_than_ref_n_is_scored_by_a_named_seeded_subset(sets, capsys):
+    root, digits = sets
+    code, out, err = run(capsys, "metrics", root / "a.npz", "--ref", "mnist", "--ref-n", "400", "--features",
+                         "digits", "--quiet", "--json", root / "sub.json", "--cache-dir", root / "c")
+    assert code == 0, err
+    r = json.loads((root / "sub.json").read_text())
+    assert (r["ref_n"], r["ref_total"], r["ref_subset_seed"]) == (400, 5000, 0)
+    assert "400 of its 5,000 images, a subset of seed 0" in out
+    idx = np.sort(np.random.default_rng(0).choice(5000, 400, replace=False))  # numpy's, as documented
+    fa, _ = _independent(digits[:300])
+    fr, _ = _independent(digits[torch.from_numpy(idx)])
+    assert r["fid"] == pytest.approx(eigen_fd(fa.mean(0), np.cov(fa, rowvar=False), fr.mean(0),
+                                              np.cov(fr, rowvar=False)), rel=1e-5)
+    code, out, _ = run(capsys, "metrics", root / "a.npz", "--ref", "mnist", "--ref-n", "all", "--features", "digits",
+                       "--quiet", "--cache-dir", root / "c")
+    assert code == 0 and "(5,000 images)" in out
+    code, _, err = run(capsys, "metrics", root / "a.npz", "--ref", "mnist", "--ref-n", "3", "--metrics", "pr",
+                       "--features", "digits")
+    assert code != 0 and one_line_error(err).endswith("REF has 3 images (--ref-n); pr needs at least 4")

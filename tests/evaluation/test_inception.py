@@ -212,3 +212,14 @@ def test_the_inception_score_classifier_is_the_weights_without_the_bias():
     net.has_classifier = False
     with pytest.raises(ValueError, match="no classifier"):
         net.class_probs(f)
+
+
+def test_commands_look_for_the_inception_under_their_cache_dir(tmp_path, capsys, monkeypatch):
+    from helpers import one_line_error, run
+
+    monkeypatch.delenv("DDPM_INCEPTION", raising=False)
+    np.savez(tmp_path / "a.npz", arr_0=np.zeros((4, 8, 8, 3), np.uint8))
+    (tmp_path / "c" / "inception").mkdir(parents=True)
+    (tmp_path / "c" / "inception" / INCEPTION_FILE).write_bytes(b"not the weights")
+    code, _, err = run(capsys, "metrics", tmp_path / "a.npz", "--metrics", "is", "--cache-dir", tmp_path / "c")
+    assert code != 0 and str(tmp_path / "c" / "inception" / INCEPTION_FILE) in one_line_error(err)

@@ -168,3 +168,14 @@ def test_reports_of_several_evals_keep_what_each_measured(trained, tmp_path, cap
     assert len((tmp_path / "f" / "fd.csv").read_text().splitlines()) == 2  # this run's one row
     (merged,) = (tmp_path / "f").glob("fd-*.csv")
     assert [line.split(",")[1] for line in merged.read_text().splitlines()[1:]] == ["2", "3", "4"]
+
+
+def test_a_class_conditional_eval_draws_the_nearest_balanced_set_and_says_so(tiny_runs, capsys, tmp_path):
+    assert protocol.balanced_n(50000, 3) == 50001 and protocol.balanced_n(25, 10) == 20
+    assert protocol.balanced_n(20, 6, at_least=20) == 24 and protocol.balanced_n(3, 10) == 10
+    code, out, err = run(capsys, "eval", "--run", tiny_runs[1], "--metric", "kid", "--n", "26", "--sampler", "ddim",
+                         "--steps", "2", "--quiet", "--out", tmp_path / "e", "--cache-dir", tmp_path)
+    assert code == 0, err
+    assert "drawing 30 samples, not 26: the run's 10 classes are drawn in equal numbers (3 each)" in err
+    report = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert report["n"] == 30 and report["sampling"]["n"] == 30

@@ -16,7 +16,8 @@ from typing import List, Optional
 from .advice import Projection, StderrHandler, count, failure, one_of_many, train_end_line
 from .editing import cmd_edit, cmd_inpaint
 from .flags import early_threads, fields_of
-from .measure import cmd_eval, cmd_metrics
+from .evaluate import cmd_eval
+from .measure import cmd_metrics
 from ..runtime import configure_threads, keep_freed_memory
 
 

@@ -50,6 +50,11 @@ def positive_int(text: str) -> int:
     return v
 
 
+def count_or_all(text: str) -> Optional[int]:
+    """A positive integer, or ``all`` (None: no limit)."""
+    return None if text.strip().lower() == "all" else positive_int(text)
+
+
 def non_negative_float(text: str) -> float:
     try:
         v = float(text)

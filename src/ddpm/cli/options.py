@@ -10,7 +10,8 @@ from typing import Any, Dict
 
 from .editing import add_edit, add_inpaint
 from .flags import Commands, Parser, config_flags, data_flags, int_list, job_flags, positive_int, sampler_flags
-from .measure import add_eval, add_metrics
+from .evaluate import add_eval
+from .measure import add_metrics
 
 EPILOG = """examples:
   ddpm demo                                         # train on the shipped digits, write samples (CPU, minutes)

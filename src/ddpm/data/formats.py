@@ -80,8 +80,9 @@ class Encoded:
                 meta, first = pq.ParquetFile(f).metadata, 0
                 for g in range(meta.num_row_groups):
                     rows = meta.row_group(g).num_rows
-                    if rows:
-                        yield rows, (str(f), g, first)
+                    piece = max(GROUP_PIECE, -(-rows // GROUP_PIECES))  # a huge group: pieces for several workers
+                    for off in range(0, rows, piece):
+                        yield min(piece, rows - off), (str(f), g, first + off, off, min(piece, rows - off))
                     first += rows
         else:
             for f in self.files:
@@ -142,17 +143,35 @@ class Encoded:
                     yield f"{self.path}: {name} ({e})", None
         else:
             if self.kind == "parquet":
-                f, group, first = payload
-                pq = require("pyarrow.parquet", "hf")
-                values = pq.ParquetFile(f).read_row_group(group, columns=[self.image_column]).column(0)
+                f, group, first, off, count = payload
+                pieces = _group_piece(f, group, self.image_column, off, min(count, stop or count))
             else:
                 f, first, count = payload
-                values = arrow_table(Path(f)).column(self.image_column).slice(first, count)
-            if stop is not None:
-                values = values.slice(0, stop)
-            for i, v in enumerate(values.to_pylist()):
-                data, why = _image_bytes(v, Path(f).parent)
-                yield f"{Path(f).name} row {first + i}" + (f" ({why})" if why else ""), data
+                pieces = [arrow_table(Path(f)).column(self.image_column).slice(first, min(count, stop or count))]
+            i = 0
+            for values in pieces:
+                for v in values.to_pylist():
+                    data, why = _image_bytes(v, Path(f).parent)
+                    yield f"{Path(f).name} row {first + i}" + (f" ({why})" if why else ""), data
+                    i += 1
+
+
+GROUP_PIECE, GROUP_PIECES = 16 * TASK, 8  # a parquet row group is read in pieces of >= 2,048 rows, <= 8 a group
+
+
+def _group_piece(f: str, group: int, column: str, off: int, count: int) -> Iterator[Any]:
+    """Rows ``off`` to ``off + count`` of a parquet row group's ``column``, streamed in batches of ``TASK`` rows
+    (a worker never holds a whole group: one of 1M images would be tens of GB); the rows before ``off`` are read
+    and dropped, as parquet pages have no index to seek by."""
+    pq = require("pyarrow.parquet", "hf")
+    seen = 0
+    for batch in pq.ParquetFile(f).iter_batches(batch_size=TASK, row_groups=[group], columns=[column]):
+        lo, hi = max(off - seen, 0), min(off + count - seen, batch.num_rows)
+        seen += batch.num_rows
+        if hi > lo:
+            yield batch.column(0).slice(lo, hi - lo)
+        if seen >= off + count:
+            return
 
 
 def _image_bytes(v, folder: Path) -> Tuple[Optional[bytes], str]:

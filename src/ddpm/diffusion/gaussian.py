@@ -276,13 +276,25 @@ class GaussianDiffusion:
         p = self.p_from_output(out.float(), xt.float(), t, clip_denoised=False)
         mean_q, _, logvar_q = self.q_posterior(x0.float(), xt.float(), t)
         kl = mean_bits_per_dim(normal_kl(mean_q, logvar_q, p["mean"], p["log_variance"]))
-        # the decoder's terms of the other examples are replaced by harmless ones before they are computed: a wide
-        # Gaussian's bin probability underflows, and its gradient would be NaN even where it is not selected
-        first = (t == 0).reshape(-1, *([1] * (x0.ndim - 1)))
-        mean = torch.where(first, p["mean"], x0.float())
-        log_scale = torch.where(first, 0.5 * p["log_variance"], torch.full_like(mean, -6.0))
-        nll = mean_bits_per_dim(-discretized_gaussian_log_likelihood(x0, mean, log_scale))
-        return torch.where(t == 0, nll.float(), kl)
+        return torch.where(t == 0, _decoder_bits(x0.float(), p["mean"], 0.5 * p["log_variance"], t == 0), kl)
+
+
+def _decoder_bits(x0: Tensor, mean: Tensor, log_scale: Tensor, first: Tensor,
+                  select: Optional[bool] = None) -> Tensor:
+    """The discretised decoder's -log p(x0 | x1) in bits/dim [B] (float32) where ``first`` (the t = 0 rows; 0
+    elsewhere). On a CPU (``select``) only those rows are computed, 1/T of a batch; on a GPU, choosing rows would
+    wait for the device, so every row is, elementwise, the others given harmless values first (a wide Gaussian's
+    bin probability underflows, and its gradient would be NaN even where it is not selected)."""
+    def bits(x, m, s):
+        return mean_bits_per_dim(-discretized_gaussian_log_likelihood(x, m, s, dtype=torch.float32))
+
+    if x0.device.type == "cpu" if select is None else select:
+        rows = first.nonzero().squeeze(1)
+        out = torch.zeros(len(first), dtype=torch.float32, device=x0.device)
+        return out.index_put((rows,), bits(x0[rows], mean[rows], log_scale[rows])) if len(rows) else out
+    keep = first.reshape(-1, *([1] * (x0.ndim - 1)))
+    masked = bits(x0, torch.where(keep, mean, x0), torch.where(keep, log_scale, torch.full_like(mean, -6.0)))
+    return torch.where(first, masked, torch.zeros_like(masked))
 
 
 def draw_normal(shape, generator, like: Tensor) -> Tensor:

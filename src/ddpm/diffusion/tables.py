@@ -15,8 +15,8 @@ def on_device(table: Tensor, device) -> Tensor:
     if table.device == device:
         return table
     copies = table.__dict__.setdefault("_ddpm_copies", {})
-    if device not in copies:
-        copies[device] = table.to(device)
+    if device not in copies:  # MPS has no float64: the table goes there as float32
+        copies[device] = table.to(device, torch.float32 if device.type == "mps" and table.is_floating_point() else None)
     return copies[device]
 
 

@@ -21,8 +21,10 @@ import torch
 from torch import Tensor
 
 from ..errors import DDPMError
-from .features import extract_features, reference_features, reference_stats
-from .metrics import frechet_distance, gaussian_stats, inception_score, kernel_inception_distance, precision_recall
+from ..runtime import rank_world
+from .features import feature_batch, reference_pass
+from .metrics import frechet_distance, inception_score, kernel_inception_distance, precision_recall
+from .streaming import REF_N, REF_SUBSET_SEED, feature_pass, reference_subset
 
 __all__ = ["METRICS", "MIN_IMAGES", "ImageSet", "read_set", "read_samples", "parse_metrics", "score", "metric_lines", "stats_arrays",
            "RESIZE"]
@@ -133,7 +135,8 @@ def read_set(spec: str, *, shape: Optional[Tuple[int, ...]] = None, cache_dir=No
     return ImageSet(data.name, images=data.images, n=len(data), key=data.key)
 
 
-def _check(samples: ImageSet, ref: Optional[ImageSet], metrics: Sequence[str], classifier: bool) -> None:
+def _check(samples: ImageSet, ref: Optional[ImageSet], metrics: Sequence[str], classifier: bool,
+           ref_n: Optional[int] = None) -> None:
     """One clear line for what cannot be computed, before any features are."""
     if any(m != "is" for m in metrics) and ref is None:
         raise DDPMError(f"{', '.join(m for m in metrics if m != 'is')} compare two sets: pass --ref (a data source, "
@@ -148,9 +151,11 @@ def _check(samples: ImageSet, ref: Optional[ImageSet], metrics: Sequence[str], c
         raise DDPMError(f"the sets differ: SAMPLES are {samples.shape} (C, H, W), REF {ref.shape}")
     for s, which in ((samples, "SAMPLES"), (ref, "REF")):
         for m in metrics:
-            if s is not None and s.images is not None and len(s.images) < MIN_IMAGES[m] and \
-                    (m != "is" or which == "SAMPLES"):
-                raise DDPMError(f"{which} has {len(s.images)} images; {m} needs at least {MIN_IMAGES[m]}")
+            count = None if s is None or s.images is None else \
+                min(len(s.images), ref_n or len(s.images)) if which == "REF" else len(s.images)
+            if count is not None and count < MIN_IMAGES[m] and (m != "is" or which == "SAMPLES"):
+                raise DDPMError(f"{which} has {count} images" + (" (--ref-n)" if count < len(s.images) else "")
+                                + f"; {m} needs at least {MIN_IMAGES[m]}")
     if "is" in metrics and not classifier:
         raise DDPMError("the Inception Score needs the Inception's classifier layer, which this file lacks: pass "
                         "--inception pt_inception-2015-12-05-6726825d.pth (pytorch-fid's)")
@@ -158,49 +163,47 @@ def _check(samples: ImageSet, ref: Optional[ImageSet], metrics: Sequence[str], c
 
 def score(samples: ImageSet, ref: Optional[ImageSet], metrics: Sequence[str], features: Tuple[str, Any], *,
           batch_size: Optional[int] = None, device=None, cache_dir=None, seed: int = 0, progress: bool = False,
-          stats: Optional[dict] = None) -> Dict[str, Any]:
+          stats: Optional[dict] = None, ref_n: Optional[int] = REF_N) -> Optional[Dict[str, Any]]:
     """The ``metrics`` of ``samples`` (against ``ref``) with ``features`` ((name, network)): a dict with the keys
     of ``ddpm metrics --json`` (fid; is and kid as [mean, std]; precision and recall; n, ref_n, features, and for
     the Inception its sha256 and the resize). ``stats``, a dict, receives the samples' ``mu`` and ``sigma``.
     ``seed`` draws KID's subsets and the order of the Inception Score's splits (``is_split_seed``): a class-
-    conditional job writes its samples class by class, and splits of that order would each hold one class."""
+    conditional job writes its samples class by class, and splits of that order would each hold one class.
+
+    A reference of more than ``ref_n`` images (None: no limit) is scored by a seeded subset of ``ref_n``
+    (``streaming.reference_subset``; the report's ``ref_n``, ``ref_total`` and ``ref_subset_seed``). FID's
+    statistics accumulate streaming; features are held (float32) only for KID and precision/recall. Under torchrun
+    every process calls this and takes its share of the features; the scores come back on rank 0, None on the
+    others."""
     name, net = features
-    _check(samples, ref, metrics, getattr(net, "has_classifier", True))
-    kw = dict(batch_size=batch_size, device=device, progress=progress)
+    _check(samples, ref, metrics, getattr(net, "has_classifier", True), ref_n)
+    kw = dict(batch_size=batch_size or feature_batch(device), device=device, progress=progress)
+    held = "kid" in metrics or "pr" in metrics  # the metrics that need every feature vector, not their moments
+    mine, feats, probs = samples.stats, None, None
+    if samples.images is not None:
+        p = feature_pass(net, samples.images, moments="fid" in metrics or stats is not None, keep=held,
+                         with_probs="is" in metrics, desc=f"{name} features of SAMPLES", **kw)
+        feats, probs, mine = p.features, p.probs, (p.mu, p.sigma) if p.mu is not None else None
+        if stats is not None:
+            stats["mu"], stats["sigma"] = mine
+    theirs, ref_feats, subset = (ref.stats if ref is not None else None), None, None
+    if ref is not None and ref.images is not None and ("fid" in metrics or held):
+        subset = reference_subset(ref.n, ref_n)
+        r = reference_pass(net, name, ref.images, ref.name, indices=subset, keep=held, key=ref.key,
+                           cache_dir=cache_dir, **kw)
+        theirs, ref_feats = (r.mu, r.sigma), r.features
+    if rank_world()[0] != 0:
+        return None
     out: Dict[str, Any] = {"n": samples.n}
-    feats = probs = None
-    if samples.images is not None and "is" in metrics:
-        feats, probs = extract_features(net, samples.images, desc=f"{name} features of SAMPLES", with_probs=True, **kw)
-    elif samples.images is not None:
-        feats = extract_features(net, samples.images, desc=f"{name} features of SAMPLES", **kw)
-    mine = samples.stats  # the samples' mean and covariance, where FID or the caller needs them
-    if feats is not None and ("fid" in metrics or stats is not None):
-        mine = gaussian_stats(feats)
-    if stats is not None and feats is not None:
-        stats["mu"], stats["sigma"] = mine
     if "is" in metrics:  # splits of a seeded shuffle: never of the order the samples were written in (by class)
         order = np.random.default_rng(seed).permutation(len(probs))
         out["is"], out["is_split_seed"] = list(inception_score(probs[order], IS_SPLITS)), seed
     if ref is not None:
-        out["ref_n"] = ref.n
-        ref_feats = None
-        if "kid" in metrics or "pr" in metrics:
-            ref_feats = reference_features(net, name, ref.images, ref.name, key=ref.key, cache_dir=cache_dir, **kw)
+        out["ref_n"] = ref.n if subset is None else len(subset)
+        if subset is not None:
+            out.update(ref_total=ref.n, ref_subset_seed=REF_SUBSET_SEED)
         if "fid" in metrics:
-            theirs = ref.stats if ref.stats is not None else (
-                gaussian_stats(ref_feats) if ref_feats is not None else
-                reference_stats(net, name, ref.images, ref.name, key=ref.key, cache_dir=cache_dir, **kw))
-            for s, which in ((ref, "REF"), (samples, "SAMPLES")):
-                if s.stats is not None and s.feature_sha256 and getattr(net, "sha256", "") and \
-                        s.feature_sha256 != net.sha256:
-                    raise DDPMError(f"{which} {s.name} holds statistics of another {name} network (sha256 "
-                                    f"{s.feature_sha256[:12]}..., this one {net.sha256[:12]}...): their FID would "
-                                    "mean nothing; pass the --inception file they were made with")
-            if len(mine[0]) != len(theirs[0]):
-                s, which = (ref, "REF") if ref.stats is not None else (samples, "SAMPLES")
-                raise DDPMError(f"{which} {s.name} holds statistics of {len((theirs if s is ref else mine)[0])}-d "
-                                f"features, the other set has {len((mine if s is ref else theirs)[0])}-d {name} "
-                                "features (2048: the FID Inception, --features inception; 128: digits)")
+            _check_stats(samples, ref, mine, theirs, name, net)
             out["fid"] = frechet_distance(*mine, *theirs)
         if "kid" in metrics:
             out["kid"] = list(kernel_inception_distance(feats, ref_feats, seed=seed))
@@ -212,6 +215,20 @@ def score(samples: ImageSet, ref: Optional[ImageSet], metrics: Sequence[str], fe
     if name == "inception":
         out.update(inception_sha256=net.sha256, resize=RESIZE)
     return out
+
+
+def _check_stats(samples: ImageSet, ref: ImageSet, mine, theirs, name: str, net) -> None:
+    """A statistics file's network and dimension against this one's, before a distance that would mean nothing."""
+    for s, which in ((ref, "REF"), (samples, "SAMPLES")):
+        if s.stats is not None and s.feature_sha256 and getattr(net, "sha256", "") and s.feature_sha256 != net.sha256:
+            raise DDPMError(f"{which} {s.name} holds statistics of another {name} network (sha256 "
+                            f"{s.feature_sha256[:12]}..., this one {net.sha256[:12]}...): their FID would "
+                            "mean nothing; pass the --inception file they were made with")
+    if len(mine[0]) != len(theirs[0]):
+        s, which = (ref, "REF") if ref.stats is not None else (samples, "SAMPLES")
+        raise DDPMError(f"{which} {s.name} holds statistics of {len((theirs if s is ref else mine)[0])}-d "
+                        f"features, the other set has {len((mine if s is ref else theirs)[0])}-d {name} "
+                        "features (2048: the FID Inception, --features inception; 128: digits)")
 
 
 def stats_arrays(mu: np.ndarray, sigma: np.ndarray, n: int, features: str = "",
@@ -229,6 +246,9 @@ def metric_lines(r: Dict[str, Any], samples: str, ref: Optional[str]) -> Tuple[l
     others), and the notes ("" if none): n below the 50,000 samples published FIDs use (FID falls as n grows), n
     no more than the features' dimensions (a rank-deficient covariance)."""
     n, against = r["n"], f" against {ref} ({r['ref_n']:,} images)" if ref and r.get("ref_n") else f" against {ref}"
+    if ref and r.get("ref_total"):
+        against = (f" against {ref} ({r['ref_n']:,} of its {r['ref_total']:,} images, a subset of seed "
+                   f"{r['ref_subset_seed']}; --ref-n)")
     what = f"{n:,} images of {samples}" if n else samples
     lines = []
     fid = "FID" if r["features"] == "inception" else "FD"  # the Fréchet *Inception* distance is the Inception's

@@ -24,12 +24,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..atomic import atomic_path, file_sha256
-from ..runtime import exact_cuda_math
-from ..data.sources import to_float
-from .metrics import gaussian_stats
+from ..runtime import rank0_flags, rank_world
+from .streaming import FeaturePass, feature_pass
 
 __all__ = ["DigitClassifier", "load_digit_classifier", "digit_classifier_heldout", "FEATURES", "get_features",
-           "extract_features", "feature_batch", "reference_stats", "reference_features"]
+           "extract_features", "feature_batch", "reference_stats", "reference_features",
+           "reference_pass"]
 
 CLASSIFIER_FILE = "digit_classifier.safetensors"
 
@@ -90,8 +90,10 @@ def load_digit_classifier(path: Optional[str] = None) -> DigitClassifier:
 FEATURES = ("auto", "digits", "inception")
 
 
-def get_features(kind: str, *, channels: int, inception: Optional[str] = None) -> Tuple[str, nn.Module]:
-    """(name, network) of a feature extractor. ``auto``: digits for 1-channel images, else inception."""
+def get_features(kind: str, *, channels: int, inception: Optional[str] = None,
+                 cache_dir=None) -> Tuple[str, nn.Module]:
+    """(name, network) of a feature extractor. ``auto``: digits for 1-channel images, else inception (found as
+    ``inception.find_inception`` says, the cache folder being ``cache_dir``'s)."""
     if kind == "auto":
         kind = "digits" if channels == 1 else "inception"
     if kind == "digits":
@@ -99,7 +101,7 @@ def get_features(kind: str, *, channels: int, inception: Optional[str] = None) -
     if kind == "inception":
         from .inception import load_inception
 
-        return "inception", load_inception(inception)
+        return "inception", load_inception(inception, cache_dir)
     raise ValueError(f"unknown feature extractor {kind!r}; choose from {', '.join(FEATURES)}")
 
 
@@ -109,37 +111,27 @@ def feature_batch(device) -> int:
     return 8 if torch.device(device or "cpu").type == "cpu" else 250
 
 
-@torch.no_grad()
 def extract_features(net: nn.Module, images: Tensor, *, batch_size: Optional[int] = None, device=None,
                      progress: bool = False, desc: str = "features", with_probs: bool = False):
     """uint8 images [N, C, H, W] -> float64 features [N, D] from ``net.features`` (inputs mapped to [-1, 1]); with
-    ``with_probs``, (features, class probabilities [N, K] from ``net.class_probs``). The network runs in
-    channels-last layout (1.5x faster on a CPU; the features agree to 1e-6 relative), with TF32 off on a GPU
-    (``runtime.exact_cuda_math``), so a device gives the CPU's features whatever ran before in the process."""
-    from tqdm.auto import tqdm
-
+    ``with_probs``, (features, class probabilities [N, K] from ``net.class_probs``), in this process alone. The
+    network runs in channels-last layout (1.5x faster on a CPU; the features agree to 1e-6 relative), with TF32 off
+    on a GPU (``runtime.exact_cuda_math``), so a device gives the CPU's features whatever ran before in the
+    process. For sets too large to hold their features, ``streaming.feature_pass``."""
     if images.dtype != torch.uint8 or images.ndim != 4:
         raise ValueError(f"expected uint8 images [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
-    device = torch.device(device or "cpu")
-    batch_size = batch_size or feature_batch(device)
-    net = net.to(device, memory_format=torch.channels_last).eval()
-    feats, probs = [], []
-    with exact_cuda_math(), tqdm(total=len(images), desc=desc, unit="img", disable=not progress, leave=False) as bar:
-        for i in range(0, len(images), batch_size):
-            f = net.features(to_float(images[i:i + batch_size].to(device)))
-            feats.append(f.double().cpu())
-            if with_probs:
-                probs.append(net.class_probs(f).cpu())
-            bar.update(len(f))
-    f = torch.cat(feats).numpy()
-    return (f, torch.cat(probs).numpy()) if with_probs else f
+    r = feature_pass(net, images, moments=False, keep=True, with_probs=with_probs, share=False, device=device,
+                     batch_size=batch_size or feature_batch(device), progress=progress, desc=desc)
+    f = r.features.astype(np.float64)
+    return (f, r.probs) if with_probs else f
 
 
-def _cache_file(cache_dir, kind: str, name: str, net: nn.Module, images: Tensor, key: str) -> Optional[Path]:
+def _cache_file(cache_dir, kind: str, name: str, net: nn.Module, images: Tensor, key: str,
+                indices: Optional[np.ndarray] = None) -> Optional[Path]:
     """Where the cached ``kind`` (stats, feats) of real ``images`` under extractor ``name`` live: keyed by ``key`` (e.g.
     ``ImageData.key``, which holds the source's files and the size, channels and resize it was read at; else a hash
-    of the images' bytes, read in blocks), their shape and the network's weights file (its sha256), so a changed
-    set, size or network never meets stale data."""
+    of the images' bytes, read in blocks), their shape, the subset scored (``indices``) and the network's weights
+    file (its sha256), so a changed set, subset, size or network never meets stale data."""
     if cache_dir is None:
         return None
     if not key:
@@ -147,38 +139,57 @@ def _cache_file(cache_dir, kind: str, name: str, net: nn.Module, images: Tensor,
         for i in range(0, len(images), 4096):  # in blocks: a memory-mapped data set is never copied whole
             h.update(images[i:i + 4096].contiguous().numpy().tobytes())
         key = h.hexdigest()
+    if indices is not None:
+        key += f"|{len(indices)} of {len(images)}: " + hashlib.blake2b(indices.tobytes(), digest_size=8).hexdigest()
     shape = "x".join(map(str, images.shape[1:]))  # the size and channels the set was read at (and its resize, in key)
     digest = hashlib.blake2b((key + shape + getattr(net, "sha256", "")).encode(), digest_size=8).hexdigest()
     return Path(cache_dir) / f"ref_{kind}_{name}_{digest}.{'npz' if kind == 'stats' else 'npy'}"
+
+
+def reference_pass(net: nn.Module, name: str, images: Tensor, source: str, *, indices: Optional[np.ndarray] = None,
+                   keep: bool = False, cache_dir: Optional[os.PathLike] = None, key: str = "",
+                   batch_size: Optional[int] = None, device=None, progress: bool = False) -> FeaturePass:
+    """The mean and covariance (and with ``keep``, the float32 features) of real ``images`` (only ``indices`` of
+    them when given), from the cache in ``cache_dir`` (statistics as ``.npz`` in pytorch-fid's format, features as
+    ``.npy``; see ``_cache_file`` for the key) or from one ``streaming.feature_pass``, shared by the processes
+    of a torchrun job, after which rank 0 writes the cache. Rank 0's listing of the cache decides for every
+    process; where it holds all that is needed, rank 0 reads it and the others get only ``n``."""
+    n = len(images) if indices is None else len(indices)
+    files = [_cache_file(cache_dir, kind, name, net, images, key, indices) for kind in ("stats", "feats")]
+    there = rank0_flags([f is not None and f.is_file() for f in files], device or "cpu")
+    rank = rank_world()[0]
+    if there[0] and (there[1] or not keep):
+        if rank != 0:
+            return FeaturePass(n)
+        with np.load(files[0], allow_pickle=False) as z:
+            out = FeaturePass(n, z["mu"], z["sigma"])
+        if keep:
+            out.features = np.load(files[1], allow_pickle=False)
+        return out
+    out = feature_pass(net, images, indices=indices, keep=keep, batch_size=batch_size or feature_batch(device),
+                       device=device, progress=progress, desc=f"{name} features of {source}")
+    if rank == 0 and cache_dir is not None:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        with atomic_path(files[0]) as tmp:
+            np.savez(tmp, mu=out.mu, sigma=out.sigma, n=n, source=json.dumps(source), extractor=name,
+                     device=torch.device(device or "cpu").type, dtype="float32 features, float64 statistics")
+        if keep:
+            with atomic_path(files[1]) as tmp, open(tmp, "wb") as f:
+                np.save(f, out.features)
+    return out
 
 
 def reference_features(net: nn.Module, name: str, images: Tensor, source: str, cache_dir: Optional[os.PathLike] = None,
                        key: str = "", **kw) -> np.ndarray:
     """The features of real ``images`` (float64 [N, D]), cached as float32 ``.npy`` in ``cache_dir`` (KID and
     precision/recall need them all, not only their mean and covariance)."""
-    cache = _cache_file(cache_dir, "feats", name, net, images, key)
-    if cache is not None and cache.is_file():
-        return np.load(cache, allow_pickle=False).astype(np.float64)
-    feats = extract_features(net, images, desc=f"{name} features of {source}", **kw)
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(cache) as tmp, open(tmp, "wb") as f:
-            np.save(f, feats.astype(np.float32))
-    return feats
+    return reference_pass(net, name, images, source, keep=True, cache_dir=cache_dir, key=key,
+                          **kw).features.astype(np.float64)
 
 
 def reference_stats(net: nn.Module, name: str, images: Tensor, source: str, cache_dir: Optional[os.PathLike] = None,
                     key: str = "", **kw) -> Tuple[np.ndarray, np.ndarray]:
-    """Mean and covariance of the features of real ``images``, cached as ``.npz`` in ``cache_dir`` (pytorch-fid's
-    format: ``mu``, ``sigma``; see ``_cache_file`` for the key)."""
-    cache = _cache_file(cache_dir, "stats", name, net, images, key)
-    if cache is not None and cache.is_file():
-        with np.load(cache, allow_pickle=False) as z:
-            return z["mu"], z["sigma"]
-    mu, sigma = gaussian_stats(extract_features(net, images, desc=f"{name} features of real images", **kw))
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(cache) as tmp:
-            np.savez(tmp, mu=mu, sigma=sigma, n=len(images), source=json.dumps(source), extractor=name,
-                     device=torch.device(kw.get("device") or "cpu").type, dtype="float32 features, float64 statistics")
-    return mu, sigma
+    """Mean and covariance of the features of real ``images``, accumulated streaming (any number of images in
+    O(D^2) memory) and cached as ``.npz`` in ``cache_dir`` (pytorch-fid's format: ``mu``, ``sigma``)."""
+    r = reference_pass(net, name, images, source, cache_dir=cache_dir, key=key, **kw)
+    return r.mu, r.sigma

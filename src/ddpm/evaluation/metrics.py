@@ -12,6 +12,8 @@ import numpy as np
 
 __all__ = ["gaussian_stats", "frechet_distance", "inception_score", "kernel_inception_distance", "precision_recall"]
 
+BLOCK_BYTES = 1 << 28  # the most one block of precision/recall's distances takes (256 MiB of float32)
+
 
 def gaussian_stats(features: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """Mean [D] and covariance [D, D] (unbiased) of features [N, D], in float64."""
@@ -73,15 +75,16 @@ def kernel_inception_distance(f1: np.ndarray, f2: np.ndarray, subsets: int = 100
     """KID (Binkowski et al. 2018, "Demystifying MMD GANs"): the unbiased MMD^2 with the cubic polynomial kernel
     k(a, b) = (a.b / d + 1)^3 between the two feature sets, over ``subsets`` random subsets of ``subset_size``
     (fewer where a set is smaller) drawn without replacement; mean and standard deviation. Unbiased, so it is
-    comparable across n, the metric to use when n is small; it can be slightly negative."""
-    a, b = np.asarray(f1, dtype=np.float64), np.asarray(f2, dtype=np.float64)
+    comparable across n, the metric to use when n is small; it can be slightly negative. Memory: two subsets'
+    kernels, whatever the sets' sizes."""
+    a, b = np.asarray(f1), np.asarray(f2)  # float32 features stay so: each subset is taken, then widened
     m = min(subset_size, len(a), len(b))
-    if m < 2 or a.shape[1:] != b.shape[1:]:
+    if m < 2 or a.ndim != 2 or a.shape[1:] != b.shape[1:]:
         raise ValueError(f"KID needs at least 2 feature vectors of one dimension on each side, got {a.shape} and "
                          f"{b.shape}")
     rng = np.random.default_rng(seed)
-    values = [_mmd2_poly(a[rng.choice(len(a), m, replace=False)], b[rng.choice(len(b), m, replace=False)])
-              for _ in range(subsets)]
+    values = [_mmd2_poly(a[rng.choice(len(a), m, replace=False)].astype(np.float64),
+                         b[rng.choice(len(b), m, replace=False)].astype(np.float64)) for _ in range(subsets)]
     return float(np.mean(values)), float(np.std(values))
 
 
@@ -105,7 +108,8 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3, batch: int 
     """Improved precision and recall (Kynkäänniemi et al. 2019): each set's manifold is the union of balls around
     its vectors reaching their k-th nearest neighbour; precision is the share of ``fake`` inside the real
     manifold, recall the share of ``real`` inside the fake one. Distances in float32 (on ``device``), in blocks
-    of ``batch`` rows, as the reference code computes them."""
+    of ``batch`` rows (fewer where a block of distances would pass ``BLOCK_BYTES``), as the reference code computes
+    them."""
     import torch
 
     r = torch.as_tensor(np.asarray(real), dtype=torch.float32, device=device)
@@ -115,6 +119,7 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3, batch: int 
                          f"each side, got {tuple(r.shape)} and {tuple(f.shape)}")
     from ..runtime import exact_cuda_math
 
+    batch = max(1, min(batch, BLOCK_BYTES // (4 * max(len(r), len(f)))))
     with exact_cuda_math():  # the distances' matmuls in full fp32 on a GPU too
         precision = _covered(f, r, _kth_radii(r, k, batch), batch).double().mean().item()
         recall = _covered(r, f, _kth_radii(f, k, batch), batch).double().mean().item()

@@ -12,7 +12,7 @@ from typing import Any, Dict, Optional
 
 from ..errors import DDPMError
 
-__all__ = ["PAPER_N", "sampling_settings", "samples_file", "draw_samples", "bpd_splits"]
+__all__ = ["PAPER_N", "sampling_settings", "samples_file", "draw_samples", "bpd_splits", "balanced_n"]
 
 PAPER_N = 50000  # the samples of the paper's (and every published) FID and IS
 
@@ -43,6 +43,14 @@ def sampling_settings(ckpt, sampler, *, n: int, seed: int, ema: bool, guidance: 
             "precision": resolve_precision(precision, device), "guidance": guidance,
             "classes": "all" if ckpt.config.classes else None, "first_seed": seed, "n": n, "device": device.type,
             "noise": NOISE_SCHEME}
+
+
+def balanced_n(n: int, classes: int, at_least: int = 1) -> int:
+    """The number of samples nearest ``n`` that ``classes`` classes share equally (a class-conditional run draws
+    every class in equal numbers), and no fewer than ``at_least``."""
+    k = max(1, classes)
+    balanced = max(k, round(n / k) * k)
+    return balanced if balanced >= at_least else -(-at_least // k) * k
 
 
 def samples_file(out: Path, settings: Dict[str, Any]) -> Path:

@@ -19,8 +19,9 @@ from torch import Tensor, nn
 from ..atomic import atomic_write_text
 from ..data.sources import ImageData, load_data, to_float
 from ..errors import DDPMError
-from .features import extract_features, reference_stats
-from .metrics import frechet_distance, gaussian_stats
+from .features import feature_batch, reference_pass
+from .metrics import frechet_distance
+from .streaming import REF_N, feature_pass, reference_subset
 from ..run.directory import IMPORTED_DATA
 from ..runtime import exact_cuda_math, resolve_precision
 from ..sampling.samplers import make_sampler, sample_checkpoint
@@ -211,11 +212,11 @@ def class_match(classifier: nn.Module, images: Tensor, labels: Tensor, confidenc
 def fd_report(ckpt, data: ImageData, features, *, n: int = 1000, sampler: str = "ancestral",
               steps: Sequence[Optional[int]] = (None,), samples: Optional[Tensor] = None,
               sample_labels: Optional[Tensor] = None, cache_dir: Optional[Path] = None,
-              **sampling) -> List[Dict[str, Any]]:
+              ref_n: Optional[int] = REF_N, **sampling) -> List[Dict[str, Any]]:
     """Fréchet distance of ``features`` ((name, network)) between samples and the real images of ``data``: one
     row per entry of ``steps`` (``n`` samples each drawn with ``sampler``; ``sampling`` keywords go to
     ``sampling.sample_checkpoint``), or one row for given ``samples``; the real images' statistics are cached in
-    ``cache_dir`` (listed there as ddpm's). Returns the rows (with the features' dimension ``dims``: FD@n is
+    ``cache_dir`` (listed there as ddpm's), of a seeded subset of ``ref_n`` where ``data`` holds more. Returns the rows (with the features' dimension ``dims``: FD@n is
     strongly biased while n is small against it) for ``fd_table`` and ``write_fd_report``.
 
     A class-conditional run samples labels drawn like the data's (with ``guidance`` from ``sampling``); where the
@@ -228,8 +229,10 @@ def fd_report(ckpt, data: ImageData, features, *, n: int = 1000, sampler: str = 
     feat_name, net = features
     device, progress = sampling.get("device"), sampling.get("progress", True)
     before = set(Path(cache_dir).glob("ref_stats_*.npz")) if cache_dir is not None else set()
-    mu_r, sig_r = reference_stats(net, feat_name, data.images, data.name, cache_dir=cache_dir, key=data.key,
-                                  device=device, progress=progress)
+    subset = reference_subset(len(data), ref_n)
+    ref = reference_pass(net, feat_name, data.images, data.name, indices=subset, cache_dir=cache_dir, key=data.key,
+                         device=device, progress=progress)
+    mu_r, sig_r = ref.mu, ref.sigma
     if cache_dir is not None and set(Path(cache_dir).glob("ref_stats_*.npz")) - before:
         record_written(cache_dir, [p.name for p in set(Path(cache_dir).glob("ref_stats_*.npz")) - before])
     _check_varies(sig_r, f"{feat_name} features of the real images")
@@ -244,14 +247,15 @@ def fd_report(ckpt, data: ImageData, features, *, n: int = 1000, sampler: str = 
         sets.append((sampler, used.steps, images, time.perf_counter() - t0))
     rows = []
     for name, k, images, seconds in sets:
-        mu, sig = gaussian_stats(extract_features(net, images, device=device, progress=progress,
-                                                  desc=f"{feat_name} features of samples"))
+        mine = feature_pass(net, images, device=device, progress=progress, batch_size=feature_batch(device),
+                            desc=f"{feat_name} features of samples", share=False)
+        mu, sig = mine.mu, mine.sigma
         _check_varies(sig, f"{feat_name} features of the samples")
         rows.append({"dims": len(mu), "step": ckpt.step, "weights": "EMA" if sampling.get("ema", True) else "raw",
                      "precision": resolve_precision(sampling.get("precision", "fp32"),
                                                     torch.device(sampling.get("device") or "cpu")),
                      "spacing": sampling.get("spacing") or "uniform", "seed": sampling.get("seed", 0),
-                     "data": data.name, "sampler": name, "steps": k, "n": len(images), "seconds": seconds,
+                     "data": data.name, "ref_n": ref.n, "sampler": name, "steps": k, "n": len(images), "seconds": seconds,
                      "eta": (sampling.get("eta") or 0.0) if name == "ddim" else None,
                      "guidance": sampling.get("guidance", 0.0) if labels is not None else None,
                      "seconds_per_image": seconds / len(images), "fd": frechet_distance(mu, sig, mu_r, sig_r),
@@ -267,7 +271,7 @@ def _check_varies(sigma: np.ndarray, what: str) -> None:
 
 
 FD_COLUMNS = ["sampler", "steps", "eta", "guidance", "n", "seconds", "seconds_per_image", "fd", "features",
-              "class_match", "confident_match", "step", "weights", "precision", "spacing", "seed", "data"]
+              "class_match", "confident_match", "step", "weights", "precision", "spacing", "seed", "data", "ref_n"]
 FD_MEASURED = ("seconds", "seconds_per_image", "fd", "class_match", "confident_match")
 _FD_ROW = ("sampler", "steps", "eta")  # what tells the rows of one setting apart
 
@@ -324,7 +328,9 @@ def fd_table(rows: List[Dict[str, Any]], real: ImageData) -> Tuple[List[str], st
     """The lines of an FD report (FD@n: it depends on n), and a note when n is small against the features'
     dimension (then FD is strongly biased upwards), else ""."""
     n, dims = rows[0]["n"], rows[0]["dims"]
-    lines = [f"Fréchet distance of {rows[0]['features']} features to {len(real)} real images of {real.name}:",
+    used = rows[0].get("ref_n") or len(real)
+    lines = [f"Fréchet distance of {rows[0]['features']} features to {used:,} real images of {real.name}"
+             + (f" (a seeded subset of its {len(real):,}; --ref-n)" if used < len(real) else "") + ":",
              f"{'sampler':>10} {'steps':>6} {'n':>6} {'seconds':>9} {'s/image':>9} {'FD@' + str(n):>10}"]
     for r in rows:
         match = f"   {100 * r['class_match']:.1f}% of the samples are their class" if "class_match" in r else ""

@@ -319,7 +319,22 @@ def sample_job(out, ckpt, sampler, *, seeds: range, class_spec: Optional[str] = 
     written = rank0_flags([k in todo for k in range(len(job.chunks))], device or "cpu", combine=True)
     if rank == 0:
         job.assemble(wait_s=SHARED_FS_WAIT_S if any(written) and world > 1 else 0.0)
+    if world > 1:  # the others go on once the output is there, and wait for it to show in their listing too
+        barrier()
+        _wait_for(job.out, SHARED_FS_WAIT_S)
     return job, done
+
+
+def _wait_for(path: Path, seconds: float) -> None:
+    """Until ``path`` exists here (a shared file system's cached listing), at most ``seconds``."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        if time.monotonic() >= deadline:
+            raise DDPMError(f"{path} was written by rank 0 but does not show here after {seconds:.0f} s: is the "
+                            "output folder on a file system every node shares?")
+        time.sleep(0.5)
 
 
 def reverse_process_pictures(ckpt, sampler, *, seeds: Sequence[int], labels=None, guidance: float = 0.0,

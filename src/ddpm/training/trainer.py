@@ -30,7 +30,7 @@ from ..errors import DDPMError
 from .reporting import Reporter, plain_log as _plain, progress_bar
 from ..rng import derive_seed, rng_state, seed_step, set_rng_state
 from ..run.directory import Checkpoint, list_checkpoints, save_checkpoint, step_name
-from ..runtime import Precision, fast_cuda_math, rank_world, shares
+from ..runtime import Precision, accumulator_dtype, fast_cuda_math, rank_world, shares
 from ..sampling.samplers import Ancestral, generate
 from ..viz import save_grid
 from .optim import adam as _adam, learning_rate
@@ -86,7 +86,8 @@ class Trainer:
         # per-timestep weights of L_simple under --snr-gamma; None: the paper's unweighted mean
         self.loss_weights = diffusion.min_snr_weights(config.snr_gamma).to(self.device) if config.snr_gamma else None
         diffusion.check_objective(config.objective)
-        self.timesteps = ImportanceSampler(diffusion.T, config.seed) if config.t_sampling == "importance" else None
+        self.timesteps = ImportanceSampler(diffusion.T, config.seed, self.device) \
+            if config.t_sampling == "importance" else None
 
     # ------------------------------------------------------------------------- one step
     def micro_batches(self) -> list:
@@ -109,8 +110,8 @@ class Trainer:
 
     def _loss_and_backward(self) -> torch.Tensor:
         """The global batch's mean loss and, for the log, the sums and counts of the per-example loss in the four
-        quarters of t, and whether any process asks to stop (float64 [10], summed over processes); its gradient
-        accumulated. No host sync.
+        quarters of t, and whether any process asks to stop ([10], float64 where the device has it, summed over
+        processes); its gradient accumulated. No host sync.
 
         The loss of each micro-batch is weighted by its share of the global batch, so the summed (and,
         across processes, averaged by DDP) gradient is the gradient of the global batch's mean loss.
@@ -120,8 +121,8 @@ class Trainer:
         if self._prefetch is None:
             self._prefetch = Prefetcher(self.batches, micro, self.device)
         # [0] loss, [1:9] per-quarter sums and counts, [9] stop flag, then (importance sampling) each example's loss
-        stats = torch.zeros(10 + (self.config.batch_size if self.timesteps else 0), dtype=torch.float64,
-                            device=self.device)
+        wide = accumulator_dtype(self.device)  # float64, where the device has it
+        stats = torch.zeros(10 + (self.config.batch_size if self.timesteps else 0), dtype=wide, device=self.device)
         drawn = self.timesteps.draw(self.step, self.config.batch_size) if self.timesteps else None
         for i, (positions, (x0, t, noise, y)) in enumerate(zip(micro, self._prefetch.get(self.step))):
             if drawn is not None:  # the batch's uniform t replaced by the importance sampler's
@@ -135,26 +136,24 @@ class Trainer:
                         self._net, x0, t, noise, y=y, loss=self.config.loss, objective=self.config.objective,
                         vlb_weight=self.config.vlb_weight)
                     quarter = (t * 4 // self.diffusion.T).clamp(max=3)
-                    stats[1:5].index_add_(0, quarter, per_example.detach().double())
-                    stats[5:9].index_add_(0, quarter, torch.ones_like(per_example, dtype=torch.float64))
+                    stats[1:5].index_add_(0, quarter, per_example.detach().to(wide))
+                    stats[5:9].index_add_(0, quarter, torch.ones_like(per_example, dtype=wide))
                     if drawn is not None:
-                        stats[10 + positions.start:10 + positions.stop] = per_example.detach().double()
+                        stats[10 + positions.start:10 + positions.stop] = per_example.detach().to(wide)
                         per_example = per_example * drawn[1][positions.start:positions.stop].to(self.device)
                     if self.loss_weights is not None:
                         per_example = per_example * self.loss_weights[t]
                     loss = per_example.mean()
                 weight = len(positions) / self.config.batch_size
                 self.precision.scale(loss * (weight * self.world)).backward()
-            stats[0] += loss.detach().double() * weight
+            stats[0] += loss.detach().to(wide) * weight
         if self.world > 1:  # the stop flag (and the losses) travel with the statistics: no collective of their own
             import torch.distributed as dist
 
             stats[9] = float(self.stop_reason is not None)
             dist.all_reduce(stats)
-        if drawn is not None:
-            losses = stats[10:].cpu()  # the global batch's, in position order: every process updates alike
-            if torch.isfinite(losses).all():
-                self.timesteps.update(drawn[0], losses)
+        if drawn is not None:  # the global batch's losses, in position order: every process updates alike, on the
+            self.timesteps.update(drawn[0], stats[10:])  # device (a batch with a non-finite loss changes nothing)
         return stats[:10]
 
     def train_step(self) -> "StepResult":
@@ -189,7 +188,7 @@ class Trainer:
         if self.precision.step(self.optimizer):
             self._update_ema()
         self.step += 1
-        return StepResult(loss=total, grad_norm=grad_norm.double(), lr=lr, quarters=stats[1:9])
+        return StepResult(loss=total, grad_norm=grad_norm.to(total.dtype), lr=lr, quarters=stats[1:9])
 
     def ema_decay(self) -> float:
         """The decay of the next EMA update: ``ema_decay``, or with ``ema_warmup`` min(ema_decay, (1 + n) / (10 + n))
@@ -212,7 +211,7 @@ class Trainer:
                 per = self.diffusion.training_loss(self.model, x0, t, noise, loss=self.config.loss,
                                                    y=None if y is None else y.to(self.device),
                                                    objective=self.config.objective, vlb_weight=self.config.vlb_weight)
-            total += per.double().sum().item()
+            total += per.to(accumulator_dtype(per.device)).sum().item()
         self.model.train(was)
         return total / len(self.held_out)
 
