@@ -117,7 +117,7 @@ SHARED = r"""
 import json, sys, numpy as np, torch
 from ddpm.evaluation.features import load_digit_classifier, reference_pass
 from ddpm.evaluation.streaming import feature_pass, reference_subset
-from ddpm.runtime import init_distributed, rank_world
+from ddpm.runtime import close_distributed, init_distributed, rank_world
 init_distributed(torch.device("cpu"))
 images = torch.from_numpy(np.load(sys.argv[1]))
 net = load_digit_classifier()
@@ -125,6 +125,7 @@ r = feature_pass(net, images, indices=reference_subset(len(images), 45), keep=Tr
 c = reference_pass(net, "digits", images, "x", keep=True, cache_dir=sys.argv[2], batch_size=4)
 if rank_world()[0] == 0:
     np.savez(sys.argv[3], mu=r.mu, sigma=r.sigma, feats=r.features, probs=r.probs, cmu=c.mu)
+close_distributed()  # as the commands do: a process that leaves gloo's threads running may abort at exit
 """
 
 
