@@ -6,7 +6,8 @@
 
 Runs before committing any change to unet, trainer, batches, sampling, rng, runtime or diffusion. The revision is
 checked out into a temporary git worktree and run from there (``PYTHONPATH=<worktree>/src``, the same venv), the
-working tree from a copy of its ``src`` taken at the start. Each round runs, one process at a time, in alternating order:
+working tree from a copy of its ``src`` taken at the start. Each round runs, one process at a time, in alternating
+order:
 
 - train: ``python -m ddpm train --data <256 random 32x32 PNGs> --preset P --batch-size B --steps S
   --log-every 1`` (every other setting the preset's); its figure is the median ``img_per_s`` of metrics.csv
@@ -118,7 +119,8 @@ def main() -> None:
                     line.append(f"train {figures['rev']['train_img_s'][-1]:.2f} -> "
                                 f"{figures['tree']['train_img_s'][-1]:.2f} img/s")
                 if "sample" in what:
-                    line.append(f"sample {figures['rev']['sample_s'][-1]:.2f} -> {figures['tree']['sample_s'][-1]:.2f} s")
+                    line.append(f"sample {figures['rev']['sample_s'][-1]:.2f} -> "
+                                f"{figures['tree']['sample_s'][-1]:.2f} s")
                 print(" ".join(line), flush=True)
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tmp / "rev")],

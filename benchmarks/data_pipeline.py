@@ -6,7 +6,8 @@
 2. First run: decodes the folder into the cache at 256x256x3 (worker processes on every core), timed.
 3. Second run, in a fresh process: the time from the process's start to its first training step (the
    celebahq256 network narrowed to 16 channels, batch 8), and the peak anonymous memory (RssAnon) of 30
-   training steps; the same on the 200-image folder. The page cache may hold the data; the process's own memory must not grow with it.
+   training steps; the same on the 200-image folder. The page cache may hold the data; the process's own memory
+   must not grow with it.
 4. The pipeline alone, from the cache: images/s that ``Batches.make`` delivers (image, flip, t and eps of every
    example) at 32x32 (batch 128) and 256x256 (batch 64), against the paper's rates: 2,688 images/s at 32x32
    (21 steps/s of 128 on a TPU v3-8) and 141 at 256x256 (2.2 steps/s of 64).

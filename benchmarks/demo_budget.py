@@ -49,11 +49,11 @@ def overrides(pairs) -> dict:
 def one(steps: int, seed: int, root: Path, guidance=(1.0,), sets=None, precision: str = "auto") -> list:
     from demo_quality import judge
 
-    from ddpm.sampling.guidance import class_labels
+    from ddpm.cli.demo import DEMO_RECIPE, DEMO_SAMPLER
     from ddpm.config import make_run_config, with_classes
     from ddpm.data.sources import MNIST_CLASSES
-    from ddpm.cli.demo import DEMO_RECIPE, DEMO_SAMPLER
     from ddpm.run.directory import load_checkpoint
+    from ddpm.sampling.guidance import class_labels
     from ddpm.sampling.samplers import sample_checkpoint
     from ddpm.training.train import train_run
 

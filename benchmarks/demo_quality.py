@@ -47,7 +47,8 @@ def judge(arr: np.ndarray, labels: Optional[np.ndarray] = None, confidence: floa
         a, b = f_real[perm[:n]], f_real[perm[n:2 * n]]
         fd_gen.append(frechet_distance(*gaussian_stats(f_gen), *gaussian_stats(a)))
         fd_real.append(frechet_distance(*gaussian_stats(b), *gaussian_stats(a)))
-    out = {"n": n, "confident": good.float().mean().item(), "counts": counts.tolist(), "conditional": labels is not None,
+    out = {"n": n, "confident": good.float().mean().item(), "counts": counts.tolist(),
+           "conditional": labels is not None,
            "all_digits": bool((counts > 0).all()), "fd": float(np.mean(fd_gen)), "fd_real": float(np.mean(fd_real)),
            "real_confident": real_conf}
     out["fd_ratio"] = out["fd"] / out["fd_real"]

@@ -109,7 +109,8 @@ def main() -> int:
             out = sdedit(model, sampler, threes, s, labels=torch.full((len(threes),), eight), guidance=args.guidance,
                          **kw)
             pred = classify(out)
-            row = {"strength": s, "eight": float((pred == 8).float().mean()), "three": float((pred == 3).float().mean())}
+            row = {"strength": s, "eight": float((pred == 8).float().mean()),
+                   "three": float((pred == 3).float().mean())}
             res["three_to_eight"].append(row)
             print(f"{s:>8.1f} {row['eight']:>9.1%} {row['three']:>8.1%}", flush=True)
 

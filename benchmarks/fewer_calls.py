@@ -91,7 +91,8 @@ def main() -> int:
     calls = [int(c) for c in args.calls.split(",")]
     everything = []
     for run in args.runs.split(","):
-        rows = measure(run, args.n, calls, args.seed, [s for s in args.samplers.split(",") if s], args.precision, args.full_chain)
+        rows = measure(run, args.n, calls, args.seed, [s for s in args.samplers.split(",") if s], args.precision,
+                       args.full_chain)
         everything += rows
         print(f"{run}: FD@{args.n} over that of Algorithm 2 respaced to {rows[0]['steps']} steps ({rows[0]['fd']:.3f})")
         for r in rows[1:]:

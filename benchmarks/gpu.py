@@ -60,8 +60,8 @@ def peak_memory_gib(device):
 
 def trainer_for(cfg, device, n_images: int = 512):
     from ddpm.data.sources import ImageData
-    from ddpm.training.train import Trainer
     from ddpm.nn.unet import UNet
+    from ddpm.training.train import Trainer
 
     m = cfg.model
     g = torch.Generator().manual_seed(0)

@@ -33,7 +33,8 @@ def main() -> int:
     ckpt = load_checkpoint(args.run)
     labels = class_labels("all", ckpt.config.classes, args.n)
     print(f"{args.run} (step {ckpt.step}), {args.n} samples per row, seed 0, bf16 sampling where the CPU has it")
-    print(f"{'sampler':<16}{'guidance':>9}{'asked-for digit, p>=0.9':>25}{'all digits':>11}{'FD ratio':>9}{'s/image':>9}")
+    print(f"{'sampler':<16}{'guidance':>9}{'asked-for digit, p>=0.9':>25}{'all digits':>11}{'FD ratio':>9}"
+          f"{'s/image':>9}")
     for spec in args.sampler.split(","):
         name, steps, *eta = spec.split(":")
         kw = dict(sampler=name, steps=None if name == "ancestral" else int(steps), eta=float(eta[0]) if eta else None,

@@ -14,8 +14,8 @@ import torch
 
 from ddpm import load_checkpoint
 from ddpm.data.sources import load_data, to_float
-from ddpm.sampling.interpolation import interpolate
 from ddpm.evaluation.features import load_digit_classifier
+from ddpm.sampling.interpolation import interpolate
 
 
 def main() -> int:

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from demo_quality import judge
 
 
@@ -32,8 +31,8 @@ def read_metrics(path: Path) -> dict:
 
 def main() -> int:
     from ddpm.config import make_run_config
-    from ddpm.sampling.outputs import write_images
     from ddpm.run.directory import load_checkpoint
+    from ddpm.sampling.outputs import write_images
     from ddpm.sampling.samplers import generate, make_sampler
     from ddpm.training.train import train_run
 
@@ -71,7 +70,8 @@ def main() -> int:
     for prec, c in curves.items():
         v = c["loss"][tail]
         print(f"  {prec}: {v.mean():.5f} +- {v.std(ddof=1) / math.sqrt(len(v)):.5f}   "
-              f"non-finite steps: {int(c['skipped'][-1])}, all logged losses finite: {bool(np.isfinite(c['loss']).all())}")
+              f"non-finite steps: {int(c['skipped'][-1])}, "
+              f"all logged losses finite: {bool(np.isfinite(c['loss']).all())}")
     rel = np.abs(a["loss"] - b["loss"]) / b["loss"]
     noise = np.abs(np.diff(b["loss"][tail])).mean() / b["loss"][tail].mean()
     print(f"  per-row |bf16 - fp32| / fp32: median {np.median(rel):.3f}, last quarter {rel[tail].mean():.3f}; "

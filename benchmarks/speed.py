@@ -72,8 +72,8 @@ def build(preset: str, batch: int, device: torch.device, seed: int = 0, ours: bo
     from ddpm.config import make_run_config
     from ddpm.data.sources import ImageData
     from ddpm.interop.diffusers import to_diffusers_state_dict, unet_config_to_diffusers
-    from ddpm.training.train import Trainer
     from ddpm.nn.unet import UNet
+    from ddpm.training.train import Trainer
 
     cfg = make_run_config(preset, train={"batch_size": batch, "warmup": 1})
     torch.manual_seed(seed)
@@ -216,7 +216,8 @@ def run_speed(args, preset: str, batch: int) -> dict:
     gflop_train = count_flops(fwd_bwd) / batch / 1e9
     trainer.optimizer.zero_grad(set_to_none=True)
     return {"preset": preset, "batch": batch, "train_img_s": train, "forward_img_s": forward,
-            "sampler_overhead": overhead, "sampler_overhead_direct": overhead_direct, "gflop_per_image_forward": gflop_fwd,
+            "sampler_overhead": overhead, "sampler_overhead_direct": overhead_direct,
+            "gflop_per_image_forward": gflop_fwd,
             "gflop_per_image_train": gflop_train}
 
 
@@ -247,9 +248,9 @@ print([int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmH
 
 def time_sampling(args, device: torch.device) -> dict:
     """Seconds to draw ``args.sample`` cifar10-sized images with Algorithm 2 (T = 1000), eager and compiled."""
-    from ddpm.sampling.samplers import Ancestral, generate
     from ddpm.config import make_run_config
     from ddpm.nn.unet import UNet
+    from ddpm.sampling.samplers import Ancestral, generate
 
     cfg = make_run_config("cifar10")
     model = UNet(cfg.model).to(device).eval()
@@ -318,7 +319,8 @@ def main() -> int:
         print(f"  training FLOP utilisation ({ours}): "
               f"{100 * r['train_img_s'][ours] * r['gflop_per_image_train'] / peak:.0f}% of the matmul peak "
               f"(forward+backward FLOPs only)")
-        print(f"  ancestral sampler overhead over bare forwards: {100 * r['sampler_overhead']:+.2f}% (pairs of timings), "
+        print(f"  ancestral sampler overhead over bare forwards: {100 * r['sampler_overhead']:+.2f}% "
+              "(pairs of timings), "
               f"{100 * r['sampler_overhead_direct']:.3f}% (the loop with a free network / bare forwards)")
         if "peak_rss_mib" in r:
             print("  peak memory of a process that builds one side and trains 3 steps (max RSS, MiB): " +

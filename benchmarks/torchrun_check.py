@@ -8,7 +8,8 @@ Runs the same `ddpm train` command twice in fresh directories, as one process an
 the batch is split), then compares the final weights and EMA weights tensor by tensor. It prints the
 largest difference next to how far training moved the weights (so a tiny difference means something)
 and exits 1 if the difference exceeds --tol and also what the same 1-process command gives on one thread
-instead of all (reduction order alone; over tens of steps Adam lets it grow past 1e-5). The network must have no dropout (the mnist and tiny
+instead of all (reduction order alone; over tens of steps Adam lets it grow past 1e-5). The network must have no
+dropout (the mnist and tiny
 presets): t, eps and flips are fixed per example by the seed, the step and the example's index, dropout
 masks are not.
 """

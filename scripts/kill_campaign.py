@@ -123,7 +123,8 @@ def main() -> int:
     before = sum(1 for _, c, _ in r["killed_at"] if c == "none")
     writes = sum(1 for _, _, w in r["killed_at"] if w)
     n = len(_tensors(work / "straight", args.steps))
-    print(f"{r['kills']} SIGKILLs ({before} before the first checkpoint, {writes} during a checkpoint write) over {r['runs']} killed-and-resumed runs "
+    print(f"{r['kills']} SIGKILLs ({before} before the first checkpoint, {writes} during a checkpoint write) over "
+          f"{r['runs']} killed-and-resumed runs "
           f"in {time.monotonic() - t:.0f} s; final checkpoints "
           f"{'BIT-IDENTICAL' if r['identical'] else 'DIFFERENT'} to the uninterrupted run "
           f"({n} tensors of model, EMA and Adam compared per run)")

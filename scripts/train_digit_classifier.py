@@ -55,7 +55,8 @@ def main() -> None:
             acc = (net(xva).argmax(1) == yva).float().mean().item()
         print(f"epoch {epoch + 1}: last loss {loss.item():.4f}, held-out accuracy {acc:.4f}")
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(args.out),
-              metadata={"heldout_accuracy": f"{acc:.4f}", "trained_on": "4500 of ddpm's mnist5k (every 10th image of each digit held out)"})
+              metadata={"heldout_accuracy": f"{acc:.4f}",
+                        "trained_on": "4500 of ddpm's mnist5k (every 10th image of each digit held out)"})
     print(f"wrote {args.out}")
 
 

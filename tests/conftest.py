@@ -35,7 +35,6 @@ def tiny_runs(tmp_path_factory):
     """Two tiny runs trained 3 steps on the shipped digits, unconditional and class-conditional, shared by the tests
     that only read a run (sample, edit, inpaint, eval into another folder): (unconditional, conditional)."""
     from ddpm.cli.commands import main
-
     from helpers import TINY
 
     root = tmp_path_factory.mktemp("tiny-runs")

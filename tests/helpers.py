@@ -5,8 +5,8 @@ import torch
 
 from ddpm.config import make_run_config
 from ddpm.data.sources import ImageData
-from ddpm.training.train import Trainer
 from ddpm.nn.unet import UNet
+from ddpm.training.train import Trainer
 
 
 class OracleEps(torch.nn.Module):
@@ -79,7 +79,7 @@ def run(capsys, *argv):
 
 def one_line_error(err):
     """The one line of a refused command's stderr (no traceback)."""
-    lines = [l for l in err.strip().splitlines() if l.strip() and "%|" not in l]  # progress bars aside
+    lines = [x for x in err.strip().splitlines() if x.strip() and "%|" not in x]  # progress bars aside
     assert len(lines) == 1, err
     assert "Traceback" not in err
     return lines[0]

@@ -55,8 +55,8 @@ def test_what_is_written_follows_the_umask(umask, tmp_path):
 
     import torch
 
-    from ddpm.sampling.outputs import write_images
     from ddpm.run.directory import save_checkpoint
+    from ddpm.sampling.outputs import write_images
 
     old = os.umask(umask)
     try:

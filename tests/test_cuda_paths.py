@@ -48,7 +48,8 @@ def test_auto_precision_follows_the_compute_capability_of_the_runs_gpu(cap, trai
 
     fake_cuda[0][0] = cap
     dev = torch.device("cuda", 1)
-    assert resolve_precision("auto", dev, training=training) == expected  # V100/T4: fp16 + GradScaler, not emulated bf16
+    assert resolve_precision("auto", dev,
+                             training=training) == expected  # V100/T4: fp16 + GradScaler, not emulated bf16
     assert fake_cuda[1][-1] == dev  # the run's device, not the current one
 
 
@@ -315,9 +316,8 @@ def test_on_several_nodes_rank_0_decides_the_resume_step(tmp_path, monkeypatch):
 def test_batches_are_prefetched_on_a_thread_for_a_gpu_only():
     """Beside a CPU step's OpenMP threads a prefetch thread slowed training 12-30%; a GPU step leaves the CPU free."""
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
-    from helpers import tiny_config, tiny_trainer
-
     from ddpm.data.batches import Prefetcher
+    from helpers import tiny_config, tiny_trainer
 
     tr = tiny_trainer(tiny_config())
     cpu, gpu = Prefetcher(tr.batches, [range(4)], "cpu"), Prefetcher(tr.batches, [range(4)], "cuda")

@@ -228,7 +228,8 @@ def test_one_failing_process_ends_the_job_quickly_and_says_why(command, tmp_path
 
     (tmp_path / "inject.py").write_text(INJECT)
     _, _, run, _ = one_process()
-    args = {"sample": ["write", "sample", "--run", str(run), "--n", "40", "--chunk", "4", "--out", str(tmp_path / "s.npz"),
+    args = {"sample": ["write", "sample", "--run", str(run), "--n", "40", "--chunk", "4", "--out",
+                       str(tmp_path / "s.npz"),
                        "--sampler", "ddim", "--steps", "3"],
             "eval": ["read", "eval", "--run", str(run), "--metric", "kid", "--n", "40", "--sampler", "ddim", "--steps",
                      "3", "--out", str(tmp_path / "e")],

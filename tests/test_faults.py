@@ -34,7 +34,7 @@ def _limited(argv, limit, cwd):
 
 def _one_line(err):
     """The one error line (other lines are the progress and info a run prints before it)."""
-    lines = [l for l in err.strip().splitlines() if l.startswith("ddpm: error")]
+    lines = [x for x in err.strip().splitlines() if x.startswith("ddpm: error")]
     assert len(lines) == 1 and "Traceback" not in err and err.strip().endswith(lines[0]), err
     return lines[0]
 
@@ -136,7 +136,8 @@ def test_out_of_memory_is_one_line_with_what_to_change(error, run_dir, tmp_path,
     monkeypatch.setattr(ddpm.training.trainer.Trainer, "train_step", oom)
     assert main(["train", "--data", "mnist", "--out", str(tmp_path / "r"), "--steps", "3", *TINY]) == 1
     line = _one_line(capsys.readouterr().err)
-    assert line.startswith("ddpm: error: out of memory at batch size 4: add --grad-accum 2") and "--batch-size 2" in line
+    assert line.startswith("ddpm: error: out of memory at batch size 4: add --grad-accum 2")
+    assert "--batch-size 2" in line
     assert main(["train", "--data", "mnist", "--out", str(tmp_path / "r"), "--steps", "3", *TINY]) == 1
     assert "out of memory" in _one_line(capsys.readouterr().err)  # the same run may be started again
     monkeypatch.setattr(ddpm.sampling.samplers, "generate", oom)
@@ -237,7 +238,8 @@ def folder_run(tmp_path_factory):
 def test_fd_of_a_run_whose_classes_are_not_digits_claims_no_class_match(folder_run, tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval", "--run", str(folder_run), "--metric", "fd", "--n", "4", "--sampler", "dpm++",
-                 "--features", "digits", "--out", str(tmp_path / "e"), "--cache-dir", str(folder_run.parent / "cache")]) == 0
+                 "--features", "digits", "--out", str(tmp_path / "e"), "--cache-dir",
+                 str(folder_run.parent / "cache")]) == 0
     out = capsys.readouterr().out
     assert "are their class" not in out
     row = out.strip().splitlines()[-1].split()
@@ -333,7 +335,8 @@ def test_a_relative_data_path_survives_a_cd(tmp_path, capsys, monkeypatch):
     assert main(["train", "--out", str(tmp_path / "run"), "--resume", "--steps", "5", "--quiet",
                  "--cache-dir", str(tmp_path / "cache")]) == 0
     assert main(["train", "--out", str(tmp_path / "run"), "--resume", "--steps", "6", "--quiet",
-                 "--data", "../work/pics/", "--cache-dir", str(tmp_path / "cache")]) == 0  # the same source, spelled anew
+                 "--data", "../work/pics/", "--cache-dir",
+                 str(tmp_path / "cache")]) == 0  # the same source, spelled anew
     capsys.readouterr()
     assert main(["eval", "--run", str(tmp_path / "run"), "--metric", "bpd", "--n", "2", "--quiet",
                  "--cache-dir", str(tmp_path / "cache")]) == 0

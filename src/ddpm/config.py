@@ -16,11 +16,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .diffusion.gaussian import OBJECTIVES, VAR_TYPES, GaussianDiffusion
 from .diffusion.parameterisation import LEARNED, PREDICTIONS
-from .errors import DDPMError
 from .diffusion.schedule import NoiseSchedule
+from .errors import DDPMError
 
 __all__ = ["UNetConfig", "DiffusionConfig", "TrainConfig", "RunConfig", "Preset", "PRESETS", "make_run_config",
-           "resume_config", "with_classes", "overlay", "RESUMABLE", "DATA_OPTIONS", "RESIZES", "PRECISIONS", "MODEL_FLAGS", "flag",
+           "resume_config", "with_classes", "overlay", "RESUMABLE", "DATA_OPTIONS", "RESIZES", "PRECISIONS",
+           "MODEL_FLAGS", "flag",
            "check_outputs"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -106,13 +107,14 @@ class UNetConfig:
 @dataclass(frozen=True)
 class DiffusionConfig:
     T: int = _opt("number of diffusion steps", default=1000)
-    schedule: str = _opt("beta schedule: linear (the paper's) or cosine", default="linear", choices=("linear", "cosine"))
+    schedule: str = _opt("beta schedule: linear (the paper's) or cosine", default="linear",
+                         choices=("linear", "cosine"))
     beta_start: float = _opt("first beta of the linear schedule (scaled by 1000/T)", default=1e-4)
     beta_end: float = _opt("last beta of the linear schedule (scaled by 1000/T)", default=0.02)
-    var_type: str = _opt("reverse-process variance: fixedlarge (beta_t, the paper's CIFAR-10), fixedsmall (beta-tilde_t), "
-                         "learned (the network outputs log sigma^2), learned-range (Improved DDPM's interpolation "
-                         "between log beta_t and log beta-tilde_t); the learned ones need 2C output channels and "
-                         "--objective vlb or hybrid", default="fixedlarge", choices=VAR_TYPES)
+    var_type: str = _opt("reverse-process variance: fixedlarge (beta_t, the paper's CIFAR-10), fixedsmall "
+                         "(beta-tilde_t), learned (the network outputs log sigma^2), learned-range (Improved "
+                         "DDPM's interpolation between log beta_t and log beta-tilde_t); the learned ones need 2C "
+                         "output channels and --objective vlb or hybrid", default="fixedlarge", choices=VAR_TYPES)
     predict: str = _opt("what the network predicts: eps (the paper's), x0, mu (the posterior mean, the official "
                         "code's xprev) or v (Salimans & Ho 2022)", default="eps", choices=PREDICTIONS)
 
@@ -155,9 +157,10 @@ class TrainConfig:
                             "that early samples are not of the initial weights (the paper's code: off)", default=False)
     loss: str = _opt("l2: the paper's ||eps - eps_theta||^2 (in the --predict target); l1: |eps - eps_theta|",
                      default="l2", choices=LOSSES)
-    objective: str = _opt("simple: L_simple (Algorithm 1); vlb: the true bound L (the per-t KL terms and the decoder, "
-                          "in bits/dim); hybrid: L_simple + --vlb-weight T L_t with the mean's gradient stopped, so the "
-                          "bound trains a learned variance only (Improved DDPM)", default="simple", choices=OBJECTIVES)
+    objective: str = _opt("simple: L_simple (Algorithm 1); vlb: the true bound L (the per-t KL terms and the "
+                          "decoder, in bits/dim); hybrid: L_simple + --vlb-weight T L_t with the mean's gradient "
+                          "stopped, so the bound trains a learned variance only (Improved DDPM)", default="simple",
+                          choices=OBJECTIVES)
     vlb_weight: float = _opt("lambda of the hybrid objective", default=0.001)
     t_sampling: str = _opt("uniform t, or importance: t drawn by the root mean square of its last 10 losses, each "
                            "loss weighted by 1 / (T p_t) (Improved DDPM; uniform until every t has 10)",
@@ -205,7 +208,8 @@ class TrainConfig:
         for name in ("warmup", "sample_every", "seed"):
             _check_int(name, getattr(self, name), 0, "a non-negative")
         checks = [("lr", self.lr > 0, "must be positive"), ("ema_decay", 0 <= self.ema_decay < 1, "must lie in [0, 1)"),
-                  ("snr_gamma", self.snr_gamma >= 0, "must be >= 0"), ("grad_clip", self.grad_clip >= 0, "must be >= 0"),
+                  ("snr_gamma", self.snr_gamma >= 0, "must be >= 0"),
+                  ("grad_clip", self.grad_clip >= 0, "must be >= 0"),
                   ("time_limit", self.time_limit >= 0, "must be >= 0"),
                   ("p_uncond", 0 <= self.p_uncond < 1, "must lie in [0, 1)"),
                   ("val_fraction", 0 <= self.val_fraction < 1, "must lie in [0, 1)"),

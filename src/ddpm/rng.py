@@ -15,7 +15,8 @@ from typing import Any, Dict, Optional
 import numpy as np
 import torch
 
-__all__ = ["derive_seed", "generator", "ImageGenerators", "NOISE_SCHEME", "block_steps", "rng_state", "set_rng_state", "seed_step"]
+__all__ = ["derive_seed", "generator", "ImageGenerators", "NOISE_SCHEME", "block_steps", "rng_state", "set_rng_state",
+           "seed_step"]
 
 
 def derive_seed(*parts: Any) -> int:

@@ -12,6 +12,7 @@ from ddpm import load_checkpoint
 from ddpm.cli.commands import main
 from helpers import TINY, one_line_error, run
 
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("cli") / "run"
@@ -64,7 +65,8 @@ def test_sample_writes_png_npz_and_folder(trained, tmp_path, capsys):
     assert run(capsys, "sample", "--run", trained, "--n", "3", "--out", tmp_path / "g.png")[0] == 0
     assert Image.open(tmp_path / "g.png").size[0] > 16
     assert run(capsys, "sample", "--run", trained, "--n", "3", "--out", tmp_path / "pngs")[0] == 0
-    assert sorted(p.name for p in (tmp_path / "pngs").iterdir()) == [".ddpm-files.json", "000000.png", "000001.png", "000002.png"]
+    names = sorted(p.name for p in (tmp_path / "pngs").iterdir())
+    assert names == [".ddpm-files.json", "000000.png", "000001.png", "000002.png"]
     # the same seed gives the same images
     assert run(capsys, "sample", "--run", trained, "--n", "5", "--out", tmp_path / "t.npz", "--batch-size", "3")[0] == 0
     assert np.array_equal(np.load(tmp_path / "t.npz")["arr_0"], arr)
@@ -190,9 +192,11 @@ def _bad_things(tmp_path, trained):
         (["sample", "--run", "{empty}", "--out", "{tmp}/x.png"], "not a ddpm run directory"),
         (["demo", "--minutes", "0", "--out", "{tmp}/d"], "--minutes must be positive"),
         (["demo", "--out", "{empty}/../corrupt"], "exists and is not a ddpm run"),
-        (["sample", "--run", "{trained}", "--out", "{tmp}/x.png", "--steps", "5"], "the ancestral sampler takes all T=60"),
+        (["sample", "--run", "{trained}", "--out", "{tmp}/x.png", "--steps", "5"],
+         "the ancestral sampler takes all T=60"),
         (["sample", "--run", "{trained}", "--out", "{tmp}/x.png", "--sampler", "ddim", "--steps", "61"], "[1, 60]"),
-        (["sample", "--run", "{trained}", "--out", "{tmp}/x.png", "--sampler", "ddim", "--eta", "-1"], "eta must be >= 0"),
+        (["sample", "--run", "{trained}", "--out", "{tmp}/x.png", "--sampler", "ddim", "--eta", "-1"],
+         "eta must be >= 0"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
         (["eval", "--run", "{trained}", "--metric", "fd", "--features", "inception"], "--inception PATH"),
         (["eval", "--run", "{trained}", "--metric", "fd", "--features", "inception", "--inception", "{tmp}/i.pth"],
@@ -200,7 +204,8 @@ def _bad_things(tmp_path, trained):
         (["eval", "--run", "{trained}", "--metric", "bpd", "--steps", "5"], "--steps is for the metrics of samples"),
         (["eval", "--run", "{trained}", "--metric", "fd", "--steps", "5"], "the ancestral sampler takes all T=60"),
         (["eval", "--run", "{trained}", "--metric", "fd", "--samples", "{tmp}/none.npz"], "not found"),
-        (["eval", "--run", "{trained}", "--metric", "fd", "--sampler", "ddim", "--steps", "3,x"], "separated by commas"),
+        (["eval", "--run", "{trained}", "--metric", "fd", "--sampler", "ddim", "--steps", "3,x"],
+         "separated by commas"),
         (["eval", "--run", "{trained}", "--metric", "nll"], "unknown metric 'nll'"),
         (["eval", "--run", "{trained}", "--metric", "bpd", "--data", "{empty}"], "no images"),
         (["noise", "{tmp}/missing.png", "--out", "{tmp}/s.png"], "not found"),
@@ -229,7 +234,8 @@ def _bad_things(tmp_path, trained):
         (["schedule", "--out", "{tmp}/s.png", "--T", "0"], "expected a positive integer"),
         # what a new user tripped over: each is caught before any work, with a message that says what is wrong
         (["sample", "--run", "{trained}", "--out", "{existing}"], "the file exists and ddpm did not write it"),
-        (["sample", "--run", "{trained}", "--out", "{existing}", "--overwrite"], "the file exists and ddpm did not write it"),
+        (["sample", "--run", "{trained}", "--out", "{existing}", "--overwrite"],
+         "the file exists and ddpm did not write it"),
         (["sample", "--run", "{trained}", "--out", "{readonly}/x.png"], "is not writable"),
         (["sample", "--run", "{trained}", "--out", "{tmp}/x.png", "--sampler", "respaced", "--steps", "5", "--eta",
           "0.5"], "eta is an option of the ddim sampler"),
@@ -262,7 +268,8 @@ def _bad_things(tmp_path, trained):
          "unknown class 'zebra'; the run's classes: 0, 1, 2"),
         (["sample", "--run", "{conditional}", "--out", "{tmp}/x.png", "--n", "2", "--class", "12"],
          "--class 12: the run has 10 classes, 0-9"),
-        (["sample", "--run", "{conditional}", "--out", "{tmp}/x.png", "--class", "all"], "--n 64 is not a multiple of 10"),
+        (["sample", "--run", "{conditional}", "--out", "{tmp}/x.png", "--class", "all"],
+         "--n 64 is not a multiple of 10"),
         (["sample", "--run", "{conditional}", "--out", "{tmp}/x.png", "--class", "1", "--guidance", "-1"],
          "expected a number >= 0, got -1"),
         (["sample", "--run", "{conditional}", "--out", "{tmp}/x.png", "--guidance", "2"],
@@ -303,7 +310,8 @@ def test_eval_bpd_writes_terms_plot_and_total(trained, tmp_path, capsys):
     code, stdout, _ = run(capsys, "eval", "--run", trained, "--metric", "bpd", "--n", "3", "--out", out)
     assert code == 0
     rows = (out / "bpd_terms.csv").read_text().strip().splitlines()
-    assert rows[0] == "term,t,bits_per_dim,std_error" and len(rows) == 1 + 1 + 59 + 1 + 1  # prior, T-1 KLs, decoder, total
+    assert rows[0] == "term,t,bits_per_dim,std_error"
+    assert len(rows) == 1 + 1 + 59 + 1 + 1  # header, prior, T-1 KLs, decoder, total
     values = [float(r.split(",")[2]) for r in rows[1:-1]]
     total = float(rows[-1].split(",")[2])
     assert total == pytest.approx(sum(values), rel=1e-6)  # the terms add up to the bound
@@ -398,7 +406,7 @@ def test_resume_with_more_steps_of_a_cosine_run_says_how_the_learning_rate_chang
                "--warmup", "2", *TINY)[0] == 0
     code, _, err = run(capsys, "train", "--out", out, "--resume", "--steps", "12", "--quiet")
     assert code == 0
-    line = next(l for l in err.splitlines() if "warning" in l)
+    line = next(x for x in err.splitlines() if "warning" in x)
     assert "cosine learning-rate decay now ends at step 12 instead of 6" in line
     assert "goes from 0 to 0.000" in line  # at step 6 it had reached 0; stretched to 12 it is half way up again
     assert load_checkpoint(out).step == 12

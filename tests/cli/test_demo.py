@@ -10,8 +10,8 @@ from PIL import Image
 
 from ddpm import load_checkpoint
 from ddpm.cli.commands import main
-from ddpm.config import make_run_config, with_classes
 from ddpm.cli.demo import plan_demo
+from ddpm.config import make_run_config, with_classes
 
 
 def run(capsys, *argv):

@@ -6,7 +6,6 @@ import torch
 from PIL import Image
 
 from ddpm.data.sources import load_images
-
 from helpers import one_line_error, run
 
 STEPS = ["--steps", "6", "--jump", "2", "--resample", "2"]
@@ -80,7 +79,8 @@ def test_refusals_are_one_line(runs, tmp_path, capsys):
             (["inpaint", *base, "--mask", tmp_path / "small.png"], "is 8x8; the run's images are 16x16"),
             (["inpaint", *base, "--mask", "diagonal"], "unknown mask 'diagonal'"),
             (["inpaint", *base, "--mask", "top", "--sampler", "ancestral", "--steps", "5"], "takes all T=60 steps"),
-            (["inpaint", *base, "--mask", "top", "--steps", "200"], "the run has T=60 steps, so a chain takes at most 60"),
+            (["inpaint", *base, "--mask", "top", "--steps", "200"],
+             "the run has T=60 steps, so a chain takes at most 60"),
             (["inpaint", *base, "--mask", "top", "--steps", "10", "--jump", "50"], "--jump 50 is not below the chain's "
                                                                                    "10 steps"),
             (["inpaint", "--run", runs[0], "mnist:0", "--mask", "top", "--out", mine], "mine.png"),

@@ -13,11 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import one_line_error, run
 from ddpm.data.cache import caches_of
 from ddpm.data.images import fit
 from ddpm.data.sources import find_source, load_data
 from ddpm.errors import DDPMError
+from helpers import one_line_error, run
 
 lmdb = pytest.importorskip("lmdb")
 pa = pytest.importorskip("pyarrow")

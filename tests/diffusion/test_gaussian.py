@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from ddpm import GaussianDiffusion, NoiseSchedule
-
 from helpers import OracleEps
 
 SCHEDULES = {

@@ -8,7 +8,6 @@ from scipy.stats import norm
 
 from ddpm import GaussianDiffusion, NoiseSchedule
 from ddpm.diffusion.losses import discretized_gaussian_log_likelihood
-
 from helpers import OracleEps
 
 

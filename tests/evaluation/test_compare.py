@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from test_metrics import eigen_fd
 
 from ddpm.data.sources import load_data, to_float
 from ddpm.errors import DDPMError
@@ -13,9 +14,7 @@ from ddpm.evaluation.compare import ImageSet, score
 from ddpm.evaluation.features import load_digit_classifier
 from ddpm.evaluation.inception import FIDInception
 from ddpm.evaluation.metrics import inception_score
-
 from helpers import one_line_error, run
-from test_metrics import eigen_fd
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from torch import nn
 
 from ddpm.errors import DDPMError
 from ddpm.evaluation.inception import INCEPTION_FILE, FIDInception, find_inception, load_inception, resize_299
-
 from helpers import CodeRunningPickle
 
 

@@ -6,8 +6,13 @@ import numpy as np
 import pytest
 from scipy import linalg
 
-from ddpm.evaluation.metrics import (frechet_distance, gaussian_stats, inception_score, kernel_inception_distance,
-                                     precision_recall)
+from ddpm.evaluation.metrics import (
+    frechet_distance,
+    gaussian_stats,
+    inception_score,
+    kernel_inception_distance,
+    precision_recall,
+)
 
 
 def reference_fd(mu1, s1, mu2, s2):

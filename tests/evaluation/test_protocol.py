@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from ddpm.evaluation import protocol
-
 from helpers import TINY, one_line_error, run
 
 

@@ -8,7 +8,6 @@ from ddpm import GaussianDiffusion, NoiseSchedule
 from ddpm.data.sources import to_float
 from ddpm.evaluation.compare import read_samples
 from ddpm.evaluation.reports import evaluate_bpd
-
 from helpers import OracleEps
 
 

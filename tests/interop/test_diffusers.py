@@ -164,7 +164,8 @@ def test_old_attention_names_are_read(tmp_path):
     sd = load_file(str(f))
     renamed = {}
     for k, v in sd.items():
-        for new, old in ((".to_q.", ".query."), (".to_k.", ".key."), (".to_v.", ".value."), (".to_out.0.", ".proj_attn.")):
+        for new, old in ((".to_q.", ".query."), (".to_k.", ".key."), (".to_v.", ".value."),
+                         (".to_out.0.", ".proj_attn.")):
             k = k.replace(new, old)
         renamed[k] = v
     save_file(renamed, str(f))

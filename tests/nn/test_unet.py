@@ -23,7 +23,8 @@ def test_paper_preset_parameter_counts(name, expected, tol):
 
 def test_cifar10_preset_is_the_paper_architecture():
     cfg = PRESETS["cifar10"].model
-    assert (cfg.ch, cfg.ch_mult, cfg.num_res_blocks, cfg.attn_resolutions, cfg.dropout) == (128, (1, 2, 2, 2), 2, (16,), 0.1)
+    got = (cfg.ch, cfg.ch_mult, cfg.num_res_blocks, cfg.attn_resolutions, cfg.dropout)
+    assert got == (128, (1, 2, 2, 2), 2, (16,), 0.1)
     with torch.device("meta"):
         net = UNet.from_preset("cifar10")
     assert net.num_parameters() == 35_746_307  # diffusers' google/ddpm-cifar10-32 port of the same network

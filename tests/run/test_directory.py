@@ -8,10 +8,9 @@ import pytest
 import torch
 
 from ddpm import load_checkpoint
-from ddpm.run.directory import MetricsLog, list_checkpoints, read_metrics, run_lock, save_checkpoint, write_config
 from ddpm.cli.commands import main
 from ddpm.errors import DDPMError
-
+from ddpm.run.directory import MetricsLog, list_checkpoints, read_metrics, run_lock, save_checkpoint, write_config
 from helpers import CodeRunningPickle, tiny_config, tiny_trainer
 
 TINY = ["--data", "mnist", "--preset", "tiny", "--batch-size", "4", "--log-every", "2", "--save-every", "3",

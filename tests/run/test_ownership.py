@@ -30,7 +30,7 @@ def _sample(run, out, *extra):
 
 
 def _one_line(err):
-    lines = [l for l in err.strip().splitlines() if l.strip() and "%|" not in l]
+    lines = [x for x in err.strip().splitlines() if x.strip() and "%|" not in x]
     assert len(lines) == 1 and "Traceback" not in err, err
     return lines[0]
 
@@ -121,7 +121,8 @@ def test_eval_never_replaces_a_report_of_the_users_and_checks_before_work(run_di
     out = tmp_path / "reports"
     out.mkdir()
     (out / "fd.csv").write_text("my own table")
-    monkeypatch.setattr(ddpm.evaluation.reports, "sample_checkpoint", lambda *a, **k: pytest.fail("sampled before the check"))
+    monkeypatch.setattr(ddpm.evaluation.reports, "sample_checkpoint", lambda *a,
+                        **k: pytest.fail("sampled before the check"))
     assert main(["eval", "--run", str(run_dir), "--metric", "fd", "--n", "4", "--out", str(out)]) == 1
     assert "fd.csv there were not written by ddpm" in _one_line(capsys.readouterr().err)
     assert (out / "fd.csv").read_text() == "my own table" and sorted(os.listdir(out)) == ["fd.csv"]

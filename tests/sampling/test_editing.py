@@ -14,7 +14,6 @@ from ddpm.rng import ImageGenerators
 from ddpm.sampling.edit_jobs import Edit, inpaint, sdedit
 from ddpm.sampling.editing import MASKS, RePaint, SDEdit, make_mask, named_mask, repaint_levels, sdedit_start
 from ddpm.sampling.samplers import SAMPLERS, Ancestral, Respaced, generate, make_sampler
-
 from helpers import OracleEps
 
 T = 40

@@ -60,9 +60,9 @@ def test_guided_sde_dpm_images_are_the_same_in_any_batch(n_threads):
     before rounding to uint8 (where the differences hide), and as uint8 through ``generate``."""
     import dataclasses
 
-    from ddpm.sampling.guidance import Guided
     from ddpm.config import PRESETS
     from ddpm.rng import ImageGenerators
+    from ddpm.sampling.guidance import Guided
 
     before = torch.get_num_threads()
     torch.set_num_threads(n_threads)
@@ -91,7 +91,8 @@ def test_guided_sde_dpm_images_are_the_same_in_any_batch(n_threads):
 
 
 def test_seed_ranges():
-    assert parse_seeds("0-49999") == range(50000) and parse_seeds("7") == range(7, 8) and parse_seeds(" 3 - 5") == range(3, 6)
+    assert parse_seeds("0-49999") == range(50000) and parse_seeds("7") == range(7, 8)
+    assert parse_seeds(" 3 - 5") == range(3, 6)
     for bad, pattern in [("5-2", "the last seed \\(2\\) comes before the first \\(5\\)"), ("abc", "expected a range"),
                          ("1-", "expected a range"), ("-3", "expected a range")]:
         with pytest.raises(DDPMError, match=pattern):

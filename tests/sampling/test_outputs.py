@@ -26,7 +26,8 @@ def test_what_is_in_the_way_is_found_first(tmp_path):
     (tmp_path / "afile").write_bytes(b"")
     (tmp_path / "adir.png").mkdir()
     write_images(torch.zeros(2, 1, 8, 8, dtype=torch.uint8), tmp_path / "ours.npz")
-    for path, pattern in [(tmp_path / "old.npz", "ddpm did not write it"), (tmp_path / "full", "did not write \\(a.png\\)"),
+    for path, pattern in [(tmp_path / "old.npz", "ddpm did not write it"),
+                          (tmp_path / "full", "did not write \\(a.png\\)"),
                           (tmp_path / "ours.npz", "already exists; choose another --out or pass --overwrite"),
                           (tmp_path / "afile", "a file of that name is in the way"),
                           (tmp_path / "adir.png", "it is a folder"), (tmp_path / "no" / "x.png", "does not exist")]:
@@ -94,9 +95,9 @@ def test_places_never_replaced(tmp_path, monkeypatch):
 
 
 def test_single_files_carry_ddpm_s_mark(tmp_path):
+    from ddpm.diffusion.schedule import NoiseSchedule
     from ddpm.run.ownership import is_marked
     from ddpm.viz import plot_schedule, save_picture
-    from ddpm.diffusion.schedule import NoiseSchedule
 
     write_images(torch.zeros(2, 1, 8, 8, dtype=torch.uint8), tmp_path / "g.png")
     write_images(torch.zeros(2, 1, 8, 8, dtype=torch.uint8), tmp_path / "a.npz")

@@ -5,9 +5,15 @@ import torch
 
 from ddpm import GaussianDiffusion, NoiseSchedule
 from ddpm.sampling.guidance import Guided, class_labels
-from ddpm.sampling.samplers import (DDIM, Ancestral, Respaced, _OriginalTimesteps, ddim_update, make_sampler,
-                                    step_indices)
-
+from ddpm.sampling.samplers import (
+    DDIM,
+    Ancestral,
+    Respaced,
+    _OriginalTimesteps,
+    ddim_update,
+    make_sampler,
+    step_indices,
+)
 from helpers import OracleEps
 
 

@@ -8,7 +8,6 @@ from safetensors.torch import load_file
 
 from ddpm.sampling.guidance import Guided
 from ddpm.training.timesteps import HISTORY, ImportanceSampler
-
 from helpers import one_line_error, run
 
 

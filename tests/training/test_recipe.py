@@ -8,11 +8,10 @@ import math
 import pytest
 import torch
 
-from ddpm.data.batches import held_out_split
 from ddpm.config import PRESETS
+from ddpm.data.batches import held_out_split
 from ddpm.run.directory import load_checkpoint
 from ddpm.training.train import plan_run, train_run
-
 from helpers import tiny_config, tiny_data, tiny_trainer
 
 

@@ -11,10 +11,9 @@ import pytest
 import torch
 
 from ddpm import load_checkpoint
-from ddpm.run.directory import list_checkpoints, write_config
 from ddpm.config import make_run_config
 from ddpm.errors import DDPMError
-
+from ddpm.run.directory import list_checkpoints, write_config
 from helpers import assert_same_state, tiny_config, tiny_data, tiny_trainer
 
 

@@ -8,10 +8,9 @@ import torch
 
 from ddpm.cli.commands import main
 from ddpm.errors import DDPMError
-from ddpm.training.finetune import PROVENANCE
 from ddpm.run.directory import load_checkpoint
+from ddpm.training.finetune import PROVENANCE
 from ddpm.training.train import plan_run
-
 from helpers import TINY, one_line_error, run
 
 CPU = torch.device("cpu")

@@ -48,7 +48,8 @@ class Projection:
         per = (now - self.start) / done
         left = (trainer.config.steps - trainer.step) * per
         if left >= self.worth_s:
-            self.say(f"ddpm: note: at {per:.2f} s per step, the {trainer.config.steps - trainer.step:,} steps left take "
+            left_steps = trainer.config.steps - trainer.step
+            self.say(f"ddpm: note: at {per:.2f} s per step, the {left_steps:,} steps left take "
                      f"about {duration(left)}. To train less: --steps N, a smaller --preset (mnist, tiny), "
                      "--time-limit MINUTES (it stops with a checkpoint), or a GPU")
 
@@ -127,7 +128,8 @@ def disk_full_line(args, e: OSError) -> str:
         kept = (f"{count(n, 'finished chunk')} in {parts} {'is' if n == 1 else 'are'} kept; free some space and run "
                 "the same command again to continue")
     else:
-        kept = "nothing half-written is kept (outputs are written aside and renamed whole); free some space and run again"
+        kept = ("nothing half-written is kept (outputs are written aside and renamed whole); free some space and "
+                "run again")
     return f"no space to write ({where}); {kept}"
 
 

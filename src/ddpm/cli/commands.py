@@ -13,18 +13,18 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+from ..runtime import configure_threads, keep_freed_memory
 from .advice import Projection, StderrHandler, count, failure, one_of_many, train_end_line
 from .editing import cmd_edit, cmd_inpaint
-from .flags import early_threads, fields_of
 from .evaluate import cmd_eval
+from .flags import early_threads, fields_of
 from .measure import cmd_metrics
-from ..runtime import configure_threads, keep_freed_memory
 
 
 # ----------------------------------------------------------------------------- commands
 def cmd_demo(args) -> int:
-    from .demo import run_demo
     from ..runtime import choose_device
+    from .demo import run_demo
 
     res = run_demo(Path(args.out), minutes=args.minutes, steps=args.steps, n=args.n,
                    sampling_steps=args.sampling_steps, device=choose_device(args.device), progress=not args.quiet)
@@ -61,12 +61,12 @@ def cmd_train(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    from ..sampling.guidance import class_labels
     from ..errors import DDPMError
-    from ..sampling.jobs import parse_seeds, reverse_process_pictures, sample_job
-    from ..sampling.outputs import check_output, check_picture_path
     from ..run.directory import load_checkpoint
     from ..runtime import choose_device, distributed
+    from ..sampling.guidance import class_labels
+    from ..sampling.jobs import parse_seeds, reverse_process_pictures, sample_job
+    from ..sampling.outputs import check_output, check_picture_path
     from ..sampling.samplers import make_sampler
 
     if args.seeds and args.n is not None:
@@ -120,16 +120,17 @@ def cmd_noise(args) -> int:
 
 def cmd_interpolate(args) -> int:
     from ..data.sources import load_image
-    from ..sampling.interpolation import interpolate
-    from ..sampling.outputs import check_picture_path
     from ..run.directory import load_checkpoint
     from ..runtime import choose_device
+    from ..sampling.interpolation import interpolate
+    from ..sampling.outputs import check_picture_path
     from ..viz import interpolation_strip, save_picture
 
     out = check_picture_path(args.out, overwrite=args.overwrite)
     device = choose_device(args.device)
     ckpt = load_checkpoint(args.run, map_location=device)
-    xa, xb = (load_image(spec, ckpt.config.model.image_size, ckpt.config.model.in_channels) for spec in (args.a, args.b))
+    size, channels = ckpt.config.model.image_size, ckpt.config.model.in_channels
+    xa, xb = (load_image(spec, size, channels) for spec in (args.a, args.b))
     mixed = interpolate(ckpt.ema_model if args.ema else ckpt.model, ckpt.diffusion, xa, xb, args.t, n=args.n,
                         mix=args.mix, seed=args.seed, device=device, progress=not args.quiet)
     save_picture(interpolation_strip(xa, mixed, xb), out)
@@ -139,9 +140,8 @@ def cmd_interpolate(args) -> int:
 
 
 def cmd_data(args) -> int:
-    from ..data.sources import cache_info, describe, load_data
-
     from ..config import DATA_OPTIONS, TrainConfig
+    from ..data.sources import cache_info, load_data
 
     given = {k: getattr(args, k) for k in DATA_OPTIONS if getattr(args, k) is not None}
     options = TrainConfig(**given).data_options()
@@ -152,8 +152,35 @@ def cmd_data(args) -> int:
                   cache_dir=args.cache_dir, skip_bad=args.skip_bad_images, **options)
         info = cache_info(args.src, channels=info["channels"], image_size=info["size"], cache_dir=args.cache_dir,
                           **options)
-    print("\n".join(describe(info, verify=args.verify)))
+    print("\n".join(_describe_data(info, verify=args.verify)))
     return 0
+
+
+def _describe_data(info: dict, verify: bool = False) -> list:
+    """Lines that say what ``cache_info`` found (with ``verify``: every cache checked byte by byte)."""
+    from ..data.cache import verify as check
+
+    src = info["source"]
+    lines = [f"{src.name}: {src.kind}, {info['images']} images" + (f" in {src.path}" if src.path else "")]
+    if info.get("columns"):
+        lines.append(f"image column {info['columns'][0]!r}, label column "
+                     + (repr(info["columns"][1]) if info["columns"][1] else "none"))
+    if info.get("classes"):
+        names = info["classes"]
+        lines.append(f"{len(names)} classes: {', '.join(names[:50])}{', ...' if len(names) > 50 else ''}")
+    elif info.get("unlabelled"):
+        lines.append(f"no classes: {info['unlabelled']}")
+    if info["cache"] is None:
+        return lines + ["shipped in the package and held in memory: no cache"]
+    size = f"{info['channels']}x{info['size']}x{info['size']}"
+    lines.append(f"cache at {size}: {info['cache']} ({'built' if info['built'] else 'not built yet'})")
+    for path, meta in info["caches"]:
+        shape, gb = "x".join(map(str, meta["shape"][1:])), meta["bytes"] / 2**30
+        problem = check(path, full=True) if verify else None
+        lines.append(f"  {path.name}: {meta['n']} images of {shape}, {gb:.2f} GiB, {len(meta['skipped'])} skipped"
+                     + (f", classes: {len(meta['classes'])}" if meta.get("classes") else "")
+                     + (f"; DAMAGED: {problem}" if problem else ", intact" if verify else ""))
+    return lines
 
 
 def cmd_schedule(args) -> int:
@@ -169,11 +196,10 @@ def cmd_schedule(args) -> int:
 
 
 def cmd_import(args) -> int:
-    from ..interop.diffusers import import_diffusers
-    from ..sampling.outputs import check_new_folder
-    from ..run.directory import read_config
-
     from ..config import DiffusionConfig
+    from ..interop.diffusers import import_diffusers
+    from ..run.directory import read_config
+    from ..sampling.outputs import check_new_folder
 
     out = check_new_folder(args.out)
     flags = fields_of(args, DiffusionConfig)
@@ -191,8 +217,8 @@ def cmd_import(args) -> int:
 
 def cmd_export(args) -> int:
     from ..interop.diffusers import export_diffusers
-    from ..sampling.outputs import check_new_folder
     from ..run.directory import load_checkpoint
+    from ..sampling.outputs import check_new_folder
 
     out = check_new_folder(args.out)
     ckpt = load_checkpoint(args.run)

@@ -26,13 +26,13 @@ from ..atomic import atomic_write_text
 from ..config import PRESETS, RunConfig, make_run_config, resume_config, with_classes
 from ..data.sources import MNIST_CLASSES, load_data
 from ..errors import DDPMError, Interrupted
-from ..sampling.outputs import write_images
+from ..nn.unet import UNet
 from ..run.directory import checkpoint_step, is_run, list_checkpoints, load_checkpoint, read_config, write_config
 from ..runtime import autocast, machine_class, resolve_precision
 from ..sampling.guidance import class_labels
+from ..sampling.outputs import write_images
 from ..sampling.samplers import sample_checkpoint
 from ..training.train import Trainer, train_run
-from ..nn.unet import UNet
 
 __all__ = ["DemoPlan", "DemoResult", "plan_demo", "run_demo", "DEMO_DIR", "DEMO_SAMPLES", "DEMO_SAMPLER",
            "DEMO_MINUTES", "DEMO_MIN_STEPS", "DEMO_RECIPE"]

@@ -17,7 +17,8 @@ def early_threads(argv: List[str]) -> Optional[int]:
     """--threads N (or --threads=N), read before the parser (and torch) is imported; a bad value is left for the
     parser to report."""
     for i, a in enumerate(argv):
-        value = argv[i + 1] if a == "--threads" and i + 1 < len(argv) else a[10:] if a.startswith("--threads=") else None
+        value = (argv[i + 1] if a == "--threads" and i + 1 < len(argv)
+                 else a[10:] if a.startswith("--threads=") else None)
         if value is not None:
             return int(value) if value.isdigit() and int(value) > 0 else None
     return None
@@ -156,7 +157,8 @@ class Commands:
                                  help="CPU threads (default: the cores this process may use; OpenMP waits passively "
                                       "when other processes keep the cores busy)")
         self.device = argparse.ArgumentParser(add_help=False)
-        self.device.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:1, ... "
+        self.device.add_argument("--device", default="auto",
+                                 help="auto (a GPU if there is one), cpu, cuda, cuda:1, ... "
                                  "(under torchrun: the GPU of each local rank); on CUDA fp32 uses TF32 tensor cores")
         from ..runtime import DIST_TIMEOUT_MIN
 

@@ -9,8 +9,8 @@ import argparse
 from typing import Any, Dict
 
 from .editing import add_edit, add_inpaint
-from .flags import Commands, Parser, config_flags, data_flags, int_list, job_flags, positive_int, sampler_flags
 from .evaluate import add_eval
+from .flags import Commands, Parser, config_flags, data_flags, int_list, job_flags, positive_int, sampler_flags
 from .measure import add_metrics
 
 EPILOG = """examples:

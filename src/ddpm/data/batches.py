@@ -15,9 +15,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .sources import ImageData, to_float
 from ..errors import DDPMError
 from ..rng import generator
+from .sources import ImageData, to_float
 
 __all__ = ["Batches", "Prefetcher", "HeldOut", "held_out_split"]
 

@@ -159,7 +159,8 @@ def _finish(tmp: Path, meta: Dict[str, Any], labels: Optional[np.ndarray]) -> No
     nbytes = npy.stat().st_size
     if labels is not None:
         np.save(tmp / "labels.npy", labels.astype(np.int64))
-    meta.update(bytes=nbytes, blocks=_block_sums(npy, _blocks(nbytes)), sha256=file_sha256(npy), labelled=labels is not None,
+    meta.update(bytes=nbytes, blocks=_block_sums(npy, _blocks(nbytes)), sha256=file_sha256(npy),
+                labelled=labels is not None,
                 version=VERSION, conversion=CONVERSION, created=time.strftime("%Y-%m-%dT%H:%M:%S"))
     atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=1) + "\n")
 
@@ -230,7 +231,8 @@ def _build(root: Path, key: str, meta: Dict[str, Any], what: str, n: int, tasks,
             inline = inline and n <= INLINE_MAX  # a few images: decoded here, sooner than workers start
             with contextlib.nullcontext() if inline else ProcessPoolExecutor(
                     max_workers=workers or usable_cores(), mp_context=get_context("spawn")) as ex, \
-                    tqdm(total=n, desc=f"decoding {what} once, into the cache", unit="img", disable=not progress) as bar:
+                    tqdm(total=n, desc=f"decoding {what} once, into the cache", unit="img",
+                         disable=not progress) as bar:
                 futures = {}
                 for count, fn, task in tasks(str(tmp / "images.npy")):
                     if inline:
@@ -273,7 +275,8 @@ def _without_bad(tmp: Path, bad: List[Tuple[int, str, str]], n: int, folder: str
     keep = np.ones(n, bool)
     keep[[i for i, _, _ in bad]] = False
     src = np.load(tmp / "images.npy", mmap_mode="r")
-    dst = np.lib.format.open_memmap(tmp / "kept.npy", mode="w+", dtype=np.uint8, shape=(int(keep.sum()), *src.shape[1:]))
+    dst = np.lib.format.open_memmap(tmp / "kept.npy", mode="w+", dtype=np.uint8,
+                                    shape=(int(keep.sum()), *src.shape[1:]))
     _reserve(tmp / "kept.npy")
     rows = np.flatnonzero(keep)
     for i in range(0, len(rows), 1024):

@@ -254,7 +254,7 @@ def find_encoded(path: Path, image_column: str = "", label_column: str = "") -> 
     if path.is_dir() and (path / "data.mdb").is_file() or path.is_file() and path.name.endswith(".mdb"):
         return _check_lmdb(Encoded("lmdb", path))
     if path.is_file() and path.suffix.lower() == ".zip" or path.is_file() and zipfile.is_zipfile(path) \
-            and not path.suffix.lower() in (".npz", ".npy", ".gz", ".tar"):
+            and path.suffix.lower() not in (".npz", ".npy", ".gz", ".tar"):
         return _find_zip(path)
     if path.is_file() and path.suffix.lower() == ".parquet":
         return with_columns(Encoded("parquet", path, (path,)), image_column, label_column)

@@ -36,14 +36,22 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .cache import (build_array_cache, build_encoded_cache, build_folder_cache, cache_key, cache_root, caches_of,
-                    open_cache, source_key)
-from .cifar10 import CIFAR10_CLASSES, read_cifar10
-from ..errors import DDPMError
-from .formats import Encoded, find_encoded
-from .tables import Arrays
 from ..config import RESIZES
+from ..errors import DDPMError
+from .cache import (
+    build_array_cache,
+    build_encoded_cache,
+    build_folder_cache,
+    cache_key,
+    cache_root,
+    caches_of,
+    open_cache,
+    source_key,
+)
+from .cifar10 import CIFAR10_CLASSES, read_cifar10
+from .formats import Encoded, find_encoded
 from .images import IMAGE_EXTENSIONS, chw, fit, folder_classes, is_gray, list_images, open_image, to_mode
+from .tables import Arrays
 
 __all__ = ["ImageData", "Source", "find_source", "load_data", "load_image", "load_images", "to_float", "to_uint8",
            "native_shape", "IMAGE_EXTENSIONS", "MNIST_CLASSES", "RESIZES", "SOURCES"]
@@ -227,7 +235,8 @@ def load_data(src: str, *, channels: int, image_size: int, progress: bool = Fals
                         "Pass --skip-bad-images to leave them out (a training run lists them in "
                         "RUN/skipped_images.txt)")
     classes = tuple(cached.meta["classes"]) if cached.meta.get("classes") else None
-    return ImageData(torch.from_numpy(cached.images), None if cached.labels is None else torch.from_numpy(cached.labels),
+    return ImageData(torch.from_numpy(cached.images),
+                     None if cached.labels is None else torch.from_numpy(cached.labels),
                      source.name, True, classes, cached.meta.get("unlabelled", ""), key, skipped)
 
 
@@ -295,34 +304,8 @@ def cache_info(src: str, *, channels: Optional[int] = None, image_size: Optional
     else:
         n = 10000 if source.split == "test" else 50000
         info["classes"] = CIFAR10_CLASSES
-    return {**info, "images": n, "cache": path, "built": (path / "meta.json").is_file(), "caches": caches_of(root, skey)}
-
-
-def describe(info: dict, verify: bool = False) -> list:
-    """Lines that say what ``cache_info`` found (with ``verify``: every cache checked byte by byte)."""
-    from .cache import verify as check
-
-    src = info["source"]
-    lines = [f"{src.name}: {src.kind}, {info['images']} images" + (f" in {src.path}" if src.path else "")]
-    if info.get("columns"):
-        lines.append(f"image column {info['columns'][0]!r}, label column "
-                     + (repr(info["columns"][1]) if info["columns"][1] else "none"))
-    if info.get("classes"):
-        names = info["classes"]
-        lines.append(f"{len(names)} classes: {', '.join(names[:50])}{', ...' if len(names) > 50 else ''}")
-    elif info.get("unlabelled"):
-        lines.append(f"no classes: {info['unlabelled']}")
-    if info["cache"] is None:
-        return lines + ["shipped in the package and held in memory: no cache"]
-    size = f"{info['channels']}x{info['size']}x{info['size']}"
-    lines.append(f"cache at {size}: {info['cache']} ({'built' if info['built'] else 'not built yet'})")
-    for path, meta in info["caches"]:
-        shape, gb = "x".join(map(str, meta["shape"][1:])), meta["bytes"] / 2**30
-        problem = check(path, full=True) if verify else None
-        lines.append(f"  {path.name}: {meta['n']} images of {shape}, {gb:.2f} GiB, {len(meta['skipped'])} skipped"
-                     + (f", classes: {len(meta['classes'])}" if meta.get("classes") else "")
-                     + (f"; DAMAGED: {problem}" if problem else ", intact" if verify else ""))
-    return lines
+    return {**info, "images": n, "cache": path, "built": (path / "meta.json").is_file(),
+            "caches": caches_of(root, skey)}
 
 
 # ---------------------------------------------------------------- mnist

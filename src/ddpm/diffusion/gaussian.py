@@ -15,8 +15,8 @@ from typing import Callable, Dict, Optional, Sequence
 import torch
 from torch import Tensor
 
-from .parameterisation import LEARNED, PREDICTIONS, split_output, target, to_eps_x0, x0_from_eps
 from .losses import discretized_gaussian_log_likelihood, mean_bits_per_dim, normal_kl
+from .parameterisation import LEARNED, PREDICTIONS, split_output, target, to_eps_x0, x0_from_eps
 from .schedule import NoiseSchedule
 from .tables import extract, on_device
 
@@ -122,7 +122,8 @@ class GaussianDiffusion:
     def _variance(self, var_values: Optional[Tensor], xt: Tensor, t: Tensor) -> Dict[str, Tensor]:
         """variance, log_variance and std of p_theta: the fixed tables, or from the network's variance values."""
         if var_values is None:
-            return {"variance": extract(self.model_variance, t, xt), "log_variance": extract(self.model_log_variance, t, xt),
+            return {"variance": extract(self.model_variance, t, xt),
+                    "log_variance": extract(self.model_log_variance, t, xt),
                     "std": extract(self.model_std, t, xt)}
         if self.var_type == "learned":
             log_var = var_values

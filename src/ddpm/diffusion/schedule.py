@@ -102,7 +102,8 @@ class NoiseSchedule:
             return math.cos((u + s) / (1 + s) * math.pi / 2) ** 2
 
         betas = [min(1 - abar((i + 1) / T) / abar(i / T), max_beta) for i in range(T)]
-        return cls(torch.tensor(betas, dtype=torch.float64), spec={"kind": "cosine", "T": T, "s": s, "max_beta": max_beta})
+        spec = {"kind": "cosine", "T": T, "s": s, "max_beta": max_beta}
+        return cls(torch.tensor(betas, dtype=torch.float64), spec=spec)
 
     @classmethod
     def from_spec(cls, spec: Dict[str, Any]) -> "NoiseSchedule":

@@ -26,7 +26,8 @@ from .features import feature_batch, reference_pass
 from .metrics import frechet_distance, inception_score, kernel_inception_distance, precision_recall
 from .streaming import REF_N, REF_SUBSET_SEED, feature_pass, reference_subset
 
-__all__ = ["METRICS", "MIN_IMAGES", "ImageSet", "read_set", "read_samples", "parse_metrics", "score", "metric_lines", "stats_arrays",
+__all__ = ["METRICS", "MIN_IMAGES", "ImageSet", "read_set", "read_samples", "parse_metrics", "score", "metric_lines",
+           "stats_arrays",
            "RESIZE"]
 
 METRICS = ("fid", "is", "kid", "pr")

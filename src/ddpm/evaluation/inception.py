@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from ..atomic import file_sha256
 from ..errors import DDPMError
-from ..safeload import is_torchscript, load_torchscript_tensors, load_tensors
+from ..safeload import is_torchscript, load_tensors, load_torchscript_tensors
 
 __all__ = ["FIDInception", "find_inception", "load_inception", "resize_299", "INCEPTION_FILE",
            "INCEPTION_ENV"]
@@ -96,7 +96,8 @@ class BlockC(nn.Module):  # factorised 7x7 convolutions
         super().__init__()
         row, col = dict(kernel=(1, 7), padding=(0, 3)), dict(kernel=(7, 1), padding=(3, 0))
         self.branch1x1 = Conv(cin, 192, 1)
-        self.branch7x7_1, self.branch7x7_2, self.branch7x7_3 = Conv(cin, c7, 1), Conv(c7, c7, **row), Conv(c7, 192, **col)
+        self.branch7x7_1, self.branch7x7_2 = Conv(cin, c7, 1), Conv(c7, c7, **row)
+        self.branch7x7_3 = Conv(c7, 192, **col)
         self.branch7x7dbl_1 = Conv(cin, c7, 1)
         self.branch7x7dbl_2, self.branch7x7dbl_3 = Conv(c7, c7, **col), Conv(c7, c7, **row)
         self.branch7x7dbl_4, self.branch7x7dbl_5 = Conv(c7, c7, **col), Conv(c7, 192, **row)
@@ -132,7 +133,8 @@ class BlockE(nn.Module):  # expanded filter bank; ``max_pool`` for the last bloc
         self.max_pool = max_pool
         self.branch1x1 = Conv(cin, 320, 1)
         self.branch3x3_1 = Conv(cin, 384, 1)
-        self.branch3x3_2a, self.branch3x3_2b = Conv(384, 384, (1, 3), padding=(0, 1)), Conv(384, 384, (3, 1), padding=(1, 0))
+        self.branch3x3_2a = Conv(384, 384, (1, 3), padding=(0, 1))
+        self.branch3x3_2b = Conv(384, 384, (3, 1), padding=(1, 0))
         self.branch3x3dbl_1, self.branch3x3dbl_2 = Conv(cin, 448, 1), Conv(448, 384, 3, padding=1)
         self.branch3x3dbl_3a = Conv(384, 384, (1, 3), padding=(0, 1))
         self.branch3x3dbl_3b = Conv(384, 384, (3, 1), padding=(1, 0))

@@ -94,9 +94,8 @@ def bpd_splits(ckpt, data: Optional[str], *, n: int, seed: int, ema: bool, batch
     """bits/dim of ``n`` images of each split: a CIFAR-10 source's train and test splits (Table 1's two columns),
     else the one source given (or the run's)."""
     from ..data.sources import find_source
-    from .reports import bpd_report, real_images
-
     from ..run.directory import IMPORTED_DATA
+    from .reports import bpd_report, real_images
 
     src = data or ckpt.config.train.data
     splits = {"data": src}

@@ -19,13 +19,13 @@ from torch import Tensor, nn
 from ..atomic import atomic_write_text
 from ..data.sources import ImageData, load_data, to_float
 from ..errors import DDPMError
-from .features import feature_batch, reference_pass
-from .metrics import frechet_distance
-from .streaming import REF_N, feature_pass, reference_subset
 from ..run.directory import IMPORTED_DATA
 from ..runtime import exact_cuda_math, resolve_precision
 from ..sampling.samplers import make_sampler, sample_checkpoint
 from ..viz import plot_bpd_terms, plot_fd_steps
+from .features import feature_batch, reference_pass
+from .metrics import frechet_distance
+from .streaming import REF_N, feature_pass, reference_subset
 
 __all__ = ["evaluate_bpd", "bpd_report", "write_bpd_report", "bpd_line", "fd_report", "write_fd_report", "fd_table",
            "check_report_folder", "REPORTS", "real_images", "labels_like", "class_match", "write_metrics_report"]
@@ -102,10 +102,9 @@ def check_report_folder(out: Path, metric: str, *, own: bool = False) -> None:
     """DDPMError unless ``metric``'s report files can be written into ``out`` (checked before any work): its parent
     is there and takes files, and every report file already in it was written there by ddpm (``own``: the folder
     is a run's own eval folder, all ddpm's)."""
-    from ..sampling.outputs import check_writable_folder
-    from ..run.ownership import foreign_entries
-
     from ..run.directory import holds_run_config
+    from ..run.ownership import foreign_entries
+    from ..sampling.outputs import check_writable_folder
 
     if out.exists() and not out.is_dir():
         raise DDPMError(f"--out {out}: a file of that name is in the way of the report folder")
@@ -205,7 +204,8 @@ def class_match(classifier: nn.Module, images: Tensor, labels: Tensor, confidenc
                            for i in range(0, len(images), 500)])
     p, pred = probs.max(1)
     hit = pred == labels.cpu()
-    return {"class_match": hit.float().mean().item(), "confident_match": (hit & (p >= confidence)).float().mean().item()}
+    return {"class_match": hit.float().mean().item(),
+            "confident_match": (hit & (p >= confidence)).float().mean().item()}
 
 
 # ----------------------------------------------------------------------------- Fréchet distance
@@ -216,8 +216,9 @@ def fd_report(ckpt, data: ImageData, features, *, n: int = 1000, sampler: str = 
     """Fréchet distance of ``features`` ((name, network)) between samples and the real images of ``data``: one
     row per entry of ``steps`` (``n`` samples each drawn with ``sampler``; ``sampling`` keywords go to
     ``sampling.sample_checkpoint``), or one row for given ``samples``; the real images' statistics are cached in
-    ``cache_dir`` (listed there as ddpm's), of a seeded subset of ``ref_n`` where ``data`` holds more. Returns the rows (with the features' dimension ``dims``: FD@n is
-    strongly biased while n is small against it) for ``fd_table`` and ``write_fd_report``.
+    ``cache_dir`` (listed there as ddpm's), of a seeded subset of ``ref_n`` where ``data`` holds more. Returns the
+    rows (with the features' dimension ``dims``: FD@n is strongly biased while n is small against it) for
+    ``fd_table`` and ``write_fd_report``.
 
     A class-conditional run samples labels drawn like the data's (with ``guidance`` from ``sampling``); where the
     features come with a classifier (``digits``), each row also holds the share of samples it labels as their
@@ -238,7 +239,8 @@ def fd_report(ckpt, data: ImageData, features, *, n: int = 1000, sampler: str = 
     _check_varies(sig_r, f"{feat_name} features of the real images")
     digits = feat_name == "digits" and tuple(ckpt.config.classes or ()) == tuple(str(d) for d in range(10))
     true = _true_labels(ckpt, data)
-    labels = sample_labels if samples is not None else None if true is None else labels_like(true, n, sampling.get("seed", 0))
+    labels = sample_labels if samples is not None else \
+        None if true is None else labels_like(true, n, sampling.get("seed", 0))
     sets = [("file", 0, samples, float("nan"))] if samples is not None else []
     for k in ([] if samples is not None else steps):
         t0 = time.perf_counter()
@@ -255,7 +257,8 @@ def fd_report(ckpt, data: ImageData, features, *, n: int = 1000, sampler: str = 
                      "precision": resolve_precision(sampling.get("precision", "fp32"),
                                                     torch.device(sampling.get("device") or "cpu")),
                      "spacing": sampling.get("spacing") or "uniform", "seed": sampling.get("seed", 0),
-                     "data": data.name, "ref_n": ref.n, "sampler": name, "steps": k, "n": len(images), "seconds": seconds,
+                     "data": data.name, "ref_n": ref.n, "sampler": name, "steps": k, "n": len(images),
+                     "seconds": seconds,
                      "eta": (sampling.get("eta") or 0.0) if name == "ddim" else None,
                      "guidance": sampling.get("guidance", 0.0) if labels is not None else None,
                      "seconds_per_image": seconds / len(images), "fd": frechet_distance(mu, sig, mu_r, sig_r),

@@ -35,8 +35,8 @@ import torch
 from ..atomic import written_aside
 from ..config import DiffusionConfig, RunConfig, make_run_config
 from ..errors import DDPMError
-from ..run.directory import IMPORTED_DATA, holds_run_config, save_checkpoint, write_config
 from ..nn.unet import UNet, UNetConfig
+from ..run.directory import IMPORTED_DATA, holds_run_config, save_checkpoint, write_config
 from .schedulers import diffusion_from_scheduler, scheduler_config
 from .usage import usage
 
@@ -118,7 +118,8 @@ def unet_config_from_diffusers(cfg: Dict[str, Any], where: str = "unet/config.js
         raise DDPMError(f"{where}: unsupported num_class_embeds = {embeds!r} (K classes + the null class, K >= 1)")
     try:
         return UNetConfig(in_channels=in_ch, out_channels=None if out_ch == in_ch else out_ch, image_size=int(size),
-                          ch=ch, ch_mult=tuple(c // ch for c in chans), num_res_blocks=int(cfg.get("layers_per_block", 2)),
+                          ch=ch, ch_mult=tuple(c // ch for c in chans),
+                          num_res_blocks=int(cfg.get("layers_per_block", 2)),
                           attn_resolutions=tuple(sorted(attn, reverse=True)), dropout=float(cfg.get("dropout", 0.0)),
                           num_groups=int(cfg.get("norm_num_groups", 32)), num_classes=(embeds or 1) - 1)
     except ValueError as e:
@@ -369,7 +370,8 @@ def export_diffusers(model: UNet, diffusion: DiffusionConfig, out_dir: os.PathLi
         (tmp / "scheduler").mkdir()
         save_safetensors(to_diffusers_state_dict(model), tmp / "unet" / WEIGHTS)
         (tmp / "unet" / "config.json").write_text(json.dumps(unet_config_to_diffusers(model.config), indent=2) + "\n")
-        (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler_config(diffusion), indent=2) + "\n")
+        config = json.dumps(scheduler_config(diffusion), indent=2) + "\n"
+        (tmp / "scheduler" / "scheduler_config.json").write_text(config)
         index = {"_class_name": "DDPMPipeline", "scheduler": ["diffusers", "DDPMScheduler"],
                  "unet": ["diffusers", "UNet2DModel"]}
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")

@@ -42,8 +42,9 @@ def diffusion_from_scheduler(cfg: Dict[str, Any], where: str = "scheduler/schedu
     if cfg.get("trained_betas") is not None:
         raise DDPMError(f"{where}: unsupported trained_betas (use beta_schedule linear or squaredcos_cap_v2)")
     T = int(cfg.get("num_train_timesteps", 1000))
-    var = {"fixed_small": "fixedsmall", "fixed_large": "fixedlarge", "fixed_small_log": "fixedsmall",
-           "fixed_large_log": "fixedlarge", "learned_range": "learned-range"}.get(cfg.get("variance_type", "fixed_small"))
+    names = {"fixed_small": "fixedsmall", "fixed_large": "fixedlarge", "fixed_small_log": "fixedsmall",
+             "fixed_large_log": "fixedlarge", "learned_range": "learned-range"}
+    var = names.get(cfg.get("variance_type", "fixed_small"))
     if var is None:
         why = (" (diffusers reads a learned variance as sigma^2, ddpm as log sigma^2)"
                if cfg.get("variance_type") == "learned" else "")

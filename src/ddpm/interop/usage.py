@@ -17,7 +17,8 @@ def usage(out: Path, cfg: UNetConfig, classes: Optional[Sequence[str]] = None) -
     shape = f"({{n}}, {cfg.in_channels}, {cfg.image_size}, {cfg.image_size})"
     if not classes:
         return (f"# A DDPM exported by ddpm\n\n```python\nfrom diffusers import DDPMPipeline\n\n"
-                f"pipe = DDPMPipeline.from_pretrained({str(out)!r})\nimages = pipe(batch_size=4).images  # PIL images\n```\n")
+                f"pipe = DDPMPipeline.from_pretrained({str(out)!r})\n"
+                "images = pipe(batch_size=4).images  # PIL images\n```\n")
     return f"""# A class-conditional DDPM exported by ddpm
 
 Classes ({len(classes)}, in `classes.json`): {', '.join(classes[:20])}{', ...' if len(classes) > 20 else ''}.

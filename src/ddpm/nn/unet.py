@@ -30,7 +30,8 @@ __all__ = ["UNet", "UNetConfig", "timestep_embedding"]
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
     """Sinusoidal embedding of t, as in the paper's code: [sin(t w_k), cos(t w_k)], w_k = P^(-k/(half-1))."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / max(half - 1, 1))
+    steps = torch.arange(half, dtype=torch.float32, device=t.device)
+    freqs = torch.exp(-math.log(max_period) * steps / max(half - 1, 1))
     args = t.float()[:, None] * freqs[None]  # (B, half)
     emb = torch.cat([rowwise(torch.sin, args), rowwise(torch.cos, args)], dim=1)
     return F.pad(emb, (0, 1)) if dim % 2 else emb

@@ -158,7 +158,8 @@ def save_checkpoint(run_dir: PathLike, *, step: int, model: nn.Module, ema_model
     except OSError as e:
         if is_disk_full(e):
             last = list_checkpoints(run_dir)
-            kept = f"the last checkpoint, step {checkpoint_step(last[-1])}, is kept" if last else "no checkpoint is kept"
+            kept = (f"the last checkpoint, step {checkpoint_step(last[-1])}, is kept" if last
+                    else "no checkpoint is kept")
             raise DDPMError(f"no space left on the device writing the checkpoint of step {step} ({e.strerror}: "
                             f"{final}); {kept}. Free some space and continue with: ddpm train --out {run_dir} "
                             "--resume") from None

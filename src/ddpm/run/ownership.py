@@ -18,7 +18,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 from ..errors import DDPMError
 
-__all__ = ["MARK", "MANIFEST", "png_info", "marked_json", "is_marked", "record_written", "written_files", "foreign_entries",
+__all__ = ["MARK", "MANIFEST", "png_info", "marked_json", "is_marked", "record_written", "written_files",
+           "foreign_entries",
            "remove_written", "check_replaceable", "protected_reason"]
 
 PathLike = Union[str, os.PathLike]
@@ -57,7 +58,8 @@ def is_marked(path: PathLike) -> bool:
             from PIL import Image
 
             with Image.open(path) as im:
-                text = im.text.get("Software", "") if suffix == ".png" else im.info.get("comment", b"").decode("latin-1")
+                text = (im.text.get("Software", "") if suffix == ".png"
+                        else im.info.get("comment", b"").decode("latin-1"))
             return text.startswith("ddpm")
         if suffix == ".npz":
             with zipfile.ZipFile(path) as z:

@@ -8,8 +8,19 @@ from .guidance import Guided, check_guidance, class_labels
 from .interpolation import MIXES, interpolate
 from .jobs import JobSpec, SampleJob, parse_seeds, reverse_process_pictures, sample_job
 from .outputs import write_images
-from .samplers import (DDIM, SAMPLERS, SPACINGS, Ancestral, DPMSolverPP, Respaced, Sampler, SDEDPMSolverPP, generate,
-                       make_sampler, sample_checkpoint)
+from .samplers import (
+                       DDIM,
+                       SAMPLERS,
+                       SPACINGS,
+                       Ancestral,
+                       DPMSolverPP,
+                       Respaced,
+                       Sampler,
+                       SDEDPMSolverPP,
+                       generate,
+                       make_sampler,
+                       sample_checkpoint,
+)
 
 __all__ = ["SAMPLERS", "SPACINGS", "make_sampler", "Sampler", "Ancestral", "Respaced", "DDIM", "DPMSolverPP",
            "SDEDPMSolverPP", "generate", "sample_checkpoint", "Guided", "class_labels", "check_guidance", "JobSpec",

@@ -25,7 +25,8 @@ from torch import Tensor
 
 from ..diffusion.gaussian import GaussianDiffusion, draw_normal
 from ..errors import DDPMError
-from ..rng import ImageGenerators, derive_seed, generator as named_generator
+from ..rng import ImageGenerators, derive_seed
+from ..rng import generator as named_generator
 from .samplers import Callback, Respaced, Sampler
 
 __all__ = ["MASKS", "RePaint", "SDEdit", "repaint_levels", "make_mask", "sdedit_start"]

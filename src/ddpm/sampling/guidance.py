@@ -15,10 +15,10 @@ log = logging.getLogger(__name__)
 
 
 class Guided:
-    """A class-conditional model as a sampler calls it, ``(x_t, t) -> output``, for labels ``y`` [B] with classifier-free
-    guidance weight ``w`` (Ho & Salimans 2022): eps = (1 + w) eps(x, t, y) - w eps(x, t, null), the conditional and
-    the null halves in one batched forward; w = 0 is the plain conditional model. The same mix of x0, v or mu
-    predictions is the mix of their eps (each is affine in eps with the same x_t terms)."""
+    """A class-conditional model as a sampler calls it, ``(x_t, t) -> output``, for labels ``y`` [B] with
+    classifier-free guidance weight ``w`` (Ho & Salimans 2022): eps = (1 + w) eps(x, t, y) - w eps(x, t, null), the
+    conditional and the null halves in one batched forward; w = 0 is the plain conditional model. The same mix of
+    x0, v or mu predictions is the mix of their eps (each is affine in eps with the same x_t terms)."""
 
     def __init__(self, model, y: Tensor, null_class: int, guidance: float = 0.0):
         if not guidance >= 0:

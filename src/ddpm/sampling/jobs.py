@@ -188,7 +188,8 @@ class SampleJob:
             write_images(images, self.out, nrow=nrow)
         else:
             first = self.spec.first_seed
-            write_folder(self.out, ((first + i, a) for i, a in enumerate(a for arr in self._pieces("arr_0") for a in arr)))
+            write_folder(self.out, ((first + i, a) for i,
+                                    a in enumerate(a for arr in self._pieces("arr_0") for a in arr)))
         self.remove_parts()
         return self.out
 
@@ -198,7 +199,8 @@ class SampleJob:
         if not self.parts.is_dir():
             return
         for f in self.parts.iterdir():
-            if f.name == "job.json" or re.fullmatch(r"(\.)?chunk-\d{6}\.npz|\.chunk-\d{6}\.npz\.\w{8}\.tmp\.npz", f.name):
+            if f.name == "job.json" or re.fullmatch(r"(\.)?chunk-\d{6}\.npz|\.chunk-\d{6}\.npz\.\w{8}\.tmp\.npz",
+                                                    f.name):
                 f.unlink(missing_ok=True)
         try:
             self.parts.rmdir()
@@ -273,8 +275,8 @@ def sample_job(out, ckpt, sampler, *, seeds: range, class_spec: Optional[str] = 
     outputs, one seed each). Returns the job and how many images earlier runs of it had drawn already."""
     from tqdm.auto import tqdm
 
-    from .guidance import check_guidance, class_labels
     from ..runtime import barrier, rank0_value, rank_world, resolve_precision
+    from .guidance import check_guidance, class_labels
     from .samplers import generate
 
     rank, world = rank_world()

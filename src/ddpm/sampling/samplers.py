@@ -25,16 +25,17 @@ from typing import Callable, Dict, List, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from .guidance import Guided
 from ..data.sources import to_uint8
 from ..diffusion.gaussian import GaussianDiffusion, draw_normal, extract, on_device
-from ..rng import ImageGenerators
-from ..runtime import autocast, fast_cuda_math
 from ..diffusion.parameterisation import split_output, to_eps_x0
 from ..diffusion.schedule import NoiseSchedule
+from ..rng import ImageGenerators
+from ..runtime import autocast, fast_cuda_math
+from .guidance import Guided
 
 __all__ = ["SAMPLERS", "SPACINGS", "make_sampler", "step_indices", "respace", "ddim_update", "Sampler", "Ancestral",
-           "Respaced", "DDIM", "DPMSolverPP", "SDEDPMSolverPP", "generate", "sample_checkpoint", "default_steps", "model_eps"]
+           "Respaced", "DDIM", "DPMSolverPP", "SDEDPMSolverPP", "generate", "sample_checkpoint", "default_steps",
+           "model_eps"]
 
 SAMPLERS = ("ancestral", "respaced", "ddim", "dpm++", "sde-dpm++")
 SPACINGS = ("uniform", "quadratic")

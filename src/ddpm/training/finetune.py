@@ -11,8 +11,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ..config import DiffusionConfig, UNetConfig
 from ..errors import DDPMError
-from ..run.directory import IMPORTED_DATA, holds_run_config, load_checkpoint, read_config
 from ..nn.unet import UNet
+from ..run.directory import IMPORTED_DATA, holds_run_config, load_checkpoint, read_config
 
 __all__ = ["InitSource", "init_source", "network_mismatch", "check_network", "load_init_weights",
            "source_defaults", "nearest_preset", "PROVENANCE"]

@@ -17,18 +17,26 @@ from typing import Any, Callable, Dict, Optional
 import torch
 
 from ..atomic import atomic_write_text
-from ..config import (RunConfig, TrainConfig, make_run_config, overlay, resume_config,
-                     with_classes)
+from ..config import RunConfig, TrainConfig, make_run_config, overlay, resume_config, with_classes
 from ..data.sources import ImageData, load_data, resolve_source
-from .config_file import read_config_file
 from ..errors import DDPMError
-from .finetune import PROVENANCE, check_network, init_source, load_init_weights, source_defaults
-from ..run.directory import (IMPORTED_DATA, checkpoint_step, holds_run_config, is_run, list_checkpoints, load_checkpoint, read_config, run_lock,
-                  write_config)
-from .reporting import check_log
-from ..runtime import barrier, rank_world
-from .trainer import Trainer, learning_rate
 from ..nn.unet import UNet
+from ..run.directory import (
+    IMPORTED_DATA,
+    checkpoint_step,
+    holds_run_config,
+    is_run,
+    list_checkpoints,
+    load_checkpoint,
+    read_config,
+    run_lock,
+    write_config,
+)
+from ..runtime import barrier, rank_world
+from .config_file import read_config_file
+from .finetune import PROVENANCE, check_network, init_source, load_init_weights, source_defaults
+from .reporting import check_log
+from .trainer import Trainer, learning_rate
 
 __all__ = ["Trainer", "learning_rate", "train_run", "plan_run", "TrainResult"]
 
@@ -52,8 +60,8 @@ def plan_run(run: Path, *, train: Dict[str, Any], diffusion: Dict[str, Any], pre
     may make (``config.resume_config``), or a new run's from its preset and the overrides (``model``: fields of
     the network, e.g. ``image_size``, ``in_channels``). ``config_file``: a TOML (or JSON) file of settings
     (``config.read_config_file``), under the explicit ones. A new run with ``init_from`` takes its network and
-    (unless given) its diffusion and preset from there. Refuses, before anything is written: resuming what does not exist,
-    overwriting an existing run, a new run without data, a network other than the one of ``init_from``."""
+    (unless given) its diffusion and preset from there. Refuses, before anything is written: resuming what does not
+    exist, overwriting an existing run, a new run without data, a network other than the one of ``init_from``."""
     run = Path(run)
     if config_file is not None:
         file = read_config_file(config_file)
@@ -67,7 +75,8 @@ def plan_run(run: Path, *, train: Dict[str, Any], diffusion: Dict[str, Any], pre
         preset = preset or fresh.preset
     elif resume and is_run(run):
         saved = read_config(run)
-        if given is not None and saved.train.data != IMPORTED_DATA and resolve_source(saved.train.data) == train["data"]:
+        if given is not None and saved.train.data != IMPORTED_DATA and \
+                resolve_source(saved.train.data) == train["data"]:
             train = {k: v for k, v in train.items() if k != "data"}  # the same source, however it is spelled
         if saved.train.data == IMPORTED_DATA:
             raise DDPMError(f"{run} holds weights imported from a diffusers pipeline, without the data, optimizer "

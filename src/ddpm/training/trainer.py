@@ -22,18 +22,20 @@ from typing import Any, Callable, Dict, Iterator, Optional
 import torch
 from torch import nn
 
-from ..data.batches import Batches, HeldOut, Prefetcher, held_out_split
 from ..config import TrainConfig
+from ..data.batches import Batches, HeldOut, Prefetcher, held_out_split
 from ..data.sources import ImageData
 from ..diffusion.gaussian import GaussianDiffusion
 from ..errors import DDPMError
-from .reporting import Reporter, plain_log as _plain, progress_bar
 from ..rng import derive_seed, rng_state, seed_step, set_rng_state
 from ..run.directory import Checkpoint, list_checkpoints, save_checkpoint, step_name
 from ..runtime import Precision, accumulator_dtype, fast_cuda_math, rank_world, shares
 from ..sampling.samplers import Ancestral, generate
 from ..viz import save_grid
-from .optim import adam as _adam, learning_rate
+from .optim import adam as _adam
+from .optim import learning_rate
+from .reporting import Reporter, progress_bar
+from .reporting import plain_log as _plain
 from .timesteps import ImportanceSampler
 
 __all__ = ["Trainer", "learning_rate"]
@@ -279,7 +281,8 @@ class Trainer:
         return images
 
     # ------------------------------------------------------------------------- the loop
-    def fit(self, run_dir: Path, *, progress: bool = True, on_step: Optional[Callable[["Trainer"], None]] = None) -> str:
+    def fit(self, run_dir: Path, *, progress: bool = True,
+            on_step: Optional[Callable[["Trainer"], None]] = None) -> str:
         """Train until ``config.steps`` (or a signal, or ``time_limit``). Returns why it stopped: "done",
         "time limit", the signal's name, or "stopped by another process". Saves a checkpoint every
         ``save_every`` steps and whenever it stops. Under torchrun only rank 0 writes. ``on_step(trainer)`` is
