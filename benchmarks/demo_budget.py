@@ -53,8 +53,8 @@ def one(steps: int, seed: int, root: Path, guidance=(1.0,), sets=None, precision
     from ddpm.config import make_run_config, with_classes
     from ddpm.data.sources import MNIST_CLASSES
     from ddpm.run.directory import load_checkpoint
+    from ddpm.sampling.generation import sample_checkpoint
     from ddpm.sampling.guidance import class_labels
-    from ddpm.sampling.samplers import sample_checkpoint
     from ddpm.training.train import train_run
 
     sets = sets or overrides([])

@@ -27,8 +27,8 @@ from demo_quality import judge  # noqa: E402
 
 from ddpm import load_checkpoint  # noqa: E402
 from ddpm.cli.demo import DEMO_GUIDANCE, DEMO_P_UNCOND, DEMO_SAMPLER  # noqa: E402
+from ddpm.sampling.generation import sample_checkpoint  # noqa: E402
 from ddpm.sampling.guidance import class_labels  # noqa: E402
-from ddpm.sampling.samplers import sample_checkpoint  # noqa: E402
 from ddpm.training.train import plan_run, train_run  # noqa: E402
 
 

@@ -102,7 +102,8 @@ def train_speed(cfg, device, steps: int, compile_: bool) -> dict:
 
 
 def sampling_speed(model, diffusion, shape, n: int, device, compile_: bool) -> dict:
-    from ddpm.sampling.samplers import generate, make_sampler
+    from ddpm.sampling.generation import generate
+    from ddpm.sampling.samplers import make_sampler
 
     net = torch.compile(model) if compile_ else model
     out = {}

@@ -18,8 +18,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 from demo_quality import judge  # noqa: E402
 
 from ddpm import load_checkpoint  # noqa: E402
+from ddpm.sampling.generation import sample_checkpoint  # noqa: E402
 from ddpm.sampling.guidance import class_labels  # noqa: E402
-from ddpm.sampling.samplers import sample_checkpoint  # noqa: E402
 
 
 def main() -> int:

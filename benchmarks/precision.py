@@ -32,8 +32,9 @@ def read_metrics(path: Path) -> dict:
 def main() -> int:
     from ddpm.config import make_run_config
     from ddpm.run.directory import load_checkpoint
+    from ddpm.sampling.generation import generate
     from ddpm.sampling.outputs import write_images
-    from ddpm.sampling.samplers import generate, make_sampler
+    from ddpm.sampling.samplers import make_sampler
     from ddpm.training.train import train_run
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

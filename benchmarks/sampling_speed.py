@@ -11,7 +11,8 @@ import statistics
 import time
 
 from ddpm import load_checkpoint
-from ddpm.sampling.samplers import generate, make_sampler
+from ddpm.sampling.generation import generate
+from ddpm.sampling.samplers import make_sampler
 
 
 def main() -> int:

@@ -250,7 +250,8 @@ def time_sampling(args, device: torch.device) -> dict:
     """Seconds to draw ``args.sample`` cifar10-sized images with Algorithm 2 (T = 1000), eager and compiled."""
     from ddpm.config import make_run_config
     from ddpm.nn.unet import UNet
-    from ddpm.sampling.samplers import Ancestral, generate
+    from ddpm.sampling.generation import generate
+    from ddpm.sampling.samplers import Ancestral
 
     cfg = make_run_config("cifar10")
     model = UNet(cfg.model).to(device).eval()

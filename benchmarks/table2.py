@@ -50,7 +50,7 @@ def row(name: str, root: Path, args) -> dict:
     from ddpm.evaluation.features import digit_classifier_heldout
     from ddpm.evaluation.reports import evaluate_bpd
     from ddpm.run.directory import load_checkpoint
-    from ddpm.sampling.samplers import sample_checkpoint
+    from ddpm.sampling.generation import sample_checkpoint
     from ddpm.training.train import train_run
 
     predict, var_type, objective, t_sampling, paper = ROWS[name]

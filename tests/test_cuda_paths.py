@@ -137,7 +137,7 @@ def test_editors_keep_every_tensor_on_the_images_device():
 
 
 def test_a_job_records_its_device_and_refuses_another(tmp_path, capsys, monkeypatch):
-    import ddpm.sampling.samplers
+    import ddpm.sampling.generation
     from ddpm.cli.commands import main
 
     run = tmp_path / "run"
@@ -146,9 +146,9 @@ def test_a_job_records_its_device_and_refuses_another(tmp_path, capsys, monkeypa
     out = tmp_path / "s.npz"
     argv = ["sample", "--run", str(run), "--out", str(out), "--n", "4", "--chunk", "2", "--sampler", "ddim",
             "--steps", "3"]
-    real = stop_at_call(monkeypatch, ddpm.sampling.samplers, "generate", 2)  # Ctrl-C in the second chunk
+    real = stop_at_call(monkeypatch, ddpm.sampling.generation, "generate", 2)  # Ctrl-C in the second chunk
     assert main(argv) == 130
-    monkeypatch.setattr(ddpm.sampling.samplers, "generate", real)
+    monkeypatch.setattr(ddpm.sampling.generation, "generate", real)
     job = tmp_path / ".s.npz.parts" / "job.json"
     spec = json.loads(job.read_text())
     assert spec["device"] == "cpu" and spec["noise"] == "per-image-blocks-v3"

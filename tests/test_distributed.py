@@ -182,7 +182,7 @@ import sys
 
 if os.environ.get("RANK") == "1":
     if sys.argv[1] == "write":
-        import ddpm.sampling.samplers as samplers
+        import ddpm.sampling.generation as samplers
 
         def full_disk(*a, **k):
             raise OSError(errno.EFBIG, "File too large", "/data/chunk-000001.npz")
@@ -257,7 +257,7 @@ def test_processes_share_a_resumed_job_by_rank_0s_listing(tmp_path, one_process,
     (as NFS caches one on another node): the chunks left are dealt out from rank 0's listing, so none is drawn
     twice or forgotten (by their own listings rank 0 would draw chunks 3 and 5, rank 1 chunks 1, 3 and 5, and chunk
     4 nobody), and the output is the one-process output, byte for byte."""
-    import ddpm.sampling.samplers
+    import ddpm.sampling.generation
     from ddpm.cli.commands import main
     from helpers import stop_at_call
 
@@ -265,9 +265,9 @@ def test_processes_share_a_resumed_job_by_rank_0s_listing(tmp_path, one_process,
     _, _, run, _ = one_process()
     argv = ["sample", "--run", str(run), "--n", "24", "--chunk", "4", "--sampler", "ddim", "--steps", "3", "--quiet"]
     assert main([*argv, "--out", str(tmp_path / "whole.npz")]) == 0
-    real = stop_at_call(monkeypatch, ddpm.sampling.samplers, "generate", 4)  # chunks 0-2 of six drawn
+    real = stop_at_call(monkeypatch, ddpm.sampling.generation, "generate", 4)  # chunks 0-2 of six drawn
     assert main([*argv, "--out", str(tmp_path / "cut.npz")]) == 130
-    monkeypatch.setattr(ddpm.sampling.samplers, "generate", real)
+    monkeypatch.setattr(ddpm.sampling.generation, "generate", real)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(tmp_path / "inject.py"), "stale", "--", *argv, "--out", str(tmp_path / "cut.npz")]
     res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)

@@ -127,7 +127,7 @@ def test_a_run_that_failed_before_its_first_checkpoint_starts_again(tmp_path, ca
                                    RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't "
                                                 "allocate memory: you tried to allocate 8589934592 bytes")])
 def test_out_of_memory_is_one_line_with_what_to_change(error, run_dir, tmp_path, capsys, monkeypatch):
-    import ddpm.sampling.samplers
+    import ddpm.sampling.generation
     import ddpm.training.trainer
 
     def oom(*a, **k):
@@ -140,7 +140,7 @@ def test_out_of_memory_is_one_line_with_what_to_change(error, run_dir, tmp_path,
     assert "--batch-size 2" in line
     assert main(["train", "--data", "mnist", "--out", str(tmp_path / "r"), "--steps", "3", *TINY]) == 1
     assert "out of memory" in _one_line(capsys.readouterr().err)  # the same run may be started again
-    monkeypatch.setattr(ddpm.sampling.samplers, "generate", oom)
+    monkeypatch.setattr(ddpm.sampling.generation, "generate", oom)
     assert main(["sample", "--run", str(run_dir), "--out", str(tmp_path / "s.png"), "--batch-size", "64"]) == 1
     assert "out of memory at batch size 64: run again with --batch-size 32" in _one_line(capsys.readouterr().err)
 

@@ -95,7 +95,7 @@ def _unb64(s: str) -> torch.Tensor:
 
 def rng_state() -> Dict[str, Any]:
     """The torch (CPU), numpy and python global RNG states, JSON-able."""
-    np_state = np.random.get_state()
+    np_state: Any = np.random.get_state()  # the legacy tuple (legacy=True, the default)
     py = random.getstate()
     state = {
         "torch": _b64(torch.get_rng_state()),

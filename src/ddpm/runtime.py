@@ -40,7 +40,7 @@ _USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUN
 
 def _glibc() -> bool:
     try:
-        return os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")
+        return (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
     except (ValueError, OSError, AttributeError):
         return False
 
@@ -92,6 +92,8 @@ def busy_cores(interval: float = 0.2) -> float:
             return 0.0
     time.sleep(interval)
     b = _cpu_times()
+    if b is None:
+        return 0.0
     total, idle = b[0] - a[0], b[1] - a[1]
     return (os.cpu_count() or 1) * (1 - idle / total) if total > 0 else 0.0
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Union
+from typing import Any, Dict, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -50,7 +50,7 @@ def save_grid(images: torch.Tensor, path: PathLike, nrow: Optional[int] = None, 
     grid = make_grid(images, nrow)
     img = Image.fromarray(grid[..., 0] if grid.shape[2] == 1 else grid)
     if scale > 1:
-        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+        img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
     save_picture(img, path)
 
 
@@ -111,7 +111,7 @@ def labelled_grid(rows: Sequence[Sequence[np.ndarray]], col_labels: Sequence[str
             draw.text((left - pad - tw, y + H // 2), row_labels[i], fill="black", font=font, anchor="lm")
         for j, panel in enumerate(row):
             p = Image.fromarray(panel[..., 0] if panel.shape[2] == 1 else panel).convert("RGB")
-            img.paste(p.resize((W, H), Image.NEAREST), (left + pad + j * (W + pad), y))
+            img.paste(p.resize((W, H), Image.Resampling.NEAREST), (left + pad + j * (W + pad), y))
     for j, lab in enumerate(col_labels):
         x = left + pad + j * (W + pad) + W // 2
         draw.text((x, pad + len(rows) * (H + pad) + pad), lab, fill="black", font=font, anchor="mt")
@@ -175,7 +175,7 @@ class Trajectory:
             return min(steps, key=lambda s: abs(s - w))
 
         self.strip_steps = sorted({nearest(min(max(int(k), 1), T)) for k in keep}, reverse=True)
-        spread = np.linspace(steps[-1], steps[0], frames).round().astype(int) if frames else []
+        spread: Any = np.linspace(steps[-1], steps[0], frames).round().astype(int) if frames else []
         self.gif_steps = sorted({nearest(int(w)) for w in spread}, reverse=True)
         self._wanted = set(self.strip_steps) | set(self.gif_steps)
         self.kept: Dict[int, tuple] = {}
@@ -229,7 +229,7 @@ def interpolation_strip(xa: torch.Tensor, mixed: torch.Tensor, xb: torch.Tensor)
     return labelled_grid([panels], labels, scale=_scale_for(xa.shape[-1]))
 
 
-def plot_schedule(schedules: Dict[str, object], out_png: PathLike) -> None:
+def plot_schedule(schedules: Dict[str, Any], out_png: PathLike) -> None:
     """beta_t, abar_t and the signal-to-noise ratio abar/(1-abar) against t for each named NoiseSchedule."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), dpi=110)

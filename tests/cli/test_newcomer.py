@@ -19,7 +19,7 @@ def runs(tiny_runs):
 
 @pytest.mark.parametrize("how, code", [("SIGINT", 130), ("SIGTERM", 143)])
 def test_a_stopped_sampling_job_says_what_is_kept_and_how_to_continue(runs, tmp_path, monkeypatch, capsys, how, code):
-    import ddpm.sampling.samplers as samplers
+    import ddpm.sampling.generation as samplers
 
     args = ["sample", "--run", runs[0], "--n", "10", "--chunk", "3", "--sampler", "ddim", "--steps", "4"]
     real = stop_at_call(monkeypatch, samplers, "generate", 3, how)

@@ -13,7 +13,8 @@ from ddpm.nn.unet import UNet
 from ddpm.rng import ImageGenerators
 from ddpm.sampling.edit_jobs import Edit, inpaint, sdedit
 from ddpm.sampling.editing import MASKS, RePaint, SDEdit, make_mask, named_mask, repaint_levels, sdedit_start
-from ddpm.sampling.samplers import SAMPLERS, Ancestral, Respaced, generate, make_sampler
+from ddpm.sampling.generation import generate
+from ddpm.sampling.samplers import SAMPLERS, Ancestral, Respaced, make_sampler
 from helpers import OracleEps
 
 T = 40

@@ -14,8 +14,9 @@ import torch
 from ddpm import GaussianDiffusion, NoiseSchedule, UNet
 from ddpm.cli.commands import main
 from ddpm.errors import DDPMError
+from ddpm.sampling.generation import generate
 from ddpm.sampling.jobs import parse_seeds
-from ddpm.sampling.samplers import generate, make_sampler
+from ddpm.sampling.samplers import make_sampler
 from helpers import stop_at_call
 
 
@@ -115,15 +116,15 @@ def test_an_interrupted_job_gives_the_uninterrupted_output(run, tmp_path, monkey
     other = tmp_path / "other.npz"
     assert _sample(run, other, "--n", 10, "--chunk", 3, "--batch-size", 2) == 0
     assert other.read_bytes() == whole.read_bytes()  # byte for byte, with another batch size
-    import ddpm.sampling.samplers
+    import ddpm.sampling.generation
 
-    real = stop_at_call(monkeypatch, ddpm.sampling.samplers, "generate", 3)  # Ctrl-C in the third chunk
+    real = stop_at_call(monkeypatch, ddpm.sampling.generation, "generate", 3)  # Ctrl-C in the third chunk
     cut = tmp_path / "cut.npz"
     assert _sample(run, cut, "--n", 10, "--chunk", 3) == 130
     parts = tmp_path / ".cut.npz.parts"
     assert sorted(p.name for p in parts.glob("chunk-*")) == ["chunk-000000.npz", "chunk-000001.npz"]
     assert not cut.exists()
-    monkeypatch.setattr(ddpm.sampling.samplers, "generate", real)
+    monkeypatch.setattr(ddpm.sampling.generation, "generate", real)
     capsys.readouterr()
     assert _sample(run, cut, "--n", 10, "--chunk", 3) == 0
     assert "6 of them were drawn by an earlier run of this job" in capsys.readouterr().err
@@ -177,10 +178,10 @@ def test_a_sigkilled_job_continues_where_it_stopped(run, tmp_path):
 def test_a_job_records_the_precision_it_ran_in_never_auto(run, tmp_path, monkeypatch):
     """`--precision auto` is bf16 on one machine and fp32 on another: the job records which, so that a job
     continued on another machine class is not mixed with images of the other precision."""
-    import ddpm.sampling.samplers
+    import ddpm.sampling.generation
     from ddpm.runtime import resolve_precision
 
-    stop_at_call(monkeypatch, ddpm.sampling.samplers, "generate", 2)
+    stop_at_call(monkeypatch, ddpm.sampling.generation, "generate", 2)
     assert _sample(run, tmp_path / "s.npz", "--n", "6", "--chunk", "3", "--precision", "auto") == 130
     job = json.loads((tmp_path / ".s.npz.parts" / "job.json").read_text())
     assert job["precision"] == resolve_precision("auto", torch.device("cpu")) != "auto"

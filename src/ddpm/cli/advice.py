@@ -157,7 +157,7 @@ def failure(args, e: BaseException) -> Tuple[Optional[int], str]:
             return 1, ("ddpm: error: another process of this torchrun job failed or was stopped (this one's collective "
                        "lost its peer); that process's own line says why")
         return (1, f"ddpm: error: {oom_line(args)}") if out_of_memory(e) else (None, "")
-    return 1, f"ddpm: error: {disk_full_line(args, e) if is_disk_full(e) else e}"
+    return 1, f"ddpm: error: {disk_full_line(args, e) if isinstance(e, OSError) and is_disk_full(e) else e}"
 
 
 def one_of_many(line: str) -> str:

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 from ..runtime import configure_threads, keep_freed_memory
 from .advice import Projection, StderrHandler, count, failure, one_of_many, train_end_line
@@ -73,9 +73,9 @@ def cmd_sample(args) -> int:
         raise DDPMError("give --seeds A-B or --seed S --n N, not both")
     seeds = parse_seeds(args.seeds) if args.seeds else range(args.seed, args.seed + (args.n or 64))
     check_output(args.out, overwrite=args.overwrite, runs=[args.run])  # before anything is loaded
-    pictures = {"strip": args.trajectory and check_picture_path(args.trajectory, overwrite=args.overwrite,
-                                                                flag="--trajectory"),
-                "gif": args.gif and check_picture_path(args.gif, ".gif", overwrite=args.overwrite, flag="--gif")}
+    pictures: Dict[str, Any] = {
+        "strip": args.trajectory and check_picture_path(args.trajectory, overwrite=args.overwrite, flag="--trajectory"),
+        "gif": args.gif and check_picture_path(args.gif, ".gif", overwrite=args.overwrite, flag="--gif")}
     device = choose_device(args.device)
     with distributed(device, args.dist_timeout) as rank:
         ckpt = load_checkpoint(args.run, map_location=device)

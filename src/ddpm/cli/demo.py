@@ -29,9 +29,9 @@ from ..errors import DDPMError, Interrupted
 from ..nn.unet import UNet
 from ..run.directory import checkpoint_step, is_run, list_checkpoints, load_checkpoint, read_config, write_config
 from ..runtime import autocast, machine_class, resolve_precision
+from ..sampling.generation import sample_checkpoint
 from ..sampling.guidance import class_labels
 from ..sampling.outputs import write_images
-from ..sampling.samplers import sample_checkpoint
 from ..training.train import Trainer, train_run
 
 __all__ = ["DemoPlan", "DemoResult", "plan_demo", "run_demo", "DEMO_DIR", "DEMO_SAMPLES", "DEMO_SAMPLER",
@@ -169,12 +169,13 @@ class _Replan:
         # at the end of the warm-up (or before the first plan's end), timing from the 5th step on
         self.at = max(2, min(cfg.train.warmup, cfg.train.steps - 1))
         self.start = max(1, min(5, self.at // 2))
-        self.t0 = self.s0 = None
+        self.t0: Optional[float] = None
+        self.s0: Optional[int] = None
 
     def __call__(self, trainer: Trainer) -> None:
         if self.t0 is None and trainer.step >= self.start:
             self.t0, self.s0 = time.monotonic(), trainer.step
-        if trainer.step != self.at or self.t0 is None or trainer.step == self.s0:
+        if trainer.step != self.at or self.t0 is None or self.s0 is None or trainer.step == self.s0:
             return
         step_s = (time.monotonic() - self.t0) / (trainer.step - self.s0)
         fit = min(self.most, trainer.step + int(0.97 * (self.deadline - time.monotonic()) / step_s))
@@ -238,7 +239,7 @@ def run_demo(out: Path = Path(DEMO_DIR), *, minutes: float = DEMO_MINUTES, steps
     replan = None
     if plan.steps is not None and done < cfg.train.warmup:
         record = {"minutes": minutes, "machine": machine_class(device), "precision": precision,
-                  "timed_step_s": round(plan.step_s, 4), "planned_steps": plan.steps,
+                  "timed_step_s": None if plan.step_s is None else round(plan.step_s, 4), "planned_steps": plan.steps,
                   "sampling_s_estimate": round(plan.sampling_s, 1), "extended": plan.extended}
         replan = _Replan(run, cfg, time.monotonic() + plan.train_s, record)
     res = train_run(run, cfg, device=device, on_step=replan, progress=progress)

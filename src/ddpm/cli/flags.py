@@ -149,7 +149,7 @@ class Commands:
     """The subparsers: each command with its help, description, examples and the shared options."""
 
     def __init__(self, parser: argparse.ArgumentParser, handlers: Dict[str, Any]):
-        self.sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+        self.sub: Any = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
         self.handlers = handlers
         self.common = argparse.ArgumentParser(add_help=False)
         self.common.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -165,7 +165,7 @@ class Commands:
         self.device.add_argument("--dist-timeout", type=float, default=DIST_TIMEOUT_MIN, metavar="MINUTES",
                                  help="under torchrun: how long a process waits for the others before failing")
 
-    def add(self, name: str, help: str, description: str, examples: str, device: bool = True):
+    def add(self, name: str, help: str, description: str, examples: str, device: bool = True) -> Any:
         p = self.sub.add_parser(name, help=help, description=description, formatter_class=Formatter,
                                 epilog="examples:\n  " + examples.replace("; ", "\n  "),
                                 parents=[self.common, self.device] if device else [self.common])

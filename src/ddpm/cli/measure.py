@@ -109,6 +109,7 @@ def cmd_metrics(args) -> int:
     if metrics:
         result = score(samples, ref, metrics, features, batch_size=args.batch_size, cache_dir=_stats_cache(args),
                        seed=args.seed, progress=not args.quiet, stats=kept, device=device, ref_n=args.ref_n)
+        assert result is not None  # one process: rank 0
         lines, note = metric_lines(result, args.samples, args.ref)
         print("\n".join(lines), flush=True)
         if note:

@@ -9,8 +9,8 @@ examples of a batch do not depend on how it is split across processes or micro-b
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-from typing import Dict, List, Optional, Sequence, Tuple
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Dict, List, Optional, Sequence, Tuple, cast
 
 import torch
 from torch import Tensor
@@ -54,7 +54,8 @@ class Batches:
         positions = positions if positions is not None else range(self.batch_size)
         index = self.indices(step, positions)
         x0 = to_float(self.data.images[index])
-        y = None if self.p_uncond is None else self.data.labels[index].clone()
+        labels, p_uncond = self.data.labels, self.p_uncond
+        y = None if p_uncond is None or labels is None else labels[index].clone()  # a conditional run's data has labels
         ts, noises = [], []
         for j, pos in enumerate(positions):
             g = generator(self.seed, "example", step, pos)
@@ -63,8 +64,8 @@ class Batches:
             noises.append(torch.randn(x0.shape[1:], generator=g))
             if self.hflip and flip:
                 x0[j] = x0[j].flip(-1)
-            if y is not None and torch.rand((), generator=g) < self.p_uncond:  # drawn after all of the above
-                y[j] = self.null_class
+            if y is not None and p_uncond is not None and torch.rand((), generator=g) < p_uncond:  # drawn last
+                y[j] = cast(int, self.null_class)
         t, noise = torch.cat(ts), torch.stack(noises)
         return x0.to(device), t.to(device), noise.to(device), None if y is None else y.to(device)
 
@@ -99,8 +100,9 @@ class HeldOut:
             gens = [generator(self.seed, "held-out", int(j)) for j in idx]
             t = torch.cat([torch.randint(0, self.T, (1,), generator=g) for g in gens])
             noise = torch.stack([torch.randn(shape, generator=g) for g in gens])
+            labels = self.data.labels
             yield (to_float(self.data.images[idx]), t, noise,
-                   self.data.labels[idx].clone() if self.labelled else None)
+                   labels[idx].clone() if self.labelled and labels is not None else None)
 
 
 class Prefetcher:
@@ -114,12 +116,12 @@ class Prefetcher:
         self.batches, self.micro, self.device = batches, list(micro), torch.device(device)
         background = self.device.type == "cuda"
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ddpm-batches") if background else None
-        self._next = None  # (step, future)
+        self._next: Optional[Tuple[int, Future]] = None  # (step, future)
 
     def _make(self, step: int) -> List[Tuple]:
         out = []
         for positions in self.micro:
-            parts = self.batches.make(step, positions)
+            parts: Tuple[Optional[Tensor], ...] = self.batches.make(step, positions)
             if self.device.type == "cuda":
                 parts = tuple(None if p is None else p.pin_memory().to(self.device, non_blocking=True) for p in parts)
             out.append(parts)
@@ -129,8 +131,8 @@ class Prefetcher:
         if self._pool is None:
             return self._make(step)
         pending, self._next = self._next, None
-        ready = pending[1].result() if pending is not None else None  # also: nothing runs beside the call below
-        batch = ready if pending is not None and pending[0] == step else self._make(step)
+        ready: Optional[List[Tuple]] = pending[1].result() if pending is not None else None  # nothing runs beside
+        batch = ready if ready is not None and pending is not None and pending[0] == step else self._make(step)
         self._next = (step + 1, self._pool.submit(self._make, step + 1))
         return batch
 

@@ -118,6 +118,14 @@ def verify(path: Path, *, full: bool = False) -> Optional[str]:
     return None
 
 
+def _built(root: Path, key: str) -> Cached:
+    """The cache just built (or found built by another process meanwhile)."""
+    cached = open_cache(root, key)
+    if cached is None:
+        raise DDPMError(f"the cache {root / key} was built but does not check out; run again to build it anew")
+    return cached
+
+
 def open_cache(root: Path, key: str) -> Optional[Cached]:
     """The cache ``key`` if it exists and is intact; a damaged one is removed (and None returned)."""
     path = root / key
@@ -239,6 +247,7 @@ def _build(root: Path, key: str, meta: Dict[str, Any], what: str, n: int, tasks,
                         bad += fn(task)
                         bar.update(count)
                         continue
+                    assert ex is not None  # workers, unless decoded here (inline)
                     futures[ex.submit(fn, task)] = count
                     if len(futures) >= 64:  # a bounded queue: listing millions of images holds little at a time
                         _collect(futures, bad, bar, wait_one=True)
@@ -250,7 +259,7 @@ def _build(root: Path, key: str, meta: Dict[str, Any], what: str, n: int, tasks,
             meta.update(n=kept, shape=[kept, channels, size, size], classes=classes, unlabelled=why,
                         skipped=[name_of(row, name) for row, name, _ in bad])
             _finish(tmp, meta, labels_kept)
-    return open_cache(root, key)
+    return _built(root, key)
 
 
 def _collect(futures: Dict, bad: List, bar, wait_one: bool) -> None:
@@ -317,7 +326,7 @@ def build_array_cache(root: Path, key: str, meta: Dict[str, Any],
             meta.update(n=n, shape=[n, channels, size, size], classes=None if classes is None else list(classes),
                         unlabelled="" if labels is not None else unlabelled, skipped=[])
             _finish(tmp, meta, labels)
-    return open_cache(root, key)
+    return _built(root, key)
 
 
 def caches_of(root: Path, source: str) -> List[Tuple[Path, Dict[str, Any]]]:

@@ -23,7 +23,7 @@ from ..errors import DDPMError
 try:
     from numpy._core.multiarray import _reconstruct as _np_reconstruct
 except ImportError:  # numpy < 2
-    from numpy.core.multiarray import _reconstruct as _np_reconstruct
+    from numpy.core.multiarray import _reconstruct as _np_reconstruct  # type: ignore[no-redef]
 
 __all__ = ["read_cifar10", "CIFAR10_CLASSES"]
 
@@ -73,7 +73,9 @@ def _read_tar(path: Path) -> Dict[str, bytes]:
                 if m.issym() or m.islnk():
                     raise DDPMError(f"refusing archive {path}: member {m.name!r} is a link")
                 if m.isfile() and parts[-1] in _ALL and parts[-1] not in blobs:
-                    blobs[parts[-1]] = tf.extractfile(m).read()
+                    member = tf.extractfile(m)
+                    if member is not None:  # a regular file always has one
+                        blobs[parts[-1]] = member.read()
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
         raise DDPMError(f"cannot read {path} as a CIFAR-10 archive: {e}") from None
     return blobs

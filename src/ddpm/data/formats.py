@@ -90,7 +90,7 @@ class Encoded:
                 for i in range(0, rows, TASK):
                     yield min(TASK, rows - i), (str(f), i, min(TASK, rows - i))
 
-    def first(self) -> Tuple[str, bytes]:
+    def first(self) -> Tuple[str, Optional[bytes]]:
         """The first image's name and bytes (read here, for checks and a source's native size)."""
         if self.kind == "lmdb":
             with _lmdb(self.path) as env, env.begin(buffers=False) as txn:
@@ -147,7 +147,7 @@ class Encoded:
                 pieces = _group_piece(f, group, self.image_column, off, min(count, stop or count))
             else:
                 f, first, count = payload
-                pieces = [arrow_table(Path(f)).column(self.image_column).slice(first, min(count, stop or count))]
+                pieces = iter([arrow_table(Path(f)).column(self.image_column).slice(first, min(count, stop or count))])
             i = 0
             for values in pieces:
                 for v in values.to_pylist():
@@ -189,7 +189,7 @@ def _image_bytes(v, folder: Path) -> Tuple[Optional[bytes], str]:
             except OSError as e:
                 return None, f"cannot read its path {v['path']}: {e.strerror or e}"
         return None, ""
-    return (v, "") if isinstance(v, (bytes, bytearray)) else (None, "")
+    return (bytes(v), "") if isinstance(v, (bytes, bytearray)) else (None, "")
 
 
 def _within(p: Path, folder: Path) -> bool:
@@ -283,10 +283,13 @@ def _check_lmdb(src: Encoded) -> Encoded:
         raise DDPMError(f"the LMDB {src.path} is empty")
     name, data = src.first()
     try:
+        if data is None:
+            raise DDPMError("no value")
         decode_bytes(data, name, 1, 8)
     except DDPMError:
         raise DDPMError(f"the LMDB {src.path} does not hold images: the value of its first entry ({name}, "
-                        f"{len(data)} bytes) is no image format (LSUN's layout: keys -> webp/jpeg/png bytes)") from None
+                        f"{len(data or b'')} bytes) is no image format (LSUN's layout: keys -> webp/jpeg/png "
+                        "bytes)") from None
     return src
 
 
@@ -339,5 +342,5 @@ def _zip_labels(path: Path, names: Sequence[str]) -> Labels:
     parts = [PurePosixPath(n).parts for n in names]
     if len({p[0] for p in parts}) == 1 and all(len(p) > 1 for p in parts):
         parts = [p[1:] for p in parts]
-    classes, labels, why = classes_of_parts(parts, str(path))
-    return classes, None if labels is None else np.asarray(labels, np.int64), why
+    classes, found, why = classes_of_parts(parts, str(path))
+    return classes, None if found is None else np.asarray(found, np.int64), why

@@ -118,12 +118,13 @@ def fit(im: Image.Image, size: int, resize: str = "center-crop") -> Image.Image:
     pad (resized so that the long side is size, centred on black) or stretch (resized, aspect not kept)."""
     w, h = im.size
     if resize == "stretch":
-        return im if (w, h) == (size, size) else im.resize((size, size), Image.BICUBIC, reducing_gap=3.0)
+        return im if (w, h) == (size, size) else im.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0)
     if resize == "pad":
         if w == h:
             return fit(im, size)
         scale = size / max(w, h)
-        inner = im.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BICUBIC, reducing_gap=3.0)
+        inner = im.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BICUBIC,
+                          reducing_gap=3.0)
         out = Image.new(im.mode, (size, size))
         out.paste(inner, ((size - inner.size[0]) // 2, (size - inner.size[1]) // 2))
         return out
@@ -133,7 +134,7 @@ def fit(im: Image.Image, size: int, resize: str = "center-crop") -> Image.Image:
     box = ((w - m) // 2, (h - m) // 2, (w - m) // 2 + m, (h - m) // 2 + m)
     if m == size:
         return im.crop(box) if (w, h) != (size, size) else im
-    return im.resize((size, size), Image.BICUBIC, box=box, reducing_gap=3.0)
+    return im.resize((size, size), Image.Resampling.BICUBIC, box=box, reducing_gap=3.0)
 
 
 def chw(im: Image.Image) -> np.ndarray:

@@ -117,6 +117,13 @@ class Source:
     encoded: Optional[Encoded] = None
 
     @property
+    def at(self) -> Path:
+        """Its path (every source but the shipped digits has one)."""
+        if self.path is None:
+            raise ValueError(f"the {self.kind} source has no path")
+        return self.path
+
+    @property
     def name(self) -> str:
         return {"mnist": "mnist", "cifar10": "cifar10" + (":test" if self.split == "test" else "")}.get(
             self.kind, str(self.path))
@@ -129,9 +136,9 @@ class Source:
         if self.encoded is not None:
             return source_key(self.kind, self.encoded.key_files(), **self.encoded.key_extra())
         if self.kind == "npz":
-            return source_key("npz", [self.path])
-        files = list(self.path.rglob("*")) if self.path.is_dir() else [self.path]
-        return source_key("cifar10", [f for f in files if f.is_file()], self.path if self.path.is_dir() else None,
+            return source_key("npz", [self.at])
+        files = list(self.at.rglob("*")) if self.at.is_dir() else [self.at]
+        return source_key("cifar10", [f for f in files if f.is_file()], self.at if self.at.is_dir() else None,
                           split=self.split)
 
 
@@ -213,17 +220,17 @@ def load_data(src: str, *, channels: int, image_size: int, progress: bool = Fals
         return _mnist(channels, image_size, resize)
     root, skey = cache_root(cache_dir), source.key()
     key = cache_key(skey, channels, image_size, resize)
-    meta = {"key": key, "source_key": skey, "source": str(source.path.resolve()), "kind": source.kind,
+    meta = {"key": key, "source_key": skey, "source": str(source.at.resolve()), "kind": source.kind,
             "split": source.split, "resize": resize}
     cached = open_cache(root, key)
     if cached is None and source.kind == "folder":
-        cached = build_folder_cache(root, key, meta, source.path, source.paths, channels, image_size, resize=resize,
+        cached = build_folder_cache(root, key, meta, source.at, source.paths, channels, image_size, resize=resize,
                                     skip_bad=skip_bad, progress=progress)
     elif cached is None and source.encoded is not None:
         cached = build_encoded_cache(root, key, meta, source.encoded, channels, image_size, resize=resize,
                                      skip_bad=skip_bad, progress=progress)
     elif cached is None and source.kind == "npz":
-        arrays = Arrays(source.path)
+        arrays = Arrays(source.at)
         cached = build_array_cache(root, key, meta, arrays.load, arrays.classes, channels, image_size, resize=resize,
                                    progress=progress, unlabelled=f"{source.path} has no labels (arr_1)")
     elif cached is None:
@@ -241,7 +248,7 @@ def load_data(src: str, *, channels: int, image_size: int, progress: bool = Fals
 
 
 def _read_cifar(source: Source) -> Tuple[np.ndarray, np.ndarray]:
-    found = read_cifar10(source.path, source.split)
+    found = read_cifar10(source.at, source.split)
     if found is None:
         raise DDPMError(f"{source.path}: not a CIFAR-10 archive (no data_batch_1..5 inside); expected 'mnist', "
                         "a folder of images, or a CIFAR-10 archive/folder")
@@ -256,7 +263,7 @@ def native_shape(source: Source) -> Tuple[int, int]:
     if source.kind == "cifar10":
         return 3, 32
     if source.kind == "npz":
-        arr = Arrays(source.path).load()[0]
+        arr = Arrays(source.at).load()[0]
         return arr.shape[1], min(arr.shape[2:])
     if source.encoded is not None:
         _, data = source.encoded.first()
@@ -287,7 +294,7 @@ def cache_info(src: str, *, channels: Optional[int] = None, image_size: Optional
     path = root / cache_key(skey, channels, size, resize)
     if source.kind == "folder":
         n = len(source.paths)
-        classes, _, why = folder_classes(source.path, source.paths)
+        classes, _, why = folder_classes(source.at, source.paths)
         info["classes"], info["unlabelled"] = classes, why
     elif source.encoded is not None:
         n = source.encoded.count()
@@ -296,7 +303,7 @@ def cache_info(src: str, *, channels: Optional[int] = None, image_size: Optional
         if source.encoded.image_column:
             info["columns"] = (source.encoded.image_column, source.encoded.label_column)
     elif source.kind == "npz":
-        arrays = Arrays(source.path)
+        arrays = Arrays(source.at)
         images, labels = arrays.load()
         n = len(images)
         info["classes"] = arrays.classes(labels) if labels is not None else None

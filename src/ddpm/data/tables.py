@@ -182,7 +182,7 @@ class Arrays:
             labels = labels.astype(np.int64)
         return arr.transpose(0, 3, 1, 2), labels
 
-    def classes(self, labels: Optional[np.ndarray]) -> Tuple[str, ...]:
+    def classes(self, labels: np.ndarray) -> Tuple[str, ...]:
         top = int(labels.max()) + 1
         for f in (self.path.with_name(self.path.stem + ".classes.json"), self.path.with_name("classes.json")):
             if f.is_file():

@@ -10,7 +10,7 @@ Images are float tensors in [-1, 1], layout NCHW. ``t`` is an int64 tensor [B] o
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -20,9 +20,12 @@ from .parameterisation import LEARNED, PREDICTIONS, split_output, target, to_eps
 from .schedule import NoiseSchedule
 from .tables import extract, on_device
 
-__all__ = ["GaussianDiffusion", "VAR_TYPES", "OBJECTIVES", "extract", "on_device", "draw_normal"]
+__all__ = ["GaussianDiffusion", "VAR_TYPES", "OBJECTIVES", "extract", "on_device", "draw_normal", "Model",
+           "Noise", "Device"]
 
-Model = Callable[[Tensor, Tensor], Tensor]
+Model = Callable[..., Tensor]  # (x_t, t) -> output, or (x_t, t, y) -> output
+Noise = Any  # where noise comes from: None, a torch.Generator or rng.ImageGenerators (anything with randn)
+Device = Union[str, torch.device, None]
 VAR_TYPES = ("fixedlarge", "fixedsmall", "learned", "learned-range")
 OBJECTIVES = ("simple", "vlb", "hybrid")
 
@@ -68,7 +71,7 @@ class GaussianDiffusion:
         return f"GaussianDiffusion({self.schedule!r}, var_type={self.var_type!r}, predict={self.predict!r})"
 
     # ----------------------------------------------------------------------------- forward process
-    def q_mean_variance(self, x0: Tensor, t: Tensor):
+    def q_mean_variance(self, x0: Tensor, t: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         """q(x_t | x_0) = N(sqrt(abar_t) x0, (1 - abar_t) I) (Eq. 4): (mean, variance, log_variance)."""
         s = self.schedule
         mean = extract(s.sqrt_alphas_cumprod, t, x0) * x0
@@ -82,7 +85,7 @@ class GaussianDiffusion:
         s = self.schedule
         return extract(s.sqrt_alphas_cumprod, t, x0) * x0 + extract(s.sqrt_one_minus_alphas_cumprod, t, x0) * noise
 
-    def q_posterior(self, x0: Tensor, xt: Tensor, t: Tensor):
+    def q_posterior(self, x0: Tensor, xt: Tensor, t: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         """q(x_{t-1} | x_t, x_0) = N(mu-tilde, beta-tilde I) (Eqs. 6-7): (mean, variance, log_variance)."""
         s = self.schedule
         mean = extract(s.posterior_mean_coef1, t, xt) * x0 + extract(s.posterior_mean_coef2, t, xt) * xt
@@ -134,8 +137,8 @@ class GaussianDiffusion:
         return {"variance": log_var.exp(), "log_variance": log_var, "std": (0.5 * log_var).exp()}
 
     @torch.no_grad()
-    def p_sample(self, model: Model, xt: Tensor, t: Tensor, *, generator: Optional[torch.Generator] = None,
-                 clip_denoised: bool = True, noise: Optional[Tensor] = None):
+    def p_sample(self, model: Model, xt: Tensor, t: Tensor, *, generator: Noise = None,
+                 clip_denoised: bool = True, noise: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         """One step of Algorithm 2: x_{t-1} = mu_theta + sigma_t z, with z = 0 where t == 0.
 
         Returns ``(x_prev, pred_x0)``.
@@ -148,9 +151,10 @@ class GaussianDiffusion:
         return x_prev, out["pred_x0"]
 
     @torch.no_grad()
-    def sample(self, model: Model, shape: Sequence[int], *, generator: Optional[torch.Generator] = None,
+    def sample(self, model: Model, shape: Sequence[int], *, generator: Noise = None,
                progress: bool = False, callback: Optional[Callable[[int, Tensor, Tensor], None]] = None,
-               device=None, dtype: torch.dtype = torch.float32, clip_denoised: bool = True) -> Tensor:
+               device: Device = None, dtype: torch.dtype = torch.float32,
+               clip_denoised: bool = True) -> Tensor:
         """Algorithm 2: start at x_T ~ N(0, I), apply p_sample for i = T-1 .. 0, return x_0 in [-1, 1].
 
         ``generator`` makes it reproducible (its device is used unless ``device`` is given);
@@ -174,8 +178,8 @@ class GaussianDiffusion:
     # ----------------------------------------------------------------------------- likelihood
     @torch.no_grad()
     def bits_per_dim(self, model: Model, x0: Tensor, *, y: Optional[Tensor] = None,
-                     generator: Optional[torch.Generator] = None, clip_denoised: bool = True,
-                     return_terms: bool = False, progress: bool = False):
+                     generator: Noise = None, clip_denoised: bool = True,
+                     return_terms: bool = False, progress: bool = False) -> Union[Tensor, Dict[str, Tensor]]:
         """The variational bound of Eq. 5 for each image, in bits/dim: shape [B].
 
         L = KL(q(x_T|x0) || N(0, I)) + sum_{t>1} KL(q(x_{t-1}|x_t, x0) || p(x_{t-1}|x_t)) - log p(x0|x1),
@@ -238,7 +242,7 @@ class GaussianDiffusion:
                              "learned-range (with a fixed variance, simple or vlb)")
 
     def training_loss(self, model: Model, x0: Tensor, t: Optional[Tensor] = None, noise: Optional[Tensor] = None,
-                      *, y: Optional[Tensor] = None, generator: Optional[torch.Generator] = None,
+                      *, y: Optional[Tensor] = None, generator: Noise = None,
                       loss: str = "l2", objective: str = "simple", vlb_weight: float = 0.001) -> Tensor:
         """The per-example loss [B] at steps ``t`` (default uniform) with noise ``noise`` (default N(0, I) from
         ``generator``); ``y``: the labels a class-conditional model is given.
@@ -269,6 +273,7 @@ class GaussianDiffusion:
         simple = (err.pow(2) if loss == "l2" else err.abs()).flatten(1).mean(dim=1)
         if objective == "simple":
             return simple
+        assert var_values is not None  # hybrid needs a learned variance (check_objective)
         frozen = torch.cat([pred.detach(), var_values], dim=1)  # the bound's gradient reaches the variance only
         return simple + vlb_weight * self.T * self._vlb_term(frozen, x0, xt, t)
 
@@ -286,7 +291,7 @@ def _decoder_bits(x0: Tensor, mean: Tensor, log_scale: Tensor, first: Tensor,
     elsewhere). On a CPU (``select``) only those rows are computed, 1/T of a batch; on a GPU, choosing rows would
     wait for the device, so every row is, elementwise, the others given harmless values first (a wide Gaussian's
     bin probability underflows, and its gradient would be NaN even where it is not selected)."""
-    def bits(x, m, s):
+    def bits(x: Tensor, m: Tensor, s: Tensor) -> Tensor:
         return mean_bits_per_dim(-discretized_gaussian_log_likelihood(x, m, s, dtype=torch.float32))
 
     if x0.device.type == "cpu" if select is None else select:
@@ -298,13 +303,14 @@ def _decoder_bits(x0: Tensor, mean: Tensor, log_scale: Tensor, first: Tensor,
     return torch.where(first, masked, torch.zeros_like(masked))
 
 
-def draw_normal(shape, generator, like: Tensor) -> Tensor:
+def draw_normal(shape: Sequence[int], generator: Noise, like: Tensor) -> Tensor:
     """N(0, I) of ``shape`` on ``like``'s device/dtype, drawn from ``generator`` when given: a torch.Generator, or
     one generator per image (``rng.ImageGenerators``, anything with ``randn(shape, dtype)``)."""
     if generator is None:
         return torch.randn(shape, device=like.device, dtype=like.dtype)
     if hasattr(generator, "randn"):
-        return generator.randn(shape, dtype=like.dtype).to(like.device)
+        drawn: Tensor = generator.randn(shape, dtype=like.dtype)
+        return drawn.to(like.device)
     out = torch.randn(shape, generator=generator, device=generator.device, dtype=like.dtype)
     return out.to(like.device)
 

@@ -16,7 +16,7 @@ log sigma^2 = (v + 1)/2 log beta_t + (1 - v)/2 log beta-tilde_t, Improved DDPM E
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 from torch import Tensor
 
@@ -94,7 +94,7 @@ def target(s: NoiseSchedule, predict: str, x0: Tensor, xt: Tensor, t: Tensor, ep
     raise ValueError(f"predict must be one of {PREDICTIONS}, got {predict!r}")
 
 
-def split_output(out: Tensor, channels: int, learned: bool) -> Tuple[Tensor, Tensor]:
+def split_output(out: Tensor, channels: int, learned: bool) -> Tuple[Tensor, Optional[Tensor]]:
     """(prediction, variance values or None) of a network output of C or 2C channels."""
     expected = 2 * channels if learned else channels
     if out.shape[1] != expected:

@@ -42,7 +42,7 @@ class NoiseSchedule:
     Build one with :meth:`linear` (the paper's) or :meth:`cosine` (improved DDPM), or pass any betas.
     """
 
-    def __init__(self, betas, *, spec: Optional[Dict[str, Any]] = None):
+    def __init__(self, betas: Any, *, spec: Optional[Dict[str, Any]] = None):
         betas = torch.as_tensor(betas, dtype=torch.float64).detach().clone().cpu()
         _check_betas(betas)
         self.spec: Dict[str, Any] = dict(spec) if spec else {"kind": "custom", "betas": betas.tolist()}
@@ -132,7 +132,7 @@ class NoiseSchedule:
         return f"NoiseSchedule.{self.spec.get('kind', 'custom')}({args})"
 
 
-def _check_T(T) -> int:
+def _check_T(T: Any) -> int:
     if isinstance(T, bool) or not isinstance(T, int) or T < 1:
         raise ValueError(f"T must be a positive integer, got {T!r}")
     return T

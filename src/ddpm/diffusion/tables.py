@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Union
+
 import torch
 from torch import Tensor
 
 __all__ = ["on_device", "extract"]
 
 
-def on_device(table: Tensor, device) -> Tensor:
+def on_device(table: Tensor, device: Union[str, torch.device]) -> Tensor:
     """``table`` on ``device``, copied there once and kept with the table: a sampler's tables would otherwise
     cross from host to GPU (a synchronising copy) several times per step."""
     device = torch.device(device)
@@ -17,7 +19,8 @@ def on_device(table: Tensor, device) -> Tensor:
     copies = table.__dict__.setdefault("_ddpm_copies", {})
     if device not in copies:  # MPS has no float64: the table goes there as float32
         copies[device] = table.to(device, torch.float32 if device.type == "mps" and table.is_floating_point() else None)
-    return copies[device]
+    copy: Tensor = copies[device]
+    return copy
 
 
 def extract(table: Tensor, t: Tensor, like: Tensor) -> Tensor:

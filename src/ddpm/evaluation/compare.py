@@ -24,7 +24,7 @@ from ..errors import DDPMError
 from ..runtime import rank_world
 from .features import feature_batch, reference_pass
 from .metrics import frechet_distance, inception_score, kernel_inception_distance, precision_recall
-from .streaming import REF_N, REF_SUBSET_SEED, feature_pass, reference_subset
+from .streaming import REF_N, REF_SUBSET_SEED, FeaturePass, feature_pass, reference_subset
 
 __all__ = ["METRICS", "MIN_IMAGES", "ImageSet", "read_set", "read_samples", "parse_metrics", "score", "metric_lines",
            "stats_arrays",
@@ -116,8 +116,8 @@ def read_set(spec: str, *, shape: Optional[Tuple[int, ...]] = None, cache_dir=No
                 raise DDPMError(f"{p}: mu or sigma holds NaN or infinite values, so no distance can be computed from "
                                 "it; write the statistics again (ddpm metrics IMAGES --save-stats OUT.npz)")
             n = int(z["n"].reshape(-1)[0]) if "n" in z and z["n"].size == 1 and z["n"].dtype.kind in "iu" else 0
-            sha = z.get("feature_sha256")
-            sha = str(sha.reshape(-1)[0]) if sha is not None and sha.size == 1 and sha.dtype.kind == "U" else ""
+            held = z.get("feature_sha256")
+            sha = str(held.reshape(-1)[0]) if held is not None and held.size == 1 and held.dtype.kind == "U" else ""
             return ImageSet(str(spec), stats=(mu, sigma), n=n, feature_sha256=sha)
         images, _ = _samples_of(z, p)
         return ImageSet(str(spec), images=images, n=len(images))
@@ -151,11 +151,13 @@ def _check(samples: ImageSet, ref: Optional[ImageSet], metrics: Sequence[str], c
     if ref is not None and samples.shape and ref.shape and samples.shape != ref.shape:
         raise DDPMError(f"the sets differ: SAMPLES are {samples.shape} (C, H, W), REF {ref.shape}")
     for s, which in ((samples, "SAMPLES"), (ref, "REF")):
+        if s is None or s.images is None:
+            continue
+        total = len(s.images)
+        count = min(total, ref_n or total) if which == "REF" else total
         for m in metrics:
-            count = None if s is None or s.images is None else \
-                min(len(s.images), ref_n or len(s.images)) if which == "REF" else len(s.images)
-            if count is not None and count < MIN_IMAGES[m] and (m != "is" or which == "SAMPLES"):
-                raise DDPMError(f"{which} has {count} images" + (" (--ref-n)" if count < len(s.images) else "")
+            if count < MIN_IMAGES[m] and (m != "is" or which == "SAMPLES"):
+                raise DDPMError(f"{which} has {count} images" + (" (--ref-n)" if count < total else "")
                                 + f"; {m} needs at least {MIN_IMAGES[m]}")
     if "is" in metrics and not classifier:
         raise DDPMError("the Inception Score needs the Inception's classifier layer, which this file lacks: pass "
@@ -180,23 +182,25 @@ def score(samples: ImageSet, ref: Optional[ImageSet], metrics: Sequence[str], fe
     _check(samples, ref, metrics, getattr(net, "has_classifier", True), ref_n)
     kw = dict(batch_size=batch_size or feature_batch(device), device=device, progress=progress)
     held = "kid" in metrics or "pr" in metrics  # the metrics that need every feature vector, not their moments
-    mine, feats, probs = samples.stats, None, None
+    mine = FeaturePass(samples.n, *samples.stats) if samples.stats is not None else FeaturePass(samples.n)
     if samples.images is not None:
-        p = feature_pass(net, samples.images, moments="fid" in metrics or stats is not None, keep=held,
-                         with_probs="is" in metrics, desc=f"{name} features of SAMPLES", **kw)
-        feats, probs, mine = p.features, p.probs, (p.mu, p.sigma) if p.mu is not None else None
+        mine = feature_pass(net, samples.images, moments="fid" in metrics or stats is not None, keep=held,
+                            with_probs="is" in metrics, desc=f"{name} features of SAMPLES", **kw)
         if stats is not None:
-            stats["mu"], stats["sigma"] = mine
-    theirs, ref_feats, subset = (ref.stats if ref is not None else None), None, None
-    if ref is not None and ref.images is not None and ("fid" in metrics or held):
+            stats["mu"], stats["sigma"] = mine.moments()
+    theirs, subset = FeaturePass(0), None
+    if ref is not None and ref.stats is not None:
+        theirs = FeaturePass(ref.n, *ref.stats)
+    elif ref is not None and ref.images is not None and ("fid" in metrics or held):
         subset = reference_subset(ref.n, ref_n)
-        r = reference_pass(net, name, ref.images, ref.name, indices=subset, keep=held, key=ref.key,
-                           cache_dir=cache_dir, **kw)
-        theirs, ref_feats = (r.mu, r.sigma), r.features
+        theirs = reference_pass(net, name, ref.images, ref.name, indices=subset, keep=held, key=ref.key,
+                                cache_dir=cache_dir, **kw)
     if rank_world()[0] != 0:
         return None
     out: Dict[str, Any] = {"n": samples.n}
     if "is" in metrics:  # splits of a seeded shuffle: never of the order the samples were written in (by class)
+        probs = mine.probs
+        assert probs is not None  # asked for with_probs
         order = np.random.default_rng(seed).permutation(len(probs))
         out["is"], out["is_split_seed"] = list(inception_score(probs[order], IS_SPLITS)), seed
     if ref is not None:
@@ -204,15 +208,15 @@ def score(samples: ImageSet, ref: Optional[ImageSet], metrics: Sequence[str], fe
         if subset is not None:
             out.update(ref_total=ref.n, ref_subset_seed=REF_SUBSET_SEED)
         if "fid" in metrics:
-            _check_stats(samples, ref, mine, theirs, name, net)
-            out["fid"] = frechet_distance(*mine, *theirs)
+            _check_stats(samples, ref, mine.moments(), theirs.moments(), name, net)
+            out["fid"] = frechet_distance(*mine.moments(), *theirs.moments())
         if "kid" in metrics:
-            out["kid"] = list(kernel_inception_distance(feats, ref_feats, seed=seed))
+            out["kid"] = list(kernel_inception_distance(mine.kept(), theirs.kept(), seed=seed))
         if "pr" in metrics:
-            out["precision"], out["recall"] = precision_recall(ref_feats, feats, k=PR_K, device=device)
+            out["precision"], out["recall"] = precision_recall(theirs.kept(), mine.kept(), k=PR_K, device=device)
     out["features"] = name
-    if mine is not None:
-        out["feature_dim"] = int(len(mine[0]))
+    if mine.mu is not None:
+        out["feature_dim"] = int(len(mine.mu))
     if name == "inception":
         out.update(inception_sha256=net.sha256, resize=RESIZE)
     return out
@@ -233,7 +237,7 @@ def _check_stats(samples: ImageSet, ref: ImageSet, mine, theirs, name: str, net)
 
 
 def stats_arrays(mu: np.ndarray, sigma: np.ndarray, n: int, features: str = "",
-                 feature_sha256: str = "") -> Dict[str, Tuple[Sequence[int], np.dtype, Any]]:
+                 feature_sha256: str = "") -> Dict[str, Tuple[Sequence[int], Any, Any]]:
     """A statistics file's arrays for ``outputs.write_npz``: pytorch-fid's keys ``mu`` and ``sigma``, and ``n``,
     the feature network's name and the sha256 of its weights (which a later FID against the file checks)."""
     text = {k: np.array([v]) for k, v in (("features", features), ("feature_sha256", feature_sha256)) if v}

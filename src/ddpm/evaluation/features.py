@@ -83,7 +83,7 @@ def load_digit_classifier(path: Optional[str] = None) -> DigitClassifier:
     with resources.as_file(resources.files("ddpm") / "assets" / CLASSIFIER_FILE) if path is None else \
             contextlib.nullcontext(Path(path)) as p:
         net.load_state_dict(load_file(str(p)))
-        net.sha256 = file_sha256(p)  # what cached statistics are keyed by, as the Inception's file
+        setattr(net, "sha256", file_sha256(p))  # what cached statistics are keyed by, as the Inception's file
     return net.eval()
 
 
@@ -122,7 +122,7 @@ def extract_features(net: nn.Module, images: Tensor, *, batch_size: Optional[int
         raise ValueError(f"expected uint8 images [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
     r = feature_pass(net, images, moments=False, keep=True, with_probs=with_probs, share=False, device=device,
                      batch_size=batch_size or feature_batch(device), progress=progress, desc=desc)
-    f = r.features.astype(np.float64)
+    f = r.kept().astype(np.float64)
     return (f, r.probs) if with_probs else f
 
 
@@ -155,27 +155,30 @@ def reference_pass(net: nn.Module, name: str, images: Tensor, source: str, *, in
     of a torchrun job, after which rank 0 writes the cache. Rank 0's listing of the cache decides for every
     process; where it holds all that is needed, rank 0 reads it and the others get only ``n``."""
     n = len(images) if indices is None else len(indices)
-    files = [_cache_file(cache_dir, kind, name, net, images, key, indices) for kind in ("stats", "feats")]
-    there = rank0_flags([f is not None and f.is_file() for f in files], device or "cpu")
+    stats_file, feats_file = (_cache_file(cache_dir, kind, name, net, images, key, indices)
+                              for kind in ("stats", "feats"))
+    there = rank0_flags([f is not None and f.is_file() for f in (stats_file, feats_file)], device or "cpu")
     rank = rank_world()[0]
     if there[0] and (there[1] or not keep):
         if rank != 0:
             return FeaturePass(n)
-        with np.load(files[0], allow_pickle=False) as z:
+        assert stats_file is not None and feats_file is not None  # listed, so there is a cache folder
+        with np.load(stats_file, allow_pickle=False) as z:
             out = FeaturePass(n, z["mu"], z["sigma"])
         if keep:
-            out.features = np.load(files[1], allow_pickle=False)
+            out.features = np.load(feats_file, allow_pickle=False)
         return out
     out = feature_pass(net, images, indices=indices, keep=keep, batch_size=batch_size or feature_batch(device),
                        device=device, progress=progress, desc=f"{name} features of {source}")
-    if rank == 0 and cache_dir is not None:
-        Path(cache_dir).mkdir(parents=True, exist_ok=True)
-        with atomic_path(files[0]) as tmp:
-            np.savez(tmp, mu=out.mu, sigma=out.sigma, n=n, source=json.dumps(source), extractor=name,
+    if rank == 0 and stats_file is not None and feats_file is not None:
+        Path(stats_file).parent.mkdir(parents=True, exist_ok=True)
+        mu, sigma = out.moments()
+        with atomic_path(stats_file) as tmp:
+            np.savez(tmp, mu=mu, sigma=sigma, n=n, source=json.dumps(source), extractor=name,
                      device=torch.device(device or "cpu").type, dtype="float32 features, float64 statistics")
         if keep:
-            with atomic_path(files[1]) as tmp, open(tmp, "wb") as f:
-                np.save(f, out.features)
+            with atomic_path(feats_file) as tmp, open(tmp, "wb") as f:
+                np.save(f, out.kept())
     return out
 
 
@@ -184,12 +187,11 @@ def reference_features(net: nn.Module, name: str, images: Tensor, source: str, c
     """The features of real ``images`` (float64 [N, D]), cached as float32 ``.npy`` in ``cache_dir`` (KID and
     precision/recall need them all, not only their mean and covariance)."""
     return reference_pass(net, name, images, source, keep=True, cache_dir=cache_dir, key=key,
-                          **kw).features.astype(np.float64)
+                          **kw).kept().astype(np.float64)
 
 
 def reference_stats(net: nn.Module, name: str, images: Tensor, source: str, cache_dir: Optional[os.PathLike] = None,
                     key: str = "", **kw) -> Tuple[np.ndarray, np.ndarray]:
     """Mean and covariance of the features of real ``images``, accumulated streaming (any number of images in
     O(D^2) memory) and cached as ``.npz`` in ``cache_dir`` (pytorch-fid's format: ``mu``, ``sigma``)."""
-    r = reference_pass(net, name, images, source, cache_dir=cache_dir, key=key, **kw)
-    return r.mu, r.sigma
+    return reference_pass(net, name, images, source, cache_dir=cache_dir, key=key, **kw).moments()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict, Tuple, Union
+from typing import Any, Dict, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -94,7 +94,8 @@ class BlockB(nn.Module):  # grid reduction 35 -> 17
 class BlockC(nn.Module):  # factorised 7x7 convolutions
     def __init__(self, cin: int, c7: int):
         super().__init__()
-        row, col = dict(kernel=(1, 7), padding=(0, 3)), dict(kernel=(7, 1), padding=(3, 0))
+        row: Dict[str, Any] = dict(kernel=(1, 7), padding=(0, 3))
+        col: Dict[str, Any] = dict(kernel=(7, 1), padding=(3, 0))
         self.branch1x1 = Conv(cin, 192, 1)
         self.branch7x7_1, self.branch7x7_2 = Conv(cin, c7, 1), Conv(c7, c7, **row)
         self.branch7x7_3 = Conv(c7, 192, **col)
@@ -277,8 +278,8 @@ def _torchscript_network(path: str) -> FIDInception:
             conv.conv.weight.copy_(g["weight"])
             conv.bn.weight.fill_(1.0)
             conv.bn.bias.copy_(g["beta"])
-            conv.bn.running_mean.copy_(g["mean"])
-            conv.bn.running_var.copy_(g["var"])
+            for stat, value in (("running_mean", g["mean"]), ("running_var", g["var"])):
+                getattr(conv.bn, stat).copy_(value)
     net.has_classifier = False
     return net
 

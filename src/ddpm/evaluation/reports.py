@@ -21,7 +21,8 @@ from ..data.sources import ImageData, load_data, to_float
 from ..errors import DDPMError
 from ..run.directory import IMPORTED_DATA
 from ..runtime import exact_cuda_math, resolve_precision
-from ..sampling.samplers import make_sampler, sample_checkpoint
+from ..sampling.generation import sample_checkpoint
+from ..sampling.samplers import make_sampler
 from ..viz import plot_bpd_terms, plot_fd_steps
 from .features import feature_batch, reference_pass
 from .metrics import frechet_distance
@@ -183,7 +184,7 @@ def _true_labels(ckpt, data: ImageData) -> Optional[Tensor]:
         return None
     if tuple(data.require_labels()) != tuple(ckpt.config.classes):
         raise DDPMError(f"the run's classes ({', '.join(ckpt.config.classes)}) are not the data's "
-                        f"({', '.join(data.classes)})")
+                        f"({', '.join(data.classes or ())})")
     return data.labels
 
 
@@ -233,7 +234,7 @@ def fd_report(ckpt, data: ImageData, features, *, n: int = 1000, sampler: str = 
     subset = reference_subset(len(data), ref_n)
     ref = reference_pass(net, feat_name, data.images, data.name, indices=subset, cache_dir=cache_dir, key=data.key,
                          device=device, progress=progress)
-    mu_r, sig_r = ref.mu, ref.sigma
+    mu_r, sig_r = ref.moments()
     if cache_dir is not None and set(Path(cache_dir).glob("ref_stats_*.npz")) - before:
         record_written(cache_dir, [p.name for p in set(Path(cache_dir).glob("ref_stats_*.npz")) - before])
     _check_varies(sig_r, f"{feat_name} features of the real images")
@@ -251,7 +252,7 @@ def fd_report(ckpt, data: ImageData, features, *, n: int = 1000, sampler: str = 
     for name, k, images, seconds in sets:
         mine = feature_pass(net, images, device=device, progress=progress, batch_size=feature_batch(device),
                             desc=f"{feat_name} features of samples", share=False)
-        mu, sig = mine.mu, mine.sigma
+        mu, sig = mine.moments()
         _check_varies(sig, f"{feat_name} features of the samples")
         rows.append({"dims": len(mu), "step": ckpt.step, "weights": "EMA" if sampling.get("ema", True) else "raw",
                      "precision": resolve_precision(sampling.get("precision", "fp32"),

@@ -101,6 +101,18 @@ class FeaturePass:
     features: Optional[np.ndarray] = None
     probs: Optional[np.ndarray] = None
 
+    def moments(self) -> Tuple[np.ndarray, np.ndarray]:
+        """(mu, sigma); ValueError for a pass made without ``moments``."""
+        if self.mu is None or self.sigma is None:
+            raise ValueError("this pass accumulated no moments")
+        return self.mu, self.sigma
+
+    def kept(self) -> np.ndarray:
+        """The features; ValueError for a pass made without ``keep``."""
+        if self.features is None:
+            raise ValueError("this pass kept no features")
+        return self.features
+
 
 def reference_subset(total: int, ref_n: Optional[int], seed: int = REF_SUBSET_SEED) -> Optional[np.ndarray]:
     """The indices (sorted) of the ``ref_n`` reference images scored out of ``total``, a seeded choice without
@@ -149,7 +161,7 @@ def feature_pass(net: nn.Module, images: Any, *, indices: Optional[np.ndarray] =
     rank, world = rank_world() if share else (0, 1)
     total = len(images) if indices is None else len(indices)
     part = shares(total, world)[rank]
-    net = net.to(device, memory_format=torch.channels_last).eval()
+    net = net.to(device, memory_format=torch.channels_last).eval()  # type: ignore[call-overload]
     acc: Optional[Moments] = None
     kept: List[Tensor] = []
     probs: List[Tensor] = []
@@ -159,7 +171,7 @@ def feature_pass(net: nn.Module, images: Any, *, indices: Optional[np.ndarray] =
             if not isinstance(x, Tensor) or x.dtype != torch.uint8 or x.ndim != 4:
                 raise ValueError(f"expected uint8 images [N, C, H, W], got {getattr(x, 'dtype', type(x))} "
                                  f"{tuple(getattr(x, 'shape', ()))}")
-            f = net.features(to_float(x.to(device)))
+            f: Tensor = net.features(to_float(x.to(device)))  # type: ignore[operator]
             if moments:
                 if acc is None:
                     acc = Moments(f.shape[1], device if device.type == "cuda" else "cpu")
@@ -167,7 +179,7 @@ def feature_pass(net: nn.Module, images: Any, *, indices: Optional[np.ndarray] =
             if keep:
                 kept.append(f.float().cpu())
             if with_probs:
-                probs.append(net.class_probs(f).double().cpu())
+                probs.append(net.class_probs(f).double().cpu())  # type: ignore[operator]
             bar.update(len(f))
     return _combine(total, acc, kept, probs, moments, keep, with_probs, device if share else None)
 

@@ -35,7 +35,7 @@ import torch
 from ..atomic import written_aside
 from ..config import DiffusionConfig, RunConfig, make_run_config
 from ..errors import DDPMError
-from ..nn.unet import UNet, UNetConfig
+from ..nn.unet import Level, UNet, UNetConfig
 from ..run.directory import IMPORTED_DATA, holds_run_config, save_checkpoint, write_config
 from .schedulers import diffusion_from_scheduler, scheduler_config
 from .usage import usage
@@ -176,6 +176,7 @@ def _maps(model: UNet):
 
     for side, levels in (("down", model.down), ("up", model.up)):
         for i, level in enumerate(levels):
+            assert isinstance(level, Level)
             theirs = f"{side}_blocks.{i}"
             for j, block in enumerate(level.blocks):
                 resblock(f"{side}.{i}.blocks.{j}", f"{theirs}.resnets.{j}", block)
@@ -315,9 +316,10 @@ def read_diffusers_config(path: os.PathLike, diffusion: Optional[DiffusionConfig
 def read_diffusers(path: os.PathLike, diffusion: Optional[DiffusionConfig] = None) -> Tuple[UNet, DiffusionConfig]:
     """Read a diffusers DDPM pipeline directory (or a bare ``unet/`` folder, with its ``diffusion``): the UNet and
     its diffusion."""
-    unet_dir, cfg, diffusion = _configs(Path(path), diffusion)
+    unet_dir, cfg, found = _configs(Path(path), diffusion)
+    assert found is not None  # required: _configs refuses a folder without it
     model = from_diffusers_state_dict(_read_weights(unet_dir), cfg, where=str(unet_dir))
-    return model, diffusion
+    return model, found
 
 
 def read_diffusers_unet(path: os.PathLike) -> UNet:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict
-from typing import List, Optional
+from typing import Any, Callable, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +40,7 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tens
 def _zero(module: nn.Module) -> nn.Module:
     for p in module.parameters():
         nn.init.zeros_(p)
-    module.zero_init = True  # _init_weights leaves it alone
+    setattr(module, "zero_init", True)  # _init_weights leaves it alone
     return module
 
 
@@ -94,7 +94,7 @@ def invariant_length(n: int, threads: int) -> int:
         m = aligned
 
 
-def rowwise(fn, x: Tensor) -> Tensor:
+def rowwise(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     """``fn`` (elementwise) of ``x`` with every element through the vectorised kernel (see above): the flat tensor
     padded to ``invariant_length``. Then an element's value does not depend on the size of the batch."""
     flat = x.reshape(-1)
@@ -139,6 +139,7 @@ class Conv1x1(nn.Conv2d):
         if torch.is_grad_enabled() or x.ndim != 4 or x.is_cuda:
             return super().forward(x)
         b, c, h, w = x.shape
+        assert self.bias is not None  # built with one
         out = torch.baddbmm(self.bias[None, :, None], self.weight[None, :, :, 0, 0].expand(b, -1, -1),
                             x.reshape(b, c, h * w))
         return out.view(b, -1, h, w)
@@ -158,10 +159,11 @@ class ResBlock(nn.Module):
         self.skip = Conv1x1(in_ch, out_ch) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x: Tensor, temb: Tensor) -> Tensor:
-        h = self.conv1(silu(self.norm1(x)))
+        h: Tensor = self.conv1(silu(self.norm1(x)))
         h = h + self.temb_proj(silu(temb))[:, :, None, None]
         h = self.conv2(self.dropout(silu(self.norm2(h))))
-        return self.skip(x) + h
+        skip: Tensor = self.skip(x)
+        return skip + h
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, fused: bool) -> Tensor:
@@ -186,7 +188,7 @@ class AttnBlock(nn.Module):
         b, c, h, w = x.shape
         hs = self.norm(x).flatten(2).transpose(1, 2)  # (B, HW, C)
         q, k, v = self.qkv(hs).chunk(3, dim=-1)  # each (B, HW, C)
-        out = self.proj_out(attend(q, k, v, fused=x.is_cuda))  # (B, HW, C)
+        out: Tensor = self.proj_out(attend(q, k, v, fused=x.is_cuda))  # (B, HW, C)
         return x + out.transpose(1, 2).reshape(b, c, h, w)
 
 
@@ -198,7 +200,8 @@ class Downsample(nn.Module):
         self.conv = nn.Conv2d(ch, ch, 3, stride=2, padding=0)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.pad(x, (0, 1, 0, 1)))
+        out: Tensor = self.conv(F.pad(x, (0, 1, 0, 1)))
+        return out
 
 
 class Upsample(nn.Module):
@@ -209,7 +212,8 @@ class Upsample(nn.Module):
         self.conv = nn.Conv2d(ch, ch, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        out: Tensor = self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return out
 
 
 class Level(nn.Module):
@@ -233,7 +237,7 @@ class UNet(nn.Module):
     Build with keyword arguments of :class:`UNetConfig`, a config, or :meth:`from_preset`.
     """
 
-    def __init__(self, config: Optional[UNetConfig] = None, **kwargs):
+    def __init__(self, config: Optional[UNetConfig] = None, **kwargs: Any):
         super().__init__()
         if config is None:
             config = UNetConfig(**kwargs)
@@ -245,7 +249,7 @@ class UNet(nn.Module):
         self.label_emb = nn.Embedding(cfg.num_classes + 1, temb_ch) if cfg.num_classes else None
         self.conv_in = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
 
-        def block(i, o):
+        def block(i: int, o: int) -> ResBlock:
             return ResBlock(i, o, temb_ch, cfg.dropout, groups)
 
         n_levels, res = len(cfg.ch_mult), cfg.resolutions
@@ -282,10 +286,11 @@ class UNet(nn.Module):
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)) and not getattr(m, "zero_init", False):
                 nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     @classmethod
-    def from_preset(cls, name: str, **overrides) -> "UNet":
+    def from_preset(cls, name: str, **overrides: Any) -> "UNet":
         """A preset architecture: 'cifar10', 'celebahq256' (the paper's), 'mnist' (CPU demo), 'tiny' (tests)."""
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
@@ -310,9 +315,10 @@ class UNet(nn.Module):
             emb = emb + self.label_emb(y).to(emb.dtype)
         elif y is not None:
             raise ValueError("this UNet is unconditional (num_classes=0); it takes no labels")
-        h = self.conv_in(x)
+        h: Tensor = self.conv_in(x)
         hs = [h]
-        for level in self.down:
+        level: Level
+        for level in self.down:  # type: ignore[assignment]  # a ModuleList of Levels
             for j, blk in enumerate(level.blocks):
                 h = blk(h, emb)
                 if level.attns:
@@ -322,14 +328,15 @@ class UNet(nn.Module):
                 h = level.resample(h)
                 hs.append(h)
         h = self.mid_block2(self.mid_attn(self.mid_block1(h, emb)), emb)
-        for level in self.up:
+        for level in self.up:  # type: ignore[assignment]
             for j, blk in enumerate(level.blocks):
                 h = blk(torch.cat([h, hs.pop()], dim=1), emb)
                 if level.attns:
                     h = level.attns[j](h)
             if level.resample is not None:
                 h = level.resample(h)
-        return self.conv_out(silu(self.norm_out(h)))
+        out: Tensor = self.conv_out(silu(self.norm_out(h)))
+        return out
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -35,7 +35,7 @@ def _mark() -> str:
 MARK = _mark()
 
 
-def png_info():
+def png_info() -> Any:
     """PNG text chunks that mark a PNG as ddpm's (for Pillow's ``save(pnginfo=...)``)."""
     from PIL.PngImagePlugin import PngInfo
 
@@ -58,7 +58,7 @@ def is_marked(path: PathLike) -> bool:
             from PIL import Image
 
             with Image.open(path) as im:
-                text = (im.text.get("Software", "") if suffix == ".png"
+                text = (getattr(im, "text", {}).get("Software", "") if suffix == ".png"
                         else im.info.get("comment", b"").decode("latin-1"))
             return text.startswith("ddpm")
         if suffix == ".npz":

@@ -4,23 +4,12 @@ interpolation; editing (RePaint inpainting, SDEdit)."""
 
 from .edit_jobs import Edit, inpaint, sdedit
 from .editing import MASKS, RePaint, SDEdit, make_mask
+from .generation import generate, sample_checkpoint
 from .guidance import Guided, check_guidance, class_labels
 from .interpolation import MIXES, interpolate
 from .jobs import JobSpec, SampleJob, parse_seeds, reverse_process_pictures, sample_job
 from .outputs import write_images
-from .samplers import (
-                       DDIM,
-                       SAMPLERS,
-                       SPACINGS,
-                       Ancestral,
-                       DPMSolverPP,
-                       Respaced,
-                       Sampler,
-                       SDEDPMSolverPP,
-                       generate,
-                       make_sampler,
-                       sample_checkpoint,
-)
+from .samplers import DDIM, SAMPLERS, SPACINGS, Ancestral, DPMSolverPP, Respaced, Sampler, SDEDPMSolverPP, make_sampler
 
 __all__ = ["SAMPLERS", "SPACINGS", "make_sampler", "Sampler", "Ancestral", "Respaced", "DDIM", "DPMSolverPP",
            "SDEDPMSolverPP", "generate", "sample_checkpoint", "Guided", "class_labels", "check_guidance", "JobSpec",

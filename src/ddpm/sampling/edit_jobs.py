@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..data.sources import to_float, to_uint8
+from ..diffusion.gaussian import Device, GaussianDiffusion
 from .editing import RePaint, SDEdit
 
 __all__ = ["Edit", "inpaint", "sdedit"]
@@ -28,7 +29,7 @@ class Edit:
     completions each; ``mask`` (float [N, 1 or C, H, W], 1 keep) for RePaint. ``about`` names the inputs and the
     mask as the user gave them (it goes into the job's record with a hash of the pixels)."""
 
-    def __init__(self, editors: Sequence, images: Tensor, n: int = 1, mask: Optional[Tensor] = None,
+    def __init__(self, editors: Sequence[Any], images: Tensor, n: int = 1, mask: Optional[Tensor] = None,
                  seed: int = 0, about: str = ""):
         if not editors:
             raise ValueError("an edit needs at least one editor")
@@ -60,7 +61,7 @@ class Edit:
         return json.dumps({"editors": what, "inputs": len(self.images), "n": self.n, "seed": self.seed,
                            "pixels": digest.hexdigest(), "about": self.about}, sort_keys=True)
 
-    def parts(self, j: int):
+    def parts(self, j: int) -> Tuple[int, int]:
         """(input, editor) of output j."""
         return j // (len(self.editors) * self.n), (j // self.n) % len(self.editors)
 
@@ -72,23 +73,23 @@ class Edit:
             return f"{calls[0]} network calls each"
         return "network calls: " + ", ".join(f"{e.calls} at strength {e.strength:g}" for e in self.editors)
 
-    def records(self) -> dict:
+    def records(self) -> Dict[str, Any]:
         """What each output is, for an ``.npz`` beside its images: ``input`` (the index of its input image) and,
         for SDEdit, ``strength`` (int64 [N], float64 [N])."""
         import numpy as np
 
         j = np.arange(len(self))
-        out = {"input": j // (len(self.editors) * self.n)}
+        out: Dict[str, Any] = {"input": j // (len(self.editors) * self.n)}
         if not isinstance(self.editors[0], RePaint):
             strengths = np.array([e.strength for e in self.editors], np.float64)
             out["strength"] = strengths[(j // self.n) % len(self.editors)]
         return out
 
-    def draw(self, model, span: range, *, labels: Optional[Tensor] = None, guidance: float = 0.0,
-             batch_size: int = 256, device=None, precision: str = "fp32", progress: bool = False, bar=None,
-             callback=None) -> Tensor:
+    def draw(self, model: nn.Module, span: range, *, labels: Optional[Tensor] = None, guidance: float = 0.0,
+             batch_size: int = 256, device: Device = None, precision: str = "fp32", progress: bool = False,
+             bar: Any = None, callback: Any = None) -> Tensor:
         """The uint8 outputs ``span`` (output j from seed ``seed + j``), editor by editor."""
-        from .samplers import generate
+        from .generation import generate
 
         out = torch.empty((len(span), *self.images.shape[1:]), dtype=torch.uint8)
         for e, editor in enumerate(self.editors):
@@ -98,6 +99,7 @@ class Edit:
             inputs = [self.parts(j)[0] for j in js]
             rows = {"known": to_float(self.images[inputs])}
             if isinstance(editor, RePaint):
+                assert self.mask is not None  # RePaint's (checked when made)
                 rows["mask"] = self.mask[inputs]
             else:
                 rows["noise_seeds"] = torch.tensor([self.seed + i for i in inputs], dtype=torch.long)
@@ -108,7 +110,7 @@ class Edit:
                                   bar=bar, callback=callback, inputs=rows)
         return out
 
-    def figure(self, outputs: Tensor, device=None) -> Tensor:
+    def figure(self, outputs: Tensor, device: Device = None) -> Tensor:
         """One row per input and editor: the input, what the model starts from (the input with the part to fill
         in gray; SDEdit's x_t, its noise drawn on ``device`` as the outputs' was), then the n completions (uint8
         [rows * (n + 2), C, H, W])."""
@@ -118,6 +120,7 @@ class Edit:
             for e, editor in enumerate(self.editors):
                 x0 = to_float(self.images[i:i + 1])
                 if isinstance(editor, RePaint):
+                    assert self.mask is not None
                     start = x0 * self.mask[i:i + 1]  # the part to fill in: 0, mid-gray
                 else:
                     start = editor.noised(x0.to(device), noise_seeds=torch.tensor([self.seed + i])).clamp(-1, 1).cpu()
@@ -126,8 +129,9 @@ class Edit:
         return torch.cat(tiles)
 
 
-def inpaint(model, diffusion, images: Tensor, mask: Tensor, *, n: int = 1, steps: Optional[int] = None,
-            spacing: str = "uniform", jump: int = 10, resample: int = 10, seed: int = 0, **kw) -> Tensor:
+def inpaint(model: nn.Module, diffusion: GaussianDiffusion, images: Tensor, mask: Tensor, *, n: int = 1,
+            steps: Optional[int] = None,
+            spacing: str = "uniform", jump: int = 10, resample: int = 10, seed: int = 0, **kw: Any) -> Tensor:
     """``n`` RePaint completions of each of ``images`` (uint8 [N, C, H, W]) where ``mask`` (float [N or 1, 1 or C,
     H, W], 1 keep) is 0: uint8 [N n, C, H, W], input by input. Algorithm 2 over ``steps`` of the T steps (all by
     default). Other keywords (labels, guidance, device, precision, batch_size, progress, callback) as for
@@ -137,7 +141,8 @@ def inpaint(model, diffusion, images: Tensor, mask: Tensor, *, n: int = 1, steps
     return edit.draw(model, range(len(edit)), **kw)
 
 
-def sdedit(model, sampler, images: Tensor, strengths, *, n: int = 1, seed: int = 0, **kw) -> Tensor:
+def sdedit(model: nn.Module, sampler: Any, images: Tensor, strengths: Sequence[float], *, n: int = 1, seed: int = 0,
+           **kw: Any) -> Tensor:
     """``n`` SDEdit edits of each of ``images`` (uint8 [N, C, H, W]) at each of ``strengths`` (one number or
     several) with ``sampler``: uint8 [N S n, C, H, W], input by input, strength by strength; the completions of one
     input share their x_t. Other keywords as for ``Edit.draw``."""

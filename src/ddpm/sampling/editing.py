@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..diffusion.gaussian import GaussianDiffusion, draw_normal
+from ..diffusion.gaussian import Device, GaussianDiffusion, Model, Noise, draw_normal
 from ..errors import DDPMError
 from ..rng import ImageGenerators, derive_seed
 from ..rng import generator as named_generator
@@ -55,7 +55,7 @@ def repaint_levels(K: int, jump: int = 10, resample: int = 10) -> List[int]:
     return levels
 
 
-def _known_stream(generator):
+def _known_stream(generator: Noise) -> Noise:
     """Where the kept pixels' noise comes from: a stream of the image's seeds other than the one Algorithm 2
     draws from (for a torch.Generator, one seeded from it; for none, the global generator)."""
     if generator is None:
@@ -87,8 +87,8 @@ class RePaint:
         return f"RePaint(steps={self.steps}, jump={self.jump}, resample={self.resample}, calls={self.calls})"
 
     @torch.no_grad()
-    def __call__(self, model, shape: Sequence[int], *, known: Tensor, mask: Tensor, generator=None,
-                 progress: bool = False, callback: Callback = None, device=None,
+    def __call__(self, model: Model, shape: Sequence[int], *, known: Tensor, mask: Tensor, generator: Noise = None,
+                 progress: bool = False, callback: Callback = None, device: Device = None,
                  dtype: torch.dtype = torch.float32) -> Tensor:
         if device is None:
             device = generator.device if generator is not None else torch.device("cpu")
@@ -144,19 +144,20 @@ class SDEdit:
     def __repr__(self) -> str:
         return f"SDEdit({self.sampler!r}, strength={self.strength:g}, t={self.t})"
 
-    def noised(self, known: Tensor, generator=None, noise_seeds: Optional[Tensor] = None) -> Tensor:
+    def noised(self, known: Tensor, generator: Noise = None, noise_seeds: Optional[Tensor] = None) -> Tensor:
         """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps at the start (the input itself at strength 0)."""
         if self.start is None:
             return known
         if noise_seeds is not None:  # on the device of the images' own generators (CPU and CUDA ones differ)
             where = generator.device if generator is not None else known.device
             generator = ImageGenerators(noise_seeds.tolist(), where, stream="sdedit")
+        assert self.t is not None  # set with start
         t = torch.full((known.shape[0],), self.t, dtype=torch.long, device=known.device)
         return self.diffusion.q_sample(known, t, draw_normal(known.shape, generator, known))
 
     @torch.no_grad()
-    def __call__(self, model, shape: Sequence[int], *, known: Tensor, noise_seeds: Optional[Tensor] = None,
-                 generator=None, progress: bool = False, callback: Callback = None, device=None,
+    def __call__(self, model: Model, shape: Sequence[int], *, known: Tensor, noise_seeds: Optional[Tensor] = None,
+                 generator: Noise = None, progress: bool = False, callback: Callback = None, device: Device = None,
                  dtype: torch.dtype = torch.float32) -> Tensor:
         device = device or (generator.device if generator is not None else known.device)
         x0 = known.to(device=device, dtype=dtype)

@@ -9,6 +9,8 @@ from typing import List, Optional, Sequence
 import torch
 from torch import Tensor
 
+from ..diffusion.gaussian import Model
+
 __all__ = ["Guided", "class_labels", "check_guidance"]
 
 log = logging.getLogger(__name__)
@@ -20,7 +22,7 @@ class Guided:
     conditional and the null halves in one batched forward; w = 0 is the plain conditional model. The same mix of
     x0, v or mu predictions is the mix of their eps (each is affine in eps with the same x_t terms)."""
 
-    def __init__(self, model, y: Tensor, null_class: int, guidance: float = 0.0):
+    def __init__(self, model: Model, y: Tensor, null_class: int, guidance: float = 0.0):
         if not guidance >= 0:
             raise ValueError(f"the guidance weight must be >= 0, got {guidance!r}")
         self.model, self.y, self.null_class, self.w = model, y, null_class, float(guidance)

@@ -11,10 +11,10 @@ import math
 from typing import Optional, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..data.sources import to_uint8
-from ..diffusion.gaussian import GaussianDiffusion
+from ..diffusion.gaussian import Device, GaussianDiffusion, Model
 from ..rng import ImageGenerators, generator
 
 __all__ = ["MIXES", "mix_latents", "reconstruct", "interpolate"]
@@ -44,7 +44,8 @@ def mix_latents(a: Tensor, b: Tensor, lambdas: Sequence[float], mix: str = "line
 
 
 @torch.no_grad()
-def _decode(model, diffusion: GaussianDiffusion, xt: Tensor, t: int, seed: int, progress: bool = False) -> Tensor:
+def _decode(model: Model, diffusion: GaussianDiffusion, xt: Tensor, t: int, seed: int,
+            progress: bool = False) -> Tensor:
     """The reverse process from step t (1..T) to 0 for each row of ``xt``, every row with the same noise."""
     from tqdm.auto import tqdm
 
@@ -65,15 +66,16 @@ def _encode(diffusion: GaussianDiffusion, x0: Tensor, t: int, seed: int) -> Tens
     return diffusion.q_sample(x0[None], torch.tensor([t - 1]), eps[None])[0]
 
 
-def reconstruct(model, diffusion: GaussianDiffusion, x0: Tensor, t: int, *, seed: int = 0, device=None) -> Tensor:
+def reconstruct(model: nn.Module, diffusion: GaussianDiffusion, x0: Tensor, t: int, *, seed: int = 0,
+                device: Device = None) -> Tensor:
     """An image [C, H, W] in [-1, 1] taken to step t and back: uint8 [1, C, H, W]."""
     device = torch.device(device or "cpu")
     xt = _encode(diffusion, x0.float(), t, seed).to(device)
     return to_uint8(_decode(model.to(device).eval(), diffusion, xt[None], t, seed)).cpu()
 
 
-def interpolate(model, diffusion: GaussianDiffusion, xa: Tensor, xb: Tensor, t: int, *, n: int = 9,
-                mix: str = "slerp", seed: int = 0, device=None, lambdas: Optional[Sequence[float]] = None,
+def interpolate(model: nn.Module, diffusion: GaussianDiffusion, xa: Tensor, xb: Tensor, t: int, *, n: int = 9,
+                mix: str = "slerp", seed: int = 0, device: Device = None, lambdas: Optional[Sequence[float]] = None,
                 progress: bool = False) -> Tensor:
     """Decoded mixtures of two images [C, H, W] in [-1, 1] encoded to step t with the same noise: uint8 [n, C, H, W],
     for lambda = 0, 1/(n-1), ..., 1 (or ``lambdas``); ``progress``: a bar over the t reverse steps."""

@@ -16,12 +16,14 @@ import logging
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..atomic import written_aside
+from ..diffusion.gaussian import Device
 from ..errors import DDPMError, Interrupted, stopped_by
 from ..rng import NOISE_SCHEME
 from ..runtime import rank0_flags
@@ -79,17 +81,18 @@ class SampleJob:
     given, lays out a PNG's images (with the number per row); ``records`` (name: array [n]) go into an ``.npz``
     beside ``arr_0`` and ``arr_1``."""
 
-    def __init__(self, out, spec: JobSpec, figure: Optional[Callable[[torch.Tensor], Tuple[torch.Tensor, int]]] = None,
+    def __init__(self, out: PathLike, spec: JobSpec,
+                 figure: Optional[Callable[[torch.Tensor], Tuple[torch.Tensor, int]]] = None,
                  records: Optional[Dict[str, np.ndarray]] = None):
         self.out, self.spec, self.kind, self.figure = Path(out), spec, output_kind(out), figure
         self.records = records or {}  # more per-image arrays for an .npz (an edit's input and strength)
-        self.parts = self.parts_of(out)
+        self.parts = self.parts_of(Path(out))
         if self.kind == "png" and spec.n > GRID_LIMIT:
             raise DDPMError(f"a PNG grid of {spec.n} images is too large (at most {GRID_LIMIT}); write FILE.npz or a "
                             "folder")
 
     @staticmethod
-    def parts_of(out) -> Path:
+    def parts_of(out: Path) -> Path:
         out = Path(out)
         return out.parent / f".{out.name}.parts"
 
@@ -121,7 +124,7 @@ class SampleJob:
                 (tmp / "job.json").write_text(json.dumps(asdict(self.spec), indent=1) + "\n")
         return sum(len(r) for k, r in enumerate(self.chunks) if self._chunk_file(k).is_file())
 
-    def missing(self, rank: int = 0, world: int = 1, device=None) -> List[int]:
+    def missing(self, rank: int = 0, world: int = 1, device: Device = None) -> List[int]:
         """The chunks this process still has to draw: the missing ones as rank 0 sees them (its listing broadcast:
         on a shared file system each node may see another), dealt out in turn, so that after a resume every process
         has its share of what is left (never one process drawing while the others wait)."""
@@ -129,7 +132,7 @@ class SampleJob:
         return [k for k, done in enumerate(there) if not done][rank::world]
 
     def run(self, draw: Callable[[range], Tuple[torch.Tensor, Optional[torch.Tensor]]], *, rank: int = 0,
-            world: int = 1, bar=None, chunks: Optional[List[int]] = None) -> None:
+            world: int = 1, bar: Any = None, chunks: Optional[List[int]] = None) -> None:
         """Draw this process's missing chunks (``chunks``, as ``missing`` dealt them out before anyone wrote):
         ``draw(span)`` returns the uint8 images [len(span), C, H, W] of the job's images ``span`` and their labels
         (or None)."""
@@ -150,7 +153,7 @@ class SampleJob:
         return Interrupted(f"stopped by {signal_name}: {chunks} of {len(self.chunks)} chunks ({images:,} of "
                            f"{self.spec.n:,} images) are kept in {self.parts}", signal_name, resumable=True)
 
-    def _pieces(self, key: str):
+    def _pieces(self, key: str) -> Iterator[np.ndarray]:
         for k in range(len(self.chunks)):
             with np.load(self._chunk_file(k), allow_pickle=False) as z:
                 yield z[key]
@@ -173,7 +176,8 @@ class SampleJob:
             shape, labelled = z["arr_0"].shape[1:], "arr_1" in z.files
         n = self.spec.n
         if self.kind == "npz":
-            arrays = {"arr_0": ((n, *shape), np.uint8, self._pieces("arr_0"))}
+            arrays: Dict[str, Tuple[Sequence[int], Any, Iterable[Any]]] = {
+                "arr_0": ((n, *shape), np.uint8, self._pieces("arr_0"))}
             if labelled:
                 arrays["arr_1"] = ((n,), np.int64, self._pieces("arr_1"))
             for name, values in self.records.items():
@@ -212,7 +216,8 @@ SHARED_FS_WAIT_S = 120.0  # how long rank 0 waits for other nodes' chunks to sho
 KILL_COST_S = 60.0  # what a kill may cost at most, in seconds of sampling
 
 
-def seconds_per_image(model, sampler, image_shape, *, batch_size: int, guidance: float = 0.0, device=None,
+def seconds_per_image(model: nn.Module, sampler: Any, image_shape: Sequence[int], *, batch_size: int,
+                      guidance: float = 0.0, device: Device = None,
                       precision: str = "fp32") -> float:
     """Seconds of sampling per image on this device: one network call at the batch size (timed after one to warm
     up) times the sampler's calls, over the images of the batch (guidance: the conditional and null halves run in
@@ -236,10 +241,11 @@ def seconds_per_image(model, sampler, image_shape, *, batch_size: int, guidance:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             seconds.append(time.perf_counter() - t0)
-    return seconds[-1] * sampler.calls / (b // (2 if guidance else 1))
+    return float(seconds[-1] * sampler.calls / (b // (2 if guidance else 1)))
 
 
-def chunk_for_a_minute(model, sampler, image_shape, *, batch_size: int, n: int, guidance: float = 0.0, device=None,
+def chunk_for_a_minute(model: nn.Module, sampler: Any, image_shape: Sequence[int], *, batch_size: int, n: int,
+                       guidance: float = 0.0, device: Device = None,
                        precision: str = "fp32") -> int:
     """Images per chunk such that a kill costs about ``KILL_COST_S`` of work (``seconds_per_image``); at least a
     batch (it batches well) and at most CHUNK, and never more than the job."""
@@ -259,16 +265,18 @@ def read_job(parts: Path) -> Dict[str, Any]:
     return found if isinstance(found, dict) else {}
 
 
-def _earlier_chunk(out) -> Optional[int]:
+def _earlier_chunk(out: PathLike) -> Optional[int]:
     """The chunk size of the job already under way at ``out`` (its job.json), if any."""
     try:
-        return int(read_job(SampleJob.parts_of(out))["chunk"])
+        return int(read_job(SampleJob.parts_of(Path(out)))["chunk"])
     except (KeyError, TypeError, ValueError):
         return None
 
 
-def sample_job(out, ckpt, sampler, *, seeds: range, class_spec: Optional[str] = None, guidance: float = 0.0,
-               ema: bool = True, precision: str = "fp32", batch_size: int = 256, device=None, overwrite: bool = False,
+def sample_job(out: PathLike, ckpt: Any, sampler: Any, *, seeds: range, class_spec: Optional[str] = None,
+               guidance: float = 0.0,
+               ema: bool = True, precision: str = "fp32", batch_size: int = 256, device: Device = None,
+               overwrite: bool = False,
                chunk: Optional[int] = None, progress: bool = True) -> Tuple[SampleJob, int]:
     """Draw the images of ``seeds`` from a loaded run with ``sampler`` into ``out``, as a resumable job (under
     torchrun, shared between the processes; rank 0 assembles the output). ``sampler`` may be an ``Edit`` (its
@@ -276,8 +284,8 @@ def sample_job(out, ckpt, sampler, *, seeds: range, class_spec: Optional[str] = 
     from tqdm.auto import tqdm
 
     from ..runtime import barrier, rank0_value, rank_world, resolve_precision
+    from .generation import generate
     from .guidance import check_guidance, class_labels
-    from .samplers import generate
 
     rank, world = rank_world()
     n = len(seeds)
@@ -305,7 +313,7 @@ def sample_job(out, ckpt, sampler, *, seeds: range, class_spec: Optional[str] = 
     mine = sum(len(job.chunks[k]) for k in todo)
     with tqdm(total=mine, desc=f"sampling ({sampler.name}, {sampler.steps} steps)", unit="img", dynamic_ncols=True,
               disable=not progress or rank != 0) as bar:
-        def draw(span: range):
+        def draw(span: range) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
             labels = class_labels(class_spec, ckpt.config.classes, n, span)
             kw = dict(labels=labels, guidance=guidance, batch_size=batch_size, device=device, precision=precision,
                       bar=bar)
@@ -339,12 +347,14 @@ def _wait_for(path: Path, seconds: float) -> None:
         time.sleep(0.5)
 
 
-def reverse_process_pictures(ckpt, sampler, *, seeds: Sequence[int], labels=None, guidance: float = 0.0,
-                             ema: bool = True, precision: str = "fp32", device=None, strip: Optional[PathLike] = None,
+def reverse_process_pictures(ckpt: Any, sampler: Any, *, seeds: Sequence[int], labels: Optional[torch.Tensor] = None,
+                             guidance: float = 0.0,
+                             ema: bool = True, precision: str = "fp32", device: Device = None,
+                             strip: Optional[PathLike] = None,
                              gif: Optional[PathLike] = None) -> None:
     """The reverse process of the images of ``seeds`` (a few) as a strip and/or a GIF: they are the same images as
     a sampling job's of those seeds draws."""
-    from .samplers import sample_checkpoint
+    from .generation import sample_checkpoint
 
     trajectory = Trajectory(sampler.indices, frames=40 if gif else 0, samples=len(seeds))
     sample_checkpoint(ckpt, None, sampler=sampler, seeds=seeds, labels=labels, guidance=guidance, ema=ema,

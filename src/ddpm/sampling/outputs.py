@@ -11,7 +11,7 @@ import os
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Dict, Iterable, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from ..run.ownership import MARK, check_replaceable, png_info, record_written, r
 __all__ = ["output_kind", "check_output", "check_writable_folder", "check_picture_path", "check_new_folder",
            "write_images", "write_folder", "write_npz"]
 
-PathLike = Union[str, os.PathLike]
+PathLike = Union[str, "os.PathLike[str]"]
 
 
 def output_kind(path: PathLike) -> str:
@@ -105,7 +105,7 @@ def write_images(images: torch.Tensor, path: PathLike, *, labels: Optional[torch
     if kind == "png":
         save_grid(images, path, nrow=nrow, scale=2 if images.shape[-1] < 64 else 1)
     elif kind == "npz":
-        arrays = {"arr_0": (arr.shape, arr.dtype, [arr])}
+        arrays: Dict[str, Tuple[Sequence[int], Any, Iterable[Any]]] = {"arr_0": (arr.shape, arr.dtype, [arr])}
         if labels is not None:
             lab = labels.cpu().numpy().astype(np.int64)
             arrays["arr_1"] = (lab.shape, lab.dtype, [lab])
@@ -127,7 +127,10 @@ def write_folder(path: PathLike, named: Iterable[Tuple[int, np.ndarray]]) -> Non
         record_written(tmp, names)
 
 
-def write_npz(path: PathLike, arrays: Dict[str, Tuple[Sequence[int], np.dtype, Iterable[np.ndarray]]]) -> None:
+NpzArrays = Mapping[str, Tuple[Sequence[int], Any, Iterable[Any]]]  # name: (shape, dtype, pieces)
+
+
+def write_npz(path: PathLike, arrays: NpzArrays) -> None:
     """An ``.npz`` that ``np.load`` reads, written aside and renamed, streaming: each array is given as its shape,
     dtype and the pieces that make it up, in order along the first axis, so memory holds one piece at a time. The
     zip entries carry a fixed date, so the same arrays give the same bytes (``np.savez`` stamps the time)."""

@@ -20,21 +20,17 @@ so image i depends on its seed and the sampler's settings only, not on the batch
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
-from ..data.sources import to_uint8
-from ..diffusion.gaussian import GaussianDiffusion, draw_normal, extract, on_device
+from ..diffusion.gaussian import Device, GaussianDiffusion, Model, Noise, draw_normal, extract, on_device
 from ..diffusion.parameterisation import split_output, to_eps_x0
 from ..diffusion.schedule import NoiseSchedule
-from ..rng import ImageGenerators
-from ..runtime import autocast, fast_cuda_math
-from .guidance import Guided
 
 __all__ = ["SAMPLERS", "SPACINGS", "make_sampler", "step_indices", "respace", "ddim_update", "Sampler", "Ancestral",
-           "Respaced", "DDIM", "DPMSolverPP", "SDEDPMSolverPP", "generate", "sample_checkpoint", "default_steps",
+           "Respaced", "DDIM", "DPMSolverPP", "SDEDPMSolverPP", "default_steps",
            "model_eps"]
 
 SAMPLERS = ("ancestral", "respaced", "ddim", "dpm++", "sde-dpm++")
@@ -79,8 +75,8 @@ class Sampler:
         return f"{type(self).__name__}(steps={self.steps}, spacing={self.spacing!r})"
 
     @torch.no_grad()
-    def __call__(self, model, shape: Sequence[int], *, generator: Optional[torch.Generator] = None,
-                 progress: bool = False, callback: Callback = None, device=None,
+    def __call__(self, model: Model, shape: Sequence[int], *, generator: Noise = None,
+                 progress: bool = False, callback: Callback = None, device: Device = None,
                  dtype: torch.dtype = torch.float32) -> Tensor:
         if device is None:
             device = generator.device if generator is not None else torch.device("cpu")
@@ -93,7 +89,7 @@ class Sampler:
         return self.steps
 
     @torch.no_grad()
-    def run(self, model, x: Tensor, start: int, *, generator=None, progress: bool = False,
+    def run(self, model: Model, x: Tensor, start: int, *, generator: Noise = None, progress: bool = False,
             callback: Callback = None) -> Tensor:
         """Steps ``start``, ``start - 1``, ..., 0 from ``x`` at the noise level of kept index ``start`` (SDEdit
         starts a chain part-way; ``__call__`` at the top, from x_T)."""
@@ -112,7 +108,8 @@ class Sampler:
     def reset(self) -> None:
         """Forget what earlier steps left (a multistep solver's history); called before each chain."""
 
-    def step(self, model, x: Tensor, k: int, generator):  # pragma: no cover - abstract
+    def step(self, model: Model, x: Tensor, k: int, generator: Noise) -> Tuple[Tensor,
+                                                                               Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
 
 
@@ -142,7 +139,7 @@ class _OriginalTimesteps:
     """The model as the respaced process calls it: step k of the respaced chain is step tau_k of the original,
     the network sees the original t, and its output is read as eps by the original process."""
 
-    def __init__(self, model, timesteps: Tensor, diffusion: GaussianDiffusion):
+    def __init__(self, model: Model, timesteps: Tensor, diffusion: GaussianDiffusion):
         self.model, self.timesteps, self.diffusion = model, timesteps, diffusion
 
     def __call__(self, x: Tensor, k: Tensor) -> Tensor:
@@ -160,7 +157,7 @@ class Respaced(Sampler):
         self.process = respace(diffusion, self.indices)
         self.timesteps = torch.tensor(self.indices, dtype=torch.long)  # tau_k, the original index of step k
 
-    def step(self, model, x: Tensor, k: int, generator):
+    def step(self, model: Model, x: Tensor, k: int, generator: Noise) -> Tuple[Tensor, Tensor]:
         t = torch.full((x.shape[0],), k, device=x.device, dtype=torch.long)
         if self.process is not self.diffusion:
             model = _OriginalTimesteps(model, self.timesteps, self.diffusion)
@@ -180,7 +177,7 @@ class Ancestral(Respaced):
 
 
 def ddim_update(x: Tensor, eps: Tensor, abar_t: Tensor, abar_prev: Tensor, eta: float = 0.0,
-                noise: Optional[Tensor] = None, clip_denoised: bool = True):
+                noise: Optional[Tensor] = None, clip_denoised: bool = True) -> Tuple[Tensor, Tensor]:
     """One DDIM step (Song et al. 2021, Eq. 12) from x_t to x_prev. Returns ``(x_prev, pred_x0)``.
 
     x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t) (clipped to [-1, 1]; eps re-derived to agree),
@@ -213,21 +210,21 @@ class DDIM(Sampler):
         # abar at tau_k and at the step before it (1 before tau_1), float64 [K]
         self.alphas_cumprod, self.alphas_cumprod_prev = abar, torch.cat([abar.new_ones(1), abar[:-1]])
 
-    def _model_eps(self, model, x: Tensor, k: int) -> Tensor:
+    def _model_eps(self, model: Model, x: Tensor, k: int) -> Tensor:
         t = torch.full((x.shape[0],), self.indices[k], device=x.device, dtype=torch.long)
         return model_eps(self.diffusion, model(x, t), x, t).to(x.dtype)
 
-    def _abars(self, k: int, x: Tensor):
+    def _abars(self, k: int, x: Tensor) -> Tuple[Tensor, Tensor]:
         kk = torch.full((x.shape[0],), k, dtype=torch.long, device=x.device)
         return extract(self.alphas_cumprod, kk, x), extract(self.alphas_cumprod_prev, kk, x)
 
-    def step(self, model, x: Tensor, k: int, generator):
+    def step(self, model: Model, x: Tensor, k: int, generator: Noise) -> Tuple[Tensor, Tensor]:
         a, a_prev = self._abars(k, x)
         noise = draw_normal(x.shape, generator, x) if self.eta > 0 and k > 0 else None
         return ddim_update(x, self._model_eps(model, x, k), a, a_prev, self.eta, noise, self.clip_denoised)
 
     @torch.no_grad()
-    def invert(self, model, x0: Tensor, *, progress: bool = False) -> Tensor:
+    def invert(self, model: Model, x0: Tensor, *, progress: bool = False) -> Tensor:
         """The deterministic DDIM encoder: run the eta = 0 ODE from x0 up to x_{T-1} over the same steps."""
         x = x0
         order = range(len(self.indices))
@@ -264,12 +261,12 @@ class DPMSolverPP(Sampler):
         self.alpha, self.sigma = abar.sqrt(), (1 - abar).sqrt()
         self.lam = self.alpha.log() - self.sigma.log()
         self.clip_denoised = clip_denoised
-        self._prev = None  # (x0, lambda) of the step before
+        self._prev: Optional[Tuple[Tensor, Tensor]] = None  # (x0, lambda) of the step before
 
     def reset(self) -> None:
         self._prev = None
 
-    def step(self, model, x: Tensor, k: int, generator):
+    def step(self, model: Model, x: Tensor, k: int, generator: Noise) -> Tuple[Tensor, Tensor]:
         t = torch.full((x.shape[0],), self.indices[k], device=x.device, dtype=torch.long)
         eps = model_eps(self.diffusion, model(x, t), x, t).to(x.dtype)
         x0 = (x - float(self.sigma[k]) * eps) / float(self.alpha[k])
@@ -326,72 +323,3 @@ def make_sampler(name: str, diffusion: GaussianDiffusion, *, steps: Optional[int
     if name == "sde-dpm++":  # measured on the demo model: quadratic spacing helps the stochastic solver, not the ODE
         return SDEDPMSolverPP(diffusion, steps, spacing or "quadratic")
     return DDIM(diffusion, steps, spacing or "uniform", 0.0 if eta is None else eta)
-
-
-@torch.no_grad()
-def generate(model, sampler: Sampler, n: Optional[int], image_shape: Sequence[int], *, seed: int = 0,
-             seeds: Optional[Sequence[int]] = None, batch_size: int = 256, labels: Optional[Tensor] = None,
-             guidance: float = 0.0, device=None, precision: str = "fp32", progress: bool = True,
-             callback: Callback = None, bar=None, inputs: Optional[Dict[str, Tensor]] = None) -> Tensor:
-    """Images as uint8 [N, C, H, W]: those of ``seeds`` (default ``seed, seed + 1, ..., seed + n - 1``), drawn in
-    batches of ``batch_size``, each image from its own generator: image i is a function of its seed and the
-    sampler's settings only (on a CPU in fp32, bit for bit whatever the batch size; see ``UNet``).
-
-    ``labels`` (int64, one per image) asks a class-conditional UNet for these classes, with guidance weight
-    ``guidance``; without labels such a network samples its null class (the unconditional model).
-    ``callback(t, x, pred_x0)``, if given, sees every step of the first batch (e.g. a ``viz.Trajectory``).
-    ``precision`` "bf16" runs the network under bf16 autocast ("auto": where the hardware has it). The progress
-    bar counts images (``bar``: a tqdm bar to advance instead of a new one). ``inputs``: tensors of one row per
-    image that the sampler takes as keywords, each batch its rows (an editor's ``known`` images and ``mask``).
-    """
-    from tqdm.auto import tqdm
-
-    seeds = list(range(seed, seed + n)) if seeds is None else [int(s) for s in seeds]
-    n = len(seeds)
-    device = torch.device(device or "cpu")
-    fast_cuda_math(device)
-    model = model.to(device).eval()
-    null_class = getattr(getattr(model, "config", None), "num_classes", 0)
-    if labels is not None and (not null_class or len(labels) != n):
-        raise ValueError("labels need a class-conditional network and one label per image")
-    if guidance and labels is None:
-        raise ValueError("guidance needs requested classes (--class)")
-    own = bar is None
-    bar = bar or tqdm(total=n, desc=f"sampling ({sampler.name}, {sampler.steps} steps)", unit="img",
-                      dynamic_ncols=True, disable=not progress)
-    out = []
-    try:
-        for i in range(0, n, batch_size):
-            b = min(batch_size, n - i)
-
-            done = [0]
-
-            def step_done(t, x, pred_x0, first=(i == 0), calls=max(sampler.calls, 1)):
-                done[0] += 1  # in whole images: the share of the batch's b that this call completes
-                bar.update(done[0] * b // calls - (done[0] - 1) * b // calls)
-                if first and callback is not None:
-                    callback(t, x, pred_x0)
-
-            net = model if labels is None else Guided(model, labels[i:i + b], null_class, guidance)
-            rows = {k: v[i:i + b].to(device) for k, v in (inputs or {}).items()}
-            with autocast(device, precision):
-                x = sampler(net, (b, *image_shape), generator=ImageGenerators(seeds[i:i + b], device),
-                            device=device, callback=step_done, **rows)
-            if not sampler.calls:  # nothing to call (an edit of strength 0): the batch in one go
-                bar.update(b)
-            out.append(to_uint8(x).cpu())
-    finally:
-        if own:
-            bar.close()
-    return torch.cat(out)
-
-
-def sample_checkpoint(ckpt, n: int, *, sampler: Union[str, Sampler] = "ancestral", steps: Optional[int] = None,
-                      eta: Optional[float] = None, spacing: Optional[str] = None, ema: bool = True, **kw) -> Tensor:
-    """``n`` images (uint8 [N, C, H, W]) from a loaded run (``ddpm.load_checkpoint``): its EMA weights unless
-    ``ema=False``; ``sampler`` a Sampler, or a name with ``steps``/``eta``/``spacing`` (see ``make_sampler``);
-    other keywords go to :func:`generate`."""
-    if isinstance(sampler, str):
-        sampler = make_sampler(sampler, ckpt.diffusion, steps=steps, eta=eta, spacing=spacing)
-    c, s = ckpt.config.model.in_channels, ckpt.config.model.image_size
-    return generate(ckpt.ema_model if ema else ckpt.model, sampler, n, (c, s, s), **kw)

@@ -58,7 +58,7 @@ def _toml():
     try:
         import tomllib
     except ImportError:  # Python < 3.11
-        import tomli as tomllib
+        import tomli as tomllib  # type: ignore[no-redef]
     return tomllib
 
 

@@ -236,7 +236,8 @@ def train_run(run: Path, cfg: RunConfig, *, device, progress: bool = True, cache
             where = f"{world} processes ({device.type})" if world > 1 else str(device)
             what = f"class-conditional {cfg.preset} ({len(cfg.classes)} classes)" if cfg.classes else cfg.preset
             log.info("training %s (%.2fM parameters) on %s (%d images) for %d steps of %d on %s; run: %s",
-                     what, trainer.model.num_parameters() / 1e6, data.name, len(data), cfg.train.steps,
+                     what, sum(p.numel() for p in trainer.model.parameters()) / 1e6, data.name, len(data),
+                     cfg.train.steps,
                      cfg.train.batch_size, where, run)
         reason = trainer.fit(run, progress=progress, on_step=on_step)
         barrier()  # rank 0 has written the last checkpoint before anyone returns

@@ -30,7 +30,8 @@ from ..errors import DDPMError
 from ..rng import derive_seed, rng_state, seed_step, set_rng_state
 from ..run.directory import Checkpoint, list_checkpoints, save_checkpoint, step_name
 from ..runtime import Precision, accumulator_dtype, fast_cuda_math, rank_world, shares
-from ..sampling.samplers import Ancestral, generate
+from ..sampling.generation import generate
+from ..sampling.samplers import Ancestral
 from ..viz import save_grid
 from .optim import adam as _adam
 from .optim import learning_rate
@@ -78,7 +79,7 @@ class Trainer:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self._ddp = DistributedDataParallel(self.model, device_ids=ids)  # the UNet has no buffers
-        self._net = self._ddp or self.model  # what the training step calls
+        self._net: Any = self._ddp or self.model  # what the training step calls (compiled, with --compile)
         if config.compile:
             self._net = torch.compile(self._net)
         self.log_acc = _empty_log()
@@ -131,8 +132,8 @@ class Trainer:
                 t = drawn[0][positions.start:positions.stop]
             x0, t, noise = x0.to(self.device), t.to(self.device), noise.to(self.device)
             y = None if y is None else y.to(self.device)
-            sync = i == len(micro) - 1 or self._ddp is None
-            with contextlib.nullcontext() if sync else self._ddp.no_sync():
+            sync = i == len(micro) - 1 or self._ddp is None  # DDP averages the gradients at the last micro-batch
+            with self._ddp.no_sync() if not sync and self._ddp is not None else contextlib.nullcontext():
                 with self.precision.autocast():
                     per_example = self.diffusion.training_loss(
                         self._net, x0, t, noise, y=y, loss=self.config.loss, objective=self.config.objective,
@@ -154,8 +155,8 @@ class Trainer:
 
             stats[9] = float(self.stop_reason is not None)
             dist.all_reduce(stats)
-        if drawn is not None:  # the global batch's losses, in position order: every process updates alike, on the
-            self.timesteps.update(drawn[0], stats[10:])  # device (a batch with a non-finite loss changes nothing)
+        if drawn is not None and self.timesteps is not None:  # the global batch's losses, in position order:
+            self.timesteps.update(drawn[0], stats[10:])  # every process updates alike, on the device
         return stats[:10]
 
     def train_step(self) -> "StepResult":
@@ -301,9 +302,9 @@ class Trainer:
                 if not out.get("skipped"):
                     self.log_acc = _accumulate(self.log_acc, out)
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                    row = reporter.row(out["lr"], self.held_out_loss()) if main else None
+                    row = reporter.row(out["lr"], self.held_out_loss()) if reporter is not None else None
                     self.log_acc = _empty_log()
-                    if bar is not None:
+                    if bar is not None and row is not None:
                         bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['img_per_s']:.1f}")
                 if bar is not None:
                     bar.update(1)
@@ -323,7 +324,7 @@ class Trainer:
         if self._prefetch is not None:
             self._prefetch.close()
             self._prefetch = None
-        if main:
+        if reporter is not None:
             reporter.close()
             if self.step != first_step or not list_checkpoints(run_dir):  # a finished run is not rewritten
                 self.save(run_dir)
