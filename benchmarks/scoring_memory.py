@@ -66,7 +66,7 @@ def child(size: int, metrics: str, ref_n: str, dim: int) -> None:
     r = score(samples, ref, metrics.split(","), ("wide", Wide(dim)), batch_size=500,
               ref_n=None if ref_n == "all" else int(ref_n))
     seconds = time.perf_counter() - t0
-    print(json.dumps({"size": size, "metrics": metrics, "ref_n": ref_n, "seconds": seconds, "fid": r["fid"],
+    print(json.dumps({"size": size, "metrics": metrics, "ref_n": ref_n, "seconds": seconds, "fid": r.values["fid"],
                       "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 

@@ -23,6 +23,7 @@ def trained(tmp_path_factory):
 
 
 def test_eval_scores_a_sampling_jobs_samples_and_says_how(trained, capsys, tmp_path):
+    # `--metric` is the alias of `--metrics`; the other tests spell it `--metrics`
     argv = ["eval", "--run", trained, "--metric", "fid,is,kid,pr,bpd", "--n", "40", "--sampler", "ddim",
             "--steps", "3", "--bpd-n", "4", "--quiet", "--cache-dir", tmp_path]
     code, out, err = run(capsys, *argv)
@@ -48,14 +49,14 @@ def test_eval_scores_a_sampling_jobs_samples_and_says_how(trained, capsys, tmp_p
 
 
 @pytest.mark.parametrize("extra, expected", [
-    (["--metric", "fd,fid"], "fd is the quick Fréchet distance"),
-    (["--metric", "fid", "--samples", "x.npz"], "ddpm metrics x.npz --ref DATA --metrics fid"),
-    (["--metric", "fid", "--sampler", "ddim", "--steps", "2,3"], "--steps takes one value"),
-    (["--metric", "bpd", "--ref", "mnist"], "--ref is for the metrics of samples"),
-    (["--metric", "fid,bleu"], "unknown metric 'bleu'"),
-    (["--metric", "fid", "--n", "1"], "--metric fid needs --n >= 2 samples, got 1"),
-    (["--metric", "fid,is", "--n", "12"], "--metric is needs --n >= 20 samples, got 12"),
-    (["--metric", "fd", "--samples", "x.npz", "--steps", "5"], "--samples scores the samples given, so --steps would "
+    (["--metrics", "fd,fid"], "fd is the quick Fréchet distance"),
+    (["--metrics", "fid", "--samples", "x.npz"], "ddpm metrics x.npz --ref DATA --metrics fid"),
+    (["--metrics", "fid", "--sampler", "ddim", "--steps", "2,3"], "--steps takes one value"),
+    (["--metrics", "bpd", "--ref", "mnist"], "--ref is for the metrics of samples"),
+    (["--metrics", "fid,bleu"], "unknown metric 'bleu'"),
+    (["--metrics", "fid", "--n", "1"], "--metrics fid needs --n >= 2 samples, got 1"),
+    (["--metrics", "fid,is", "--n", "12"], "--metrics is needs --n >= 20 samples, got 12"),
+    (["--metrics", "fd", "--samples", "x.npz", "--steps", "5"], "--samples scores the samples given, so --steps would "
                                                                 "do nothing"),
 ])
 def test_eval_flags_that_do_not_fit_are_one_line(trained, capsys, tmp_path, extra, expected):
@@ -85,7 +86,7 @@ def test_bits_per_dim_of_a_cifar_run_on_its_train_and_test_splits(tmp_path, monk
 def test_a_changed_setting_draws_its_own_samples_and_scores_as_a_fresh_folder(trained, capsys, tmp_path, change):
     """The same folder, a setting changed: new samples, the number a fresh folder gives (once, a rerun with another
     --eta reused the first run's samples and printed their KID)."""
-    base = ["eval", "--run", trained, "--metric", "kid", "--n", "24", "--sampler", "ddim", "--steps", "3", "--eta",
+    base = ["eval", "--run", trained, "--metrics", "kid", "--n", "24", "--sampler", "ddim", "--steps", "3", "--eta",
             "1", "--quiet", "--cache-dir", tmp_path / "c"]
     assert run(capsys, *base, "--out", tmp_path / "used")[0] == 0
     first = json.loads((tmp_path / "used" / "metrics.json").read_text())
@@ -115,7 +116,7 @@ def test_the_reference_is_read_as_the_run_read_its_data(tmp_path, capsys):
     tiny = ["--preset", "tiny", "--steps", "2", "--batch-size", "4", "--T", "30", "--quiet", "--cache-dir", cache]
     assert main(["train", "--data", str(wide), "--out", str(tmp_path / "pad"), "--resize", "pad", *map(str, tiny)]) == 0
     builds = sorted(p.name for p in cache.iterdir() if p.is_dir() and p.name != "ref_stats")
-    evaluate = ["--metric", "kid", "--n", "24", "--sampler", "ddim", "--steps", "2", "--quiet", "--cache-dir", cache]
+    evaluate = ["--metrics", "kid", "--n", "24", "--sampler", "ddim", "--steps", "2", "--quiet", "--cache-dir", cache]
     code, _, err = run(capsys, "eval", "--run", tmp_path / "pad", *evaluate)
     assert code == 0, err
     assert sorted(p.name for p in cache.iterdir() if p.is_dir() and p.name != "ref_stats") == builds

@@ -81,14 +81,14 @@ def test_score_reads_a_seeded_subset_of_a_larger_reference_and_says_so(mnist_ima
     net = load_digit_classifier()
     samples = ImageSet("s", images=mnist_images[:64], n=64)
     ref = ImageSet("mnist", images=mnist_images, n=len(mnist_images))
-    r = score(samples, ref, ["fid", "kid"], ("digits", net), ref_n=200)
+    r = score(samples, ref, ["fid", "kid"], ("digits", net), ref_n=200).values
     assert (r["ref_n"], r["ref_total"], r["ref_subset_seed"]) == (200, len(mnist_images), 0)
     sub = extract_features(net, mnist_images[torch.from_numpy(reference_subset(len(mnist_images), 200))])
     mine = extract_features(net, mnist_images[:64])
     fid = frechet_distance(mine.mean(0), np.cov(mine, rowvar=False), sub.mean(0), np.cov(sub, rowvar=False))
     assert r["fid"] == pytest.approx(fid, rel=1e-5)
     assert r["kid"][0] == pytest.approx(kernel_inception_distance(mine, sub)[0], rel=1e-4, abs=1e-6)
-    whole = score(samples, ref, ["fid"], ("digits", net), ref_n=None)
+    whole = score(samples, ref, ["fid"], ("digits", net), ref_n=None).values
     assert whole["ref_n"] == len(mnist_images) and "ref_total" not in whole and whole["fid"] != r["fid"]
 
 

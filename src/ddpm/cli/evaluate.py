@@ -24,14 +24,15 @@ def add_eval(c: Commands) -> None:
               "bits/dim with its standard error; with fid/is, on a CIFAR-10 run's train and test splits side by side. "
               "T network calls per image.\nfd: the quick Fréchet distance: --n samples (default 1,000), FD@n against "
               "the real images; several --steps give a table and a plot of FD against steps.",
-              "ddpm eval --run runs/cifar10 --metric fid,is,bpd; "
-              "ddpm eval --run ddpm-demo --metric fid,kid,pr --n 2000 --sampler ddim --steps 50; "
-              "ddpm eval --run ddpm-demo --metric bpd --n 100; "
-              "ddpm eval --run ddpm-demo --metric fd --sampler ddim --steps 10,20,50,100; "
-              "torchrun --nproc_per_node=8 -m ddpm -- eval --run runs/cifar10 --metric fid,is")
+              "ddpm eval --run runs/cifar10 --metrics fid,is,bpd; "
+              "ddpm eval --run ddpm-demo --metrics fid,kid,pr --n 2000 --sampler ddim --steps 50; "
+              "ddpm eval --run ddpm-demo --metrics bpd --n 100; "
+              "ddpm eval --run ddpm-demo --metrics fd --sampler ddim --steps 10,20,50,100; "
+              "torchrun --nproc_per_node=8 -m ddpm -- eval --run runs/cifar10 --metrics fid,is")
     p.add_argument("--run", required=True, help="run directory")
-    p.add_argument("--metric", required=True, metavar="LIST", help=f"any of {', '.join(EVAL_METRICS)}, comma-"
-                                                                    "separated (fd not with fid, is, kid or pr)")
+    p.add_argument("--metrics", "--metric", dest="metric", required=True, metavar="LIST",
+                   help=f"any of {', '.join(EVAL_METRICS)}, comma-separated (fd not with fid, is, kid or pr); "
+                        "--metric is the same flag")
     p.add_argument("--data", default=None, help="bpd and fd: real images, a data source as for train, e.g. "
                                                 "cifar-10-python.tar.gz:test (default: the run's)")
     p.add_argument("--ref", default=None, help="fid, kid, pr: the reference (a data source, a folder, an .npz of "
@@ -74,13 +75,13 @@ def _check_eval_flags(args, metrics) -> None:
     if args.ref is not None and not paper:
         raise DDPMError("--ref is for fid, is, kid and pr; bpd and fd read --data")
     if "fd" in metrics and args.samples is None and args.n is not None and args.n < 2:
-        raise DDPMError(f"--metric fd needs --n >= 2 samples (a covariance of one sample is undefined), got {args.n}")
+        raise DDPMError(f"--metrics fd needs --n >= 2 samples (a covariance of one sample is undefined), got {args.n}")
     if paper and args.n is not None:  # before any sample is drawn
         from ..evaluation.compare import MIN_IMAGES
 
         m = max(paper, key=lambda k: MIN_IMAGES[k])
         if args.n < MIN_IMAGES[m]:
-            raise DDPMError(f"--metric {m} needs --n >= {MIN_IMAGES[m]} samples, got {args.n}")
+            raise DDPMError(f"--metrics {m} needs --n >= {MIN_IMAGES[m]} samples, got {args.n}")
     if args.samples is not None:
         given = [f"--{k}" for k in ("steps", "eta", "spacing") if getattr(args, k) is not None]
         if given:
@@ -182,14 +183,14 @@ def _eval_paper(args, metrics, out: Path, device) -> int:
                              guidance=args.guidance, precision=args.precision, batch_size=args.batch_size,
                              device=device, progress=not args.quiet)
         try:  # every process takes its share of the features, of the samples and of the reference
-            result, ref_spec = _score_samples(args, metrics, device, ckpt, features, drawn, rank)
+            scores, ref_spec = _score_samples(args, metrics, device, ckpt, features, drawn, rank)
         except KeyboardInterrupt as e:
             from ..errors import Interrupted, stopped_by
 
             raise Interrupted(f"stopped by {stopped_by(e)} while scoring; the {drawn['drawn'] + drawn['reused']:,} "
                               f"samples in {drawn['path']} are kept", stopped_by(e), resumable=True) from None
     if rank == 0:
-        _report(args, metrics, out, device, ckpt, sampler, drawn, result, ref_spec)
+        _report(args, metrics, out, device, ckpt, sampler, drawn, scores, ref_spec)
     return 0
 
 
@@ -232,35 +233,29 @@ def _score_samples(args, metrics, device, ckpt, features, drawn, rank: int):
                         "file such as fid_stats_cifar10_train.npz)")
     samples = read_set(drawn["path"])
     ref = _reference(ref_spec, ckpt.config, samples.shape, args, progress=not args.quiet and rank == 0)
-    result = score(samples, ref, [m for m in metrics if m in _PAPER], features, device=device,
+    scores = score(samples, ref, [m for m in metrics if m in _PAPER], features, device=device,
                    cache_dir=_stats_cache(args), seed=args.seed, progress=not args.quiet and rank == 0,
                    ref_n=args.ref_n)
-    return result, ref_spec
+    return scores, ref_spec
 
 
-def _report(args, metrics, out: Path, device, ckpt, sampler, drawn, result, ref_spec) -> None:
+def _report(args, metrics, out: Path, device, ckpt, sampler, drawn, scores, ref_spec) -> None:
     """Rank 0: the scores printed and written (metrics.json), bits/dim beside them when asked for."""
-    from ..evaluation.compare import metric_lines
-    from ..evaluation.protocol import bpd_splits
+    from ..evaluation.protocol import RunReport, bpd_splits
     from ..evaluation.reports import write_metrics_report
 
-    report = {**result, "run": str(args.run), "step": ckpt.step, "weights": "EMA" if args.ema else "raw",
-              "sampler": sampler.name, "steps": sampler.steps, "guidance": args.guidance, "seed": args.seed,
-              "samples": str(drawn["path"]), "ref": str(ref_spec), "sampling": drawn["settings"]}
-    earlier = f"; {drawn['reused']:,} drawn by an earlier run" if drawn["reused"] else ""
-    print(f"{args.run} at step {ckpt.step}, {report['weights']} weights, {sampler.name} sampler over {sampler.steps} "
-          f"steps, {result['n']:,} samples (seeds {args.seed}-{args.seed + result['n'] - 1}"
-          f"{earlier}):", flush=True)
-    lines, note = metric_lines(result, "the samples", str(ref_spec))
+    report = RunReport(scores.values, run=str(args.run), step=ckpt.step, weights="EMA" if args.ema else "raw",
+                       sampler=sampler.name, steps=sampler.steps, guidance=args.guidance, seed=args.seed,
+                       samples=str(drawn["path"]), ref=str(ref_spec), sampling=drawn["settings"],
+                       reused=drawn["reused"])
+    print(report.heading(), flush=True)
     if "bpd" in metrics:
-        splits = bpd_splits(ckpt, args.data, n=args.bpd_n or 100, seed=args.seed, ema=args.ema,
-                            batch_size=args.batch_size, device=device, cache_dir=args.cache_dir,
-                            progress=not args.quiet, skip_bad=args.skip_bad_images)
-        report["bpd"] = {k: {f: r[f] for f in ("bits_per_dim", "std_error", "n", "data")} for k, r in splits.items()}
-        lines.append("bits/dim " + ", ".join(f"{k} {r['bits_per_dim']:.4f} +- {r['std_error']:.4f}" for k, r in
-                                             splits.items()) + f"  ({next(iter(splits.values()))['n']} images each)")
+        report.bpd = bpd_splits(ckpt, args.data, n=args.bpd_n or 100, seed=args.seed, ema=args.ema,
+                                batch_size=args.batch_size, device=device, cache_dir=args.cache_dir,
+                                progress=not args.quiet, skip_bad=args.skip_bad_images)
+    lines, note = report.lines()
     print("\n".join(lines), flush=True)
     if note:
         print(note, file=sys.stderr)
-    write_metrics_report(report, out)
+    write_metrics_report(report.to_json(), out)
     print(f"report: {out / 'metrics.json'}; samples: {drawn['path']}", file=sys.stderr)

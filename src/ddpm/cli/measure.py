@@ -94,7 +94,7 @@ def _features_for(args, samples, ref):
 
 def cmd_metrics(args) -> int:
     from ..errors import DDPMError
-    from ..evaluation.compare import metric_lines, parse_metrics, score
+    from ..evaluation.compare import Scores, metric_lines, parse_metrics, score
 
     alone = args.save_stats is not None and args.metrics is None and args.ref is None
     metrics = () if alone else parse_metrics(args.metrics or ("fid" if args.ref else "is"))
@@ -105,21 +105,21 @@ def cmd_metrics(args) -> int:
     from ..runtime import choose_device
 
     features, device = _features_for(args, samples, ref), choose_device(args.device)
-    kept: dict = {"device": device}
+    scores = Scores({"n": samples.n, "features": features[0]})
     if metrics:
-        result = score(samples, ref, metrics, features, batch_size=args.batch_size, cache_dir=_stats_cache(args),
-                       seed=args.seed, progress=not args.quiet, stats=kept, device=device, ref_n=args.ref_n)
-        assert result is not None  # one process: rank 0
-        lines, note = metric_lines(result, args.samples, args.ref)
+        found = score(samples, ref, metrics, features, batch_size=args.batch_size, cache_dir=_stats_cache(args),
+                      seed=args.seed, progress=not args.quiet, moments="--save-stats" in outputs, device=device,
+                      ref_n=args.ref_n)
+        assert found is not None  # one process: rank 0
+        scores = found
+        lines, note = metric_lines(scores.values, args.samples, args.ref)
         print("\n".join(lines), flush=True)
         if note:
             print(note, file=sys.stderr)
-    else:
-        result = {"n": samples.n, "features": features[0]}
     if "--save-stats" in outputs:
-        _save_stats(args, samples, features, outputs["--save-stats"], kept)
+        _save_stats(args, samples, features, outputs["--save-stats"], scores, device)
     if "--json" in outputs:
-        _write_json(outputs["--json"], {**result, "samples": str(args.samples), "ref": args.ref})
+        _write_json(outputs["--json"], {**scores.values, "samples": str(args.samples), "ref": args.ref})
     return 0
 
 
@@ -138,20 +138,21 @@ def _stats_cache(args) -> Path:
     return cache_root(args.cache_dir) / "ref_stats"
 
 
-def _save_stats(args, samples, features, path: Path, kept: dict) -> None:
+def _save_stats(args, samples, features, path: Path, scores, device) -> None:
     from ..evaluation.compare import stats_arrays
     from ..evaluation.features import feature_batch
     from ..evaluation.streaming import feature_pass
     from ..sampling.outputs import write_npz
 
     name, net = features
-    if "mu" not in kept:  # --save-stats alone: the moments accumulate streaming, for a set of any size
-        r = feature_pass(net, samples.images, batch_size=args.batch_size or feature_batch(kept["device"]),
-                         progress=not args.quiet, desc=f"{name} features", device=kept["device"], share=False)
-        kept["mu"], kept["sigma"] = r.mu, r.sigma
-    write_npz(path, stats_arrays(kept["mu"], kept["sigma"], samples.n, name, getattr(net, "sha256", "")))
-    print(f"wrote the {name} statistics (mu {kept['mu'].shape}, sigma {kept['sigma'].shape}) of {samples.n:,} images "
-          f"to {path}", file=sys.stderr)
+    mu, sigma = scores.mu, scores.sigma
+    if mu is None or sigma is None:  # --save-stats alone: the moments accumulate streaming, for a set of any size
+        mu, sigma = feature_pass(net, samples.images, batch_size=args.batch_size or feature_batch(device),
+                                 progress=not args.quiet, desc=f"{name} features", device=device,
+                                 share=False).moments()
+    write_npz(path, stats_arrays(mu, sigma, samples.n, name, getattr(net, "sha256", "")))
+    print(f"wrote the {name} statistics (mu {mu.shape}, sigma {sigma.shape}) of {samples.n:,} images to {path}",
+          file=sys.stderr)
 
 
 def _write_json(path: Path, result) -> None:

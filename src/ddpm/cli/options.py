@@ -19,9 +19,9 @@ EPILOG = """examples:
   ddpm train --data ~/cifar-10-python.tar.gz --preset cifar10 --out runs/cifar10
   ddpm train --out runs/cifar10 --resume            # continue exactly where it stopped
   ddpm sample --run runs/cifar10 --n 64 --out grid.png
-  ddpm eval --run ddpm-demo --metric bpd --n 100    # the paper's NLL bound, in bits/dim
-  ddpm eval --run ddpm-demo --metric fd --sampler ddim --steps 10,50,100
-  ddpm eval --run runs/cifar10 --metric fid,is,bpd  # the paper's Table 1: 50,000 samples, FID, IS, bits/dim
+  ddpm eval --run ddpm-demo --metrics bpd --n 100    # the paper's NLL bound, in bits/dim
+  ddpm eval --run ddpm-demo --metrics fd --sampler ddim --steps 10,50,100
+  ddpm eval --run runs/cifar10 --metrics fid,is,bpd  # the paper's Table 1: 50,000 samples, FID, IS, bits/dim
   ddpm metrics samples.npz --ref fid_stats_cifar10_train.npz   # FID of any images against shared statistics
   ddpm inpaint --run ddpm-demo mnist:0-7 --mask right --n 4 --out filled.png   # fill in with RePaint
   ddpm edit --run ddpm-demo mnist:0-3 --strength 0.25,0.5,0.75,1 --n 4 --out fig7.png   # SDEdit; the paper's Fig. 7

@@ -26,14 +26,25 @@ from .features import feature_batch, reference_pass
 from .metrics import frechet_distance, inception_score, kernel_inception_distance, precision_recall
 from .streaming import REF_N, REF_SUBSET_SEED, FeaturePass, feature_pass, reference_subset
 
-__all__ = ["METRICS", "MIN_IMAGES", "ImageSet", "read_set", "read_samples", "parse_metrics", "score", "metric_lines",
-           "stats_arrays",
-           "RESIZE"]
+__all__ = ["METRICS", "MIN_IMAGES", "ImageSet", "Scores", "read_set", "read_samples", "parse_metrics", "score",
+           "metric_lines", "stats_arrays", "RESIZE"]
 
 METRICS = ("fid", "is", "kid", "pr")
 RESIZE = "bilinear to 299x299 from [-1, 1], no antialiasing (pytorch-fid)"
 IS_SPLITS, PR_K = 10, 3
 MIN_IMAGES = {"is": 2 * IS_SPLITS, "fid": 2, "kid": 2, "pr": PR_K + 1}  # the fewest images each metric is defined on
+
+
+@dataclass(frozen=True)
+class Scores:
+    """What ``score`` measured. ``values`` holds the keys of ``ddpm metrics --json``: fid; is and kid as
+    [mean, std]; precision and recall; n, ref_n (ref_total and ref_subset_seed for a subset), features and
+    feature_dim, and for the Inception its sha256 and the resize. ``mu`` and ``sigma`` are the samples' feature
+    moments (float64) where they were computed, else None."""
+
+    values: Dict[str, Any]
+    mu: Optional[np.ndarray] = None
+    sigma: Optional[np.ndarray] = None
 
 
 @dataclass
@@ -125,7 +136,7 @@ def read_set(spec: str, *, shape: Optional[Tuple[int, ...]] = None, cache_dir=No
 
     if p.is_dir() and holds_run_config(p):  # its loss plot and sample grids are not a set of samples
         raise DDPMError(f"{spec} is a ddpm run, not a set of images: score its samples with ddpm eval --run {spec} "
-                        f"--metric fid, or draw them first (ddpm sample --run {spec} --n 10000 --out samples.npz)")
+                        f"--metrics fid, or draw them first (ddpm sample --run {spec} --n 10000 --out samples.npz)")
     if shape is not None and shape[1] != shape[2]:
         raise DDPMError(f"{spec} is read as square images, and the other set's are {shape[1]} x {shape[2]}")
     channels, size = (shape[0], shape[1]) if shape is not None else _native_shape(spec)
@@ -166,10 +177,9 @@ def _check(samples: ImageSet, ref: Optional[ImageSet], metrics: Sequence[str], c
 
 def score(samples: ImageSet, ref: Optional[ImageSet], metrics: Sequence[str], features: Tuple[str, Any], *,
           batch_size: Optional[int] = None, device=None, cache_dir=None, seed: int = 0, progress: bool = False,
-          stats: Optional[dict] = None, ref_n: Optional[int] = REF_N) -> Optional[Dict[str, Any]]:
-    """The ``metrics`` of ``samples`` (against ``ref``) with ``features`` ((name, network)): a dict with the keys
-    of ``ddpm metrics --json`` (fid; is and kid as [mean, std]; precision and recall; n, ref_n, features, and for
-    the Inception its sha256 and the resize). ``stats``, a dict, receives the samples' ``mu`` and ``sigma``.
+          moments: bool = False, ref_n: Optional[int] = REF_N) -> Optional[Scores]:
+    """The ``metrics`` of ``samples`` (against ``ref``) with ``features`` ((name, network)), as ``Scores``; their
+    ``mu`` and ``sigma`` are the samples' feature moments where FID needed them or ``moments`` asks for them.
     ``seed`` draws KID's subsets and the order of the Inception Score's splits (``is_split_seed``): a class-
     conditional job writes its samples class by class, and splits of that order would each hold one class.
 
@@ -184,10 +194,8 @@ def score(samples: ImageSet, ref: Optional[ImageSet], metrics: Sequence[str], fe
     held = "kid" in metrics or "pr" in metrics  # the metrics that need every feature vector, not their moments
     mine = FeaturePass(samples.n, *samples.stats) if samples.stats is not None else FeaturePass(samples.n)
     if samples.images is not None:
-        mine = feature_pass(net, samples.images, moments="fid" in metrics or stats is not None, keep=held,
+        mine = feature_pass(net, samples.images, moments="fid" in metrics or moments, keep=held,
                             with_probs="is" in metrics, desc=f"{name} features of SAMPLES", **kw)
-        if stats is not None:
-            stats["mu"], stats["sigma"] = mine.moments()
     theirs, subset = FeaturePass(0), None
     if ref is not None and ref.stats is not None:
         theirs = FeaturePass(ref.n, *ref.stats)
@@ -219,7 +227,7 @@ def score(samples: ImageSet, ref: Optional[ImageSet], metrics: Sequence[str], fe
         out["feature_dim"] = int(len(mine.mu))
     if name == "inception":
         out.update(inception_sha256=net.sha256, resize=RESIZE)
-    return out
+    return Scores(out, mine.mu, mine.sigma)
 
 
 def _check_stats(samples: ImageSet, ref: ImageSet, mine, theirs, name: str, net) -> None:

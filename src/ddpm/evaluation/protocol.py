@@ -1,4 +1,4 @@
-"""The paper's protocol for a run (``ddpm eval --metric fid,is,...``): draw the samples through the resumable,
+"""The paper's protocol for a run (``ddpm eval --metrics fid,is,...``): draw the samples through the resumable,
 torchrun-sharded sampling job (50,000 by default, the EMA weights, Algorithm 2 over all T steps), score them
 against the run's data (the paper: the training set) or a given reference, and bits/dim on the train and the
 test split side by side, as Table 1 shows them.
@@ -7,12 +7,14 @@ test split side by side, as Table 1 shows them.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from ..errors import DDPMError
 
-__all__ = ["PAPER_N", "sampling_settings", "samples_file", "draw_samples", "bpd_splits", "balanced_n"]
+__all__ = ["PAPER_N", "sampling_settings", "samples_file", "draw_samples", "bpd_splits", "balanced_n",
+           "RunReport"]
 
 PAPER_N = 50000  # the samples of the paper's (and every published) FID and IS
 
@@ -111,3 +113,49 @@ def bpd_splits(ckpt, data: Optional[str], *, n: int, seed: int, ema: bool, batch
         out[split] = bpd_report(ckpt, real, n=n, seed=seed, ema=ema, batch_size=batch_size, device=device,
                                 progress=progress)
     return out
+
+
+@dataclass
+class RunReport:
+    """What ``ddpm eval`` reports of a run's samples: the scores (``Scores.values``), bits/dim of the splits
+    (``bpd_splits``) where asked for, and everything that decided them; ``to_json`` is metrics.json."""
+
+    scores: Dict[str, Any]
+    run: str
+    step: int
+    weights: str  # "EMA" or "raw"
+    sampler: str
+    steps: int
+    guidance: float
+    seed: int
+    samples: str
+    ref: str
+    sampling: Dict[str, Any]  # sampling_settings
+    reused: int = 0  # samples drawn by an earlier run
+    bpd: Optional[Dict[str, Dict[str, Any]]] = None
+
+    def to_json(self) -> Dict[str, Any]:
+        out = {**self.scores, "run": self.run, "step": self.step, "weights": self.weights, "sampler": self.sampler,
+               "steps": self.steps, "guidance": self.guidance, "seed": self.seed, "samples": self.samples,
+               "ref": self.ref, "sampling": self.sampling}
+        if self.bpd is not None:
+            out["bpd"] = {k: {f: r[f] for f in ("bits_per_dim", "std_error", "n", "data")} for k, r in self.bpd.items()}
+        return out
+
+    def heading(self) -> str:
+        """What was scored: the run, its step and weights, the sampler and the samples' seeds."""
+        n = self.scores["n"]
+        earlier = f"; {self.reused:,} drawn by an earlier run" if self.reused else ""
+        return (f"{self.run} at step {self.step}, {self.weights} weights, {self.sampler} sampler over {self.steps} "
+                f"steps, {n:,} samples (seeds {self.seed}-{self.seed + n - 1}{earlier}):")
+
+    def lines(self) -> Tuple[List[str], Optional[str]]:
+        """The lines to print under the heading (one per metric, bits/dim) and a note for stderr, or None."""
+        from .compare import metric_lines
+
+        lines, note = metric_lines(self.scores, "the samples", self.ref)
+        if self.bpd:
+            first = next(iter(self.bpd.values()))
+            lines.append("bits/dim " + ", ".join(f"{k} {r['bits_per_dim']:.4f} +- {r['std_error']:.4f}"
+                                                 for k, r in self.bpd.items()) + f"  ({first['n']} images each)")
+        return lines, note

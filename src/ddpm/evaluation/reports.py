@@ -131,7 +131,7 @@ def _write_reports(out: Path, files: Dict[str, Any]) -> None:
 
 
 def write_metrics_report(report: Dict[str, Any], out: Path) -> None:
-    """``metrics.json``: the scores of ``ddpm eval --metric fid,is,...`` with every setting that moves them, merged
+    """``metrics.json``: the scores of ``ddpm eval --metrics fid,is,...`` with every setting that moves them, merged
     with the scores earlier evals gave these settings (``metrics-KEY.json`` keeps them per setting: samples,
     reference and feature network), so a fid-only eval after an is, kid and pr one loses nothing."""
     from ..run.ownership import is_marked, marked_json
