@@ -55,6 +55,7 @@ def one(steps: int, seed: int, root: Path, guidance=(1.0,), sets=None, precision
     from ddpm.run.directory import load_checkpoint
     from ddpm.sampling.generation import sample_checkpoint
     from ddpm.sampling.guidance import class_labels
+    from ddpm.sampling.settings import SamplingSettings
     from ddpm.training.train import train_run
 
     sets = sets or overrides([])
@@ -70,8 +71,8 @@ def one(steps: int, seed: int, root: Path, guidance=(1.0,), sets=None, precision
     labels = class_labels("all", ckpt.config.classes, 100)
     rows = []
     for w in guidance:
-        images = sample_checkpoint(ckpt, 100, labels=labels, guidance=w, sampler=DEMO_SAMPLER[0],
-                                   steps=DEMO_SAMPLER[1], seed=seed, precision=precision, progress=False)
+        images = sample_checkpoint(ckpt, SamplingSettings(*DEMO_SAMPLER, guidance=w, seed=seed, n=100,
+                                                          precision=precision, progress=False), labels=labels)
         r = judge(images.permute(0, 2, 3, 1).numpy(), labels.numpy())
         rows.append({"steps": steps, "seed": seed, "guidance": w, "train_s": train_s, "step_s": train_s / steps,
                      "asked_for_digit": r["confident"], "fd_ratio": r["fd_ratio"], "all_digits": r["all_digits"]})

@@ -29,6 +29,7 @@ from ddpm import load_checkpoint  # noqa: E402
 from ddpm.cli.demo import DEMO_GUIDANCE, DEMO_P_UNCOND, DEMO_SAMPLER  # noqa: E402
 from ddpm.sampling.generation import sample_checkpoint  # noqa: E402
 from ddpm.sampling.guidance import class_labels  # noqa: E402
+from ddpm.sampling.settings import SamplingSettings
 from ddpm.training.train import plan_run, train_run  # noqa: E402
 
 
@@ -50,8 +51,9 @@ def quality(ckpt, state, n: int):
     net = copy.deepcopy(ckpt.ema_model)
     net.load_state_dict(state)
     labels = class_labels("all", ckpt.config.classes, n)
-    x = sample_checkpoint(dataclasses.replace(ckpt, ema_model=net), n, labels=labels, guidance=DEMO_GUIDANCE,
-                          sampler=DEMO_SAMPLER[0], steps=DEMO_SAMPLER[1], seed=0, precision="auto", progress=False)
+    x = sample_checkpoint(dataclasses.replace(ckpt, ema_model=net),
+                          SamplingSettings(*DEMO_SAMPLER, guidance=DEMO_GUIDANCE, n=n, precision="auto",
+                                           progress=False), labels=labels)
     return judge(x.permute(0, 2, 3, 1).numpy(), labels.numpy())
 
 

@@ -25,19 +25,18 @@ def measure(run: str, n: int, calls, seed: int, samplers, precision: str, full_c
     from ddpm.evaluation.features import get_features
     from ddpm.evaluation.reports import fd_report
     from ddpm.run.directory import load_checkpoint
+    from ddpm.sampling.settings import SamplingSettings
 
     ckpt = load_checkpoint(run)
     real = load_data("mnist", channels=1, image_size=ckpt.config.model.image_size)
     features = get_features("digits", channels=1)
-    rows = fd_report(ckpt, real, features, n=n, sampler="respaced", steps=[min(500, ckpt.diffusion.T)], seed=seed,
-                     precision=precision, progress=False)
+    settings = SamplingSettings(n=n, seed=seed, precision=precision, progress=False)
+    rows = fd_report(ckpt, real, features, settings.replace(sampler="respaced"), steps=[min(500, ckpt.diffusion.T)])
     reference = rows[0]["fd"]
     for sampler in samplers:
-        rows += fd_report(ckpt, real, features, n=n, sampler=sampler, steps=list(calls), seed=seed,
-                          precision=precision, progress=False)
+        rows += fd_report(ckpt, real, features, settings.replace(sampler=sampler), steps=list(calls))
     if full_chain:  # 1,000 calls per image: as long as all the rest together
-        rows += fd_report(ckpt, real, features, n=n, sampler="ancestral", seed=seed, precision=precision,
-                          progress=False)
+        rows += fd_report(ckpt, real, features, settings)
     for r in rows:
         r.update(run=run, ratio=r["fd"] / reference)
     return rows

@@ -104,17 +104,19 @@ def train_speed(cfg, device, steps: int, compile_: bool) -> dict:
 def sampling_speed(model, diffusion, shape, n: int, device, compile_: bool) -> dict:
     from ddpm.sampling.generation import generate
     from ddpm.sampling.samplers import make_sampler
+    from ddpm.sampling.settings import SamplingSettings
 
     net = torch.compile(model) if compile_ else model
     out = {}
+    settings = SamplingSettings(n=n, batch_size=n, device=device, precision="bf16", progress=False)
     for name, steps in (("ancestral", None), ("sde-dpm++", 20)):
         sampler = make_sampler(name, diffusion, steps=steps)
         warm = make_sampler("respaced", diffusion, steps=2)
-        generate(net, warm, n, shape, batch_size=n, device=device, precision="bf16", progress=False)  # same batch
+        generate(net, warm, shape, settings)  # same batch
         reset_memory(device)
         sync(device)
         t0 = time.perf_counter()
-        generate(net, sampler, n, shape, batch_size=n, device=device, precision="bf16", progress=False)
+        generate(net, sampler, shape, settings)
         sync(device)
         out[f"{name}_{sampler.steps}_steps_s"] = time.perf_counter() - t0
         out[f"{name}_peak_memory_gib"] = peak_memory_gib(device)

@@ -20,6 +20,7 @@ from demo_quality import judge  # noqa: E402
 from ddpm import load_checkpoint  # noqa: E402
 from ddpm.sampling.generation import sample_checkpoint  # noqa: E402
 from ddpm.sampling.guidance import class_labels  # noqa: E402
+from ddpm.sampling.settings import SamplingSettings
 
 
 def main() -> int:
@@ -37,14 +38,14 @@ def main() -> int:
           f"{'s/image':>9}")
     for spec in args.sampler.split(","):
         name, steps, *eta = spec.split(":")
-        kw = dict(sampler=name, steps=None if name == "ancestral" else int(steps), eta=float(eta[0]) if eta else None,
-                  seed=0, precision="auto", progress=False)
+        settings = SamplingSettings(name, None if name == "ancestral" else int(steps), float(eta[0]) if eta else None,
+                                    seed=0, n=args.n, precision="auto", progress=False)
         rows = [(w, labels) for w in map(float, args.guidance.split(","))]
         if not args.no_unconditional:
             rows.append(("uncond", None))
         for w, lab in rows:
             t0 = time.perf_counter()
-            x = sample_checkpoint(ckpt, args.n, labels=lab, guidance=0.0 if lab is None else w, **kw)
+            x = sample_checkpoint(ckpt, settings.replace(guidance=0.0 if lab is None else w), labels=lab)
             s = (time.perf_counter() - t0) / args.n
             r = judge(x.permute(0, 2, 3, 1).numpy(), None if lab is None else lab.numpy())
             print(f"{spec:<16}{w if lab is not None else 'none':>9}{r['confident']:>25.1%}{str(r['all_digits']):>11}"

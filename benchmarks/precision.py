@@ -35,6 +35,7 @@ def main() -> int:
     from ddpm.sampling.generation import generate
     from ddpm.sampling.outputs import write_images
     from ddpm.sampling.samplers import make_sampler
+    from ddpm.sampling.settings import SamplingSettings
     from ddpm.training.train import train_run
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -56,8 +57,7 @@ def main() -> int:
         train_s[prec] = time.perf_counter() - t
         ckpt = load_checkpoint(run)
         smp = make_sampler("respaced", ckpt.diffusion, steps=args.sampling_steps)
-        x = generate(ckpt.ema_model, smp, args.n, (1, 28, 28), seed=0, batch_size=256, precision="auto",
-                     progress=False)
+        x = generate(ckpt.ema_model, smp, (1, 28, 28), SamplingSettings(n=args.n, precision="auto", progress=False))
         write_images(x, run / "samples.npz")
         write_images(x[:100], run / "samples.png")
         quality[prec] = judge(np.load(run / "samples.npz")["arr_0"])

@@ -13,6 +13,7 @@ import time
 from ddpm import load_checkpoint
 from ddpm.sampling.generation import generate
 from ddpm.sampling.samplers import make_sampler
+from ddpm.sampling.settings import SamplingSettings
 
 
 def main() -> int:
@@ -37,8 +38,8 @@ def main() -> int:
     for _ in range(args.rounds):
         for k, smp in samplers.items():
             t = time.perf_counter()
-            generate(ckpt.ema_model, smp, args.n, (c, s, s), precision=args.precision, progress=False,
-                     batch_size=args.n)
+            generate(ckpt.ema_model, smp, (c, s, s), SamplingSettings(n=args.n, batch_size=args.n,
+                                                                      precision=args.precision, progress=False))
             times[k].append((time.perf_counter() - t) / args.n)
     base = statistics.median(times[specs[0]])
     print(f"{args.run} (step {ckpt.step}), {args.n} images per call, precision {args.precision}, "

@@ -252,6 +252,7 @@ def time_sampling(args, device: torch.device) -> dict:
     from ddpm.nn.unet import UNet
     from ddpm.sampling.generation import generate
     from ddpm.sampling.samplers import Ancestral
+    from ddpm.sampling.settings import SamplingSettings
 
     cfg = make_run_config("cifar10")
     model = UNet(cfg.model).to(device).eval()
@@ -261,12 +262,12 @@ def time_sampling(args, device: torch.device) -> dict:
     if args.compile:
         variants["compiled"] = torch.compile(model)
     for name, net in variants.items():
-        generate(net, sampler, min(args.sample, 16), (3, 32, 32), device=device, precision="bf16", progress=False,
-                 batch_size=args.sample)  # warm-up (and compilation)
+        settings = SamplingSettings(n=args.sample, batch_size=args.sample, device=device, precision="bf16",
+                                    progress=False)
+        generate(net, sampler, (3, 32, 32), settings.replace(n=min(args.sample, 16)))  # warm-up (and compilation)
         _sync(device)
         t = time.perf_counter()
-        generate(net, sampler, args.sample, (3, 32, 32), device=device, precision="bf16", progress=False,
-                 batch_size=args.sample)
+        generate(net, sampler, (3, 32, 32), settings)
         _sync(device)
         out[f"seconds_{name}"] = time.perf_counter() - t
         print(f"sampling {args.sample} images, 1000 steps, bf16, {name}: {out[f'seconds_{name}']:.1f} s "

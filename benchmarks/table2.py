@@ -51,6 +51,7 @@ def row(name: str, root: Path, args) -> dict:
     from ddpm.evaluation.reports import evaluate_bpd
     from ddpm.run.directory import load_checkpoint
     from ddpm.sampling.generation import sample_checkpoint
+    from ddpm.sampling.settings import SamplingSettings
     from ddpm.training.train import train_run
 
     predict, var_type, objective, t_sampling, paper = ROWS[name]
@@ -78,8 +79,8 @@ def row(name: str, root: Path, args) -> dict:
     for sampler, steps, precision, key in (("ancestral", None, args.precision, "T"),
                                            ("respaced", 50, args.precision, "50"), ("respaced", 50, "fp32", "50_fp32")):
         t0 = time.perf_counter()
-        images = sample_checkpoint(ckpt, args.n, sampler=sampler, steps=steps, seed=args.seed, precision=precision,
-                                   progress=False)
+        images = sample_checkpoint(ckpt, SamplingSettings(sampler, steps, seed=args.seed, n=args.n,
+                                                          precision=precision, progress=False))
         out[f"sample_{key}_s"] = time.perf_counter() - t0
         r = judge(images.permute(0, 2, 3, 1).numpy())
         out.update({f"fd_ratio_{key}": r["fd_ratio"], f"confident_{key}": r["confident"]})

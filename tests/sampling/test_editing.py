@@ -15,6 +15,7 @@ from ddpm.sampling.edit_jobs import Edit, inpaint, sdedit
 from ddpm.sampling.editing import MASKS, RePaint, SDEdit, make_mask, named_mask, repaint_levels, sdedit_start
 from ddpm.sampling.generation import generate
 from ddpm.sampling.samplers import SAMPLERS, Ancestral, Respaced, make_sampler
+from ddpm.sampling.settings import SamplingSettings as S
 from helpers import OracleEps
 
 T = 40
@@ -93,7 +94,7 @@ def test_all_free_without_resampling_is_sampling(net, diffusion, images, steps):
     out = inpaint(net, diffusion, images, torch.zeros(1, 1, 8, 8), steps=steps, resample=1, n=2, seed=5,
                   progress=False)
     sampler = Ancestral(diffusion) if steps is None else Respaced(diffusion, steps)
-    plain = generate(net, sampler, 6, (1, 8, 8), seed=5, progress=False)
+    plain = generate(net, sampler, (1, 8, 8), S(seed=5, n=6, progress=False))
     assert torch.equal(out, plain)
 
 

@@ -17,6 +17,7 @@ from ddpm.errors import DDPMError
 from ddpm.sampling.generation import generate
 from ddpm.sampling.jobs import parse_seeds
 from ddpm.sampling.samplers import make_sampler
+from ddpm.sampling.settings import SamplingSettings as S
 from helpers import stop_at_call
 
 
@@ -35,12 +36,12 @@ def test_an_image_depends_on_its_seed_not_on_its_batch(sampler):
     d = GaussianDiffusion(NoiseSchedule.linear(T=50))
     smp = make_sampler(sampler, d, steps=12, eta=1.0 if sampler == "ddim" else None)
     net = _net()
-    runs = {b: generate(net, smp, 8, (1, 16, 16), seed=0, batch_size=b, progress=False) for b in (1, 3, 8)}
+    runs = {b: generate(net, smp, (1, 16, 16), S(seed=0, n=8, batch_size=b, progress=False)) for b in (1, 3, 8)}
     assert torch.equal(runs[1], runs[3]) and torch.equal(runs[1], runs[8])
     assert len({runs[8][i].sum().item() for i in range(8)}) == 8  # eight different images
-    tail = generate(net, smp, 3, (1, 16, 16), seed=5, batch_size=2, progress=False)
+    tail = generate(net, smp, (1, 16, 16), S(seed=5, n=3, batch_size=2, progress=False))
     assert torch.equal(tail, runs[8][5:8])  # --seed 5 --n 3 is images 5..7 of --seed 0 --n 8
-    some = generate(net, smp, None, (1, 16, 16), seeds=[7, 2], progress=False)
+    some = generate(net, smp, (1, 16, 16), S(progress=False), seeds=[7, 2])
     assert torch.equal(some, runs[8][[7, 2]])
 
 
@@ -49,8 +50,8 @@ def test_guided_images_depend_on_their_seed_and_class_only():
     smp = make_sampler("respaced", d, steps=10)
     net = _net(num_classes=3)
     labels = torch.tensor([0, 1, 2, 0, 1, 2])
-    a = generate(net, smp, 6, (1, 16, 16), labels=labels, guidance=2.0, batch_size=4, progress=False)
-    b = generate(net, smp, 6, (1, 16, 16), labels=labels, guidance=2.0, batch_size=1, progress=False)
+    a = generate(net, smp, (1, 16, 16), S(n=6, guidance=2.0, batch_size=4, progress=False), labels=labels)
+    b = generate(net, smp, (1, 16, 16), S(n=6, guidance=2.0, batch_size=1, progress=False), labels=labels)
     assert torch.equal(a, b)
 
 
@@ -84,9 +85,9 @@ def test_guided_sde_dpm_images_are_the_same_in_any_batch(n_threads):
         whole = floats(40)
         for b in (7, 13):
             assert torch.equal(floats(b), whole), f"batch {b}"
-        kw = dict(labels=labels, guidance=1.0, progress=False)
-        assert torch.equal(generate(net, smp, 40, (1, 28, 28), batch_size=7, **kw),
-                           generate(net, smp, 40, (1, 28, 28), batch_size=40, **kw))
+        kw = dict(n=40, guidance=1.0, progress=False)
+        assert torch.equal(generate(net, smp, (1, 28, 28), S(batch_size=7, **kw), labels=labels),
+                           generate(net, smp, (1, 28, 28), S(batch_size=40, **kw), labels=labels))
     finally:
         torch.set_num_threads(before)
 

@@ -57,18 +57,18 @@ class Projection:
 LONG_S = 3600.0  # a sampling job this long gets a note, with what would shorten it, before it starts
 
 
-def say_if_long(args, ckpt, sampler, n: int, device) -> None:
+def say_if_long(settings, ckpt, sampler) -> None:
     """Before a long sampling job (the paper's 50,000 samples over all T steps on a CPU: days): how long it takes
     here and how to look sooner."""
     from ..runtime import rank_world
     from ..sampling.jobs import seconds_per_image
 
+    n, device = len(settings.seeds), settings.torch_device
     if n * sampler.calls < 100_000:  # e.g. 1,000 samples of 100 calls: minutes on any CPU; not worth timing
         return
     c, s, world = ckpt.config.model.in_channels, ckpt.config.model.image_size, rank_world()[1]
-    per = seconds_per_image(ckpt.ema_model if args.ema else ckpt.model, sampler, (c, s, s),
-                            batch_size=min(args.batch_size, n), guidance=args.guidance, device=device,
-                            precision=args.precision)
+    per = seconds_per_image(settings.weights(ckpt), sampler, (c, s, s), batch_size=min(settings.batch_size, n),
+                            guidance=settings.guidance, device=device, precision=settings.precision)
     if per * n / world < LONG_S:
         return
     on = f"{world} processes on {device.type}" if world > 1 else str(device)
@@ -122,8 +122,10 @@ def disk_full_line(args, e: OSError) -> str:
         kept = (f"the last checkpoint, step {checkpoint_step(last[-1])}, is kept; free some space and continue with: "
                 f"{again}" if last else "no checkpoint had been written; free some space and run the command again")
     elif cmd == "sample":
+        from ..sampling.jobs import SampleJob
+
         out = Path(args.out)
-        parts = out.parent / f".{out.name}.parts"
+        parts = SampleJob.parts_of(out)
         n = len(list(parts.glob("chunk-*.npz")))
         kept = (f"{count(n, 'finished chunk')} in {parts} {'is' if n == 1 else 'are'} kept; free some space and run "
                 "the same command again to continue")

@@ -17,7 +17,7 @@ from ..runtime import configure_threads, keep_freed_memory
 from .advice import Projection, StderrHandler, count, failure, one_of_many, train_end_line
 from .editing import cmd_edit, cmd_inpaint
 from .evaluate import cmd_eval
-from .flags import early_threads, fields_of
+from .flags import early_threads, fields_of, sampling_settings
 from .measure import cmd_metrics
 
 
@@ -64,10 +64,8 @@ def cmd_sample(args) -> int:
     from ..errors import DDPMError
     from ..run.directory import load_checkpoint
     from ..runtime import choose_device, distributed
-    from ..sampling.guidance import class_labels
     from ..sampling.jobs import parse_seeds, reverse_process_pictures, sample_job
     from ..sampling.outputs import check_output, check_picture_path
-    from ..sampling.samplers import make_sampler
 
     if args.seeds and args.n is not None:
         raise DDPMError("give --seeds A-B or --seed S --n N, not both")
@@ -79,19 +77,15 @@ def cmd_sample(args) -> int:
     device = choose_device(args.device)
     with distributed(device, args.dist_timeout) as rank:
         ckpt = load_checkpoint(args.run, map_location=device)
-        sampler = make_sampler(args.sampler, ckpt.diffusion, steps=args.steps, eta=args.eta, spacing=args.spacing)
-        kw = dict(guidance=args.guidance, ema=args.ema, precision=args.precision, device=device)
-        job, done = sample_job(args.out, ckpt, sampler, seeds=seeds, class_spec=args.class_, overwrite=args.overwrite,
-                               batch_size=args.batch_size, chunk=args.chunk, progress=not args.quiet, **kw)
+        settings = sampling_settings(args, device, seed=seeds.start, n=len(seeds))
+        job, done = sample_job(args.out, ckpt, settings, overwrite=args.overwrite, chunk=args.chunk)
         if rank == 0 and (pictures["strip"] or pictures["gif"]):
-            few = range(min(4, len(seeds)))
-            labels = class_labels(args.class_, ckpt.config.classes, len(seeds), few)
-            reverse_process_pictures(ckpt, sampler, seeds=seeds[:len(few)], labels=labels, **kw, **pictures)
+            reverse_process_pictures(ckpt, settings, seeds=seeds[:4], **pictures)
     if rank == 0:
         again = f"; {done} of them were drawn by an earlier run of this job" if done else ""
         which = f"seeds {seeds.start}-{seeds.stop - 1}" if len(seeds) > 1 else f"seed {seeds.start}"
         print(f"wrote {count(len(seeds), 'sample')} ({which}) from {args.run} (step {ckpt.step}, "
-              f"{'EMA' if args.ema else 'raw'} weights) to {args.out}{again}", file=sys.stderr)
+              f"{settings.weights_name} weights) to {args.out}{again}", file=sys.stderr)
         for what, path in (("the reverse process of the first samples", args.trajectory), ("its animation", args.gif)):
             if path:
                 print(f"wrote {what} to {path}", file=sys.stderr)
@@ -124,6 +118,7 @@ def cmd_interpolate(args) -> int:
     from ..runtime import choose_device
     from ..sampling.interpolation import interpolate
     from ..sampling.outputs import check_picture_path
+    from ..sampling.settings import weights
     from ..viz import interpolation_strip, save_picture
 
     out = check_picture_path(args.out, overwrite=args.overwrite)
@@ -131,7 +126,7 @@ def cmd_interpolate(args) -> int:
     ckpt = load_checkpoint(args.run, map_location=device)
     size, channels = ckpt.config.model.image_size, ckpt.config.model.in_channels
     xa, xb = (load_image(spec, size, channels) for spec in (args.a, args.b))
-    mixed = interpolate(ckpt.ema_model if args.ema else ckpt.model, ckpt.diffusion, xa, xb, args.t, n=args.n,
+    mixed = interpolate(weights(ckpt, args.ema), ckpt.diffusion, xa, xb, args.t, n=args.n,
                         mix=args.mix, seed=args.seed, device=device, progress=not args.quiet)
     save_picture(interpolation_strip(xa, mixed, xb), out)
     print(f"wrote {args.n} {args.mix} mixtures of {args.a} and {args.b} encoded to t = {args.t} (of "
@@ -219,10 +214,11 @@ def cmd_export(args) -> int:
     from ..interop.diffusers import export_diffusers
     from ..run.directory import load_checkpoint
     from ..sampling.outputs import check_new_folder
+    from ..sampling.settings import weights
 
     out = check_new_folder(args.out)
     ckpt = load_checkpoint(args.run)
-    export_diffusers(ckpt.ema_model if args.ema else ckpt.model, ckpt.config.diffusion, out, ckpt.config.classes)
+    export_diffusers(weights(ckpt, args.ema), ckpt.config.diffusion, out, ckpt.config.classes)
     how = (f"a class-conditional UNet, which DDPMPipeline cannot give classes: {out / 'README.md'} has the diffusers "
            "loop that does (class_labels=...)" if ckpt.config.classes else
            f"load it with diffusers.DDPMPipeline.from_pretrained({str(out)!r})")

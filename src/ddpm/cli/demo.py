@@ -32,6 +32,7 @@ from ..runtime import autocast, machine_class, resolve_precision
 from ..sampling.generation import sample_checkpoint
 from ..sampling.guidance import class_labels
 from ..sampling.outputs import write_images
+from ..sampling.settings import SamplingSettings
 from ..training.train import Trainer, train_run
 
 __all__ = ["DemoPlan", "DemoResult", "plan_demo", "run_demo", "DEMO_DIR", "DEMO_SAMPLES", "DEMO_SAMPLER",
@@ -263,13 +264,13 @@ def _threads(device) -> str:
 def _draw(run: Path, n: int, sampling_steps: int, device, t0: float, status: str, progress: bool = True) -> DemoResult:
     """The demo's pictures: guided samples of every digit, a row each, and unconditional ones."""
     ckpt = load_checkpoint(run, map_location=device)
-    kw = dict(sampler=DEMO_SAMPLER[0], steps=min(sampling_steps, ckpt.diffusion.T), seed=0, batch_size=DEMO_BATCH,
-              device=device, precision="auto", progress=progress)
+    settings = SamplingSettings(DEMO_SAMPLER[0], steps=min(sampling_steps, ckpt.diffusion.T), seed=0, n=n,
+                                batch_size=DEMO_BATCH, device=device, precision="auto", progress=progress)
     labels = class_labels("all", ckpt.config.classes, n)
     files = {name: run / name for name in ("samples.png", "samples.npz", "samples_unconditional.png", "loss.png",
                                            "metrics.csv")}
-    images = sample_checkpoint(ckpt, n, labels=labels, guidance=DEMO_GUIDANCE, **kw)
+    images = sample_checkpoint(ckpt, settings.replace(guidance=DEMO_GUIDANCE), labels=labels)
     write_images(images, files["samples.png"], nrow=n // 10)
     write_images(images, files["samples.npz"], labels=labels)
-    write_images(sample_checkpoint(ckpt, n, **kw), files["samples_unconditional.png"])
+    write_images(sample_checkpoint(ckpt, settings), files["samples_unconditional.png"])
     return DemoResult(run, ckpt.step, (time.monotonic() - t0) / 60, status, files, n)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .flags import Commands, job_flags, positive_int, sampler_flags
+from .flags import Commands, job_flags, positive_int, sampler_flags, sampling_settings
 
 _IMAGES = ("the images to edit: an image file, a folder of them, an .npz of uint8 images [N, H, W, C] (as sample "
            "writes) or mnist:A-B (images A to B of the shipped digits); each resized (short side) and centre-cropped "
@@ -90,11 +90,10 @@ def _run_job(args, make_edit, what: str) -> int:
         ckpt = load_checkpoint(args.run, map_location=device)
         c, s = ckpt.config.model.in_channels, ckpt.config.model.image_size
         images = load_images(args.images, s, c)
-        edit = make_edit(ckpt, images)
-        job, done = sample_job(args.out, ckpt, edit, seeds=range(args.seed, args.seed + len(edit)),
-                               class_spec=args.class_, guidance=args.guidance, ema=args.ema, precision=args.precision,
-                               device=device, batch_size=args.batch_size, chunk=args.chunk, overwrite=args.overwrite,
-                               progress=not args.quiet)
+        settings = sampling_settings(args, device, n=None)  # --n here: completions per input; n: the edit's outputs
+        edit = make_edit(ckpt, images, settings)
+        job, done = sample_job(args.out, ckpt, settings.replace(n=len(edit)), sampler=edit, chunk=args.chunk,
+                               overwrite=args.overwrite)
     if rank == 0:
         again = f"; {done} of them were drawn by an earlier run of this job" if done else ""
         print(f"wrote {count(len(edit), what)} of {count(len(images), 'image')} ({edit.calls_text()}) "
@@ -106,17 +105,17 @@ def cmd_inpaint(args) -> int:
     from ..sampling.edit_jobs import Edit
     from ..sampling.editing import RePaint, make_mask
 
-    def make(ckpt, images):
+    def make(ckpt, images, settings):
         c, s = images.shape[1], images.shape[-1]
-        T = ckpt.diffusion.T
-        if args.sampler == "ancestral" and args.steps not in (None, T):
-            raise ValueError(f"the ancestral sampler takes all T={T} steps; for {args.steps} use --sampler respaced")
-        if args.steps is not None and args.steps > T:
-            raise ValueError(f"--steps {args.steps}: the run has T={T} steps, so a chain takes at most {T}")
-        steps = None if args.sampler == "ancestral" else min(args.steps or 250, T)
-        editor = RePaint(ckpt.diffusion, steps, args.spacing or "uniform", args.jump, args.resample)
-        mask = make_mask(args.mask, len(images), c, s, seed=args.seed)
-        return Edit([editor], images, args.n, mask, args.seed, about=f"{args.images} mask {args.mask}")
+        T, k = ckpt.diffusion.T, settings.steps
+        if settings.sampler == "ancestral" and k not in (None, T):
+            raise ValueError(f"the ancestral sampler takes all T={T} steps; for {k} use --sampler respaced")
+        if k is not None and k > T:
+            raise ValueError(f"--steps {k}: the run has T={T} steps, so a chain takes at most {T}")
+        steps = None if settings.sampler == "ancestral" else min(k or 250, T)
+        editor = RePaint(ckpt.diffusion, steps, settings.spacing or "uniform", args.jump, args.resample)
+        mask = make_mask(args.mask, len(images), c, s, seed=settings.seed)
+        return Edit([editor], images, args.n, mask, settings.seed, about=f"{args.images} mask {args.mask}")
 
     return _run_job(args, make, "completion")
 
@@ -124,10 +123,10 @@ def cmd_inpaint(args) -> int:
 def cmd_edit(args) -> int:
     from ..sampling.edit_jobs import Edit
     from ..sampling.editing import SDEdit
-    from ..sampling.samplers import make_sampler
 
-    def make(ckpt, images):
-        sampler = make_sampler(args.sampler, ckpt.diffusion, steps=args.steps, eta=args.eta, spacing=args.spacing)
-        return Edit([SDEdit(sampler, s) for s in args.strength], images, args.n, None, args.seed, about=args.images)
+    def make(ckpt, images, settings):
+        sampler = settings.make_sampler(ckpt.diffusion)
+        return Edit([SDEdit(sampler, s) for s in args.strength], images, args.n, None, settings.seed,
+                    about=args.images)
 
     return _run_job(args, make, "edit")

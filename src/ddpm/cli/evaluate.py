@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from .advice import say_if_long
-from .flags import Commands, cache_dir_flag, positive_int, sampler_flags
+from .flags import Commands, cache_dir_flag, positive_int, sampler_flags, sampling_settings
 from .measure import _DEFINED, _feature_flags, _stats_cache
 
 EVAL_METRICS = ("bpd", "fd", "fid", "is", "kid", "pr")
@@ -145,10 +145,9 @@ def _eval_fd(args, ckpt, real, features, samples, sample_labels, out: Path, devi
     from ..evaluation.reports import fd_report, fd_table, write_fd_report
 
     out.mkdir(exist_ok=True)  # the real images' statistics are cached there
-    rows = fd_report(ckpt, real, features, n=args.n or 1000, sampler=args.sampler, steps=args.steps or [None],
-                     samples=samples, sample_labels=sample_labels, eta=args.eta, cache_dir=out, ref_n=args.ref_n,
-                     spacing=args.spacing, seed=args.seed, batch_size=args.batch_size, ema=args.ema, device=device,
-                     precision=args.precision, guidance=args.guidance, progress=not args.quiet)
+    rows = fd_report(ckpt, real, features, sampling_settings(args, device, n=args.n or 1000),
+                     steps=args.steps or [None], samples=samples, sample_labels=sample_labels, cache_dir=out,
+                     ref_n=args.ref_n)
     lines, note = fd_table(rows, real)
     print("\n".join(lines), flush=True)
     if note:
@@ -165,23 +164,19 @@ def _eval_paper(args, metrics, out: Path, device) -> int:
     from ..run.directory import load_checkpoint
     from ..runtime import barrier, distributed
     from ..sampling.guidance import check_guidance
-    from ..sampling.samplers import make_sampler
 
     with distributed(device, args.dist_timeout) as rank:
         ckpt = load_checkpoint(args.run, map_location=device)
         check_guidance(args.guidance, ckpt.config.classes, "all")
-        steps = args.steps[0] if args.steps else None
-        sampler = make_sampler(args.sampler, ckpt.diffusion, steps=steps, eta=args.eta, spacing=args.spacing)
+        settings = sampling_settings(args, device, n=_balanced(args, metrics, ckpt, rank))
+        sampler = settings.make_sampler(ckpt.diffusion)
         features = get_features(args.features, channels=ckpt.config.model.in_channels, inception=args.inception,
                                 cache_dir=args.cache_dir)
-        n = _balanced(args, metrics, ckpt, rank)
         if rank == 0:
             out.mkdir(exist_ok=True)
-            say_if_long(args, ckpt, sampler, n, device)
+            say_if_long(settings, ckpt, sampler)
         barrier()
-        drawn = draw_samples(out, ckpt, sampler, n=n, seed=args.seed, ema=args.ema,
-                             guidance=args.guidance, precision=args.precision, batch_size=args.batch_size,
-                             device=device, progress=not args.quiet)
+        drawn = draw_samples(out, ckpt, settings, sampler)
         try:  # every process takes its share of the features, of the samples and of the reference
             scores, ref_spec = _score_samples(args, metrics, device, ckpt, features, drawn, rank)
         except KeyboardInterrupt as e:
@@ -190,7 +185,7 @@ def _eval_paper(args, metrics, out: Path, device) -> int:
             raise Interrupted(f"stopped by {stopped_by(e)} while scoring; the {drawn['drawn'] + drawn['reused']:,} "
                               f"samples in {drawn['path']} are kept", stopped_by(e), resumable=True) from None
     if rank == 0:
-        _report(args, metrics, out, device, ckpt, sampler, drawn, scores, ref_spec)
+        _report(args, metrics, out, settings, ckpt, sampler, drawn, scores, ref_spec)
     return 0
 
 
@@ -239,19 +234,19 @@ def _score_samples(args, metrics, device, ckpt, features, drawn, rank: int):
     return scores, ref_spec
 
 
-def _report(args, metrics, out: Path, device, ckpt, sampler, drawn, scores, ref_spec) -> None:
+def _report(args, metrics, out: Path, settings, ckpt, sampler, drawn, scores, ref_spec) -> None:
     """Rank 0: the scores printed and written (metrics.json), bits/dim beside them when asked for."""
     from ..evaluation.protocol import RunReport, bpd_splits
     from ..evaluation.reports import write_metrics_report
 
-    report = RunReport(scores.values, run=str(args.run), step=ckpt.step, weights="EMA" if args.ema else "raw",
-                       sampler=sampler.name, steps=sampler.steps, guidance=args.guidance, seed=args.seed,
+    report = RunReport(scores.values, run=str(args.run), step=ckpt.step, weights=settings.weights_name,
+                       sampler=sampler.name, steps=sampler.steps, guidance=settings.guidance, seed=settings.seed,
                        samples=str(drawn["path"]), ref=str(ref_spec), sampling=drawn["settings"],
                        reused=drawn["reused"])
     print(report.heading(), flush=True)
     if "bpd" in metrics:
-        report.bpd = bpd_splits(ckpt, args.data, n=args.bpd_n or 100, seed=args.seed, ema=args.ema,
-                                batch_size=args.batch_size, device=device, cache_dir=args.cache_dir,
+        report.bpd = bpd_splits(ckpt, args.data, n=args.bpd_n or 100, seed=settings.seed, ema=settings.ema,
+                                batch_size=settings.batch_size, device=settings.device, cache_dir=args.cache_dir,
                                 progress=not args.quiet, skip_bad=args.skip_bad_images)
     lines, note = report.lines()
     print("\n".join(lines), flush=True)

@@ -131,6 +131,19 @@ def sampler_flags(p, many: bool = False, samplers=None, default: str = "ancestra
                         "eps(x, null); 0 is the plain conditional model")
 
 
+def sampling_settings(args: argparse.Namespace, device: Any, **changes: Any):
+    """The ``SamplingSettings`` of ``sampler_flags`` (and --class, --n where the command has them), built once
+    per command; ``changes`` replace what a command decides itself (e.g. eval's n)."""
+    from ..sampling.settings import SamplingSettings
+
+    steps = args.steps[0] if isinstance(args.steps, list) else args.steps
+    values = dict(sampler=args.sampler, steps=steps, eta=getattr(args, "eta", None), spacing=args.spacing,
+                  guidance=args.guidance, classes=getattr(args, "class_", None), ema=args.ema,
+                  precision=args.precision, batch_size=args.batch_size, device=device, seed=args.seed,
+                  n=getattr(args, "n", None), progress=not args.quiet)
+    return SamplingSettings(**{**values, **changes})
+
+
 def job_flags(p, also: str = "", per_class: str = "") -> None:
     """--out, --overwrite, --chunk and --class: the flags of a command that writes images as a resumable
     job (sample, inpaint, edit)."""

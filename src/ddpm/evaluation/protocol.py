@@ -6,45 +6,17 @@ test split side by side, as Table 1 shows them.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..errors import DDPMError
+from ..sampling.settings import SamplingSettings
 
-__all__ = ["PAPER_N", "sampling_settings", "samples_file", "draw_samples", "bpd_splits", "balanced_n",
+__all__ = ["PAPER_N", "samples_file", "draw_samples", "bpd_splits", "balanced_n",
            "RunReport"]
 
 PAPER_N = 50000  # the samples of the paper's (and every published) FID and IS
-
-
-def sampling_settings(ckpt, sampler, *, n: int, seed: int, ema: bool, guidance: float, precision: str,
-                      device=None) -> Dict[str, Any]:
-    """Everything that decides the images of a sample set: the run, its checkpoint and the sha256 of the weights
-    used, the network and the diffusion, the sampler's settings, the precision as resolved on ``device``, guidance
-    and classes, the seeds, n, the device type (its generators) and the noise scheme. Two sets with equal settings
-    hold the same images; metrics.json records them."""
-    import json
-
-    import torch
-
-    from ..rng import NOISE_SCHEME
-    from ..runtime import resolve_precision
-
-    device = torch.device(device or "cpu")
-    weights = "ema.safetensors" if ema else "model.safetensors"
-    try:
-        sha = json.loads((Path(ckpt.path) / "manifest.json").read_text())[weights]["sha256"]
-    except (OSError, ValueError, KeyError, TypeError):
-        sha = None
-    return {"run": str(Path(ckpt.path).resolve().parents[1]), "step": ckpt.step, "weights": "EMA" if ema else "raw",
-            "weights_sha256": sha, "network": ckpt.config.model.to_dict(),
-            "diffusion": dataclasses.asdict(ckpt.config.diffusion), "sampler": sampler.name, "steps": sampler.steps,
-            "eta": getattr(sampler, "eta", None), "spacing": sampler.spacing,
-            "precision": resolve_precision(precision, device), "guidance": guidance,
-            "classes": "all" if ckpt.config.classes else None, "first_seed": seed, "n": n, "device": device.type,
-            "noise": NOISE_SCHEME}
 
 
 def balanced_n(n: int, classes: int, at_least: int = 1) -> int:
@@ -56,9 +28,9 @@ def balanced_n(n: int, classes: int, at_least: int = 1) -> int:
 
 
 def samples_file(out: Path, settings: Dict[str, Any]) -> Path:
-    """Where the samples of these ``sampling_settings`` live in the report folder: a readable name with a hash of
-    every setting, so that a run again with the same settings finds (or continues) them and any other setting
-    draws its own."""
+    """Where the samples of these settings (``SamplingSettings.key``) live in the report folder: a readable name
+    with a hash of every setting, so that a run again with the same settings finds (or continues) them and any
+    other setting draws its own."""
     import hashlib
     import json
 
@@ -69,26 +41,24 @@ def samples_file(out: Path, settings: Dict[str, Any]) -> Path:
                   f"-n{s['n']}{g}-{key}.npz")
 
 
-def draw_samples(out: Path, ckpt, sampler, *, n: int, seed: int, ema: bool, guidance: float = 0.0,
-                 precision: str = "fp32", batch_size: int = 256, device=None, progress: bool = True) -> Dict[str, Any]:
-    """The samples of these settings in ``out``: drawn by a sampling job (resumable, shared between torchrun's
-    processes; a class-conditional run draws every class in equal numbers), or found there from an earlier run
-    with exactly these settings. Returns ``path``, ``drawn`` (this time), ``reused`` (from earlier runs) and
-    ``settings`` (``sampling_settings``)."""
+def draw_samples(out: Path, ckpt, settings: SamplingSettings, sampler=None) -> Dict[str, Any]:
+    """The samples of ``settings`` (its n and seeds; a class-conditional run draws every class in equal numbers)
+    in ``out``: drawn by a sampling job (resumable, shared between torchrun's processes), or found there from an
+    earlier run with exactly these settings (``SamplingSettings.key``). ``sampler`` replaces the one the settings
+    make. Returns ``path``, ``drawn`` (this time), ``reused`` (from earlier runs) and ``settings`` (the key)."""
     from ..run.ownership import is_marked
     from ..runtime import rank0_flags
     from ..sampling.jobs import SampleJob, sample_job
 
-    settings = sampling_settings(ckpt, sampler, n=n, seed=seed, ema=ema, guidance=guidance, precision=precision,
-                                 device=device)
-    path = samples_file(out, settings)
+    settings = settings.replace(classes="all" if ckpt.config.classes else None)
+    sampler = sampler or settings.make_sampler(ckpt.diffusion)
+    key, n = settings.key(ckpt, sampler), len(settings.seeds)
+    path = samples_file(out, key)
     found = path.is_file() and is_marked(path) and not SampleJob.parts_of(path).exists()
-    if rank0_flags([found], device or "cpu")[0]:  # rank 0's listing decides for all: a shared file system caches
-        return {"path": path, "drawn": 0, "reused": n, "settings": settings}
-    classes = "all" if ckpt.config.classes else None
-    _, done = sample_job(path, ckpt, sampler, seeds=range(seed, seed + n), class_spec=classes, guidance=guidance,
-                         ema=ema, precision=precision, batch_size=batch_size, device=device, progress=progress)
-    return {"path": path, "drawn": n - done, "reused": done, "settings": settings}
+    if rank0_flags([found], settings.device or "cpu")[0]:  # rank 0's listing decides: a shared file system caches
+        return {"path": path, "drawn": 0, "reused": n, "settings": key}
+    _, done = sample_job(path, ckpt, settings, sampler=sampler)
+    return {"path": path, "drawn": n - done, "reused": done, "settings": key}
 
 
 def bpd_splits(ckpt, data: Optional[str], *, n: int, seed: int, ema: bool, batch_size: int, device=None,
@@ -130,7 +100,7 @@ class RunReport:
     seed: int
     samples: str
     ref: str
-    sampling: Dict[str, Any]  # sampling_settings
+    sampling: Dict[str, Any]  # SamplingSettings.key
     reused: int = 0  # samples drawn by an earlier run
     bpd: Optional[Dict[str, Dict[str, Any]]] = None
 

@@ -22,7 +22,7 @@ from ..errors import DDPMError
 from ..run.directory import IMPORTED_DATA
 from ..runtime import exact_cuda_math, resolve_precision
 from ..sampling.generation import sample_checkpoint
-from ..sampling.samplers import make_sampler
+from ..sampling.settings import SamplingSettings, weights
 from ..viz import plot_bpd_terms, plot_fd_steps
 from .features import feature_batch, reference_pass
 from .metrics import frechet_distance
@@ -152,7 +152,7 @@ def bpd_report(ckpt, data: ImageData, *, n: int = 100, seed: int = 0, ema: bool 
     n = min(n, len(data))
     pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n].sort().values
     labels = _true_labels(ckpt, data)
-    res = evaluate_bpd(ckpt.diffusion, ckpt.ema_model if ema else ckpt.model, data.images[pick],
+    res = evaluate_bpd(ckpt.diffusion, weights(ckpt, ema), data.images[pick],
                        labels=None if labels is None else labels[pick], batch_size=min(batch_size, n), seed=seed,
                        device=device, progress=progress)
     total, prior, terms = res["total"], res["prior"], res["terms"]
@@ -210,18 +210,18 @@ def class_match(classifier: nn.Module, images: Tensor, labels: Tensor, confidenc
 
 
 # ----------------------------------------------------------------------------- Fréchet distance
-def fd_report(ckpt, data: ImageData, features, *, n: int = 1000, sampler: str = "ancestral",
+def fd_report(ckpt, data: ImageData, features, settings: SamplingSettings, *,
               steps: Sequence[Optional[int]] = (None,), samples: Optional[Tensor] = None,
               sample_labels: Optional[Tensor] = None, cache_dir: Optional[Path] = None,
-              ref_n: Optional[int] = REF_N, **sampling) -> List[Dict[str, Any]]:
+              ref_n: Optional[int] = REF_N) -> List[Dict[str, Any]]:
     """Fréchet distance of ``features`` ((name, network)) between samples and the real images of ``data``: one
-    row per entry of ``steps`` (``n`` samples each drawn with ``sampler``; ``sampling`` keywords go to
-    ``sampling.sample_checkpoint``), or one row for given ``samples``; the real images' statistics are cached in
+    row per entry of ``steps`` (the images of ``settings``, its steps replaced by the entry's), or one row for
+    given ``samples``; the real images' statistics are cached in
     ``cache_dir`` (listed there as ddpm's), of a seeded subset of ``ref_n`` where ``data`` holds more. Returns the
     rows (with the features' dimension ``dims``: FD@n is strongly biased while n is small against it) for
     ``fd_table`` and ``write_fd_report``.
 
-    A class-conditional run samples labels drawn like the data's (with ``guidance`` from ``sampling``); where the
+    A class-conditional run samples labels drawn like the data's (with ``settings.guidance``); where the
     features come with a classifier (``digits``), each row also holds the share of samples it labels as their
     requested class (``class_match``, ``confident_match``) where the run's classes are the classifier's (the
     digits 0-9); given ``samples`` are judged so with ``sample_labels``. Features that do not vary (a degenerate
@@ -229,7 +229,7 @@ def fd_report(ckpt, data: ImageData, features, *, n: int = 1000, sampler: str = 
     from ..run.ownership import record_written
 
     feat_name, net = features
-    device, progress = sampling.get("device"), sampling.get("progress", True)
+    device, progress, n = settings.device, settings.progress, settings.n or 1000
     before = set(Path(cache_dir).glob("ref_stats_*.npz")) if cache_dir is not None else set()
     subset = reference_subset(len(data), ref_n)
     ref = reference_pass(net, feat_name, data.images, data.name, indices=subset, cache_dir=cache_dir, key=data.key,
@@ -241,27 +241,27 @@ def fd_report(ckpt, data: ImageData, features, *, n: int = 1000, sampler: str = 
     digits = feat_name == "digits" and tuple(ckpt.config.classes or ()) == tuple(str(d) for d in range(10))
     true = _true_labels(ckpt, data)
     labels = sample_labels if samples is not None else \
-        None if true is None else labels_like(true, n, sampling.get("seed", 0))
+        None if true is None else labels_like(true, n, settings.seed)
     sets = [("file", 0, samples, float("nan"))] if samples is not None else []
     for k in ([] if samples is not None else steps):
         t0 = time.perf_counter()
-        images = sample_checkpoint(ckpt, n, sampler=sampler, steps=k, labels=labels, **sampling)
-        used = make_sampler(sampler, ckpt.diffusion, steps=k, eta=sampling.get("eta"), spacing=sampling.get("spacing"))
-        sets.append((sampler, used.steps, images, time.perf_counter() - t0))
+        these = settings.replace(steps=k, n=n)
+        used = these.make_sampler(ckpt.diffusion)
+        images = sample_checkpoint(ckpt, these, labels=labels, sampler=used)
+        sets.append((settings.sampler, used.steps, images, time.perf_counter() - t0))
     rows = []
     for name, k, images, seconds in sets:
         mine = feature_pass(net, images, device=device, progress=progress, batch_size=feature_batch(device),
                             desc=f"{feat_name} features of samples", share=False)
         mu, sig = mine.moments()
         _check_varies(sig, f"{feat_name} features of the samples")
-        rows.append({"dims": len(mu), "step": ckpt.step, "weights": "EMA" if sampling.get("ema", True) else "raw",
-                     "precision": resolve_precision(sampling.get("precision", "fp32"),
-                                                    torch.device(sampling.get("device") or "cpu")),
-                     "spacing": sampling.get("spacing") or "uniform", "seed": sampling.get("seed", 0),
+        rows.append({"dims": len(mu), "step": ckpt.step, "weights": settings.weights_name,
+                     "precision": resolve_precision(settings.precision, settings.torch_device),
+                     "spacing": settings.spacing or "uniform", "seed": settings.seed,
                      "data": data.name, "ref_n": ref.n, "sampler": name, "steps": k, "n": len(images),
                      "seconds": seconds,
-                     "eta": (sampling.get("eta") or 0.0) if name == "ddim" else None,
-                     "guidance": sampling.get("guidance", 0.0) if labels is not None else None,
+                     "eta": (settings.eta or 0.0) if name == "ddim" else None,
+                     "guidance": settings.guidance if labels is not None else None,
                      "seconds_per_image": seconds / len(images), "fd": frechet_distance(mu, sig, mu_r, sig_r),
                      "features": feat_name,
                      **(class_match(net, images, labels, device=device) if labels is not None and digits else {})})

@@ -10,8 +10,10 @@ from .interpolation import MIXES, interpolate
 from .jobs import JobSpec, SampleJob, parse_seeds, reverse_process_pictures, sample_job
 from .outputs import write_images
 from .samplers import DDIM, SAMPLERS, SPACINGS, Ancestral, DPMSolverPP, Respaced, Sampler, SDEDPMSolverPP, make_sampler
+from .settings import SamplingSettings, weights
 
 __all__ = ["SAMPLERS", "SPACINGS", "make_sampler", "Sampler", "Ancestral", "Respaced", "DDIM", "DPMSolverPP",
-           "SDEDPMSolverPP", "generate", "sample_checkpoint", "Guided", "class_labels", "check_guidance", "JobSpec",
-           "SampleJob", "sample_job", "parse_seeds", "reverse_process_pictures", "write_images", "MIXES", "interpolate",
-           "inpaint", "sdedit", "Edit", "RePaint", "SDEdit", "make_mask", "MASKS"]
+           "SDEDPMSolverPP", "SamplingSettings", "weights", "generate", "sample_checkpoint", "Guided", "class_labels",
+           "check_guidance", "JobSpec", "SampleJob", "sample_job", "parse_seeds", "reverse_process_pictures",
+           "write_images", "MIXES", "interpolate", "inpaint", "sdedit", "Edit", "RePaint", "SDEdit", "make_mask",
+           "MASKS"]

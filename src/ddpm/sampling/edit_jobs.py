@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from ..data.sources import to_float, to_uint8
 from ..diffusion.gaussian import Device, GaussianDiffusion
 from .editing import RePaint, SDEdit
+from .settings import SamplingSettings
 
 __all__ = ["Edit", "inpaint", "sdedit"]
 
@@ -85,10 +86,10 @@ class Edit:
             out["strength"] = strengths[(j // self.n) % len(self.editors)]
         return out
 
-    def draw(self, model: nn.Module, span: range, *, labels: Optional[Tensor] = None, guidance: float = 0.0,
-             batch_size: int = 256, device: Device = None, precision: str = "fp32", progress: bool = False,
-             bar: Any = None, callback: Any = None) -> Tensor:
-        """The uint8 outputs ``span`` (output j from seed ``seed + j``), editor by editor."""
+    def draw(self, model: nn.Module, span: range, settings: SamplingSettings = SamplingSettings(progress=False), *,
+             labels: Optional[Tensor] = None, bar: Any = None, callback: Any = None) -> Tensor:
+        """The uint8 outputs ``span`` (output j from seed ``seed + j``), editor by editor, drawn with ``settings``'
+        guidance, batch size, device and precision (its sampler and seeds are the edit's)."""
         from .generation import generate
 
         out = torch.empty((len(span), *self.images.shape[1:]), dtype=torch.uint8)
@@ -104,9 +105,8 @@ class Edit:
             else:
                 rows["noise_seeds"] = torch.tensor([self.seed + i for i in inputs], dtype=torch.long)
             where = torch.tensor([j - span.start for j in js])
-            out[where] = generate(model, editor, None, tuple(self.images.shape[1:]), seeds=[self.seed + j for j in js],
-                                  labels=None if labels is None else labels[where], guidance=guidance,
-                                  batch_size=batch_size, device=device, precision=precision, progress=progress,
+            out[where] = generate(model, editor, tuple(self.images.shape[1:]), settings,
+                                  seeds=[self.seed + j for j in js], labels=None if labels is None else labels[where],
                                   bar=bar, callback=callback, inputs=rows)
         return out
 
@@ -131,21 +131,24 @@ class Edit:
 
 def inpaint(model: nn.Module, diffusion: GaussianDiffusion, images: Tensor, mask: Tensor, *, n: int = 1,
             steps: Optional[int] = None,
-            spacing: str = "uniform", jump: int = 10, resample: int = 10, seed: int = 0, **kw: Any) -> Tensor:
+            spacing: str = "uniform", jump: int = 10, resample: int = 10, seed: int = 0,
+            labels: Optional[Tensor] = None, callback: Any = None, **kw: Any) -> Tensor:
     """``n`` RePaint completions of each of ``images`` (uint8 [N, C, H, W]) where ``mask`` (float [N or 1, 1 or C,
     H, W], 1 keep) is 0: uint8 [N n, C, H, W], input by input. Algorithm 2 over ``steps`` of the T steps (all by
-    default). Other keywords (labels, guidance, device, precision, batch_size, progress, callback) as for
-    ``Edit.draw``."""
+    default). ``labels`` and ``callback`` as for ``Edit.draw``; other keywords (guidance, device, precision,
+    batch_size, progress) are ``SamplingSettings``'."""
     mask = mask.expand(len(images), -1, -1, -1) if mask.shape[0] == 1 else mask
     edit = Edit([RePaint(diffusion, steps, spacing, jump, resample)], images, n, mask.float(), seed)
-    return edit.draw(model, range(len(edit)), **kw)
+    return edit.draw(model, range(len(edit)), SamplingSettings(**{"progress": False, **kw}), labels=labels,
+                     callback=callback)
 
 
 def sdedit(model: nn.Module, sampler: Any, images: Tensor, strengths: Sequence[float], *, n: int = 1, seed: int = 0,
-           **kw: Any) -> Tensor:
+           labels: Optional[Tensor] = None, callback: Any = None, **kw: Any) -> Tensor:
     """``n`` SDEdit edits of each of ``images`` (uint8 [N, C, H, W]) at each of ``strengths`` (one number or
     several) with ``sampler``: uint8 [N S n, C, H, W], input by input, strength by strength; the completions of one
-    input share their x_t. Other keywords as for ``Edit.draw``."""
+    input share their x_t. Other keywords as for ``inpaint``."""
     strengths = [strengths] if isinstance(strengths, (int, float)) else list(strengths)
     edit = Edit([SDEdit(sampler, s) for s in strengths], images, n, None, seed)
-    return edit.draw(model, range(len(edit)), **kw)
+    return edit.draw(model, range(len(edit)), SamplingSettings(**{"progress": False, **kw}), labels=labels,
+                     callback=callback)

@@ -29,6 +29,7 @@ from ..rng import NOISE_SCHEME
 from ..runtime import rank0_flags
 from ..viz import Trajectory
 from .outputs import PathLike, check_output, output_kind, write_folder, write_images, write_npz
+from .settings import SamplingSettings
 
 __all__ = ["JobSpec", "SampleJob", "parse_seeds", "reverse_process_pictures", "seconds_per_image", "CHUNK",
            "GRID_LIMIT"]
@@ -273,14 +274,12 @@ def _earlier_chunk(out: PathLike) -> Optional[int]:
         return None
 
 
-def sample_job(out: PathLike, ckpt: Any, sampler: Any, *, seeds: range, class_spec: Optional[str] = None,
-               guidance: float = 0.0,
-               ema: bool = True, precision: str = "fp32", batch_size: int = 256, device: Device = None,
-               overwrite: bool = False,
-               chunk: Optional[int] = None, progress: bool = True) -> Tuple[SampleJob, int]:
-    """Draw the images of ``seeds`` from a loaded run with ``sampler`` into ``out``, as a resumable job (under
-    torchrun, shared between the processes; rank 0 assembles the output). ``sampler`` may be an ``Edit`` (its
-    outputs, one seed each). Returns the job and how many images earlier runs of it had drawn already."""
+def sample_job(out: PathLike, ckpt: Any, settings: SamplingSettings, *, sampler: Any = None,
+               overwrite: bool = False, chunk: Optional[int] = None) -> Tuple[SampleJob, int]:
+    """Draw the images of ``settings`` (its seeds, classes, weights, ...) from a loaded run into ``out``, as a
+    resumable job (under torchrun, shared between the processes; rank 0 assembles the output). ``sampler``
+    replaces the one the settings make: a Sampler, or an ``Edit`` (its outputs, one seed each). Returns the job and
+    how many images earlier runs of it had drawn already."""
     from tqdm.auto import tqdm
 
     from ..runtime import barrier, rank0_value, rank_world, resolve_precision
@@ -288,22 +287,24 @@ def sample_job(out: PathLike, ckpt: Any, sampler: Any, *, seeds: range, class_sp
     from .guidance import check_guidance, class_labels
 
     rank, world = rank_world()
-    n = len(seeds)
-    model = ckpt.ema_model if ema else ckpt.model
+    seeds, device, progress = settings.seeds, settings.device, settings.progress
+    n, model = len(seeds), settings.weights(ckpt)
+    sampler = sampler or settings.make_sampler(ckpt.diffusion)
     c, s = ckpt.config.model.in_channels, ckpt.config.model.image_size
-    check_guidance(guidance, ckpt.config.classes, class_spec)  # bad requests fail before anything is written
-    class_labels(class_spec, ckpt.config.classes, n, range(0), warn=progress and rank == 0)
+    check_guidance(settings.guidance, ckpt.config.classes, settings.classes)  # bad requests fail before any write
+    class_labels(settings.classes, ckpt.config.classes, n, range(0), warn=progress and rank == 0)
     edit = sampler if hasattr(sampler, "figure") else None
     if edit is not None and (len(edit) != n or seeds.start != edit.seed):
         raise ValueError(f"an edit of {len(edit)} outputs from seed {edit.seed} needs their seeds, not {seeds}")
-    spec = JobSpec(run=str(Path(ckpt.path).resolve().parents[1]), step=ckpt.step, ema=ema, sampler=sampler.name,
-                   steps=sampler.steps, eta=getattr(sampler, "eta", None), spacing=sampler.spacing, guidance=guidance,
-                   classes=class_spec, first_seed=seeds.start, n=n,
-                   precision=resolve_precision(precision, torch.device(device or "cpu")),  # as it ran: never "auto"
+    spec = JobSpec(run=str(Path(ckpt.path).resolve().parents[1]), step=ckpt.step, ema=settings.ema,
+                   sampler=sampler.name, steps=sampler.steps, eta=getattr(sampler, "eta", None),
+                   spacing=sampler.spacing, guidance=settings.guidance, classes=settings.classes,
+                   first_seed=seeds.start, n=n,
+                   precision=resolve_precision(settings.precision, settings.torch_device),  # as it ran: not "auto"
                    chunk=rank0_value(chunk or _earlier_chunk(out) or chunk_for_a_minute(
-                       model, sampler, (c, s, s), batch_size=batch_size, n=n, guidance=guidance, device=device,
-                       precision=precision), device or "cpu"),
-                   device=torch.device(device or "cpu").type, edit=edit and edit.describe())
+                       model, sampler, (c, s, s), batch_size=settings.batch_size, n=n, guidance=settings.guidance,
+                       device=device, precision=settings.precision), device or "cpu"),
+                   device=settings.torch_device.type, edit=edit and edit.describe())
     job = SampleJob(out, spec, figure=edit and (lambda images: (edit.figure(images, device), edit.n + 2)),
                     records=edit.records() if edit is not None else None)
     done = job.prepare(overwrite=overwrite, main=rank == 0)
@@ -314,12 +315,11 @@ def sample_job(out: PathLike, ckpt: Any, sampler: Any, *, seeds: range, class_sp
     with tqdm(total=mine, desc=f"sampling ({sampler.name}, {sampler.steps} steps)", unit="img", dynamic_ncols=True,
               disable=not progress or rank != 0) as bar:
         def draw(span: range) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-            labels = class_labels(class_spec, ckpt.config.classes, n, span)
-            kw = dict(labels=labels, guidance=guidance, batch_size=batch_size, device=device, precision=precision,
-                      bar=bar)
+            labels = class_labels(settings.classes, ckpt.config.classes, n, span)
             if edit is not None:
-                return edit.draw(model, span, **kw), labels
-            return generate(model, sampler, None, (c, s, s), seeds=seeds[span.start:span.stop], **kw), labels
+                return edit.draw(model, span, settings, labels=labels, bar=bar), labels
+            return generate(model, sampler, (c, s, s), settings, seeds=seeds[span.start:span.stop], labels=labels,
+                            bar=bar), labels
 
         try:
             job.run(draw, rank=rank, world=world, bar=bar, chunks=todo)
@@ -347,18 +347,18 @@ def _wait_for(path: Path, seconds: float) -> None:
         time.sleep(0.5)
 
 
-def reverse_process_pictures(ckpt: Any, sampler: Any, *, seeds: Sequence[int], labels: Optional[torch.Tensor] = None,
-                             guidance: float = 0.0,
-                             ema: bool = True, precision: str = "fp32", device: Device = None,
-                             strip: Optional[PathLike] = None,
-                             gif: Optional[PathLike] = None) -> None:
-    """The reverse process of the images of ``seeds`` (a few) as a strip and/or a GIF: they are the same images as
-    a sampling job's of those seeds draws."""
+def reverse_process_pictures(ckpt: Any, settings: SamplingSettings, *, seeds: Sequence[int],
+                             strip: Optional[PathLike] = None, gif: Optional[PathLike] = None) -> None:
+    """The reverse process of the images of ``seeds`` (a few of ``settings.seeds``, from the first) as a strip
+    and/or a GIF: they are the same images as a sampling job's of those seeds draws."""
     from .generation import sample_checkpoint
+    from .guidance import class_labels
 
+    sampler = settings.make_sampler(ckpt.diffusion)
     trajectory = Trajectory(sampler.indices, frames=40 if gif else 0, samples=len(seeds))
-    sample_checkpoint(ckpt, None, sampler=sampler, seeds=seeds, labels=labels, guidance=guidance, ema=ema,
-                      precision=precision, device=device, callback=trajectory, progress=False)
+    labels = class_labels(settings.classes, ckpt.config.classes, len(settings.seeds), range(len(seeds)))
+    sample_checkpoint(ckpt, settings.replace(progress=False), seeds=seeds, labels=labels, sampler=sampler,
+                      callback=trajectory)
     if strip:
         trajectory.save_strip(strip)
     if gif:

@@ -32,6 +32,7 @@ from ..run.directory import Checkpoint, list_checkpoints, save_checkpoint, step_
 from ..runtime import Precision, accumulator_dtype, fast_cuda_math, rank_world, shares
 from ..sampling.generation import generate
 from ..sampling.samplers import Ancestral
+from ..sampling.settings import SamplingSettings
 from ..viz import save_grid
 from .optim import adam as _adam
 from .optim import learning_rate
@@ -261,8 +262,9 @@ class Trainer:
         n = n or self.config.n_samples
         shape, base = tuple(self.data.images.shape[1:]), derive_seed(self.config.seed, "grid")
         mine = shares(n, self.world)[self.rank]
-        images = generate(self.ema, Ancestral(self.diffusion), None, shape, seeds=[base + i for i in mine],
-                          device=self.device, progress=False) if len(mine) else \
+        settings = SamplingSettings(device=self.device, progress=False)
+        images = generate(self.ema, Ancestral(self.diffusion), shape, settings, seeds=[base + i for i in mine]) \
+            if len(mine) else \
             torch.zeros((0, *shape), dtype=torch.uint8)
         if self.world == 1:
             return images
