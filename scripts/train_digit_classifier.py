@@ -1,5 +1,5 @@
 """Train the small digit classifier that ships in ddpm/assets (used by `ddpm eval --metric fd` on mnist
-and by benchmarks/demo_quality.py). Trains on 4,500 of the 5,000 shipped digits, reports accuracy on
+and by benchmarks/quality/demo_quality.py). Trains on 4,500 of the 5,000 shipped digits, reports accuracy on
 the other 500 (every 10th image), and writes src/ddpm/assets/digit_classifier.safetensors.
 
     python scripts/train_digit_classifier.py            # about a minute on 2 CPU cores

@@ -1,6 +1,6 @@
-"""The GPU benchmark script cannot rot: its --smoke mode (the CPU, the tiny preset) runs every part of it. Every
-figure is checked to be there, finite and positive, never against a bound that depends on the machine's speed or
-load (an MFU below 1 is the benchmark's business: a busy machine once made it 1.28)."""
+"""The benchmarks cannot rot: every script's --smoke mode (tiny settings, seconds on a CPU) runs every part of it.
+gpu.sh's figures are checked to be there, finite and positive, never against a bound that depends on the machine's
+speed or load (an MFU below 1 is the benchmark's business: a busy machine once made it 1.28)."""
 
 import json
 import math
@@ -12,7 +12,24 @@ from pathlib import Path
 import pytest
 import torch
 
-GPU_SH = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.sh"
+ROOT = Path(__file__).resolve().parents[1]
+GPU_SH = ROOT / "benchmarks" / "gpu.sh"
+SCRIPTS = sorted(".".join(p.relative_to(ROOT).with_suffix("").parts) for p in (ROOT / "benchmarks").glob("*/*.py")
+                 if p.name != "__init__.py" and p.stem != "gpu")  # gpu.py: through gpu.sh, below
+
+
+def test_every_benchmark_is_found():
+    assert len(SCRIPTS) >= 20 and "benchmarks.speed.ab" in SCRIPTS and "benchmarks.checks.torchrun" in SCRIPTS
+
+
+@pytest.mark.parametrize("module", SCRIPTS)
+def test_every_benchmark_runs_in_its_smoke_mode(module, tmp_path):
+    """``python -m benchmarks.<purpose>.<name> --smoke`` from another folder (what it writes goes there) exits 0."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-m", module, "--smoke"], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    assert res.stdout.strip(), "a benchmark prints its figures"
 
 
 def test_gpu_sh_smoke_writes_every_figure(tmp_path):

@@ -3,7 +3,7 @@
 Training and sampling both import these; nothing here knows about models or runs.
 
 Threads. OpenMP threads spin while they wait for work. On a machine where another process keeps the
-cores busy they spin against it: measured here (benchmarks/threads.py, 2 cores, a second PyTorch process
+cores busy they spin against it: measured here (benchmarks/speed/threads.py, 2 cores, a second PyTorch process
 busy), mnist forwards took 6.8x their idle time with the default settings and 1.7x with
 ``OMP_WAIT_POLICY=PASSIVE``, which costs about 6-15% when the machine is idle. So the ``ddpm`` command
 looks at the load for 0.2 s before torch loads and asks for passive waiting only when other processes

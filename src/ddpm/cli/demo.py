@@ -41,9 +41,10 @@ __all__ = ["DemoPlan", "DemoResult", "plan_demo", "run_demo", "DEMO_DIR", "DEMO_
 log = logging.getLogger(__name__)
 DEMO_DIR = "ddpm-demo"
 DEMO_SAMPLES = 100
-# The default budget and the floor of steps, chosen by benchmarks/demo_budget.py (BENCHMARKS.md): DEMO_MIN_STEPS of
-# the recipe are the fewest measured to give >= 95% of the asked-for digit and an FD ratio <= 1.5 at 100 samples
-# (both seeds); a machine too slow to train them in DEMO_MINUTES trains them anyway, taking longer, and says so.
+# The default budget and the floor of steps, chosen by benchmarks/quality/demo_budget.py (BENCHMARKS.md):
+# DEMO_MIN_STEPS of the recipe are the fewest measured to give >= 95% of the asked-for digit and an FD ratio <= 1.5
+# at 100 samples (both seeds); a machine too slow to train them in DEMO_MINUTES trains them anyway, taking longer,
+# and says so.
 DEMO_MINUTES = 4.0
 DEMO_MIN_STEPS = 700
 DEMO_BATCH = 256  # images per sampling batch

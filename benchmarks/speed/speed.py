@@ -1,7 +1,7 @@
 """ddpm against diffusers on the same network with the same weights: training and sampling speed.
 
-    python benchmarks/speed.py                       # cifar10 at batch 8 and mnist at batch 64, CPU
-    python benchmarks/speed.py --preset cifar10 --rounds 7 --device cuda --batch-size 128
+    python -m benchmarks.speed.speed                       # cifar10 at batch 8 and mnist at batch 64, CPU
+    python -m benchmarks.speed.speed --preset cifar10 --rounds 7 --device cuda --batch-size 128
 
 Side by side in one process, alternating, median of --rounds rounds (each --iters timed steps after
 a warm-up). The diffusers UNet2DModel gets ddpm's weights through the diffusers export, so both run
@@ -32,6 +32,8 @@ import sys
 import time
 
 import torch
+
+from benchmarks.common import parse
 
 
 def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 2048, iters: int = 5, rounds: int = 5) -> float:
@@ -228,8 +230,7 @@ import sys
 from ddpm.runtime import keep_freed_memory
 keep_freed_memory()
 import torch
-sys.path.insert(0, {sys.path[0]!r})
-from speed import build, DiffusersLoop
+from benchmarks.speed.speed import build, DiffusersLoop
 ours = {which!r} == "ddpm"
 tr, theirs, d, shape = build({preset!r}, {batch}, torch.device({args.device!r}), ours=ours, theirs=not ours)
 if ours:
@@ -275,6 +276,8 @@ def time_sampling(args, device: torch.device) -> dict:
     return out
 
 
+SMOKE = {"preset": ["tiny"], "batch_size": 4, "rounds": 1, "iters": 1}
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", action="append", help="cifar10 and/or mnist (default: both)")
@@ -287,7 +290,7 @@ def main() -> int:
     ap.add_argument("--sample", type=int, default=0,
                     help="also time drawing this many images with the full 1000-step Algorithm 2 (bf16)")
     ap.add_argument("--compile", action="store_true", help="time the sampling with a torch.compile'd network too")
-    args = ap.parse_args()
+    args = parse(ap, SMOKE)
     from ddpm.runtime import keep_freed_memory
 
     keep_freed_memory()  # as the ddpm CLI does; both sides of the comparison share it

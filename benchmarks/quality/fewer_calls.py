@@ -4,7 +4,7 @@ against the real digits, and each FD over that of Algorithm 2 respaced to 500 st
 --full-chain Algorithm 2 over all T steps beside. The network runs under --precision (auto: bf16 autocast where
 the CPU has it, as the demo samples; about 2x fp32 here).
 
-    .venv/bin/python benchmarks/fewer_calls.py --runs t2/eps-simple,t2/eps-hybrid --n 1000 --json calls.json
+    python -m benchmarks.quality.fewer_calls --runs t2/eps-simple,t2/eps-hybrid --n 1000 --json calls.json
 
 One run at a time, never beside another benchmark (2 cores).
 """
@@ -15,6 +15,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from benchmarks.common import parse, tiny_run
 
 CALLS = (10, 20, 25, 50, 100)
 SAMPLERS = ("respaced", "ddim", "dpm++", "sde-dpm++")
@@ -70,9 +72,11 @@ def plot(rows: list, out: str) -> None:
     fig.savefig(out)
 
 
+SMOKE = {"runs": tiny_run, "n": 8, "calls": "2,3", "samplers": "ddim"}
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", required=True, help="run directories, comma-separated")
+    ap.add_argument("--runs", default=None, help="run directories, comma-separated")
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--calls", default=",".join(map(str, CALLS)))
     ap.add_argument("--samplers", default=",".join(SAMPLERS), help="comma-separated; empty: only the reference "
@@ -83,7 +87,7 @@ def main() -> int:
     ap.add_argument("--json", default=None)
     ap.add_argument("--plot", default=None, metavar="PNG", help="draw FD ratio against calls here")
     ap.add_argument("--replot", default=None, metavar="JSON", help="only draw --plot from an earlier --json")
-    args = ap.parse_args()
+    args = parse(ap, SMOKE, required=("--runs",))
     if args.replot:
         plot(json.loads(Path(args.replot).read_text()), args.plot)
         return 0

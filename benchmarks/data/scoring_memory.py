@@ -1,8 +1,8 @@
 """The scoring process's peak memory against the reference's size: does scoring 1,000 samples against 10,000 or
 1,000,000 reference images take the same memory?
 
-    .venv/bin/python benchmarks/scoring_memory.py                              # 10k, 100k, 1M
-    .venv/bin/python benchmarks/scoring_memory.py --sizes 10000,100000 --dim 2048
+    python -m benchmarks.data.scoring_memory                              # 10k, 100k, 1M
+    python -m benchmarks.data.scoring_memory --sizes 10000,100000 --dim 2048
 
 Each row runs ``compare.score`` in a fresh process and prints its peak resident memory (``ru_maxrss``) and time.
 The reference is synthetic: 3 x 32 x 32 images made from their index when a batch asks for them (as a memory-mapped
@@ -26,6 +26,8 @@ import time
 
 import torch
 from torch import nn
+
+from benchmarks.common import parse
 
 
 class Synthetic:
@@ -70,19 +72,22 @@ def child(size: int, metrics: str, ref_n: str, dim: int) -> None:
                       "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
+SMOKE = {"sizes": "3000", "dim": 16}
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sizes", default="10000,100000,1000000")
     p.add_argument("--dim", type=int, default=2048)
     p.add_argument("--child", nargs=3, metavar=("SIZE", "METRICS", "REF_N"), help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = parse(p, SMOKE)
     if args.child:
         return child(int(args.child[0]), args.child[1], args.child[2], args.dim)
     print(f"{'reference':>10} {'metrics':>10} {'--ref-n':>8} {'peak MiB':>9} {'seconds':>8} {'FD':>10}")
     for size in [int(s) for s in args.sizes.split(",")]:
         for metrics, ref_n in (("fid,kid,pr", "50000"), ("fid", "all")):
-            out = subprocess.run([sys.executable, __file__, "--dim", str(args.dim), "--child", str(size), metrics,
-                                  ref_n], capture_output=True, text=True, check=True).stdout
+            out = subprocess.run([sys.executable, "-m", "benchmarks.data.scoring_memory", "--dim", str(args.dim),
+                                  "--child", str(size), metrics, ref_n], capture_output=True, text=True,
+                                 check=True).stdout
             r = json.loads(out.strip().splitlines()[-1])
             print(f"{size:>10,} {metrics:>10} {ref_n:>8} {r['peak_mib']:>9.0f} {r['seconds']:>8.1f} {r['fid']:>10.4f}",
                   flush=True)

@@ -9,7 +9,7 @@ classifier never saw) and their true labels:
   realism (FD ratio), and the share still given the input's label;
 - for the class-conditional demo model, threes edited with --class 8: the share the classifier calls 8.
 
-    .venv/bin/python benchmarks/editing.py --run ddpm-demo --n 100 --pictures docs --json editing.json
+    python -m benchmarks.quality.editing --run ddpm-demo --n 100 --pictures docs --json editing.json
 
 One run at a time, never beside another benchmark (2 cores).
 """
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmarks.common import parse, tiny_run
 
 
 def classify(images: torch.Tensor) -> torch.Tensor:
@@ -36,10 +36,12 @@ def classify(images: torch.Tensor) -> torch.Tensor:
 
 
 def realism(images: torch.Tensor) -> float:
-    from demo_quality import judge
+    from benchmarks.quality.demo_quality import judge
 
     return judge(images.permute(0, 2, 3, 1).numpy())["fd_ratio"]
 
+
+SMOKE = {"run": tiny_run, "n": 2, "steps": 12, "sdedit_steps": 3}
 
 def main() -> int:
     from ddpm.data.sources import load_data, to_float
@@ -59,7 +61,7 @@ def main() -> int:
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     ap.add_argument("--pictures", default=None, help="write editing_inpaint.png and editing_sdedit.png here")
     ap.add_argument("--json", default=None)
-    args = ap.parse_args()
+    args = parse(ap, SMOKE)
 
     ckpt = load_checkpoint(args.run)
     model, diffusion = ckpt.ema_model, ckpt.diffusion

@@ -6,7 +6,7 @@ shipped) written to an LMDB and, byte for byte, to a folder; then
   and trains a few steps, at --small and --images entries: the keys are walked with a cursor, never held, so
   the peak should not grow with the entries.
 
-    .venv/bin/python benchmarks/data_lmdb.py --images 100000 --small 10000 --work /tmp/lmdb_bench --json lmdb.json
+    python -m benchmarks.data.lmdb --images 100000 --small 10000 --work /tmp/lmdb_bench --json lmdb.json
 
 One run at a time, never beside another benchmark (2 cores). Needs lmdb (pip install 'ddpm-tool[lsun]').
 """
@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from benchmarks.common import parse
 
 
 def make(work: Path, n: int, small: int, size: int = 32) -> None:
@@ -95,6 +97,8 @@ def peak_anon(args: list, env: dict) -> float:
     return peak[0] / 1024
 
 
+SMOKE = {"images": 64, "small": 16, "rounds": 1, "work": "lmdb-smoke"}
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=100_000)
@@ -103,7 +107,7 @@ def main() -> int:
     ap.add_argument("--work", default="lmdb_bench", help="where the LMDBs, the folder and the caches go")
     ap.add_argument("--keep", action="store_true", help="keep --work afterwards")
     ap.add_argument("--json", default=None)
-    args = ap.parse_args()
+    args = parse(ap, SMOKE)
     work = Path(args.work)
     if work.exists() and any(work.iterdir()):
         ap.error(f"{work} is not empty")

@@ -1,7 +1,7 @@
 """What a GPU user needs to know, measured in one go (gpu.sh runs this): about 8 minutes on one H100-class GPU.
 
-    python3 benchmarks/gpu.py --json gpu.json            # needs a CUDA build of PyTorch and ddpm installed
-    python3 benchmarks/gpu.py --smoke --json smoke.json  # the same code on the CPU with the tiny preset: seconds
+    python -m benchmarks.speed.gpu --json gpu.json            # needs a CUDA build of PyTorch and ddpm installed
+    python -m benchmarks.speed.gpu --smoke --json smoke.json  # the same code on the CPU with the tiny preset: seconds
 
 Figures (all in the JSON):
 - training images/s of the preset's UNet (cifar10: the paper's 35.7M network) at batch 128 in bf16, eager and
@@ -29,8 +29,9 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.common import parse
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
 
 # dense bf16 tensor-core peaks from the vendors' spec sheets, TFLOP/s (the first name that the device's contains)
 SPEC_PEAK_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "GH200": 989.0, "A100": 312.0, "L40S": 362.0,
@@ -76,7 +77,7 @@ def train_speed(cfg, device, steps: int, compile_: bool) -> dict:
     """img/s of train_step after warm-up, peak memory, and FLOPs per image (forward + backward)."""
     import dataclasses
 
-    from speed import count_flops
+    from benchmarks.speed.speed import count_flops
 
     tr = trainer_for(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, compile=compile_)), device)
     for _ in range(3 if compile_ else 2):  # compile and autotune outside the timing
@@ -158,7 +159,7 @@ def stop_and_resume(cfg, device, steps: int) -> dict:
 
 
 def cli_runs(cfg, device, args, tmp: Path) -> dict:
-    from cli_speed import make_folder
+    from benchmarks.speed.cli_speed import make_folder
 
     make_folder(tmp / "images", 256, cfg.model.image_size)
     out = {}
@@ -185,9 +186,8 @@ def cli_runs(cfg, device, args, tmp: Path) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--json", required=True, help="write every figure here")
-    ap.add_argument("--smoke", action="store_true", help="the CPU and the tiny preset, a few steps: checks the script")
-    args = ap.parse_args()
+    ap.add_argument("--json", default=None, help="write every figure here")
+    args = parse(ap, {"json": "gpu-smoke.json"}, required=("--json",))  # --smoke: the CPU and the tiny preset
     if args.smoke:
         import functools
 
@@ -202,8 +202,7 @@ def main() -> int:
             return 2
         device = torch.device("cuda", 0)
         args.preset, args.batch_size, args.steps, args.n, args.cli_steps = "cifar10", 128, 20, 256, 100
-    from speed import matmul_peak
-
+    from benchmarks.speed.speed import matmul_peak
     from ddpm.config import make_run_config
 
     cfg = make_run_config(args.preset, train={"data": "mnist", "batch_size": args.batch_size,

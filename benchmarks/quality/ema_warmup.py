@@ -1,6 +1,6 @@
 """What EMA warm-up changes on the demo: sample quality at equal steps, with and without it.
 
-    python benchmarks/ema_warmup.py --steps 3000 --at 100,250,500,1000,2000,3000 --n 200
+    python -m benchmarks.quality.ema_warmup --steps 3000 --at 100,250,500,1000,2000,3000 --n 200
 
 Trains the demo's recipe (the class-conditional 'mnist' preset: EMA decay 0.995, cosine learning rate to
 ``--steps``) twice from the same seed, once with ``ema_warmup`` (the decay min(0.995, (1 + n) / (10 + n))) and
@@ -14,17 +14,13 @@ network's samples at the same steps are the reference (what an EMA can at best f
 import argparse
 import copy
 import dataclasses
-import os
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))
-
-from demo_quality import judge  # noqa: E402
-
+from benchmarks.common import parse
+from benchmarks.quality.demo_quality import judge
 from ddpm import load_checkpoint  # noqa: E402
 from ddpm.cli.demo import DEMO_GUIDANCE, DEMO_P_UNCOND, DEMO_SAMPLER  # noqa: E402
 from ddpm.sampling.generation import sample_checkpoint  # noqa: E402
@@ -57,12 +53,14 @@ def quality(ckpt, state, n: int):
     return judge(x.permute(0, 2, 3, 1).numpy(), labels.numpy())
 
 
+SMOKE = {"steps": 2, "at": "1,2", "n": 10}
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=3000, help="training steps (the demo trains about 3,000 here)")
     ap.add_argument("--at", default="100,250,500,1000,2000,3000", help="steps to judge, separated by commas")
     ap.add_argument("--n", type=int, default=200, help="samples per judgement (a multiple of 10)")
-    args = ap.parse_args()
+    args = parse(ap, SMOKE)
     at = sorted(int(s) for s in args.at.split(","))
     results = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,8 +1,8 @@
 """A against B: training and sampling speed of a git revision against the working tree, interleaved.
 
-    python benchmarks/ab.py HEAD                 # before committing a change to a hot path
-    python benchmarks/ab.py e6124ae --rounds 7   # against an older commit
-    python benchmarks/ab.py HEAD --what train --train-args "--objective hybrid --t-sampling importance"
+    python -m benchmarks.speed.ab HEAD                 # before committing a change to a hot path
+    python -m benchmarks.speed.ab e6124ae --rounds 7   # against an older commit
+    python -m benchmarks.speed.ab HEAD --what train --train-args "--objective hybrid --t-sampling importance"
 
 Runs before committing any change to unet, trainer, batches, sampling, rng, runtime or diffusion. The revision is
 checked out into a temporary git worktree and run from there (``PYTHONPATH=<worktree>/src``, the same venv), the
@@ -32,8 +32,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from benchmarks.common import ROOT, parse
+
+SMOKE = {"rev": "HEAD", "rounds": 1, "preset": "tiny", "steps": 4, "n": 4, "sampling_steps": 2}
 
 
 def worktree(rev: str, where: Path) -> Path:
@@ -77,7 +78,7 @@ def spread(ratios) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("rev", help="the git revision to compare the working tree against (e.g. HEAD, e6124ae)")
+    ap.add_argument("rev", nargs="?", help="the git revision to compare the working tree against (e.g. HEAD, e6124ae)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--preset", default="cifar10")
     ap.add_argument("--batch-size", type=int, default=8)
@@ -88,9 +89,9 @@ def main() -> None:
     ap.add_argument("--train-args", default="", help="more train flags, e.g. '--objective hybrid --var-type "
                                                        "learned-range --t-sampling importance'")
     ap.add_argument("--json", default=None, help="write every figure here")
-    args = ap.parse_args()
+    args = parse(ap, SMOKE, required=("rev",))
     what = set(args.what.split(","))
-    from cli_speed import make_folder
+    from benchmarks.speed.cli_speed import make_folder
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -1,8 +1,8 @@
 """The FID network on this machine: does ddpm's Inception read from a TorchScript file give the file's own
 features, and how fast are the features of N 32x32 images (the projected time for 50,000)?
 
-    .venv/bin/python benchmarks/metrics_speed.py --n 10000                 # the Inception ddpm finds
-    .venv/bin/python benchmarks/metrics_speed.py --inception default_1.pt --n 2000
+    python -m benchmarks.speed.metrics_speed --n 10000                 # the Inception ddpm finds
+    python -m benchmarks.speed.metrics_speed --inception default_1.pt --n 2000
 
 1. Agreement (TorchScript files only): ddpm maps the archive's tensors into its own network by layer order; the
    reference is the archive's own graph (``torch.jit.load``, run here only, as the independent check) on the same
@@ -21,6 +21,7 @@ import warnings
 
 import torch
 
+from benchmarks.common import parse
 from ddpm.data.sources import to_float
 from ddpm.evaluation.features import extract_features, feature_batch
 from ddpm.evaluation.inception import find_inception, load_inception
@@ -56,13 +57,28 @@ def layouts(net, images, batches) -> None:
               f"features differ by {((fa - fb).abs().max() / fa.abs().max()).item():.1e} relative")
 
 
+def random_inception() -> str:
+    """An FID Inception of random weights in a temporary file (--smoke: no real file is needed to run the code)."""
+    import tempfile
+
+    from ddpm.evaluation.inception import FIDInception
+
+    torch.manual_seed(0)
+    path = tempfile.mkdtemp(prefix="bench-smoke-") + "/fid_inception.pth"
+    torch.save({k: v for k, v in FIDInception().state_dict().items() if not k.endswith("num_batches_tracked")}, path)
+    return path
+
+
+SMOKE = {"inception": random_inception, "n": 4, "layout_n": 2, "batches": "2"}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--inception", default=None, help="the FID Inception file (default: the one ddpm finds)")
     ap.add_argument("--n", type=int, default=10000, help="images for the product's path")
     ap.add_argument("--layout-n", type=int, default=256, help="images per layout/batch measurement")
     ap.add_argument("--batches", default="8,16,32", help="batch sizes to compare")
-    args = ap.parse_args()
+    args = parse(ap, SMOKE)
     path = find_inception(args.inception)
     net = load_inception(path)
     print(f"Inception: {path} (sha256 {net.sha256[:16]}...), {torch.get_num_threads()} threads")

@@ -1,6 +1,6 @@
 """Linear against spherical mixing of latents on a digits run (the paper's Sec. 4.3 interpolation).
 
-    python benchmarks/interpolation.py --run ddpm-demo --pairs 20 --t 500
+    python -m benchmarks.quality.interpolation --run ddpm-demo --pairs 20 --t 500
 
 For --pairs random pairs of shipped digits of different classes: encode both to step --t with the same noise,
 mix for 7 inner lambdas (0.125 .. 0.875) linearly or by slerp, decode, and judge the mixtures with the shipped
@@ -12,18 +12,20 @@ import argparse
 
 import torch
 
+from benchmarks.common import parse, tiny_run
 from ddpm import load_checkpoint
 from ddpm.data.sources import load_data, to_float
 from ddpm.evaluation.features import load_digit_classifier
 from ddpm.sampling.interpolation import interpolate
 
+SMOKE = {"run": tiny_run, "pairs": 2, "t": 5}
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", required=True)
+    ap.add_argument("--run", default=None)
     ap.add_argument("--pairs", type=int, default=20)
     ap.add_argument("--t", type=int, default=500)
-    args = ap.parse_args()
+    args = parse(ap, SMOKE, required=("--run",))
     ckpt = load_checkpoint(args.run)
     digits = load_data("mnist", channels=1, image_size=28)
     net = load_digit_classifier()

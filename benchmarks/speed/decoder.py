@@ -2,7 +2,7 @@
 before), the t = 0 rows alone in fp32 (a CPU's path now), every row in fp32 (a GPU's path, which must not wait
 for the device to choose rows), side by side in one process.
 
-    .venv/bin/python benchmarks/decoder.py --batch 128 --size 32
+    python -m benchmarks.speed.decoder --batch 128 --size 32
 """
 
 from __future__ import annotations
@@ -13,8 +13,11 @@ import time
 
 import torch
 
+from benchmarks.common import parse
 from ddpm.diffusion.gaussian import _decoder_bits
 from ddpm.diffusion.losses import discretized_gaussian_log_likelihood, mean_bits_per_dim
+
+SMOKE = {"batch": 8, "size": 8, "rounds": 1}
 
 
 def main() -> None:
@@ -22,7 +25,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--rounds", type=int, default=5)
-    args = p.parse_args()
+    args = parse(p, SMOKE)
     torch.manual_seed(0)
     x0 = torch.randint(0, 256, (args.batch, 3, args.size, args.size)).float() / 127.5 - 1
     mean, log_scale = x0 + 0.02 * torch.randn_like(x0), torch.full_like(x0, -4.0)

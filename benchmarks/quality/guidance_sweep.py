@@ -1,6 +1,7 @@
 """Sample quality of a class-conditional digits run against the guidance weight, the sampler and its steps.
 
-    python benchmarks/guidance_sweep.py --run ddpm-demo --n 100 --guidance 0,0.5,1,2 --sampler respaced:100,respaced:250
+    python -m benchmarks.quality.guidance_sweep --run ddpm-demo --n 100 --guidance 0,0.5,1,2 \
+        --sampler respaced:100,respaced:250
 
 For each sampler setting and guidance weight: ``--n`` samples, equal numbers of each digit (``--class all``),
 judged as ``demo_quality.py`` judges them (the share labelled as their requested digit with confidence
@@ -9,28 +10,25 @@ samples (the null class) for each sampler setting. Seed 0 for every row, so rows
 """
 
 import argparse
-import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(__file__))
-
-from demo_quality import judge  # noqa: E402
-
+from benchmarks.common import parse, tiny_run
+from benchmarks.quality.demo_quality import judge
 from ddpm import load_checkpoint  # noqa: E402
 from ddpm.sampling.generation import sample_checkpoint  # noqa: E402
 from ddpm.sampling.guidance import class_labels  # noqa: E402
 from ddpm.sampling.settings import SamplingSettings
 
+SMOKE = {"run": tiny_run, "n": 10, "guidance": "0,1", "sampler": "respaced:3"}
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", required=True)
+    ap.add_argument("--run", default=None)
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--guidance", default="0,0.5,1,2", help="weights separated by commas")
     ap.add_argument("--sampler", default="respaced:100,respaced:250", help="NAME:STEPS[:ETA] separated by commas")
     ap.add_argument("--no-unconditional", action="store_true")
-    args = ap.parse_args()
+    args = parse(ap, SMOKE, required=("--run",))
     ckpt = load_checkpoint(args.run)
     labels = class_labels("all", ckpt.config.classes, args.n)
     print(f"{args.run} (step {ckpt.step}), {args.n} samples per row, seed 0, bf16 sampling where the CPU has it")

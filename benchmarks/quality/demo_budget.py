@@ -1,7 +1,7 @@
 """The demo's quality against its training budget: the shortest that still gives what the README promises.
 
-    python benchmarks/demo_budget.py --steps 600,1000,1500,2400 --seeds 0,1 --json budget.json
-    python benchmarks/demo_budget.py --steps 600 --set lr=3e-3 --set batch_size=32 --guidance 1,2
+    python -m benchmarks.quality.demo_budget --steps 600,1000,1500,2400 --seeds 0,1 --json budget.json
+    python -m benchmarks.quality.demo_budget --steps 600 --set lr=3e-3 --set batch_size=32 --guidance 1,2
 
 For each number of steps and seed, trains the demo's recipe (``ddpm.cli.demo.DEMO_RECIPE``: the class-conditional
 mnist preset, p_uncond 0.1, min-SNR-5, EMA warm-up, cosine decay over exactly those steps: a demo with a shorter
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmarks.common import parse
 
 
 def _value(text: str):
@@ -47,8 +47,7 @@ def overrides(pairs) -> dict:
 
 
 def one(steps: int, seed: int, root: Path, guidance=(1.0,), sets=None, precision: str = "auto") -> list:
-    from demo_quality import judge
-
+    from benchmarks.quality.demo_quality import judge
     from ddpm.cli.demo import DEMO_RECIPE, DEMO_SAMPLER
     from ddpm.config import make_run_config, with_classes
     from ddpm.data.sources import MNIST_CLASSES
@@ -79,6 +78,8 @@ def one(steps: int, seed: int, root: Path, guidance=(1.0,), sets=None, precision
     return rows
 
 
+SMOKE = {"steps": "2", "seeds": "0", "set": ["model.ch=8", "model.num_groups=2", "batch_size=8", "diffusion.T=50"]}
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", default="600,1000,1500,2400")
@@ -88,7 +89,7 @@ def main() -> int:
                     help="a recipe change: a training config field, or model.FIELD / diffusion.FIELD")
     ap.add_argument("--precision", default="auto", help="training and sampling precision (auto: as the demo)")
     ap.add_argument("--json", default=None)
-    args = ap.parse_args()
+    args = parse(ap, SMOKE)
     from ddpm.runtime import keep_freed_memory
 
     keep_freed_memory()  # as the ddpm command does

@@ -5,9 +5,9 @@ the FD ratio (the Fréchet distance of the classifier's features to real digits 
 sets of the same size) and the share the classifier labels as a digit with confidence >= 0.9. The paper's
 CIFAR-10 figures (IS, FID) stand beside; a row whose training diverges says so.
 
-    .venv/bin/python benchmarks/table2.py --steps 1000 --n 500 --bpd-n 100 --json table2.json
-    .venv/bin/python benchmarks/table2.py --rows eps-simple,eps-hybrid --steps 200 --n 100   # a quick look
-    .venv/bin/python benchmarks/table2.py --rows eps-simple,eps-hybrid --keep t2   # then fewer_calls.py --runs ...
+    python -m benchmarks.quality.table2 --steps 1000 --n 500 --bpd-n 100 --json table2.json
+    python -m benchmarks.quality.table2 --rows eps-simple,eps-hybrid --steps 200 --n 100   # a quick look
+    python -m benchmarks.quality.table2 --rows eps-simple,eps-hybrid --keep t2   # then fewer_calls.py --runs ...
 
 One run at a time, never beside another benchmark (2 cores).
 """
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmarks.common import parse
 
 # name: (predict, var_type, objective, t_sampling, the paper's CIFAR-10 IS / FID, or "" where it has none)
 ROWS = {
@@ -42,8 +42,7 @@ ROWS = {
 
 
 def row(name: str, root: Path, args) -> dict:
-    from demo_quality import judge
-
+    from benchmarks.quality.demo_quality import judge
     from ddpm.config import make_run_config
     from ddpm.data.sources import load_data
     from ddpm.errors import DDPMError
@@ -55,10 +54,10 @@ def row(name: str, root: Path, args) -> dict:
     from ddpm.training.train import train_run
 
     predict, var_type, objective, t_sampling, paper = ROWS[name]
-    cfg = make_run_config("mnist", train={"data": "mnist", "steps": args.steps, "seed": args.seed,
-                                          "save_every": args.steps, "objective": objective,
-                                          "t_sampling": t_sampling, "sample_every": 0},
-                          diffusion={"predict": predict, "var_type": var_type})
+    cfg = make_run_config(args.preset, model={"image_size": 28},
+                          train={"data": "mnist", "steps": args.steps, "seed": args.seed, "save_every": args.steps,
+                                 "objective": objective, "t_sampling": t_sampling, "sample_every": 0},
+                          diffusion={"predict": predict, "var_type": var_type, **({"T": args.T} if args.T else {})})
     out = {"row": name, "predict": predict, "var_type": var_type, "objective": objective, "t_sampling": t_sampling,
            "paper_is_fid": paper}
     t0 = time.perf_counter()
@@ -87,6 +86,8 @@ def row(name: str, root: Path, args) -> dict:
     return out
 
 
+SMOKE = {"rows": "eps-hybrid", "steps": 2, "n": 10, "bpd_n": 2, "preset": "tiny", "T": 50}
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", default=",".join(ROWS), help="which rows, comma-separated")
@@ -98,7 +99,9 @@ def main() -> int:
                     help="the network's precision while sampling (auto: bf16 where the CPU has it)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--keep", default=None, metavar="DIR", help="keep the trained runs here (for fewer_calls.py)")
-    args = ap.parse_args()
+    ap.add_argument("--preset", default="mnist", help="the network (the judge wants 28 x 28 digits)")
+    ap.add_argument("--T", type=int, default=None, help="diffusion steps (default: the preset's, 1,000)")
+    args = parse(ap, SMOKE)
     names = [r for r in args.rows.split(",") if r]
     unknown = [r for r in names if r not in ROWS]
     if unknown:

@@ -1,10 +1,10 @@
 """bf16 against fp32 training on the demo: the same recipe and seed, loss curves and sample quality side by side.
 
-    python benchmarks/precision.py --out precision-runs          # the demo recipe for 2,400 steps, ~25 min on 2 cores
+    python -m benchmarks.quality.precision --out precision-runs  # the demo recipe for 2,400 steps, ~25 min on 2 cores
 
 Trains the ``mnist`` preset on the shipped digits twice from the same seed, once with bf16 autocast (fp32
 master weights) and once in fp32, then samples both the way ``ddpm demo`` does (respaced, bf16 where the
-hardware has it, the same seed) and judges the samples as benchmarks/demo_quality.py does. Prints the loss of
+hardware has it, the same seed) and judges the samples as benchmarks/quality/demo_quality.py does. Prints the loss of
 both runs over the last quarter of training with its standard error, the largest per-row difference, whether
 any step was non-finite, and the quality table; draws both loss curves into OUT/loss_bf16_vs_fp32.png.
 A run directory that exists is resumed, so the command can be interrupted and run again.
@@ -18,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from demo_quality import judge
+
+from benchmarks.common import parse
+from benchmarks.quality.demo_quality import judge
 
 
 def read_metrics(path: Path) -> dict:
@@ -28,6 +30,8 @@ def read_metrics(path: Path) -> dict:
     rows = rows_of(path)
     return {k: np.array([float(r[k]) for r in rows]) for k in ("step", "loss", "img_per_s", "skipped")}
 
+
+SMOKE = {"out": "precision-smoke", "steps": 2, "n": 4, "sampling_steps": 3, "preset": "tiny", "T": 50}
 
 def main() -> int:
     from ddpm.config import make_run_config
@@ -45,13 +49,16 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=400, help="samples per run")
     ap.add_argument("--sampling-steps", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
+    ap.add_argument("--preset", default="mnist", help="the network (the judge wants 28 x 28 digits)")
+    ap.add_argument("--T", type=int, default=None, help="diffusion steps (default: the preset's, 1,000)")
+    args = parse(ap, SMOKE)
     out = Path(args.out)
     curves, quality, train_s = {}, {}, {}
     for prec in ("bf16", "fp32"):
         run = out / prec
         over = {"data": "mnist", "precision": prec, "seed": args.seed, "steps": args.steps}
-        cfg = make_run_config("mnist", train=over)
+        cfg = make_run_config(args.preset, model={"image_size": 28}, train=over,
+                              diffusion={"T": args.T} if args.T else {})
         t = time.perf_counter()
         train_run(run, cfg, device=torch.device("cpu"), progress=False)
         train_s[prec] = time.perf_counter() - t

@@ -1,6 +1,6 @@
 """How OpenMP settings hold up when another process keeps the cores busy.
 
-    python benchmarks/threads.py [--calls 60] [--batch 64] [--cli]
+    python -m benchmarks.speed.threads [--calls 60] [--batch 64] [--cli]
 
 A fresh Python process runs ``--calls`` forwards of the mnist network (batch ``--batch``, no grad), with
 different OpenMP settings, once on an idle machine and once beside a competitor that keeps the cores
@@ -17,6 +17,8 @@ import os
 import subprocess
 import sys
 import time
+
+from benchmarks.common import parse
 
 WORK = r"""
 import sys, time, torch
@@ -88,20 +90,24 @@ def cli_rows() -> None:
             comp.kill()
             comp.wait()
 
+SMOKE = {"calls": 2, "batch": 2, "settings": 1, "settle": 0.2}
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--calls", type=int, default=60)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--cli", action="store_true", help="also time the whole ddpm sample command")
-    args = ap.parse_args()
+    ap.add_argument("--settings", type=int, default=len(SETTINGS), help="measure the first N settings")
+    ap.add_argument("--settle", type=float, default=2.0, help="seconds the competitor's threads get to start")
+    args = parse(ap, SMOKE)
     print(f"mnist network, batch {args.batch}, {args.calls} forwards per process; cores: {os.cpu_count()}")
     print(f"{'setting':<36}{'idle s/call':>13}{'busy s/call':>13}{'busy/idle':>11}")
-    for name, env in SETTINGS.items():
+    for name, env in list(SETTINGS.items())[:args.settings]:
         idle = run(args.calls, args.batch, dict(env))
         comp = subprocess.Popen([sys.executable, "-c", COMPETITOR], stdout=subprocess.DEVNULL)
         try:
-            time.sleep(2)  # let the competitor's threads start
+            time.sleep(args.settle)  # let the competitor's threads start
             busy = run(args.calls, args.batch, dict(env))
         finally:
             comp.kill()

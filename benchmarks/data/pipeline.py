@@ -1,6 +1,6 @@
 """The data pipeline at the paper's scale: building the decoded cache, starting from it, its memory, its speed.
 
-    python benchmarks/data_pipeline.py [--images 20000] [--workdir DIR]
+    python -m benchmarks.data.pipeline [--images 20000] [--workdir DIR]
 
 1. Writes a folder of --images JPEGs of 256x256 (smooth random pictures), and a folder of 200 of them.
 2. First run: decodes the folder into the cache at 256x256x3 (worker processes on every core), timed.
@@ -25,10 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import parse
+
 CHILD = r"""
 import json, sys, threading, time
 t0 = float(sys.argv[1])
-folder, cache, out = sys.argv[2], sys.argv[3], sys.argv[4]
+folder, cache, out, steps = sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
 peak = [0]
 def watch():
     while True:
@@ -43,13 +45,13 @@ from ddpm.config import make_run_config
 from ddpm.data.sources import load_data
 from ddpm.training.train import Trainer
 from ddpm.nn.unet import UNet
-cfg = make_run_config("celebahq256", train={"data": folder, "batch_size": 8, "steps": 30, "precision": "fp32"},
+cfg = make_run_config("celebahq256", train={"data": folder, "batch_size": 8, "steps": steps, "precision": "fp32"},
                       model={"ch": 16, "num_groups": 8})
 data = load_data(folder, channels=3, image_size=256, cache_dir=cache)
 tr = Trainer(UNet(cfg.model), cfg.diffusion.build(), data, cfg.train)
 tr.batches.make(0)
 first = time.time() - t0
-for _ in range(30):
+for _ in range(steps):
     tr.train_step()
 time.sleep(0.1)
 json.dump({"first_step_s": first, "peak_rss_anon_mib": peak[0] / 1024, "images": len(data)}, open(out, "w"))
@@ -66,9 +68,10 @@ def write_folder(root: Path, n: int, size: int = 256) -> None:
         Image.fromarray(small).resize((size, size), Image.BICUBIC).save(root / f"{i:06d}.jpg", quality=90)
 
 
-def child(folder: Path, cache: Path, work: Path) -> dict:
+def child(folder: Path, cache: Path, work: Path, steps: int) -> dict:
     out = work / "child.json"
-    subprocess.run([sys.executable, "-c", CHILD, str(time.time()), str(folder), str(cache), str(out)], check=True)
+    subprocess.run([sys.executable, "-c", CHILD, str(time.time()), str(folder), str(cache), str(out), str(steps)],
+                   check=True)
     return json.loads(out.read_text())
 
 
@@ -85,11 +88,14 @@ def pipeline_rate(folder: Path, cache: Path, size: int, batch: int, steps: int) 
     return steps * batch / (time.perf_counter() - t)
 
 
+SMOKE = {"images": 64, "steps": 1}
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=20_000)
+    ap.add_argument("--steps", type=int, default=30, help="training steps of the memory measurement")
     ap.add_argument("--workdir", default=None, help="keep the folders and caches here (default: a temporary one)")
-    args = ap.parse_args()
+    args = parse(ap, SMOKE)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="ddpm-data-"))
     big, small, cache = work / "big", work / "small", work / "cache"
     if not big.is_dir():
@@ -109,10 +115,11 @@ def main() -> int:
           f"({args.images / build:.0f} images/s on {os.cpu_count()} cores)", flush=True)
     subprocess.run([sys.executable, "-m", "ddpm", "data", "build", str(small), "--image-size", "256", "--channels",
                     "3", "--cache-dir", str(cache)], check=True, capture_output=True)
-    b, s = child(big, cache, work), child(small, cache, work)
+    b, s = child(big, cache, work, args.steps), child(small, cache, work, args.steps)
     print(f"2. second run: first training step {b['first_step_s']:.2f} s after the process started "
           f"({b['images']} images; {s['first_step_s']:.2f} s with {s['images']})")
-    print(f"3. peak anonymous memory over 30 steps: {b['peak_rss_anon_mib']:.0f} MiB with {b['images']} images, "
+    print(f"3. peak anonymous memory over {args.steps} steps: {b['peak_rss_anon_mib']:.0f} MiB with {b['images']} "
+          "images, "
           f"{s['peak_rss_anon_mib']:.0f} MiB with {s['images']} (difference "
           f"{b['peak_rss_anon_mib'] - s['peak_rss_anon_mib']:+.0f} MiB)", flush=True)
     r32 = pipeline_rate(big, cache, 32, 128, 40)

@@ -1,7 +1,7 @@
 """Worker-count invariance, checked from outside: `ddpm train` under torchrun against one process.
 
-    python benchmarks/torchrun_check.py                          # mnist preset, 2 processes, 20 steps
-    python benchmarks/torchrun_check.py --nproc 2 --steps 40 --batch-size 64 --grad-accum 2
+    python -m benchmarks.checks.torchrun                          # mnist preset, 2 processes, 20 steps
+    python -m benchmarks.checks.torchrun --nproc 2 --steps 40 --batch-size 64 --grad-accum 2
 
 Runs the same `ddpm train` command twice in fresh directories, as one process and as
 `torchrun --standalone --nproc_per_node=N` (gloo on CPU), both in fp32 (bf16 rounding would depend on how
@@ -23,6 +23,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchmarks.common import parse
 
 
 def train(out: Path, args, nproc: int, steps: int, threads: int = 0) -> float:
@@ -47,6 +49,8 @@ def final_weights(run: Path, name: str) -> dict:
     return load_file(str(list_checkpoints(run)[-1] / f"{name}.safetensors"))
 
 
+SMOKE = {"preset": "tiny", "steps": 2, "batch_size": 8}
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nproc", type=int, default=2)
@@ -57,7 +61,7 @@ def main() -> int:
     ap.add_argument("--grad-accum", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tol", type=float, default=1e-5)
-    args = ap.parse_args()
+    args = parse(ap, SMOKE)
     with tempfile.TemporaryDirectory() as tmp:
         t1 = train(Path(tmp) / "one", args, 1, args.steps)
         tn = train(Path(tmp) / "many", args, args.nproc, args.steps)

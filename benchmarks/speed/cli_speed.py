@@ -1,7 +1,7 @@
 """Training speed as users meet it: `ddpm train` against a plain diffusers loop, each in its own process.
 
-    python benchmarks/cli_speed.py                      # cifar10 preset, batch 8, 3 rounds
-    python benchmarks/cli_speed.py --rounds 5 --steps 40 --ddpm-env GLIBC_TUNABLES=
+    python -m benchmarks.speed.cli_speed                      # cifar10 preset, batch 8, 3 rounds
+    python -m benchmarks.speed.cli_speed --rounds 5 --steps 40 --ddpm-env GLIBC_TUNABLES=
 
 Each round runs, one after another (never at once), three fresh processes:
 
@@ -30,7 +30,9 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from benchmarks.common import parse
+
+SMOKE = {"preset": "tiny", "steps": 4, "log_every": 2, "rounds": 1, "images": 8}
 
 
 def make_folder(path: Path, n: int, size: int, seed: int = 0) -> None:
@@ -47,13 +49,13 @@ def run_ddpm(args, data: Path, out: Path, env: dict) -> list:
     cmd = [sys.executable, "-m", "ddpm", "train", "--data", str(data), "--out", str(out), "--preset", args.preset,
            "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--log-every", str(args.log_every)]
     subprocess.run(cmd, check=True, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    from precision import read_metrics  # beside this file
+    from benchmarks.quality.precision import read_metrics
 
     return read_metrics(out / "metrics.csv")["img_per_s"][1:].tolist()
 
 
 def run_diffusers(args, precision: str) -> list:
-    cmd = [sys.executable, str(HERE / "cli_speed.py"), "--child", precision, "--preset", args.preset,
+    cmd = [sys.executable, "-m", "benchmarks.speed.cli_speed", "--child", precision, "--preset", args.preset,
            "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--log-every", str(args.log_every)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -63,8 +65,7 @@ def child(args) -> None:
     """A diffusers loop alone in this process: images/s per --log-every steps, as ddpm's metrics.csv rows."""
     import torch
 
-    sys.path.insert(0, str(HERE))
-    from speed import DiffusersLoop, build
+    from benchmarks.speed.speed import DiffusersLoop, build
 
     device = torch.device("cpu")
     _, unet, diffusion, shape = build(args.preset, args.batch_size, device, ours=False)
@@ -93,7 +94,7 @@ def main() -> int:
                     help="the diffusers loops to run: fp32, bf16 or both (on a CPU without native bf16, such as "
                          "an AVX2 one, bf16 is emulated and many times slower: compare fp32 with fp32 there)")
     ap.add_argument("--child", choices=("fp32", "bf16"), help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args = parse(ap, SMOKE)
     if args.child:
         child(args)
         return 0

@@ -1,6 +1,6 @@
 """Seconds per image of each sampler on a trained run, side by side in one process (alternating, median).
 
-    python benchmarks/sampling_speed.py --run ddpm-demo --n 100 --rounds 3
+    python -m benchmarks.speed.sampling_speed --run ddpm-demo --n 100 --rounds 3
 
 Rows: the ancestral sampler (Algorithm 2, T steps) and DDIM / respaced with fewer steps, all with the
 run's EMA weights under the same precision; the speed-up is against the ancestral row.
@@ -10,21 +10,24 @@ import argparse
 import statistics
 import time
 
+from benchmarks.common import parse, tiny_run
 from ddpm import load_checkpoint
 from ddpm.sampling.generation import generate
 from ddpm.sampling.samplers import make_sampler
 from ddpm.sampling.settings import SamplingSettings
 
+SMOKE = {"run": tiny_run, "n": 2, "rounds": 1, "sampler": ["ancestral:50", "ddim:3:0"]}
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", required=True)
+    ap.add_argument("--run", default=None)
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--sampler", action="append", default=None,
                     help="NAME:STEPS[:ETA], e.g. ddim:50:1 (default: ancestral, ddim:50:0, ddim:50:1, respaced:50)")
-    args = ap.parse_args()
+    args = parse(ap, SMOKE, required=("--run",))
     ckpt = load_checkpoint(args.run)
     c, s = ckpt.config.model.in_channels, ckpt.config.model.image_size
     specs = args.sampler or [f"ancestral:{ckpt.diffusion.T}", "ddim:50:0", "ddim:50:1", "respaced:50"]
