@@ -220,7 +220,8 @@ def test_a_training_step_waits_for_the_device_once(monkeypatch, options):
         out = tr.train_step()
     assert len(calls) == 3, calls
     monkeypatch.undo()
-    assert np.isfinite(out["loss"]) and len(out["quarters"]) == 8
+    numbers = out.numbers()
+    assert np.isfinite(numbers["loss"]) and len(numbers["quarters"]) == 8
 
 
 def test_a_batch_draws_its_noise_in_far_fewer_calls_than_images_times_steps(monkeypatch):
@@ -355,7 +356,7 @@ def test_no_float64_reaches_a_device_without_it():
     """MPS has no float64: sums kept there, the importance sampler's history and the schedule's tables are
     float32 on it (checked here by asking as MPS would: accumulator_dtype, and the trainer with it)."""
     from ddpm import runtime
-    from ddpm.training import trainer
+    from ddpm.training import steps, trainer
 
     assert runtime.accumulator_dtype("mps") == torch.float32 and runtime.accumulator_dtype("cpu") == torch.float64
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
@@ -365,8 +366,9 @@ def test_no_float64_reaches_a_device_without_it():
     with pytest.MonkeyPatch.context() as m:
         m.setattr(runtime, "accumulator_dtype", narrow)
         m.setattr(trainer, "accumulator_dtype", narrow)
+        m.setattr(steps, "accumulator_dtype", narrow)
         tr = tiny_trainer(tiny_config(steps=4, t_sampling="importance", objective="vlb",
                                       diffusion={"var_type": "learned"}))
         assert tr.timesteps.history.dtype == torch.float32
         out = tr.train_step()
-        assert out.raw("loss").dtype == torch.float32 and np.isfinite(out["loss"])
+        assert out.loss.dtype == torch.float32 and np.isfinite(out.numbers()["loss"])

@@ -128,7 +128,7 @@ def fp16_steps(cfg, device, steps: int = 5) -> dict:
     import dataclasses
 
     tr = trainer_for(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision="fp16")), device)
-    losses = [tr.train_step()["loss"] for _ in range(steps)]
+    losses = [tr.train_step().numbers()["loss"] for _ in range(steps)]
     return {"losses": losses, "all_finite": all(math.isfinite(v) for v in losses),
             "scale": tr.precision.scaler.get_scale() if tr.precision.scaler is not None else None,
             "precision": tr.precision.kind}

@@ -69,14 +69,14 @@ def test_l1_loss_is_mean_absolute_error():
     for loss, f in (("l1", torch.abs), ("l2", torch.square)):
         tr = tiny_trainer(tiny_config(loss=loss))
         _, _, noise, _ = tr.batches.make(0)
-        assert tr.train_step()["loss"] == pytest.approx(f(noise.double()).mean().item(), rel=1e-6)
+        assert tr.train_step().numbers()["loss"] == pytest.approx(f(noise.double()).mean().item(), rel=1e-6)
 
 
 def test_loss_quarters_split_the_batch_by_t():
     tr = tiny_trainer(tiny_config(batch_size=16))
     _, t, noise, _ = tr.batches.make(0)
     per = noise.double().pow(2).flatten(1).mean(1)  # eps_theta = 0 at step 0
-    q = tr.train_step()["quarters"]
+    q = tr.train_step().numbers()["quarters"]
     for i in range(4):
         inside = (t * 4 // tr.diffusion.T) == i
         assert q[4 + i] == inside.sum().item()
@@ -93,7 +93,7 @@ def test_fp16_with_a_gradient_scaler_tracks_fp32():
     for precision in ("fp32", "fp16"):
         tr = tiny_trainer(tiny_config(precision=precision, lr=1e-3, grad_clip=0.0))
         start = copy.deepcopy(tr.model.state_dict())
-        losses = [tr.train_step()["loss"] for _ in range(6)]
+        losses = [tr.train_step().numbers()["loss"] for _ in range(6)]
         runs[precision] = (tr, start, losses)
     (a, start, la), (b, _, lb) = runs["fp32"], runs["fp16"]
     assert la != lb and la == pytest.approx(lb, rel=1e-3)
@@ -109,8 +109,8 @@ def test_an_fp16_overflow_is_skipped_by_the_scaler_not_an_error():
     tr.train_step()
     tr.precision.scaler.update(new_scale=3e38)  # the scaled loss overflows fp16: inf gradients
     model, ema = copy.deepcopy(tr.model.state_dict()), copy.deepcopy(tr.ema.state_dict())
-    out = tr.train_step()
-    assert math.isfinite(out["loss"]) and not out.get("skipped")
+    out = tr.train_step().numbers()
+    assert math.isfinite(out["loss"]) and not out["skipped"]
     assert all(torch.equal(v, model[k]) for k, v in tr.model.state_dict().items())  # the step was not taken
     assert all(torch.equal(v, ema[k]) for k, v in tr.ema.state_dict().items()) and tr.ema_updates == 1
     assert tr.precision.scaler.get_scale() == pytest.approx(1.5e38, rel=1e-6)  # and the scale came down, by half

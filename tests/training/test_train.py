@@ -75,7 +75,7 @@ def test_ema_follows_its_formula_from_step_one():
 
 def test_gradient_clipping_bounds_the_update():
     tr = tiny_trainer(tiny_config(grad_clip=1e-3))
-    out = tr.train_step()
+    out = tr.train_step().numbers()
     norm = torch.sqrt(sum(p.grad.pow(2).sum() for p in tr.model.parameters() if p.grad is not None))
     assert out["grad_norm"] > 1e-3 and norm.item() == pytest.approx(1e-3, rel=1e-4)
 
@@ -92,7 +92,7 @@ def test_min_snr_weighting_follows_its_formula(gamma):
     w = np.minimum(snr, gamma) / snr if gamma else np.ones(T)
     _, t, noise, _ = tr.batches.make(0)
     expected = np.mean(w[t.numpy()] * noise.double().pow(2).flatten(1).mean(1).numpy())
-    assert tr.train_step()["loss"] == pytest.approx(expected, rel=1e-6)
+    assert tr.train_step().numbers()["loss"] == pytest.approx(expected, rel=1e-6)
     if gamma:
         assert w.min() < 0.5 * w.max()  # the weighting matters for these t
 
@@ -203,7 +203,7 @@ def test_skip_nonfinite_skips_and_counts(tmp_path):
     tr.train_step(), tr.train_step()
     before = {k: v.clone() for k, v in tr.model.state_dict().items()}
     ema_before = {k: v.clone() for k, v in tr.ema.state_dict().items()}
-    assert tr.train_step()["skipped"] and tr.train_step()["skipped"]
+    assert tr.train_step().numbers()["skipped"] and tr.train_step().numbers()["skipped"]
     assert all(torch.equal(before[k], v) for k, v in tr.model.state_dict().items())
     assert all(torch.equal(ema_before[k], v) for k, v in tr.ema.state_dict().items())
     tr2 = tiny_trainer(tiny_config(steps=6, log_every=2, skip_nonfinite=True))
@@ -230,7 +230,7 @@ def test_compiled_training_matches_eager(monkeypatch):
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dropout=0.0))
         tr = tiny_trainer(cfg)
         start = {k: v.clone() for k, v in tr.model.state_dict().items()}
-        losses = [tr.train_step()["loss"] for _ in range(3)]
+        losses = [tr.train_step().numbers()["loss"] for _ in range(3)]
         runs.append(({k: v.clone() for k, v in tr.model.state_dict().items()}, losses))
     (eager, eager_losses), (compiled, compiled_losses) = runs
     assert compiled_losses == pytest.approx(eager_losses, rel=1e-4)

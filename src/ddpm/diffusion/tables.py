@@ -2,25 +2,30 @@
 
 from __future__ import annotations
 
-from typing import Union
+from typing import Dict, Union
 
 import torch
 from torch import Tensor
+from torch.utils.weak import WeakIdKeyDictionary
 
 __all__ = ["on_device", "extract"]
 
 
+# table -> {device: its copy there}; keyed by the table's identity and dropped with it (a tensor's == is elementwise)
+_COPIES: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
 def on_device(table: Tensor, device: Union[str, torch.device]) -> Tensor:
-    """``table`` on ``device``, copied there once and kept with the table: a sampler's tables would otherwise
-    cross from host to GPU (a synchronising copy) several times per step."""
+    """``table`` on ``device``, copied there once and kept while the table lives: a sampler's tables would
+    otherwise cross from host to GPU (a synchronising copy) several times per step."""
     device = torch.device(device)
     if table.device == device:
         return table
-    copies = table.__dict__.setdefault("_ddpm_copies", {})
+    copies: Dict[torch.device, Tensor] = _COPIES.get(table) or {}  # type: ignore[no-untyped-call]
+    _COPIES[table] = copies
     if device not in copies:  # MPS has no float64: the table goes there as float32
         copies[device] = table.to(device, torch.float32 if device.type == "mps" and table.is_floating_point() else None)
-    copy: Tensor = copies[device]
-    return copy
+    return copies[device]
 
 
 def extract(table: Tensor, t: Tensor, like: Tensor) -> Tensor:

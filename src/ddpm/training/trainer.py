@@ -38,6 +38,7 @@ from .optim import adam as _adam
 from .optim import learning_rate
 from .reporting import Reporter, progress_bar
 from .reporting import plain_log as _plain
+from .steps import StepResult, StepStats, accumulate, empty_log
 from .timesteps import ImportanceSampler
 
 __all__ = ["Trainer", "learning_rate"]
@@ -46,7 +47,9 @@ log = logging.getLogger(__name__)
 
 
 class Trainer:
-    """Trains ``model`` as eps_theta on ``data`` with ``diffusion``'s L_simple (Algorithm 1).
+    """Trains ``model`` on ``data`` by Algorithm 1 with ``diffusion``'s parameterisation (eps, x0, mu or v, and a
+    fixed or learned variance) and ``config``'s objective (L_simple, the bound or the hybrid), uniform or
+    importance-sampled t, and Adam with clipping and an EMA of the weights.
 
     ``train_step()`` does one optimisation step; ``fit(run_dir)`` loops to ``config.steps`` with
     progress, metrics, sample grids, checkpoints and clean stops on SIGINT/SIGTERM.
@@ -83,7 +86,7 @@ class Trainer:
         self._net: Any = self._ddp or self.model  # what the training step calls (compiled, with --compile)
         if config.compile:
             self._net = torch.compile(self._net)
-        self.log_acc = _empty_log()
+        self.log_acc = empty_log()
         self.stop_reason: Optional[str] = None  # set (e.g. by a signal) to stop after the current step
         self.stop_requested = False  # under torchrun: whether any process asked to stop, as of the last step
         self._prefetch: Optional[Prefetcher] = None  # the next step's batch, assembled while this one trains
@@ -112,10 +115,10 @@ class Trainer:
         self.config = dataclasses.replace(self.config, steps=steps)
         self.config.validate()
 
-    def _loss_and_backward(self) -> torch.Tensor:
+    def _loss_and_backward(self) -> StepStats:
         """The global batch's mean loss and, for the log, the sums and counts of the per-example loss in the four
-        quarters of t, and whether any process asks to stop ([10], float64 where the device has it, summed over
-        processes); its gradient accumulated. No host sync.
+        quarters of t, and whether any process asks to stop (``StepStats``, summed over processes); its gradient
+        accumulated. No host sync.
 
         The loss of each micro-batch is weighted by its share of the global batch, so the summed (and,
         across processes, averaged by DDP) gradient is the gradient of the global batch's mean loss.
@@ -124,9 +127,7 @@ class Trainer:
         seed_step(self.config.seed, self.rank, self.step, self.device)  # dropout: its own stream per process
         if self._prefetch is None:
             self._prefetch = Prefetcher(self.batches, micro, self.device)
-        # [0] loss, [1:9] per-quarter sums and counts, [9] stop flag, then (importance sampling) each example's loss
-        wide = accumulator_dtype(self.device)  # float64, where the device has it
-        stats = torch.zeros(10 + (self.config.batch_size if self.timesteps else 0), dtype=wide, device=self.device)
+        stats = StepStats(self.config.batch_size if self.timesteps else 0, self.device)
         drawn = self.timesteps.draw(self.step, self.config.batch_size) if self.timesteps else None
         for i, (positions, (x0, t, noise, y)) in enumerate(zip(micro, self._prefetch.get(self.step))):
             if drawn is not None:  # the batch's uniform t replaced by the importance sampler's
@@ -139,44 +140,42 @@ class Trainer:
                     per_example = self.diffusion.training_loss(
                         self._net, x0, t, noise, y=y, loss=self.config.loss, objective=self.config.objective,
                         vlb_weight=self.config.vlb_weight)
-                    quarter = (t * 4 // self.diffusion.T).clamp(max=3)
-                    stats[1:5].index_add_(0, quarter, per_example.detach().to(wide))
-                    stats[5:9].index_add_(0, quarter, torch.ones_like(per_example, dtype=wide))
+                    stats.add_quarters(t, per_example, self.diffusion.T)
                     if drawn is not None:
-                        stats[10 + positions.start:10 + positions.stop] = per_example.detach().to(wide)
+                        stats.set_losses(positions, per_example)
                         per_example = per_example * drawn[1][positions.start:positions.stop].to(self.device)
                     if self.loss_weights is not None:
                         per_example = per_example * self.loss_weights[t]
                     loss = per_example.mean()
                 weight = len(positions) / self.config.batch_size
                 self.precision.scale(loss * (weight * self.world)).backward()
-            stats[0] += loss.detach().to(wide) * weight
+            stats.add_loss(loss, weight)
         if self.world > 1:  # the stop flag (and the losses) travel with the statistics: no collective of their own
             import torch.distributed as dist
 
-            stats[9] = float(self.stop_reason is not None)
-            dist.all_reduce(stats)
+            stats.vector[StepStats.STOP] = float(self.stop_reason is not None)
+            dist.all_reduce(stats.vector)
         if drawn is not None and self.timesteps is not None:  # the global batch's losses, in position order:
-            self.timesteps.update(drawn[0], stats[10:])  # every process updates alike, on the device
-        return stats[:10]
+            self.timesteps.update(drawn[0], stats.losses)  # every process updates alike, on the device
+        return stats
 
-    def train_step(self) -> "StepResult":
-        """One step of Algorithm 1 + Adam + clipping + EMA. Returns loss, grad_norm, lr, quarters (and skipped):
-        numbers that stay on the device until read, so a step waits for the device once (the finiteness check,
-        which also carries the processes' stop flag)."""
+    def train_step(self) -> StepResult:
+        """One step of Algorithm 1 + Adam + clipping + EMA. Its ``StepResult`` holds tensors that stay on the device
+        until ``numbers()`` reads them, so a step waits for the device once (the finiteness check, which also
+        carries the processes' stop flag)."""
         lr = self.lr_at(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
         stats = self._loss_and_backward()
-        total = stats[0]
+        total = stats.loss
         self.precision.unscale(self.optimizer)
         params = [p for p in self.model.parameters() if p.grad is not None]
         clip = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
         # under fp16 an overflowing gradient is the scaler's business (it skips the step and lowers its scale)
         finite_loss, finite_grad, self.stop_requested = torch.stack(
-            [torch.isfinite(total), torch.isfinite(grad_norm), stats[9] > 0]).tolist()  # the step's one host sync
+            [torch.isfinite(total), torch.isfinite(grad_norm), stats.stop > 0]).tolist()  # the step's one host sync
         overflow_ok = self.precision.scaler is not None and finite_loss
         if not (finite_loss and (finite_grad or overflow_ok)):
             what = "loss" if not finite_loss else "gradient norm"
@@ -188,11 +187,11 @@ class Trainer:
             self.precision.skip()
             self.skipped += 1
             self.step += 1
-            return StepResult(loss=float("nan"), grad_norm=float("nan"), lr=lr, skipped=True)
+            return StepResult(loss=float("nan"), grad_norm=float("nan"), lr=lr, quarters=None, skipped=True)
         if self.precision.step(self.optimizer):
             self._update_ema()
         self.step += 1
-        return StepResult(loss=total, grad_norm=grad_norm.to(total.dtype), lr=lr, quarters=stats[1:9])
+        return StepResult(loss=total, grad_norm=grad_norm.to(total.dtype), lr=lr, quarters=stats.quarters)
 
     def ema_decay(self) -> float:
         """The decay of the next EMA update: ``ema_decay``, or with ``ema_warmup`` min(ema_decay, (1 + n) / (10 + n))
@@ -244,7 +243,7 @@ class Trainer:
         self.step = ckpt.step
         self.ema_updates = int(ckpt.state.get("ema_updates", ckpt.step))
         self.skipped = int(ckpt.state.get("skipped", 0))
-        self.log_acc = {**_empty_log(), **ckpt.state.get("log_acc", {})}
+        self.log_acc = {**empty_log(), **ckpt.state.get("log_acc", {})}
         self.precision.load_state_dict(ckpt.state.get("scaler", {}))
         if "rng" in ckpt.state:
             set_rng_state(ckpt.state["rng"])
@@ -301,11 +300,11 @@ class Trainer:
             while self.step < self.config.steps:
                 cfg = self.config
                 out = self.train_step()
-                if not out.get("skipped"):
-                    self.log_acc = _accumulate(self.log_acc, out)
+                if not out.skipped:
+                    self.log_acc = accumulate(self.log_acc, out)
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                    row = reporter.row(out["lr"], self.held_out_loss()) if reporter is not None else None
-                    self.log_acc = _empty_log()
+                    row = reporter.row(out.lr, self.held_out_loss()) if reporter is not None else None
+                    self.log_acc = empty_log()
                     if bar is not None and row is not None:
                         bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['img_per_s']:.1f}")
                 if bar is not None:
@@ -318,7 +317,9 @@ class Trainer:
                         bar.refresh()
                 if cfg.time_limit and time.monotonic() - start > cfg.time_limit * 60:
                     self.stop_reason = self.stop_reason or "time limit"
-                if self.stop_reason is not None if self.world == 1 else self.stop_requested:
+                # one process stops at once; under torchrun all stop together, when any asked (as of this step)
+                stopping = self.stop_requested if self.world > 1 else self.stop_reason is not None
+                if stopping:
                     reason = self.stop_reason or "stopped by another process"
                     break
         if bar is not None:
@@ -344,35 +345,6 @@ class Trainer:
                 reporter.grid(images)
         if reporter is not None and self.step % cfg.save_every == 0 and self.step < cfg.steps:
             self.save(run_dir)
-
-
-def _empty_log() -> Dict[str, Any]:
-    """The accumulator of the rows of metrics.csv: sums since the last row (saved in checkpoints)."""
-    return {"loss": 0.0, "grad_norm": 0.0, "n": 0, "quarters": [0.0] * 8}
-
-
-class StepResult(dict):
-    """What ``train_step`` returns: a dict whose tensors (on the training device) become Python numbers when read,
-    so that only reading them (a log row, a test) waits for the device; ``raw(key)`` gives the value as it is."""
-
-    def __getitem__(self, key):
-        value = super().__getitem__(key)
-        if isinstance(value, torch.Tensor):
-            value = value.tolist() if value.ndim else value.item()
-            super().__setitem__(key, value)
-        return value
-
-    def raw(self, key):
-        return super().__getitem__(key)
-
-
-def _accumulate(acc: Dict[str, Any], out: StepResult) -> Dict[str, Any]:
-    """``acc`` plus a step's numbers, on the device (float64, the sums a row is made of)."""
-    loss, grad, quarters = out.raw("loss"), out.raw("grad_norm"), out.raw("quarters")
-    grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)  # an fp16 overflow: the scaler skipped it
-    q = acc["quarters"]
-    return {"loss": acc["loss"] + loss, "grad_norm": acc["grad_norm"] + grad, "n": acc["n"] + 1,
-            "quarters": quarters + (q if isinstance(q, torch.Tensor) else quarters.new_tensor(q))}
 
 
 @contextlib.contextmanager
