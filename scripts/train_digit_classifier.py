@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from ddpm.data.sources import load_data, to_float
+from ddpm.data.images import to_float
+from ddpm.data.sources import load_data
 from ddpm.evaluation.features import DigitClassifier, digit_classifier_heldout
 
 OUT = Path(__file__).resolve().parents[1] / "src" / "ddpm" / "assets" / "digit_classifier.safetensors"

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from benchmarks.common import parse
-from ddpm.data.sources import load_data, to_float
+from ddpm.data.images import to_float
+from ddpm.data.sources import load_data
 from ddpm.evaluation.features import digit_classifier_heldout, load_digit_classifier
 from ddpm.evaluation.metrics import frechet_distance, gaussian_stats
 

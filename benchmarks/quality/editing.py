@@ -28,7 +28,7 @@ from benchmarks.common import parse, tiny_run
 
 
 def classify(images: torch.Tensor) -> torch.Tensor:
-    from ddpm.data.sources import to_float
+    from ddpm.data.images import to_float
     from ddpm.evaluation.features import load_digit_classifier
 
     with torch.no_grad():
@@ -44,7 +44,8 @@ def realism(images: torch.Tensor) -> float:
 SMOKE = {"run": tiny_run, "n": 2, "steps": 12, "sdedit_steps": 3}
 
 def main() -> int:
-    from ddpm.data.sources import load_data, to_float
+    from ddpm.data.images import to_float
+    from ddpm.data.sources import load_data
     from ddpm.evaluation.features import digit_classifier_heldout
     from ddpm.run.directory import load_checkpoint
     from ddpm.sampling.edit_jobs import Edit, inpaint, sdedit

@@ -14,7 +14,8 @@ import torch
 
 from benchmarks.common import parse, tiny_run
 from ddpm import load_checkpoint
-from ddpm.data.sources import load_data, to_float
+from ddpm.data.images import to_float
+from ddpm.data.sources import load_data
 from ddpm.evaluation.features import load_digit_classifier
 from ddpm.sampling.interpolation import interpolate
 

@@ -22,7 +22,7 @@ import warnings
 import torch
 
 from benchmarks.common import parse
-from ddpm.data.sources import to_float
+from ddpm.data.images import to_float
 from ddpm.evaluation.features import extract_features, feature_batch
 from ddpm.evaluation.inception import find_inception, load_inception
 from ddpm.safeload import is_torchscript

@@ -16,7 +16,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from .atomic import atomic_path
-from .data.sources import to_uint8
+from .data.images import to_uint8
 from .errors import DDPMError
 from .run.ownership import MARK, png_info
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ddpm.data.sources import load_images
+from ddpm.data.pictures import load_images
 from helpers import one_line_error, run
 
 STEPS = ["--steps", "6", "--jump", "2", "--resample", "2"]

@@ -15,7 +15,9 @@ import torch
 from PIL import Image, ImageFile
 
 import ddpm
-from ddpm.data.sources import ImageData, load_data, load_image, to_float, to_uint8
+from ddpm.data.images import to_float, to_uint8
+from ddpm.data.pictures import load_image
+from ddpm.data.sources import ImageData, load_data
 from ddpm.errors import DDPMError
 
 # ---------------------------------------------------------------- transforms

@@ -8,7 +8,8 @@ import pytest
 import torch
 from test_metrics import eigen_fd
 
-from ddpm.data.sources import load_data, to_float
+from ddpm.data.images import to_float
+from ddpm.data.sources import load_data
 from ddpm.errors import DDPMError
 from ddpm.evaluation.compare import ImageSet, score
 from ddpm.evaluation.features import load_digit_classifier

@@ -5,7 +5,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ddpm.data.sources import load_data, to_float
+from ddpm.data.images import to_float
+from ddpm.data.sources import load_data
 from ddpm.evaluation.features import extract_features, load_digit_classifier, reference_features, reference_stats
 from ddpm.evaluation.metrics import frechet_distance, gaussian_stats
 

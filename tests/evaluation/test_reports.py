@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from ddpm import GaussianDiffusion, NoiseSchedule
-from ddpm.data.sources import to_float
+from ddpm.data.images import to_float
 from ddpm.evaluation.compare import read_samples
 from ddpm.evaluation.reports import evaluate_bpd
 from helpers import OracleEps

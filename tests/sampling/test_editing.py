@@ -7,7 +7,8 @@ from PIL import Image
 
 from ddpm import GaussianDiffusion, NoiseSchedule
 from ddpm.config import make_run_config
-from ddpm.data.sources import load_images, to_float, to_uint8
+from ddpm.data.images import to_float, to_uint8
+from ddpm.data.pictures import load_images
 from ddpm.errors import DDPMError
 from ddpm.nn.unet import UNet
 from ddpm.rng import ImageGenerators

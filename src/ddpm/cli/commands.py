@@ -94,7 +94,7 @@ def cmd_sample(args) -> int:
 
 def cmd_noise(args) -> int:
     from ..config import DiffusionConfig
-    from ..data.sources import load_image
+    from ..data.pictures import load_image
     from ..errors import DDPMError
     from ..run.directory import read_config
     from ..sampling.outputs import check_picture_path
@@ -113,7 +113,7 @@ def cmd_noise(args) -> int:
 
 
 def cmd_interpolate(args) -> int:
-    from ..data.sources import load_image
+    from ..data.pictures import load_image
     from ..run.directory import load_checkpoint
     from ..runtime import choose_device
     from ..sampling.interpolation import interpolate

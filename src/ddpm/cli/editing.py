@@ -77,7 +77,7 @@ def add_edit(c: Commands) -> None:
 
 
 def _run_job(args, make_edit, what: str) -> int:
-    from ..data.sources import load_images
+    from ..data.pictures import load_images
     from ..run.directory import load_checkpoint
     from ..runtime import choose_device, distributed
     from ..sampling.jobs import sample_job

@@ -9,7 +9,8 @@ from ..lazy import lazy_names
 
 _NAMES = {"Batches": "batches", "HeldOut": "batches", "Prefetcher": "batches", "held_out_split": "batches",
           "MNIST_CLASSES": "sources", "ImageData": "sources", "Source": "sources", "find_source": "sources",
-          "load_data": "sources", "load_image": "sources", "to_float": "sources", "to_uint8": "sources"}
+          "load_data": "sources", "load_image": "pictures", "load_images": "pictures", "to_float": "images",
+          "to_uint8": "images", "READERS": "readers", "Reader": "readers"}
 
 __all__ = list(_NAMES)
 

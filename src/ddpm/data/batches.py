@@ -17,7 +17,8 @@ from torch import Tensor
 
 from ..errors import DDPMError
 from ..rng import generator
-from .sources import ImageData, to_float
+from .images import to_float
+from .sources import ImageData
 
 __all__ = ["Batches", "Prefetcher", "HeldOut", "held_out_split"]
 

@@ -12,12 +12,15 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import DDPMError
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 __all__ = ["IMAGE_EXTENSIONS", "CONVERSION", "TASK", "list_images", "classes_of_parts", "folder_classes",
            "open_image", "is_gray", "to_mode", "fit", "chw", "decode", "decode_bytes", "convert_array", "decode_into"]
@@ -183,3 +186,14 @@ def decode_into(task: Tuple[str, int, Sequence[str], int, int, str]) -> List[Tup
             bad.append((start + j, p, str(e)))
     out.flush()
     return bad
+
+
+# The pixel transforms (tensor methods only: the cache's decoding processes import this module and no torch)
+def to_float(x: Tensor) -> Tensor:
+    """uint8 images in [0, 255] -> float32 in [-1, 1] (``x / 255 * 2 - 1``), any shape."""
+    return x.float() / 255 * 2 - 1
+
+
+def to_uint8(x: Tensor) -> Tensor:
+    """Float images in [-1, 1] -> uint8 [0, 255], rounded and clipped; exact inverse of ``to_float``."""
+    return ((x.float() + 1) / 2 * 255).round().clamp(0, 255).byte()

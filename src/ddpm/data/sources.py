@@ -23,54 +23,27 @@ on, so memory does not grow with the data set. Every image goes through one conv
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import tarfile
-import zlib
 from dataclasses import dataclass
-from importlib.resources import files
 from pathlib import Path
 from typing import Optional, Tuple
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ..config import RESIZES
 from ..errors import DDPMError
-from .cache import (
-    build_array_cache,
-    build_encoded_cache,
-    build_folder_cache,
-    cache_key,
-    cache_root,
-    caches_of,
-    open_cache,
-    source_key,
-)
-from .cifar10 import CIFAR10_CLASSES, read_cifar10
+from .cache import cache_key, cache_root, caches_of, open_cache
 from .formats import Encoded, find_encoded
-from .images import IMAGE_EXTENSIONS, chw, fit, folder_classes, is_gray, list_images, open_image, to_mode
-from .tables import Arrays
+from .images import IMAGE_EXTENSIONS, list_images
+from .readers import MNIST_CLASSES, READERS, Reader, mnist_arrays
 
-__all__ = ["ImageData", "Source", "find_source", "load_data", "load_image", "load_images", "to_float", "to_uint8",
-           "native_shape", "IMAGE_EXTENSIONS", "MNIST_CLASSES", "RESIZES", "SOURCES"]
+__all__ = ["ImageData", "Source", "find_source", "split_suffix", "load_data", "native_shape", "cache_info",
+           "IMAGE_EXTENSIONS", "MNIST_CLASSES", "RESIZES", "SOURCES"]
 
 SOURCES = ("'mnist', a folder of images, a CIFAR-10 archive/folder, an LMDB, a zip of images, a Hugging Face dataset "
            "(parquet or a save_to_disk folder) or an .npz/.npy array")
-
-MNIST_CLASSES = tuple(str(d) for d in range(10))
-
-
-def to_float(x: torch.Tensor) -> torch.Tensor:
-    """uint8 images in [0, 255] -> float32 in [-1, 1] (``x / 255 * 2 - 1``), any shape."""
-    return x.to(torch.float32) / 255 * 2 - 1
-
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """Float images in [-1, 1] -> uint8 [0, 255], rounded and clipped; exact inverse of ``to_float``."""
-    return ((x.to(torch.float32) + 1) / 2 * 255).round().clamp(0, 255).to(torch.uint8)
-
 
 @dataclass
 class ImageData:
@@ -128,30 +101,22 @@ class Source:
         return {"mnist": "mnist", "cifar10": "cifar10" + (":test" if self.split == "test" else "")}.get(
             self.kind, str(self.path))
 
+    @property
+    def reader(self) -> Reader:
+        """How a source of this kind is read (``readers.READERS``)."""
+        return READERS[self.kind](self)
+
     def key(self) -> str:
         """The identity of the source's contents (not of its size or channels), for the cache: file names, sizes
         and modification times (an LMDB's entry count too), never a hash of the images."""
-        if self.kind == "folder":
-            return source_key("folder", self.paths, self.path)
-        if self.encoded is not None:
-            return source_key(self.kind, self.encoded.key_files(), **self.encoded.key_extra())
-        if self.kind == "npz":
-            return source_key("npz", [self.at])
-        files = list(self.at.rglob("*")) if self.at.is_dir() else [self.at]
-        return source_key("cifar10", [f for f in files if f.is_file()], self.at if self.at.is_dir() else None,
-                          split=self.split)
+        return self.reader.key()
 
 
 def find_source(src: str, *, image_column: str = "", label_column: str = "") -> Source:
     """What ``src`` names, checked: "mnist", a CIFAR-10 archive or folder (``PATH:test`` for its test split), an
     LMDB, a zip, a Hugging Face dataset (with ``image_column`` / ``label_column`` when they are not the obvious
     ones), an .npz/.npy array, or a folder of images (listed, not decoded)."""
-    src = os.fspath(src)
-    if src == "mnist":
-        return Source("mnist")
-    split = "train"
-    if src.endswith((":test", ":train")) and not Path(src).expanduser().exists():
-        src, _, split = src.rpartition(":")
+    src, split = split_suffix(os.fspath(src))
     if src == "mnist":
         if split == "test":
             raise DDPMError("mnist:test: the shipped digits are 5,000 images of MNIST's training set and have no test "
@@ -187,14 +152,19 @@ def find_source(src: str, *, image_column: str = "", label_column: str = "") -> 
 def resolve_source(src: str) -> str:
     """``src`` with its path made absolute (a split suffix such as ``:test`` kept), so that it names the same data
     from any folder; "mnist" as it is."""
-    src = os.fspath(src)
-    if src == "mnist":
-        return src
-    path, suffix = src, ""
+    path, split = split_suffix(os.fspath(src))
+    if path == "mnist":
+        return path
+    suffix = ":" + split if path != os.fspath(src) else ""
+    return str(Path(path).expanduser().resolve()) + suffix
+
+
+def split_suffix(src: str) -> Tuple[str, str]:
+    """(the source, its split): ``PATH:test`` or ``PATH:train`` name a split unless a file is named so."""
     if src.endswith((":test", ":train")) and not Path(src).expanduser().exists():
         path, _, split = src.rpartition(":")
-        suffix = ":" + split
-    return str(Path(path).expanduser().resolve()) + suffix
+        return path, split
+    return src, "train"
 
 
 def _has_cifar_batches(path: Path) -> bool:
@@ -222,20 +192,8 @@ def load_data(src: str, *, channels: int, image_size: int, progress: bool = Fals
     key = cache_key(skey, channels, image_size, resize)
     meta = {"key": key, "source_key": skey, "source": str(source.at.resolve()), "kind": source.kind,
             "split": source.split, "resize": resize}
-    cached = open_cache(root, key)
-    if cached is None and source.kind == "folder":
-        cached = build_folder_cache(root, key, meta, source.at, source.paths, channels, image_size, resize=resize,
-                                    skip_bad=skip_bad, progress=progress)
-    elif cached is None and source.encoded is not None:
-        cached = build_encoded_cache(root, key, meta, source.encoded, channels, image_size, resize=resize,
-                                     skip_bad=skip_bad, progress=progress)
-    elif cached is None and source.kind == "npz":
-        arrays = Arrays(source.at)
-        cached = build_array_cache(root, key, meta, arrays.load, arrays.classes, channels, image_size, resize=resize,
-                                   progress=progress, unlabelled=f"{source.path} has no labels (arr_1)")
-    elif cached is None:
-        cached = build_array_cache(root, key, meta, lambda: _read_cifar(source), CIFAR10_CLASSES, channels,
-                                   image_size, resize=resize, progress=progress)
+    cached = open_cache(root, key) or source.reader.build(root, key, meta, channels, image_size, resize=resize,
+                                                          skip_bad=skip_bad, progress=progress)
     skipped = tuple(cached.meta.get("skipped", ()))
     if skipped and not skip_bad:
         raise DDPMError(f"{len(skipped)} of the images in {source.path} cannot be read; the first: {skipped[0]}. "
@@ -244,37 +202,14 @@ def load_data(src: str, *, channels: int, image_size: int, progress: bool = Fals
     classes = tuple(cached.meta["classes"]) if cached.meta.get("classes") else None
     return ImageData(torch.from_numpy(cached.images),
                      None if cached.labels is None else torch.from_numpy(cached.labels),
-                     source.name, True, classes, cached.meta.get("unlabelled", ""), key, skipped)
-
-
-def _read_cifar(source: Source) -> Tuple[np.ndarray, np.ndarray]:
-    found = read_cifar10(source.at, source.split)
-    if found is None:
-        raise DDPMError(f"{source.path}: not a CIFAR-10 archive (no data_batch_1..5 inside); expected 'mnist', "
-                        "a folder of images, or a CIFAR-10 archive/folder")
-    return found
+                     source.name, hflip=True, classes=classes, unlabelled=cached.meta.get("unlabelled", ""), key=key,
+                     skipped=skipped)
 
 
 def native_shape(source: Source) -> Tuple[int, int]:
     """(channels, size) a source has of itself: mnist 1 x 28, CIFAR-10 3 x 32, an array its own, else its first
     image's (gray 1, anything else 3; its short side)."""
-    if source.kind == "mnist":
-        return 1, 28
-    if source.kind == "cifar10":
-        return 3, 32
-    if source.kind == "npz":
-        arr = Arrays(source.at).load()[0]
-        return arr.shape[1], min(arr.shape[2:])
-    if source.encoded is not None:
-        _, data = source.encoded.first()
-        opened = Image.open(io.BytesIO(data or b""))
-    else:
-        opened = Image.open(source.paths[0])
-    try:
-        with opened as im:
-            return (1 if is_gray(im.mode) else 3), min(im.size)
-    except OSError as e:
-        raise DDPMError(f"cannot read the first image of {source.name}: {e}") from None
+    return source.reader.shape()
 
 
 def cache_info(src: str, *, channels: Optional[int] = None, image_size: Optional[int] = None,
@@ -287,104 +222,24 @@ def cache_info(src: str, *, channels: Optional[int] = None, image_size: Optional
     source = find_source(src, image_column=image_column, label_column=label_column)
     model = PRESETS[preset or ("mnist" if source.kind == "mnist" else "cifar10")].model
     channels, size = channels or model.in_channels, image_size or model.image_size
-    info = {"source": source, "channels": channels, "size": size, "cache": None, "caches": []}
+    info = {"source": source, "channels": channels, "size": size, "cache": None, "caches": [],
+            **source.reader.info()}
     if source.kind == "mnist":
-        return {**info, "images": 5000, "classes": MNIST_CLASSES}
+        return info
     root, skey = cache_root(cache_dir), source.key()
     path = root / cache_key(skey, channels, size, resize)
-    if source.kind == "folder":
-        n = len(source.paths)
-        classes, _, why = folder_classes(source.at, source.paths)
-        info["classes"], info["unlabelled"] = classes, why
-    elif source.encoded is not None:
-        n = source.encoded.count()
-        classes, _, why = source.encoded.labels()
-        info["classes"], info["unlabelled"] = classes, why
-        if source.encoded.image_column:
-            info["columns"] = (source.encoded.image_column, source.encoded.label_column)
-    elif source.kind == "npz":
-        arrays = Arrays(source.at)
-        images, labels = arrays.load()
-        n = len(images)
-        info["classes"] = arrays.classes(labels) if labels is not None else None
-        info["unlabelled"] = "" if labels is not None else "the array has no labels (arr_1)"
-    else:
-        n = 10000 if source.split == "test" else 50000
-        info["classes"] = CIFAR10_CLASSES
-    return {**info, "images": n, "cache": path, "built": (path / "meta.json").is_file(),
-            "caches": caches_of(root, skey)}
+    return {**info, "cache": path, "built": (path / "meta.json").is_file(), "caches": caches_of(root, skey)}
 
 
 # ---------------------------------------------------------------- mnist
 
 
-def _mnist_arrays() -> Tuple[np.ndarray, np.ndarray]:
-    """The shipped subset: uint8 images [5000, 1, 28, 28] and labels [5000], interleaved by class (the file is
-    sorted by class): image K is the (K // 10)-th image of digit K % 10."""
-    res = files("ddpm") / "assets" / "mnist5k.npz"
-    try:
-        with np.load(io.BytesIO(res.read_bytes()), allow_pickle=False) as z:
-            images, labels = z["images"], z["labels"].astype(np.int64)
-    except (OSError, KeyError, ValueError, zlib.error) as e:
-        raise DDPMError(f"the embedded data set 'mnist' ({res}) is missing or damaged: {e}") from None
-    rank = np.empty(len(labels), np.int64)  # each image's position among the images of its class
-    for c in np.unique(labels):
-        where = np.flatnonzero(labels == c)
-        rank[where] = np.arange(len(where))
-    order = np.lexsort((labels, rank))
-    return images[order, None], labels[order]
-
-
 def _mnist(channels: int, size: int, resize: str = "center-crop") -> ImageData:
     from .images import convert_array
 
-    images, labels = _mnist_arrays()
+    images, labels = mnist_arrays()
     if (channels, size) != (1, 28):
         images = np.stack([convert_array(im, channels, size, resize) for im in images])
     key = hashlib.blake2b(images.tobytes(), digest_size=12).hexdigest()
     return ImageData(torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels), "mnist", False,
                      MNIST_CLASSES, "", key)
-
-
-def load_image(spec: str, size: int, channels: Optional[int] = None) -> torch.Tensor:
-    """One picture as float [C, size, size] in [-1, 1]: an image file (gray stays gray, anything else is RGB) or
-    ``mnist:K``, image K of the shipped digits (a digit K % 10: ``mnist:7`` is a seven). Short side resized to
-    ``size``, centre-cropped; converted to ``channels`` (1 or 3) when given."""
-    if spec == "mnist" or spec.startswith("mnist:"):
-        images, _ = _mnist_arrays()
-        k = spec.partition(":")[2] or "0"
-        if not k.isdigit() or int(k) >= len(images):
-            raise DDPMError(f"{spec!r}: K must be an index from 0 to {len(images) - 1}")
-        im = Image.fromarray(images[int(k), 0])
-    else:
-        im = open_image(Path(spec))
-    grey = is_gray(im.mode) if channels is None else channels == 1
-    return to_float(torch.from_numpy(chw(fit(to_mode(im, "L" if grey else "RGB"), size)).copy()))
-
-
-def load_images(spec: str, size: int, channels: int) -> torch.Tensor:
-    """Images to edit, uint8 [N, channels, size, size], each through the one conversion: an image file, a folder of
-    them (sorted by path), an ``.npz``/``.npy`` uint8 array [N, H, W, C] (``arr_0``, as ``ddpm sample`` writes), or
-    ``mnist:K`` / ``mnist:A-B`` (images A to B of the shipped digits)."""
-    from .images import convert_array, decode
-
-    if spec.startswith("mnist:"):
-        images, _ = _mnist_arrays()
-        a, _, b = spec.partition(":")[2].partition("-")
-        if not a.isdigit() or not (b or a).isdigit() or not int(a) <= int(b or a) < len(images):
-            raise DDPMError(f"{spec!r}: expected mnist:K or mnist:A-B with 0 <= A <= B <= {len(images) - 1}")
-        arrays = images[int(a):int(b or a) + 1]
-    else:
-        path = Path(spec)
-        if path.is_dir():
-            paths = list_images(path)
-            if not paths:
-                raise DDPMError(f"no images (png, jpg, jpeg, bmp, webp) in {path}")
-            return torch.from_numpy(np.stack([decode(p, channels, size) for p in paths]))
-        if path.suffix.lower() not in (".npz", ".npy"):
-            return torch.from_numpy(decode(path, channels, size)[None].copy())
-        if not path.is_file():
-            raise DDPMError(f"{path} not found")
-        arrays = Arrays(path).load()[0]
-    out = [a if a.shape == (channels, size, size) else convert_array(a, channels, size) for a in arrays]
-    return torch.from_numpy(np.ascontiguousarray(np.stack(out)))

@@ -17,7 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from ..atomic import atomic_write_text
-from ..data.sources import ImageData, load_data, to_float
+from ..data.images import to_float
+from ..data.sources import ImageData, load_data
 from ..errors import DDPMError
 from ..run.directory import IMPORTED_DATA
 from ..runtime import exact_cuda_math, resolve_precision

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..data.sources import to_float
+from ..data.images import to_float
 from ..runtime import exact_cuda_math, rank_world, shares
 
 __all__ = ["REF_N", "REF_SUBSET_SEED", "Moments", "FeaturePass", "feature_pass", "reference_subset"]

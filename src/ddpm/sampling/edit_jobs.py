@@ -17,7 +17,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..data.sources import to_float, to_uint8
+from ..data.images import to_float, to_uint8
 from ..diffusion.gaussian import Device, GaussianDiffusion
 from .editing import RePaint, SDEdit
 from .settings import SamplingSettings

@@ -9,7 +9,7 @@ from typing import Any, Callable, Dict, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..data.sources import to_uint8
+from ..data.images import to_uint8
 from ..rng import ImageGenerators
 from ..runtime import autocast, fast_cuda_math
 from .guidance import Guided

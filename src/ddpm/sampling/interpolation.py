@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..data.sources import to_uint8
+from ..data.images import to_uint8
 from ..diffusion.gaussian import Device, GaussianDiffusion, Model
 from ..rng import ImageGenerators, generator
 
