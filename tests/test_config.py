@@ -61,3 +61,17 @@ def test_a_resumed_run_may_change_how_long_it_runs_never_what_it_computes():
     with pytest.raises(DDPMError, match="--preset 'tiny'"):
         resume_config(saved, {}, {}, preset="mnist")
     assert "steps" in RESUMABLE and "batch_size" not in RESUMABLE and flag("batch_size") == "--batch-size"
+
+
+def test_every_train_field_is_in_exactly_one_group_and_checked_when_made():
+    import dataclasses as dc
+
+    from ddpm.config import TRAIN_GROUPS, TrainConfig
+    from ddpm.errors import DDPMError
+
+    grouped = [name for names in TRAIN_GROUPS.values() for name in names]
+    assert sorted(grouped) == sorted(f.name for f in dc.fields(TrainConfig)) and len(grouped) == len(set(grouped))
+    with pytest.raises(DDPMError, match="--batch-size must be a positive integer, got 0"):
+        TrainConfig(batch_size=0)
+    with pytest.raises(DDPMError, match="--grad-accum 9 is larger than --batch-size 8"):
+        dc.replace(TrainConfig(batch_size=8), grad_accum=9)

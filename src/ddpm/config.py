@@ -22,7 +22,7 @@ from .errors import DDPMError
 __all__ = ["UNetConfig", "DiffusionConfig", "TrainConfig", "RunConfig", "Preset", "PRESETS", "make_run_config",
            "resume_config", "with_classes", "overlay", "RESUMABLE", "DATA_OPTIONS", "RESIZES", "PRECISIONS",
            "MODEL_FLAGS", "flag",
-           "check_outputs"]
+           "check_outputs", "TRAIN_GROUPS"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LOSSES = ("l2", "l1")
@@ -128,8 +128,23 @@ class DiffusionConfig:
         return GaussianDiffusion(s, var_type=self.var_type, predict=self.predict)
 
 
+# TrainConfig's fields by what they are about (config.json keeps them flat; `ddpm train --help` shows these groups)
+TRAIN_GROUPS: Dict[str, Tuple[str, ...]] = {
+    "data": ("data", "resize", "image_column", "label_column", "hflip", "class_cond", "p_uncond", "skip_bad_images",
+             "val_fraction"),
+    "optimisation": ("steps", "batch_size", "grad_accum", "lr", "warmup", "lr_schedule", "grad_clip", "ema_decay",
+                     "ema_warmup", "precision", "compile", "skip_nonfinite", "seed"),
+    "objective": ("loss", "objective", "vlb_weight", "t_sampling", "snr_gamma"),
+    "logging and checkpoints": ("log_every", "sample_every", "save_every", "keep", "n_samples", "log", "time_limit"),
+    "fine-tuning": ("init_from", "init_weights"),
+}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
+    """How a run trains: its data, the optimisation, the objective, logging and checkpoints, and fine-tuning
+    (``TRAIN_GROUPS``), one flat set of fields, each with its flag's help; checked when made."""
+
     data: str = _opt("data source: 'mnist' (shipped), a folder of images, a CIFAR-10 archive/folder, an LMDB, a zip, "
                      "a Hugging Face dataset (parquet or save_to_disk) or an .npz/.npy array (see 'data sources' "
                      "above)", default="mnist")
@@ -202,7 +217,8 @@ class TrainConfig:
         same = src is None or src == self.data
         return {k: getattr(self, k) if same or k == "resize" else "" for k in DATA_OPTIONS}
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
+        """Every field checked when the config is made (or replaced): a bad value is a DDPMError naming its flag."""
         for name in ("steps", "batch_size", "grad_accum", "log_every", "save_every", "keep", "n_samples"):
             _check_int(name, getattr(self, name), 1, "a positive")
         for name in ("warmup", "sample_every", "seed"):
@@ -342,7 +358,6 @@ def make_run_config(preset: str, *, train: Optional[Dict[str, Any]] = None,
     if d.var_type in LEARNED and net.out_channels is None:  # the prediction, then the variance
         net = dataclasses.replace(net, out_channels=2 * net.in_channels)
     cfg = RunConfig(preset=preset, model=net, diffusion=d, train=TrainConfig(**overlay(p.train, train)))
-    cfg.train.validate()
     check_outputs(cfg)
     return cfg
 
@@ -383,5 +398,4 @@ def resume_config(saved: RunConfig, train: Dict[str, Any], diffusion: Dict[str, 
                             "cannot change it "
                             f"(only {', '.join(sorted(flag(r) for r in RESUMABLE))} can)")
     new = dataclasses.replace(saved.train, **{k: v for k, v in train.items() if k in RESUMABLE and v is not None})
-    new.validate()
     return dataclasses.replace(saved, train=new)

@@ -78,10 +78,15 @@ def int_list(text: str, low: Optional[int] = None) -> List[int]:
 
 def config_flags(parser, cls, skip=(), by_preset: bool = False) -> None:
     """One CLI flag per dataclass field: the config is the one source of truth for names and help. Flags are
-    unset (None) unless given; ``by_preset`` shows each preset's default."""
-    from ..config import PRESETS, TrainConfig, flag
+    unset (None) unless given; ``by_preset`` shows each preset's default. All of TrainConfig's flags are shown in
+    its groups (``TRAIN_GROUPS``)."""
+    from ..config import PRESETS, TRAIN_GROUPS, TrainConfig, flag
 
     part = "train" if cls is TrainConfig else "diffusion"
+    where = {}
+    if cls is TrainConfig and not skip and hasattr(parser, "add_argument_group"):
+        where = {name: group for title, names in TRAIN_GROUPS.items() for group in [parser.add_argument_group(title)]
+                 for name in names}
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
@@ -97,7 +102,7 @@ def config_flags(parser, cls, skip=(), by_preset: bool = False) -> None:
         if f.name != "data" and f.default not in (None, ""):
             kw["help"] += (f" (default: {f.default!r})" if len(set(values.values())) <= 1 else
                            " (default: " + ", ".join(f"{p} {v!r}" for p, v in values.items()) + ")")
-        parser.add_argument(flag(f.name), **kw)
+        where.get(f.name, parser).add_argument(flag(f.name), **kw)
 
 
 SAMPLER_HELP = {"ancestral": "Algorithm 2 over all T steps", "respaced": "Algorithm 2 over --steps of them",

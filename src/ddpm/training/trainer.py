@@ -57,7 +57,6 @@ class Trainer:
 
     def __init__(self, model: nn.Module, diffusion: GaussianDiffusion, data: ImageData, config: TrainConfig,
                  *, device: torch.device | str = "cpu"):
-        config.validate()
         self.config, self.diffusion, self.data = config, diffusion, data
         self.device = torch.device(device)
         fast_cuda_math(self.device, training=True)
@@ -112,8 +111,7 @@ class Trainer:
         been with ``steps`` from the start."""
         if self.config.lr_schedule == "cosine" and self.step > self.config.warmup:
             raise ValueError(f"the cosine decay began at step {self.config.warmup}: the total can no longer change")
-        self.config = dataclasses.replace(self.config, steps=steps)
-        self.config.validate()
+        self.config = dataclasses.replace(self.config, steps=steps)  # checked as it is made
 
     def _loss_and_backward(self) -> StepStats:
         """The global batch's mean loss and, for the log, the sums and counts of the per-example loss in the four
