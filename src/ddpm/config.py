@@ -21,8 +21,7 @@ from .errors import DDPMError
 
 __all__ = ["UNetConfig", "DiffusionConfig", "TrainConfig", "RunConfig", "Preset", "PRESETS", "make_run_config",
            "resume_config", "with_classes", "overlay", "RESUMABLE", "DATA_OPTIONS", "RESIZES", "PRECISIONS",
-           "MODEL_FLAGS", "flag",
-           "check_outputs", "TRAIN_GROUPS"]
+           "MODEL_FLAGS", "flag", "check_outputs", "TRAIN_GROUPS"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LOSSES = ("l2", "l1")
