@@ -4,8 +4,9 @@ import dataclasses
 
 import pytest
 
-from ddpm.config import PRESETS, RESUMABLE, RunConfig, TrainConfig, UNetConfig, flag, make_run_config, resume_config
+from ddpm.config import PRESETS, RunConfig, TrainConfig, UNetConfig, flag, make_run_config
 from ddpm.errors import DDPMError
+from ddpm.training.resuming import RESUMABLE, resume_config
 
 
 def test_paper_recipe_is_the_default_for_paper_presets():

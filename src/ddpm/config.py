@@ -20,8 +20,8 @@ from .diffusion.schedule import NoiseSchedule
 from .errors import DDPMError
 
 __all__ = ["UNetConfig", "DiffusionConfig", "TrainConfig", "RunConfig", "Preset", "PRESETS", "make_run_config",
-           "resume_config", "with_classes", "overlay", "RESUMABLE", "DATA_OPTIONS", "RESIZES", "PRECISIONS",
-           "MODEL_FLAGS", "flag", "check_outputs", "TRAIN_GROUPS"]
+           "with_classes", "overlay", "DATA_OPTIONS", "RESIZES", "PRECISIONS",
+           "flag", "check_outputs", "TRAIN_GROUPS"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LOSSES = ("l2", "l1")
@@ -134,7 +134,8 @@ TRAIN_GROUPS: Dict[str, Tuple[str, ...]] = {
     "optimisation": ("steps", "batch_size", "grad_accum", "lr", "warmup", "lr_schedule", "grad_clip", "ema_decay",
                      "ema_warmup", "precision", "compile", "skip_nonfinite", "seed"),
     "objective": ("loss", "objective", "vlb_weight", "t_sampling", "snr_gamma"),
-    "logging and checkpoints": ("log_every", "sample_every", "save_every", "keep", "n_samples", "log", "time_limit"),
+    "logging and checkpoints": ("log_every", "sample_every", "save_every", "save_minutes", "keep", "keep_every",
+                                "n_samples", "log", "time_limit"),
     "fine-tuning": ("init_from", "init_weights"),
 }
 
@@ -193,7 +194,11 @@ class TrainConfig:
     log_every: int = _opt("write a metrics.csv row every N steps", default=100)
     sample_every: int = _opt("write a grid of EMA samples every N steps (0: never)", default=10_000)
     save_every: int = _opt("write a checkpoint every N steps", default=5000)
+    save_minutes: float = _opt("also write one at least every M minutes of wall clock, so that a preemption loses "
+                               "at most M minutes at any speed (0: off)", default=0.0)
     keep: int = _opt("keep the last K checkpoints", default=3)
+    keep_every: int = _opt("also keep every checkpoint whose step is a multiple of N: milestones (0: none)",
+                           default=0)
     n_samples: int = _opt("number of images in the periodic sample grid", default=64)
     precision: str = _opt("training precision: fp32; bf16 autocast with fp32 master weights; fp16 autocast with a "
                           "gradient scaler (for GPUs without bf16: T4, V100); auto: bf16 where the hardware has it "
@@ -220,12 +225,13 @@ class TrainConfig:
         """Every field checked when the config is made (or replaced): a bad value is a DDPMError naming its flag."""
         for name in ("steps", "batch_size", "grad_accum", "log_every", "save_every", "keep", "n_samples"):
             _check_int(name, getattr(self, name), 1, "a positive")
-        for name in ("warmup", "sample_every", "seed"):
+        for name in ("warmup", "sample_every", "seed", "keep_every"):
             _check_int(name, getattr(self, name), 0, "a non-negative")
         checks = [("lr", self.lr > 0, "must be positive"), ("ema_decay", 0 <= self.ema_decay < 1, "must lie in [0, 1)"),
                   ("snr_gamma", self.snr_gamma >= 0, "must be >= 0"),
                   ("grad_clip", self.grad_clip >= 0, "must be >= 0"),
                   ("time_limit", self.time_limit >= 0, "must be >= 0"),
+                  ("save_minutes", self.save_minutes >= 0, "must be >= 0"),
                   ("p_uncond", 0 <= self.p_uncond < 1, "must lie in [0, 1)"),
                   ("val_fraction", 0 <= self.val_fraction < 1, "must lie in [0, 1)"),
                   ("loss", self.loss in LOSSES, f"must be one of {', '.join(LOSSES)}"),
@@ -373,28 +379,3 @@ def check_outputs(cfg: RunConfig) -> None:
         cfg.diffusion.build().check_objective(cfg.train.objective)
     except ValueError as e:
         raise DDPMError(f"--objective {cfg.train.objective} with --var-type {cfg.diffusion.var_type}: {e}") from None
-
-
-# The network's fields a training run may set from the command line (``--image-size``, ``--channels``).
-MODEL_FLAGS = {"image_size": "--image-size", "in_channels": "--channels"}
-
-# What a resumed run may change: how long it runs and how it reports, never what it computes.
-RESUMABLE = frozenset({"steps", "log_every", "sample_every", "save_every", "keep", "n_samples", "time_limit",
-                       "grad_accum", "compile", "skip_nonfinite", "log"})
-
-
-def resume_config(saved: RunConfig, train: Dict[str, Any], diffusion: Dict[str, Any],
-                  preset: Optional[str] = None, model: Optional[Dict[str, Any]] = None) -> RunConfig:
-    """``saved`` with the RESUMABLE fields of ``train`` applied; any other field that differs is an error."""
-    fixed = {**{k: v for k, v in train.items() if k not in RESUMABLE and v is not None},
-             **{k: v for k, v in {**diffusion, **(model or {})}.items() if v is not None}}
-    if preset is not None:
-        fixed["preset"] = preset
-    current = {**asdict(saved.train), **asdict(saved.diffusion), **asdict(saved.model), "preset": saved.preset}
-    for k, v in fixed.items():
-        if current.get(k) != v:
-            raise DDPMError(f"the run was trained with {MODEL_FLAGS.get(k, flag(k))} {current.get(k)!r}; a resumed run "
-                            "cannot change it "
-                            f"(only {', '.join(sorted(flag(r) for r in RESUMABLE))} can)")
-    new = dataclasses.replace(saved.train, **{k: v for k, v in train.items() if k in RESUMABLE and v is not None})
-    return dataclasses.replace(saved, train=new)

@@ -22,15 +22,39 @@ class Interrupted(DDPMError):
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (a scheduler or ``kill``) raised where Ctrl-C raises KeyboardInterrupt, so that work stops the same
-    way: what is finished is kept and the command exits 143 (see ``stopped_by``)."""
+    """SIGTERM (a scheduler or ``kill``) or SIGUSR1 (SLURM's warning before a preemption) raised where Ctrl-C
+    raises KeyboardInterrupt, so that work stops the same way: what is finished is kept and the command exits
+    128 + the signal's number (143, 138; see ``stopped_by``)."""
+
+    def __init__(self, signal_name: str = "SIGTERM"):
+        super().__init__(signal_name)
+        self.signal_name = signal_name
 
 
 def stopped_by(e: BaseException) -> str:
-    """The signal behind a KeyboardInterrupt: "SIGTERM" for ``Terminated``, else "SIGINT" (Ctrl-C)."""
-    return "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
+    """The signal behind a KeyboardInterrupt: "SIGTERM" or "SIGUSR1" for ``Terminated``, else "SIGINT" (Ctrl-C)."""
+    return e.signal_name if isinstance(e, Terminated) else "SIGINT"
+
+
+# The signals that stop work keeping what it has done (Ctrl-C aside): a scheduler's stop and SLURM's warning
+STOP_SIGNALS = ("SIGTERM", "SIGUSR1")
+
+
+def exit_code(signal_name: str) -> int:
+    """The shell's exit status of a command stopped by ``signal_name``: 128 + its number (SIGINT 130, SIGTERM
+    143, SIGUSR1 138)."""
+    import signal
+
+    return 128 + int(getattr(signal, signal_name))
 
 
 def is_disk_full(e: BaseException) -> bool:
     """Whether ``e`` says a write found no space (a full disk or quota, or a file-size limit)."""
     return isinstance(e, OSError) and e.errno in NO_SPACE
+
+
+def signals_here(names):
+    """The signals of ``names`` this platform has (Windows has no SIGUSR1), as ``signal.Signals``."""
+    import signal
+
+    return [getattr(signal, n) for n in names if hasattr(signal, n)]

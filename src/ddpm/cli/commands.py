@@ -40,6 +40,7 @@ def cmd_train(args) -> int:
     import time
 
     from ..config import DiffusionConfig, TrainConfig
+    from ..errors import exit_code
     from ..runtime import choose_device, distributed
     from ..training.train import plan_run, train_run
 
@@ -57,7 +58,9 @@ def cmd_train(args) -> int:
                         on_step=None if args.quiet else Projection())
     if rank == 0:
         print(train_end_line(run, res, time.monotonic() - t0), file=sys.stderr)
-    return {"SIGINT": 130, "SIGTERM": 143}.get(res.reason, 0)  # so that `ddpm train ... && ddpm sample ...` stops
+    # stopped by a signal: 128 + its number (130, 143, 138), so that `ddpm train ... && ddpm sample ...` stops and
+    # a scheduler requeues; the same command with --resume auto then continues
+    return exit_code(res.reason) if res.reason.startswith("SIG") else 0
 
 
 def cmd_sample(args) -> int:
@@ -242,20 +245,21 @@ def _sigterm_as_interrupt():
     loop)."""
     import signal
 
-    from ..errors import Terminated
+    from ..errors import STOP_SIGNALS, Terminated, signals_here
 
     def stop(signum, frame):
-        raise Terminated()
+        raise Terminated(signal.Signals(signum).name)
 
     try:
-        old = signal.signal(signal.SIGTERM, stop)
+        old = {s: signal.signal(s, stop) for s in signals_here(STOP_SIGNALS)}
     except ValueError:  # not the main thread
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for s, handler in old.items():
+            signal.signal(s, handler)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

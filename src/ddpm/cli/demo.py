@@ -23,7 +23,7 @@ from typing import Any, Dict, Optional
 import torch
 
 from ..atomic import atomic_write_text
-from ..config import PRESETS, RunConfig, make_run_config, resume_config, with_classes
+from ..config import PRESETS, RunConfig, make_run_config, with_classes
 from ..data.sources import MNIST_CLASSES, load_data
 from ..errors import DDPMError, Interrupted
 from ..nn.unet import UNet
@@ -33,6 +33,7 @@ from ..sampling.generation import sample_checkpoint
 from ..sampling.guidance import class_labels
 from ..sampling.outputs import write_images
 from ..sampling.settings import SamplingSettings
+from ..training.resuming import resume_config
 from ..training.train import Trainer, train_run
 
 __all__ = ["DemoPlan", "DemoResult", "plan_demo", "run_demo", "DEMO_DIR", "DEMO_SAMPLES", "DEMO_SAMPLER",
@@ -245,7 +246,7 @@ def run_demo(out: Path = Path(DEMO_DIR), *, minutes: float = DEMO_MINUTES, steps
                   "sampling_s_estimate": round(plan.sampling_s, 1), "extended": plan.extended}
         replan = _Replan(run, cfg, time.monotonic() + plan.train_s, record)
     res = train_run(run, cfg, device=device, on_step=replan, progress=progress)
-    if res.reason in ("SIGINT", "SIGTERM"):
+    if res.reason.startswith("SIG"):  # SIGINT, SIGTERM, SIGUSR1
         raise Interrupted(f"stopped at step {res.step} ({res.reason}) before drawing samples; the checkpoint is kept. "
                           f"Continue with: ddpm demo --out {run}", res.reason)
     return _draw(run, n, sampling_steps, device, t0, status, progress)

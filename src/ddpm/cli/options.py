@@ -84,6 +84,12 @@ DATA_SOURCES = """data sources (--data; each recognised by what the path is, dec
   samples.npz  or  images.npy     uint8 [N, H, W, C] (arr_0, labels arr_1; class names from classes.json beside)"""
 
 
+def _resume_mode(text: str) -> str:
+    if text != "auto":
+        raise argparse.ArgumentTypeError(f"--resume takes no value or 'auto', not {text!r}")
+    return text
+
+
 def _train(c: Commands) -> None:
     from ..config import PRESETS, DiffusionConfig, TrainConfig
 
@@ -95,12 +101,18 @@ def _train(c: Commands) -> None:
               "ddpm train --data mnist --preset tiny --out runs/tiny --steps 200; "
               "ddpm train --data ./my_images --preset cifar10 --out runs/mine --batch-size 32; "
               "ddpm train --out runs/mine --resume --steps 100000; "
+              "torchrun --nproc_per_node 8 --max-restarts 3 -m ddpm train --data cifar-10-python.tar.gz --out "
+              "runs/c10 --resume auto --save-minutes 30; "
               "ddpm train --config cifar10.toml --out runs/c10 --dry-run; "
               "ddpm train --init-from runs/paper-cifar10 --data ./my_images --out runs/tuned --lr 2e-5")
-    p.add_argument("--out", required=True, help="run directory (must not exist unless --resume)")
+    p.add_argument("--out", required=True, help="run directory (must not exist unless --resume [auto])")
     p.add_argument("--preset", choices=list(PRESETS), default=None,
                    help="network and recipe (default: mnist for --data mnist, else cifar10)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--resume", nargs="?", const=True, default=False, type=_resume_mode, metavar="auto",
+                   help="continue the run in --out from its last checkpoint; --resume auto: start it if --out holds "
+                        "no run yet (or one stopped before its first checkpoint), else continue it, so that one "
+                        "command serves a first start and every restart (torchrun --max-restarts, a scheduler's "
+                        "requeue); a finished run exits 0"),
     p.add_argument("--config", metavar="FILE.toml", default=None,
                    help="settings from a TOML file with the keys of RUN/config.json (preset = ..., [model], "
                         "[diffusion], [train]) or from a run's config.json; flags given here win")

@@ -21,7 +21,6 @@ import csv
 import json
 import logging
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
@@ -133,10 +132,12 @@ def _step_dir(run_dir: Path, step: int) -> Path:
 
 def save_checkpoint(run_dir: PathLike, *, step: int, model: nn.Module, ema_model: nn.Module,
                     optimizer: Optional[torch.optim.Optimizer] = None, state: Optional[Dict[str, Any]] = None,
-                    keep: Optional[int] = None) -> Path:
+                    keep: Optional[int] = None, keep_every: int = 0) -> Path:
     """Write a checkpoint for ``step`` atomically (``written_aside``): a crash never leaves a half-written one.
 
-    ``state`` is any JSON-able dict (RNG states, counters). Keeps the newest ``keep`` checkpoints.
+    ``state`` is any JSON-able dict (RNG states, counters). Keeps the newest ``keep`` checkpoints and, with
+    ``keep_every``, every one whose step is a multiple of it (milestones); of the others it removes only the
+    files it writes (a folder holding anything else stays).
     Returns the checkpoint's folder.
     """
     run_dir = Path(run_dir)
@@ -166,8 +167,20 @@ def save_checkpoint(run_dir: PathLike, *, step: int, model: nn.Module, ema_model
         raise
     if keep is not None:
         for old in list_checkpoints(run_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            if not (keep_every and checkpoint_step(old) % keep_every == 0):
+                remove_checkpoint(old)
     return final
+
+
+def remove_checkpoint(path: Path) -> None:
+    """Remove a checkpoint folder's files (those ``save_checkpoint`` writes) and then the folder, if that leaves it
+    empty: nothing ddpm did not write is ever removed."""
+    for name in (*FILES, "manifest.json"):
+        (path / name).unlink(missing_ok=True)
+    try:
+        path.rmdir()
+    except OSError:
+        pass
 
 
 def list_checkpoints(run_dir: PathLike) -> List[Path]:

@@ -12,12 +12,12 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Union
 
 import torch
 
 from ..atomic import atomic_write_text
-from ..config import RunConfig, TrainConfig, make_run_config, overlay, resume_config, with_classes
+from ..config import RunConfig, TrainConfig, make_run_config, overlay, with_classes
 from ..data.sources import ImageData, load_data, resolve_source
 from ..errors import DDPMError
 from ..nn.unet import UNet
@@ -36,6 +36,7 @@ from ..runtime import barrier, rank_world
 from .config_file import read_config_file
 from .finetune import PROVENANCE, check_network, init_source, load_init_weights, source_defaults
 from .reporting import check_log
+from .resuming import resume_config
 from .trainer import Trainer, learning_rate
 
 __all__ = ["Trainer", "learning_rate", "train_run", "plan_run", "TrainResult"]
@@ -55,13 +56,16 @@ class TrainResult:
 
 
 def plan_run(run: Path, *, train: Dict[str, Any], diffusion: Dict[str, Any], preset: Optional[str] = None,
-             resume: bool = False, model: Optional[Dict[str, Any]] = None, config_file=None) -> RunConfig:
+             resume: Union[bool, str] = False, model: Optional[Dict[str, Any]] = None,
+             config_file=None) -> RunConfig:
     """The config of a training run in ``run``: a resumed run's saved config with the changes a resumed run
-    may make (``config.resume_config``), or a new run's from its preset and the overrides (``model``: fields of
+    may make (``resuming.resume_config``), or a new run's from its preset and the overrides (``model``: fields of
     the network, e.g. ``image_size``, ``in_channels``). ``config_file``: a TOML (or JSON) file of settings
     (``config.read_config_file``), under the explicit ones. A new run with ``init_from`` takes its network and
     (unless given) its diffusion and preset from there. Refuses, before anything is written: resuming what does not
-    exist, overwriting an existing run, a new run without data, a network other than the one of ``init_from``."""
+    exist, overwriting an existing run, a new run without data, a network other than the one of ``init_from``.
+    ``resume="auto"``: a new run where ``run`` holds none, else the resumed one (the same call starts a run and
+    continues it after every restart)."""
     run = Path(run)
     if config_file is not None:
         file = read_config_file(config_file)
@@ -82,7 +86,7 @@ def plan_run(run: Path, *, train: Dict[str, Any], diffusion: Dict[str, Any], pre
             raise DDPMError(f"{run} holds weights imported from a diffusers pipeline, without the data, optimizer "
                             "and random states that a resumed run continues: sample, evaluate or export it")
         return resume_config(saved, train, diffusion, preset, model)
-    if resume and not run.exists():
+    if resume and resume != "auto" and not run.exists():
         raise DDPMError(f"{run} does not exist, so there is nothing to resume; start a new run with --data SRC "
                         "(without --resume)")
     # a run killed before it wrote its config holds only its lock file: --resume starts it afresh

@@ -26,7 +26,7 @@ from ..config import TrainConfig
 from ..data.batches import Batches, HeldOut, Prefetcher, held_out_split
 from ..data.sources import ImageData
 from ..diffusion.gaussian import GaussianDiffusion
-from ..errors import DDPMError
+from ..errors import STOP_SIGNALS, DDPMError, signals_here
 from ..rng import derive_seed, rng_state, seed_step, set_rng_state
 from ..run.directory import Checkpoint, list_checkpoints, save_checkpoint, step_name
 from ..runtime import Precision, accumulator_dtype, fast_cuda_math, rank_world, shares
@@ -71,6 +71,7 @@ class Trainer:
         self.held_out = HeldOut(data, held_idx, seed=config.seed, T=diffusion.T, labelled=config.class_cond)
         self.step = 0  # number of optimisation steps done
         self.ema_updates = 0
+        self.last_save = time.monotonic()  # when a checkpoint was last written (or training began): --save-minutes
         self.skipped = 0  # steps skipped for a non-finite loss or gradient (--skip-nonfinite)
         self.rank, self.world = rank_world()
         if self.world * config.grad_accum > config.batch_size:
@@ -249,8 +250,10 @@ class Trainer:
             self.timesteps.load_state(ckpt.state["timesteps"])
 
     def save(self, run_dir: Path) -> Path:
+        self.last_save = time.monotonic()
         return save_checkpoint(run_dir, step=self.step, model=self.model, ema_model=self.ema,
-                               optimizer=self.optimizer, state=self.state(), keep=self.config.keep)
+                               optimizer=self.optimizer, state=self.state(), keep=self.config.keep,
+                               keep_every=self.config.keep_every)
 
     @torch.no_grad()
     def grid_images(self, n: Optional[int] = None) -> torch.Tensor:
@@ -341,20 +344,23 @@ class Trainer:
                 save_grid(images, run_dir / "samples" / f"{step_name(self.step)}.png",
                           scale=2 if images.shape[-1] < 64 else 1)
                 reporter.grid(images)
-        if reporter is not None and self.step % cfg.save_every == 0 and self.step < cfg.steps:
+        due = self.step % cfg.save_every == 0 or (
+            cfg.save_minutes > 0 and time.monotonic() - self.last_save >= cfg.save_minutes * 60)
+        if reporter is not None and due and self.step < cfg.steps:  # rank 0 alone writes (and decides when)
             self.save(run_dir)
 
 
 @contextlib.contextmanager
 def _stop_on_signals(trainer: Trainer) -> Iterator[None]:
-    """SIGINT/SIGTERM ask the loop to stop after the current step (and save); a second SIGINT aborts."""
+    """SIGINT, SIGTERM and SIGUSR1 ask the loop to stop after the current step (and save); a second SIGINT
+    aborts."""
     def handler(signum, frame):
         if trainer.stop_reason and signum == signal.SIGINT:
             raise KeyboardInterrupt
         trainer.stop_reason = signal.Signals(signum).name
 
     try:
-        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        old = {s: signal.signal(s, handler) for s in signals_here(("SIGINT", *STOP_SIGNALS))}
     except ValueError:  # not the main thread: no signal handling
         yield
         return
