@@ -283,6 +283,7 @@ class Precision:
 
 # ----------------------------------------------------------------------------- torchrun
 DIST_TIMEOUT_MIN = 120.0  # NCCL's own default (10 min) is shorter than a checkpoint on a slow disk or a data build
+CONNECT_TIMEOUT_MIN = 1.0  # how long the processes of a torchrun job wait for each other to join the group
 
 
 def init_distributed(device, timeout_min: float = DIST_TIMEOUT_MIN) -> Tuple[int, int]:
@@ -297,8 +298,18 @@ def init_distributed(device, timeout_min: float = DIST_TIMEOUT_MIN) -> Tuple[int
         if not dist.is_initialized():
             if device.type == "cuda":
                 torch.cuda.set_device(device)
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                    timeout=datetime.timedelta(minutes=timeout_min))
+            # torchrun's store outlives a restart of the workers (--max-restarts): the keys of this attempt get a
+            # prefix of their own, or a restarted group would read its dead predecessors' addresses and hang
+            store, rank, world = next(dist.rendezvous("env://"))
+            store = dist.PrefixStore(f"ddpm/attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+            # joining waits at most CONNECT_TIMEOUT_MIN (a peer that died while starting fails it, and torchrun
+            # restarts the group); the collectives then wait up to timeout_min
+            settable = hasattr(dist.distributed_c10d, "_set_pg_timeout")
+            join = min(timeout_min, CONNECT_TIMEOUT_MIN) if settable else timeout_min
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=store, rank=rank,
+                                    world_size=world, timeout=datetime.timedelta(minutes=join))
+            if settable:
+                dist.distributed_c10d._set_pg_timeout(datetime.timedelta(minutes=timeout_min))
     return rank_world()
 
 

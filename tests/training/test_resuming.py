@@ -119,3 +119,72 @@ def test_old_checkpoints_go_but_what_a_user_put_in_them_stays(tmp_path):
     tr.fit(run, progress=False)
     assert list_checkpoints(run)[-1].name == "step-00000003" and not (run / "checkpoints" / "step-00000002").exists()
     assert sorted(p.name for p in mine.parent.iterdir()) == ["my-notes.txt"] and mine.read_text() == "mine"
+
+
+def _workers(agent_pid: int):
+    """The pids of the processes torchrun's agent started (its children)."""
+    found = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                fields = open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == agent_pid:
+                found.append(int(d))
+    return found
+
+
+def log_text(tmp_path):
+    return (tmp_path / "torchrun.log").read_text(errors="replace") if (tmp_path / "torchrun.log").exists() else ""
+
+
+def _torchrun(out, steps, restarts=0):
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+            f"--max-restarts={restarts}", "--monitor-interval=0.2", "-m", "ddpm", "--", "train", "--out", str(out),
+            "--steps", str(steps), *ARGS, "--precision", "fp32", "--log-every", "1", "--save-every", "2",
+            "--resume", "auto"]
+
+
+@pytest.mark.skipif(not torch.distributed.is_available() or not os.path.isdir("/proc"), reason="torchrun, /proc")
+def test_torchrun_elastic_restarts_after_workers_are_killed_end_bit_identical(tmp_path):
+    """`torchrun --max-restarts 3 ... train --resume auto`, a worker SIGKILLed twice at random moments: torchrun
+    restarts the group, the same command continues from the last checkpoint, and the final weights, EMA and Adam
+    state equal those of the uninterrupted 2-process run bit for bit."""
+    import random
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    steps, rng = 30, random.Random(0)
+    straight = tmp_path / "straight"
+    res = subprocess.run(_torchrun(straight, steps), env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    run = tmp_path / "run"
+    log = open(tmp_path / "torchrun.log", "w")  # a file, not a pipe: nobody reads it while the workers run
+    agent = subprocess.Popen(_torchrun(run, steps, restarts=3), env=env, stdout=log, stderr=subprocess.STDOUT)
+    killed = []
+    try:
+        deadline = time.monotonic() + 300
+        while len(killed) < 2 and agent.poll() is None and time.monotonic() < deadline:
+            workers = [w for w in _workers(agent.pid) if w not in killed]
+            # this group trains (its rank 0 has logged a step since it started): kill one of its workers a moment later
+            started = log_text(tmp_path).count("training tiny") > len(killed) and (run / "metrics.csv").is_file()
+            if len(workers) == 2 and started:
+                time.sleep(rng.uniform(0.0, 0.5))
+                victim = rng.choice(workers)
+                os.kill(victim, signal.SIGKILL)
+                killed.append(victim)
+            time.sleep(0.02)
+        agent.wait(timeout=300)
+    finally:  # a failure leaves no process behind
+        for pid in [*_workers(agent.pid), agent.pid]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    log.close()
+    err = log_text(tmp_path)
+    assert len(killed) == 2, f"the run ended before two kills: {err[-2000:]}"
+    assert agent.returncode == 0, err[-3000:]
+    assert err.count("resuming") == 2 and err.count("SIGKILL") + err.count("exitcode: -9") >= 2
+    a, b = _tensors(straight, steps), _tensors(run, steps)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
