@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -274,3 +275,62 @@ def test_processes_share_a_resumed_job_by_rank_0s_listing(tmp_path, one_process,
     assert res.returncode == 0, res.stderr[-3000:]
     assert "12 of them were drawn by an earlier run" in res.stderr
     assert (tmp_path / "cut.npz").read_bytes() == (tmp_path / "whole.npz").read_bytes()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _two_nodes(tmp_path, tag, command):
+    """``command`` (ddpm's arguments) on two "nodes" on this machine: two torchrun agents of one process each,
+    meeting by c10d rendezvous; node i reads its data cache from tmp_path/cache-i, as a node's local disk."""
+    port, procs = _free_port(), []
+    for node in (0, 1):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", "--rdzv-backend=c10d",
+               f"--rdzv-endpoint=localhost:{port}", f"--rdzv-id={tag}", "-m", "ddpm", "--", *command,
+               *(["--cache-dir", str(tmp_path / f"cache-{node}")] if command[0] == "train" else [])]
+        procs.append(subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
+    return outs
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
+def test_two_nodes_train_stop_resume_and_sample_together(tmp_path):
+    """Two nodes (localhost) train a run on a shared run directory with --resume auto, each decoding the data into
+    its own cache once; the same command continues it to the weights of an uninterrupted 2-process run, bit for
+    bit; then they share a resumable sampling job whose output equals one process's byte for byte."""
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(12):
+        Image.fromarray(((np.arange(64).reshape(8, 8) * (i + 1)) % 256).astype(np.uint8)).save(images / f"{i}.png")
+    args = ["--data", str(images), "--preset", "tiny", "--batch-size", "8", "--T", "50", "--image-size", "8",
+            "--quiet", "--precision", "fp32", "--log-every", "2", "--save-every", "2", "--resume", "auto"]
+    run, straight = tmp_path / "run", tmp_path / "straight"
+    _two_nodes(tmp_path, "first", ["train", "--out", str(run), "--steps", "4", *args])
+    caches = {n: sorted((tmp_path / f"cache-{n}").glob("*/meta.json")) for n in (0, 1)}
+    assert all(len(c) == 1 for c in caches.values())  # one cache per node
+    built = {n: c[0].stat().st_mtime_ns for n, c in caches.items()}
+    _two_nodes(tmp_path, "again", ["train", "--out", str(run), "--steps", "8", *args])
+    assert {n: sorted((tmp_path / f"cache-{n}").glob("*/meta.json"))[0].stat().st_mtime_ns for n in (0, 1)} == built
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                          "ddpm", "--", "train", "--out", str(straight), "--steps", "8", *args, "--cache-dir",
+                          str(tmp_path / "cache-0")], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    for name in ("model", "ema", "optimizer"):
+        a, b = (load_file(str(r / "checkpoints" / "step-00000008" / f"{name}.safetensors")) for r in (straight, run))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    sample = ["sample", "--run", str(run), "--n", "10", "--chunk", "3", "--sampler", "ddim", "--steps", "3"]
+    _two_nodes(tmp_path, "sample", [*sample, "--out", str(tmp_path / "two.npz")])
+    res = subprocess.run([sys.executable, "-m", "ddpm", *sample, "--out", str(tmp_path / "one.npz")],
+                         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (tmp_path / "two.npz").read_bytes() == (tmp_path / "one.npz").read_bytes()

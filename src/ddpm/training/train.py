@@ -187,14 +187,13 @@ def _never_saved(run: Path) -> Optional[RunConfig]:
 
 
 def _training_data(cfg: RunConfig, main: bool, progress: bool, cache_dir) -> ImageData:
-    """The run's data (from the decoded cache, which rank 0 builds first, if needed, while the others wait)."""
-    if not main:
-        barrier()
+    """The run's data, from the decoded cache. Every process opens it; where it is not built yet, the first process
+    of each machine to get its lock builds it while that machine's others wait on the lock (not in a collective,
+    whose timeout a long build could outlast): nodes with their own copy of the data build their own cache, once,
+    and a restarted job finds it built."""
     data = load_data(cfg.train.data, channels=cfg.model.in_channels, image_size=cfg.model.image_size,
                      progress=progress and main, cache_dir=cache_dir, skip_bad=cfg.train.skip_bad_images,
                      **cfg.train.data_options())
-    if main:
-        barrier()
     if len(data) == 0:
         raise DDPMError(f"data source {cfg.train.data!r} has no images")
     if data.skipped and main:
