@@ -46,6 +46,7 @@ def test_gpu_sh_smoke_writes_every_figure(tmp_path):
         assert _positive(r[key]["ancestral_100_steps_s"]) and _positive(r[key]["sde-dpm++_20_steps_s"])
     assert r["fp16_gradscaler"]["all_finite"] and r["fp16_gradscaler"]["precision"] == "fp16"
     assert r["stop_and_resume"]["max_weight_difference"] == 0.0  # resumed exactly on this device
+    assert _positive(r["checkpoint"]["on_the_spot_s"]) and _positive(r["checkpoint"]["stall_s"])
     assert _positive(r["cli"]["ddpm_train_img_per_s"]) and _positive(r["cli"]["ddpm_sample_job_s"])
 
 

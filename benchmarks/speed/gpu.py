@@ -12,6 +12,7 @@ Figures (all in the JSON):
 - peak CUDA memory (``max_memory_allocated``) of training and of sampling;
 - a few fp16 + GradScaler steps (finite losses, the scale);
 - a stop and resume on the device against a straight run: the largest weight difference;
+- the seconds a checkpoint blocks training, written on the spot and handed to a background write;
 - a ``ddpm sample`` job of 256 images, timed.
 """
 
@@ -134,6 +135,22 @@ def fp16_steps(cfg, device, steps: int = 5) -> dict:
             "precision": tr.precision.kind}
 
 
+def checkpoint_stall(cfg, device) -> dict:
+    """Seconds a checkpoint of the preset's network (weights, EMA, Adam) blocks training: written on the spot,
+    and copied to host memory for a background write (``Trainer.save(background=True)``, what ``fit`` does)."""
+    tr = trainer_for(cfg, device)
+    tr.train_step()  # Adam's state exists
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for key, background in (("on_the_spot_s", False), ("stall_s", True)):
+            sync(device)
+            t0 = time.perf_counter()
+            tr.save(Path(tmp) / key, background=background)
+            out[key] = time.perf_counter() - t0
+            tr.writer.wait()
+    return out
+
+
 def stop_and_resume(cfg, device, steps: int) -> dict:
     """``2 steps`` straight against ``steps``, a checkpoint, a fresh Trainer loading it, ``steps`` more."""
     from ddpm.run.directory import load_checkpoint
@@ -231,6 +248,7 @@ def main() -> int:
         print(f"{key}: {res[key]}", flush=True)
     res["fp16_gradscaler"] = fp16_steps(cfg, device)
     res["stop_and_resume"] = stop_and_resume(cfg, device, args.steps)
+    res["checkpoint"] = checkpoint_stall(cfg, device)
     print(f"fp16: {res['fp16_gradscaler']}; resume: {res['stop_and_resume']}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         res["cli"] = cli_runs(cfg, device, args, Path(tmp))

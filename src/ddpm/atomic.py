@@ -15,11 +15,12 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Union
+from typing import Any, Callable, Iterator, Optional, Union
 
-__all__ = ["atomic_path", "atomic_write_text", "written_aside", "fsync_dir", "save_safetensors", "named",
-           "file_sha256"]
+__all__ = ["BackgroundWrite", "atomic_path", "atomic_write_text", "written_aside", "fsync_dir", "save_safetensors",
+           "named", "file_sha256"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -154,3 +155,32 @@ def written_aside(final: PathLike, *, replace: Union[bool, Callable[[Path], None
         raise err from None
     for left in final.parent.glob(stale or f"{glob.escape(prefix)}*"):
         shutil.rmtree(left, ignore_errors=True)
+
+
+class BackgroundWrite:
+    """One write at a time on a thread of its own (a checkpoint's, while training goes on): ``start`` waits for the
+    one in flight first; ``wait`` joins it and raises what it raised (a full disk, say) in the caller's thread."""
+
+    def __init__(self) -> None:
+        self.thread: Optional[threading.Thread] = None
+        self.error: Optional[BaseException] = None
+
+    def start(self, write: Callable[[], Any]) -> None:
+        self.wait()
+
+        def run() -> None:
+            try:
+                write()
+            except BaseException as e:  # handed to the caller at its next wait
+                self.error = e
+
+        self.thread = threading.Thread(target=run, name="ddpm-checkpoint-write")
+        self.thread.start()
+
+    def wait(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+        error, self.error = self.error, None
+        if error is not None:
+            raise error

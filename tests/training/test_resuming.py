@@ -188,3 +188,32 @@ def test_torchrun_elastic_restarts_after_workers_are_killed_end_bit_identical(tm
     assert err.count("resuming") == 2 and err.count("SIGKILL") + err.count("exitcode: -9") >= 2
     a, b = _tensors(straight, steps), _tensors(run, steps)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_checkpoint_written_in_the_background_holds_its_own_step(tmp_path):
+    """The state is copied to host memory when the checkpoint is taken; the steps that run while it is written
+    do not reach it, and the files equal a checkpoint written on the spot."""
+    tr = tiny_trainer(tiny_config(steps=10, log_every=100))
+    for _ in range(2):
+        tr.train_step()
+    at_two = {k: v.clone() for k, v in tr.model.state_dict().items()}
+    tr.save(tmp_path / "bg", background=True)
+    for _ in range(3):  # while it writes
+        tr.train_step()
+    tr.writer.wait()
+    written = load_file(str(tmp_path / "bg" / "checkpoints" / "step-00000002" / "model.safetensors"))
+    assert all(torch.equal(written[k], at_two[k]) for k in at_two)
+    assert any(not torch.equal(v, at_two[k]) for k, v in tr.model.state_dict().items())  # training went on
+
+
+def test_a_failed_background_write_is_raised_in_the_training_thread():
+    from ddpm.atomic import BackgroundWrite
+
+    def full():
+        raise OSError(28, "No space left on device")
+
+    w = BackgroundWrite()
+    w.start(full)
+    with pytest.raises(OSError, match="No space"):
+        w.wait()
+    w.wait()  # raised once

@@ -23,7 +23,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from safetensors.torch import load_file
@@ -35,9 +35,9 @@ from ..diffusion.gaussian import GaussianDiffusion
 from ..errors import DDPMError, is_disk_full
 from ..nn.unet import UNet
 
-__all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "list_checkpoints", "read_config", "write_config",
-           "checkpoint_step", "step_name", "run_lock", "is_run", "holds_run_config", "MetricsLog", "read_metrics",
-           "METRICS", "IMPORTED_DATA"]
+__all__ = ["Checkpoint", "save_checkpoint", "snapshot", "write_checkpoint", "Snapshot", "load_checkpoint",
+           "list_checkpoints", "read_config", "write_config", "checkpoint_step", "step_name", "run_lock", "is_run",
+           "holds_run_config", "MetricsLog", "read_metrics", "METRICS", "IMPORTED_DATA"]
 
 log = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
@@ -116,10 +116,6 @@ def _optimizer_from_files(tensors: Dict[str, torch.Tensor], meta: Dict[str, Any]
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def _state_dict_cpu(model: nn.Module) -> Dict[str, torch.Tensor]:
-    return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-
-
 # ----------------------------------------------------------------------------- save / list / load
 def step_name(step: int) -> str:
     """The name of everything a run keeps per step (checkpoint folders, sample grids): ``step-00001000``."""
@@ -130,6 +126,32 @@ def _step_dir(run_dir: Path, step: int) -> Path:
     return run_dir / CKPT_DIR / step_name(step)
 
 
+@dataclass
+class Snapshot:
+    """A checkpoint's contents copied to host memory (``snapshot``): training may go on changing the originals
+    while ``write_checkpoint`` writes these, on another thread if it likes."""
+
+    step: int
+    model: Dict[str, torch.Tensor]
+    ema: Dict[str, torch.Tensor]
+    optimizer: Optional[Tuple[Dict[str, torch.Tensor], Dict[str, Any]]]
+    state: Dict[str, Any]
+
+
+def snapshot(*, step: int, model: nn.Module, ema_model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None,
+             state: Optional[Dict[str, Any]] = None) -> Snapshot:
+    """Host copies of the weights, the EMA and Adam's state (always copies, also of CPU tensors), and the state."""
+    def host(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in sd.items()}
+
+    opt = None
+    if optimizer is not None:
+        tensors, meta = _optimizer_to_files(optimizer)
+        opt = (host(tensors), json.loads(json.dumps(meta)))
+    return Snapshot(int(step), host(model.state_dict()), host(ema_model.state_dict()), opt,
+                    json.loads(json.dumps(state or {})))
+
+
 def save_checkpoint(run_dir: PathLike, *, step: int, model: nn.Module, ema_model: nn.Module,
                     optimizer: Optional[torch.optim.Optimizer] = None, state: Optional[Dict[str, Any]] = None,
                     keep: Optional[int] = None, keep_every: int = 0) -> Path:
@@ -137,21 +159,26 @@ def save_checkpoint(run_dir: PathLike, *, step: int, model: nn.Module, ema_model
 
     ``state`` is any JSON-able dict (RNG states, counters). Keeps the newest ``keep`` checkpoints and, with
     ``keep_every``, every one whose step is a multiple of it (milestones); of the others it removes only the
-    files it writes (a folder holding anything else stays).
-    Returns the checkpoint's folder.
+    files it writes (a folder holding anything else stays). Returns the checkpoint's folder.
     """
-    run_dir = Path(run_dir)
+    snap = snapshot(step=step, model=model, ema_model=ema_model, optimizer=optimizer, state=state)
+    return write_checkpoint(run_dir, snap, keep=keep, keep_every=keep_every)
+
+
+def write_checkpoint(run_dir: PathLike, snap: Snapshot, *, keep: Optional[int] = None, keep_every: int = 0) -> Path:
+    """``save_checkpoint`` of a ``snapshot``: safe to call on a thread of its own while training goes on."""
+    run_dir, step = Path(run_dir), snap.step
     final = _step_dir(run_dir, step)
     try:
         # every temporary folder in checkpoints/ is a checkpoint's: those of any step killed mid-write go
         with written_aside(final, replace=True, stale=".tmp-*") as tmp:
-            save_safetensors(_state_dict_cpu(model), tmp / "model.safetensors")
-            save_safetensors(_state_dict_cpu(ema_model), tmp / "ema.safetensors")
+            save_safetensors(snap.model, tmp / "model.safetensors")
+            save_safetensors(snap.ema, tmp / "ema.safetensors")
             meta: Dict[str, Any] = {}
-            if optimizer is not None:
-                tensors, meta = _optimizer_to_files(optimizer)
+            if snap.optimizer is not None:
+                tensors, meta = snap.optimizer
                 save_safetensors(tensors, tmp / "optimizer.safetensors")
-            payload = {"step": int(step), "optimizer": meta, **(state or {})}
+            payload = {"step": int(step), "optimizer": meta, **snap.state}
             (tmp / "state.json").write_text(json.dumps(payload))
             files = [f for f in FILES if (tmp / f).exists()]
             manifest = {f: {"sha256": file_sha256(tmp / f), "bytes": (tmp / f).stat().st_size} for f in files}

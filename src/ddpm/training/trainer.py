@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import logging
 import math
 import signal
@@ -22,13 +23,21 @@ from typing import Any, Callable, Dict, Iterator, Optional
 import torch
 from torch import nn
 
+from ..atomic import BackgroundWrite
 from ..config import TrainConfig
 from ..data.batches import Batches, HeldOut, Prefetcher, held_out_split
 from ..data.sources import ImageData
 from ..diffusion.gaussian import GaussianDiffusion
 from ..errors import STOP_SIGNALS, DDPMError, signals_here
 from ..rng import derive_seed, rng_state, seed_step, set_rng_state
-from ..run.directory import Checkpoint, list_checkpoints, save_checkpoint, step_name
+from ..run.directory import (
+    CKPT_DIR,
+    Checkpoint,
+    list_checkpoints,
+    snapshot,
+    step_name,
+    write_checkpoint,
+)
 from ..runtime import Precision, accumulator_dtype, fast_cuda_math, rank_world, shares
 from ..sampling.generation import generate
 from ..sampling.samplers import Ancestral
@@ -72,6 +81,7 @@ class Trainer:
         self.step = 0  # number of optimisation steps done
         self.ema_updates = 0
         self.last_save = time.monotonic()  # when a checkpoint was last written (or training began): --save-minutes
+        self.writer = BackgroundWrite()  # the checkpoint being written while training goes on
         self.skipped = 0  # steps skipped for a non-finite loss or gradient (--skip-nonfinite)
         self.rank, self.world = rank_world()
         if self.world * config.grad_accum > config.batch_size:
@@ -249,11 +259,20 @@ class Trainer:
         if self.timesteps is not None and "timesteps" in ckpt.state:
             self.timesteps.load_state(ckpt.state["timesteps"])
 
-    def save(self, run_dir: Path) -> Path:
+    def save(self, run_dir: Path, background: bool = False) -> Path:
+        """A checkpoint of this step. The weights, EMA and Adam state are copied to host memory here; with
+        ``background`` they are written on a thread while training goes on (at most one write in flight: the next
+        save, or the end of ``fit``, waits for it and raises what it raised), else before returning."""
         self.last_save = time.monotonic()
-        return save_checkpoint(run_dir, step=self.step, model=self.model, ema_model=self.ema,
-                               optimizer=self.optimizer, state=self.state(), keep=self.config.keep,
-                               keep_every=self.config.keep_every)
+        snap = snapshot(step=self.step, model=self.model, ema_model=self.ema, optimizer=self.optimizer,
+                        state=self.state())
+        self.writer.wait()
+        write = functools.partial(write_checkpoint, run_dir, snap, keep=self.config.keep,
+                                  keep_every=self.config.keep_every)
+        if not background:
+            return write()
+        self.writer.start(write)
+        return Path(run_dir) / CKPT_DIR / step_name(self.step)
 
     @torch.no_grad()
     def grid_images(self, n: Optional[int] = None) -> torch.Tensor:
@@ -328,6 +347,7 @@ class Trainer:
         if self._prefetch is not None:
             self._prefetch.close()
             self._prefetch = None
+        self.writer.wait()
         if reporter is not None:
             reporter.close()
             if self.step != first_step or not list_checkpoints(run_dir):  # a finished run is not rewritten
@@ -347,7 +367,7 @@ class Trainer:
         due = self.step % cfg.save_every == 0 or (
             cfg.save_minutes > 0 and time.monotonic() - self.last_save >= cfg.save_minutes * 60)
         if reporter is not None and due and self.step < cfg.steps:  # rank 0 alone writes (and decides when)
-            self.save(run_dir)
+            self.save(run_dir, background=True)
 
 
 @contextlib.contextmanager
