@@ -276,7 +276,7 @@ def time_sampling(args, device: torch.device) -> dict:
     return out
 
 
-SMOKE = {"preset": ["tiny"], "batch_size": 4, "rounds": 1, "iters": 1}
+SMOKE = {"preset": ["tiny"], "batch_size": 4, "rounds": 1, "iters": 1, "matmul_n": 128}
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -289,16 +289,18 @@ def main() -> int:
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--sample", type=int, default=0,
                     help="also time drawing this many images with the full 1000-step Algorithm 2 (bf16)")
+    ap.add_argument("--matmul-n", type=int, default=2048, help="the size of the matmuls that measure the peak")
     ap.add_argument("--compile", action="store_true", help="time the sampling with a torch.compile'd network too")
     args = parse(ap, SMOKE)
     from ddpm.runtime import keep_freed_memory
 
     keep_freed_memory()  # as the ddpm CLI does; both sides of the comparison share it
     device = torch.device(args.device)
-    peak32, peak16 = matmul_peak(torch.float32, device), matmul_peak(torch.bfloat16, device)
+    n = args.matmul_n  # bf16 is emulated, and slow, on a CPU without it (AVX2): --smoke keeps it small
+    peak32, peak16 = matmul_peak(torch.float32, device, n=n), matmul_peak(torch.bfloat16, device, n=n)
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}, device {device}")
-    print(f"2048^2 matmul peak: fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s")
+    print(f"{n}^2 matmul peak: fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s")
     results = []
     for preset in args.preset or ["cifar10", "mnist"]:
         batch = args.batch_size or {"cifar10": 8, "mnist": 64}.get(preset, 8)
