@@ -67,3 +67,4 @@ def test_the_split_suffix_is_read_in_one_place(tmp_path):
     assert split_suffix(str(odd)) == (str(odd), "train")
     assert resolve_source("rel/x.tar.gz:test") == os.path.abspath("rel/x.tar.gz") + ":test"
     assert resolve_source("mnist") == "mnist"
+    assert resolve_source("mnist:test").endswith("mnist:test")  # kept, so that find_source refuses it

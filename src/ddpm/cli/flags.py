@@ -83,10 +83,10 @@ def config_flags(parser, cls, skip=(), by_preset: bool = False) -> None:
     from ..config import PRESETS, TRAIN_GROUPS, TrainConfig, flag
 
     part = "train" if cls is TrainConfig else "diffusion"
-    where = {}
+    where: Dict[str, Any] = {}  # a field's argument group, if any
     if cls is TrainConfig and not skip and hasattr(parser, "add_argument_group"):
-        where = {name: group for title, names in TRAIN_GROUPS.items() for group in [parser.add_argument_group(title)]
-                 for name in names}
+        for title, names in TRAIN_GROUPS.items():
+            where.update(dict.fromkeys(names, parser.add_argument_group(title)))
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue

@@ -112,7 +112,7 @@ def _train(c: Commands) -> None:
                    help="continue the run in --out from its last checkpoint; --resume auto: start it if --out holds "
                         "no run yet (or one stopped before its first checkpoint), else continue it, so that one "
                         "command serves a first start and every restart (torchrun --max-restarts, a scheduler's "
-                        "requeue); a finished run exits 0"),
+                        "requeue); a finished run exits 0")
     p.add_argument("--config", metavar="FILE.toml", default=None,
                    help="settings from a TOML file with the keys of RUN/config.json (preset = ..., [model], "
                         "[diffusion], [train]) or from a run's config.json; flags given here win")

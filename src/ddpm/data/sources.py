@@ -152,11 +152,11 @@ def find_source(src: str, *, image_column: str = "", label_column: str = "") -> 
 def resolve_source(src: str) -> str:
     """``src`` with its path made absolute (a split suffix such as ``:test`` kept), so that it names the same data
     from any folder; "mnist" as it is."""
-    path, split = split_suffix(os.fspath(src))
-    if path == "mnist":
-        return path
-    suffix = ":" + split if path != os.fspath(src) else ""
-    return str(Path(path).expanduser().resolve()) + suffix
+    src = os.fspath(src)
+    if src == "mnist":
+        return src
+    path, split = split_suffix(src)
+    return str(Path(path).expanduser().resolve()) + (":" + split if path != src else "")
 
 
 def split_suffix(src: str) -> Tuple[str, str]:

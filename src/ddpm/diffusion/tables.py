@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, Union
+from typing import Dict, Optional, Union
 
 import torch
 from torch import Tensor
@@ -21,8 +21,9 @@ def on_device(table: Tensor, device: Union[str, torch.device]) -> Tensor:
     device = torch.device(device)
     if table.device == device:
         return table
-    copies: Dict[torch.device, Tensor] = _COPIES.get(table) or {}  # type: ignore[no-untyped-call]
-    _COPIES[table] = copies
+    copies: Optional[Dict[torch.device, Tensor]] = _COPIES.get(table)  # type: ignore[no-untyped-call]
+    if copies is None:  # a table's first copy anywhere: entered once, not on every call of every step
+        copies = _COPIES[table] = {}
     if device not in copies:  # MPS has no float64: the table goes there as float32
         copies[device] = table.to(device, torch.float32 if device.type == "mps" and table.is_floating_point() else None)
     return copies[device]

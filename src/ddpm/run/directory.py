@@ -35,9 +35,9 @@ from ..diffusion.gaussian import GaussianDiffusion
 from ..errors import DDPMError, is_disk_full
 from ..nn.unet import UNet
 
-__all__ = ["Checkpoint", "save_checkpoint", "snapshot", "write_checkpoint", "Snapshot", "load_checkpoint",
-           "list_checkpoints", "read_config", "write_config", "checkpoint_step", "step_name", "run_lock", "is_run",
-           "holds_run_config", "MetricsLog", "read_metrics", "METRICS", "IMPORTED_DATA"]
+__all__ = ["Checkpoint", "save_checkpoint", "checkpoint_dir", "snapshot", "write_checkpoint", "Snapshot",
+           "load_checkpoint", "list_checkpoints", "read_config", "write_config", "checkpoint_step", "step_name",
+           "run_lock", "is_run", "holds_run_config", "MetricsLog", "read_metrics", "METRICS", "IMPORTED_DATA"]
 
 log = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
@@ -122,8 +122,9 @@ def step_name(step: int) -> str:
     return f"step-{int(step):08d}"
 
 
-def _step_dir(run_dir: Path, step: int) -> Path:
-    return run_dir / CKPT_DIR / step_name(step)
+def checkpoint_dir(run_dir: PathLike, step: int) -> Path:
+    """Where the checkpoint of ``step`` lives (written or to be written)."""
+    return Path(run_dir) / CKPT_DIR / step_name(step)
 
 
 @dataclass
@@ -168,7 +169,7 @@ def save_checkpoint(run_dir: PathLike, *, step: int, model: nn.Module, ema_model
 def write_checkpoint(run_dir: PathLike, snap: Snapshot, *, keep: Optional[int] = None, keep_every: int = 0) -> Path:
     """``save_checkpoint`` of a ``snapshot``: safe to call on a thread of its own while training goes on."""
     run_dir, step = Path(run_dir), snap.step
-    final = _step_dir(run_dir, step)
+    final = checkpoint_dir(run_dir, step)
     try:
         # every temporary folder in checkpoints/ is a checkpoint's: those of any step killed mid-write go
         with written_aside(final, replace=True, stale=".tmp-*") as tmp:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
@@ -282,7 +282,7 @@ def sample_job(out: PathLike, ckpt: Any, settings: SamplingSettings, *, sampler:
     how many images earlier runs of it had drawn already."""
     from tqdm.auto import tqdm
 
-    from ..runtime import barrier, rank0_value, rank_world, resolve_precision
+    from ..runtime import barrier, rank0_value, rank_world
     from .generation import generate
     from .guidance import check_guidance, class_labels
 
@@ -296,15 +296,12 @@ def sample_job(out: PathLike, ckpt: Any, settings: SamplingSettings, *, sampler:
     edit = sampler if hasattr(sampler, "figure") else None
     if edit is not None and (len(edit) != n or seeds.start != edit.seed):
         raise ValueError(f"an edit of {len(edit)} outputs from seed {edit.seed} needs their seeds, not {seeds}")
-    spec = JobSpec(run=str(Path(ckpt.path).resolve().parents[1]), step=ckpt.step, ema=settings.ema,
-                   sampler=sampler.name, steps=sampler.steps, eta=getattr(sampler, "eta", None),
-                   spacing=sampler.spacing, guidance=settings.guidance, classes=settings.classes,
-                   first_seed=seeds.start, n=n,
-                   precision=resolve_precision(settings.precision, settings.torch_device),  # as it ran: not "auto"
+    key = settings.key(ckpt, sampler)  # run, sampler, classes, seeds, precision as it runs (never "auto"), device
+    spec = JobSpec(**{f.name: key[f.name] for f in fields(JobSpec) if f.name in key}, ema=settings.ema,
                    chunk=rank0_value(chunk or _earlier_chunk(out) or chunk_for_a_minute(
                        model, sampler, (c, s, s), batch_size=settings.batch_size, n=n, guidance=settings.guidance,
                        device=device, precision=settings.precision), device or "cpu"),
-                   device=settings.torch_device.type, edit=edit and edit.describe())
+                   edit=edit and edit.describe())
     job = SampleJob(out, spec, figure=edit and (lambda images: (edit.figure(images, device), edit.n + 2)),
                     records=edit.records() if edit is not None else None)
     done = job.prepare(overwrite=overwrite, main=rank == 0)

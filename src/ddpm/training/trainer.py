@@ -31,8 +31,8 @@ from ..diffusion.gaussian import GaussianDiffusion
 from ..errors import STOP_SIGNALS, DDPMError, signals_here
 from ..rng import derive_seed, rng_state, seed_step, set_rng_state
 from ..run.directory import (
-    CKPT_DIR,
     Checkpoint,
+    checkpoint_dir,
     list_checkpoints,
     snapshot,
     step_name,
@@ -272,7 +272,7 @@ class Trainer:
         if not background:
             return write()
         self.writer.start(write)
-        return Path(run_dir) / CKPT_DIR / step_name(self.step)
+        return checkpoint_dir(run_dir, self.step)
 
     @torch.no_grad()
     def grid_images(self, n: Optional[int] = None) -> torch.Tensor:
