@@ -13,6 +13,8 @@ $(BIN)/ddpm: pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	# a peer of benchmarks/quality/peers.py; its torchvision does not install beside this torch, and it runs without
+	$(BIN)/python -m pip install -q --no-deps denoising-diffusion-pytorch==2.3.4
 	touch $@
 
 demo: $(BIN)/ddpm

@@ -80,7 +80,8 @@ def one_process(tmp_path_factory):
 # every option whose state or arithmetic the processes must share: labels and the null class, the importance
 # sampler's loss history, the hybrid objective's learned variance, v-prediction
 EVERY_OPTION = ("--class-cond", "--p-uncond", "0.3", "--t-sampling", "importance", "--var-type", "learned-range",
-                "--objective", "hybrid", "--predict", "v", "--T", "21", "--batch-size", "32")
+                "--objective", "hybrid", "--predict", "v", "--T", "21", "--batch-size", "32", "--eval-every", "2",
+                "--eval-n", "12", "--eval-steps", "4", "--ema-profiles", "0.05,0.1")
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
@@ -103,6 +104,12 @@ def test_two_torchrun_processes_give_the_weights_of_one(extra, tmp_path, one_pro
     assert err.count("training ") == 1  # only rank 0 talks
     rows = (out / "metrics.csv").read_text().strip().splitlines()
     assert len(rows) == 3  # header + steps 2 and 4, written once
+    if "--eval-every" in extra:  # the processes share the evaluation's samples: the FD of one process's
+        from ddpm.run.metrics import read_metrics
+
+        one_fd, two_fd = ([r["fd"] for r in read_metrics(run / "metrics.csv")] for run in (one_process(extra)[2], out))
+        assert len(two_fd) == 2 and two_fd == pytest.approx(one_fd, rel=1e-3)
+        assert len(list((out / "ema-snapshots").glob("*.safetensors"))) == 2
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
@@ -201,6 +208,9 @@ if os.environ.get("RANK") == "1":
             raise OSError(errno.EIO, "Input/output error", "/data/run/checkpoints/step-00000004/ema.safetensors")
 
         directory.load_checkpoint = bad_disk
+        import ddpm.run.weights as weights
+
+        weights.load_checkpoint = bad_disk  # what the commands call it through
     else:
         import ddpm.training.trainer as trainer
         from ddpm.errors import DDPMError

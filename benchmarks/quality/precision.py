@@ -25,7 +25,7 @@ from benchmarks.quality.demo_quality import judge
 
 def read_metrics(path: Path) -> dict:
     """metrics.csv columns as arrays, through ddpm's own reader."""
-    from ddpm.run.directory import read_metrics as rows_of
+    from ddpm.run.metrics import read_metrics as rows_of
 
     rows = rows_of(path)
     return {k: np.array([float(r[k]) for r in rows]) for k in ("step", "loss", "img_per_s", "skipped")}

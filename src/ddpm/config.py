@@ -21,7 +21,7 @@ from .errors import DDPMError
 
 __all__ = ["UNetConfig", "DiffusionConfig", "TrainConfig", "RunConfig", "Preset", "PRESETS", "make_run_config",
            "with_classes", "overlay", "DATA_OPTIONS", "RESIZES", "PRECISIONS",
-           "flag", "check_outputs", "TRAIN_GROUPS"]
+           "flag", "check_outputs", "TRAIN_GROUPS", "EVAL_SAMPLERS", "profiles"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LOSSES = ("l2", "l1")
@@ -137,7 +137,9 @@ TRAIN_GROUPS: Dict[str, Tuple[str, ...]] = {
     "logging and checkpoints": ("log_every", "sample_every", "save_every", "save_minutes", "keep", "keep_every",
                                 "n_samples", "log", "time_limit"),
     "fine-tuning": ("init_from", "init_weights"),
+    "evaluation": ("eval_every", "eval_n", "eval_sampler", "eval_steps", "ema_profiles", "ema_snapshot_every"),
 }
+EVAL_SAMPLERS = ("ancestral", "respaced", "ddim", "dpm++", "sde-dpm++")  # what --eval-sampler may name
 
 
 @dataclass(frozen=True)
@@ -215,6 +217,15 @@ class TrainConfig:
                           "directory, with its network (and, unless given, its diffusion and preset)", default="",
                           metavar="RUN_OR_DIFFUSERS_DIR")
     init_weights: str = _opt("with --init-from: its EMA weights or its raw ones", default="ema", choices=INIT_WEIGHTS)
+    eval_every: int = _opt("every N steps log the Fréchet distance of --eval-n EMA samples to the run's data (fd in "
+                           "metrics.csv; digit-classifier features for 1 channel, the FID Inception's for RGB) and "
+                           "keep the checkpoint of the lowest as 'best' (0: off)", default=0)
+    eval_n: int = _opt("samples per evaluation (FD@n: compare only at equal n)", default=1000)
+    eval_sampler: str = _opt("the evaluation's sampler", default="sde-dpm++", choices=EVAL_SAMPLERS)
+    eval_steps: int = _opt("the evaluation's network calls per image (0: the sampler's default)", default=20)
+    ema_profiles: str = _opt("post-hoc EMA: track power-function EMAs of these lengths sigma_rel (EDM2's: 0.05,0.10) "
+                             "and snapshot them, for 'ddpm ema' (empty: off)", default="", metavar="SIGMA_RELS")
+    ema_snapshot_every: int = _opt("steps between EMA snapshots (0: --save-every)", default=0)
 
     def data_options(self, src: Optional[str] = None) -> Dict[str, Any]:
         """``load_data``'s options for this run's data (``src``: another source, read with the run's resize)."""
@@ -223,32 +234,39 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         """Every field checked when the config is made (or replaced): a bad value is a DDPMError naming its flag."""
-        for name in ("steps", "batch_size", "grad_accum", "log_every", "save_every", "keep", "n_samples"):
+        for name in ("steps", "batch_size", "grad_accum", "log_every", "save_every", "keep", "n_samples", "eval_n"):
             _check_int(name, getattr(self, name), 1, "a positive")
-        for name in ("warmup", "sample_every", "seed", "keep_every"):
+        for name in ("warmup", "sample_every", "seed", "keep_every", "eval_every", "eval_steps", "ema_snapshot_every"):
             _check_int(name, getattr(self, name), 0, "a non-negative")
         checks = [("lr", self.lr > 0, "must be positive"), ("ema_decay", 0 <= self.ema_decay < 1, "must lie in [0, 1)"),
-                  ("snr_gamma", self.snr_gamma >= 0, "must be >= 0"),
-                  ("grad_clip", self.grad_clip >= 0, "must be >= 0"),
-                  ("time_limit", self.time_limit >= 0, "must be >= 0"),
-                  ("save_minutes", self.save_minutes >= 0, "must be >= 0"),
+                  *((k, getattr(self, k) >= 0, "must be >= 0")
+                    for k in ("snr_gamma", "grad_clip", "time_limit", "save_minutes")),
+                  ("eval_n", self.eval_n >= 2 or not self.eval_every, "must be >= 2 (one sample has no covariance)"),
                   ("p_uncond", 0 <= self.p_uncond < 1, "must lie in [0, 1)"),
                   ("val_fraction", 0 <= self.val_fraction < 1, "must lie in [0, 1)"),
-                  ("loss", self.loss in LOSSES, f"must be one of {', '.join(LOSSES)}"),
-                  ("resize", self.resize in RESIZES, f"must be one of {', '.join(RESIZES)}"),
-                  ("objective", self.objective in OBJECTIVES, f"must be one of {', '.join(OBJECTIVES)}"),
                   ("vlb_weight", self.vlb_weight > 0, "must be positive"),
-                  ("t_sampling", self.t_sampling in T_SAMPLINGS, f"must be one of {', '.join(T_SAMPLINGS)}"),
-                  ("log", self.log in LOGS, f"must be one of {', '.join(LOGS)}"),
-                  ("lr_schedule", self.lr_schedule in LR_SCHEDULES, f"must be one of {', '.join(LR_SCHEDULES)}"),
-                  ("precision", self.precision in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}"),
                   ("init_weights", self.init_weights in INIT_WEIGHTS and (self.init_from or self.init_weights == "ema"),
                    f"is for --init-from ({' or '.join(INIT_WEIGHTS)})")]
+        checks += [(f.name, getattr(self, f.name) in f.metadata["choices"],
+                    f"must be one of {', '.join(f.metadata['choices'])}") for f in fields(self)
+                   if f.metadata.get("choices") and f.name != "init_weights"]
         for name, ok, what in checks:
             if not ok:
                 raise DDPMError(f"{flag(name)} {what}, got {getattr(self, name)!r}")
+        profiles(self.ema_profiles)  # a bad list is refused here
         if self.grad_accum > self.batch_size:
             raise DDPMError(f"--grad-accum {self.grad_accum} is larger than --batch-size {self.batch_size}")
+
+
+def profiles(text: str) -> Tuple[float, ...]:
+    """``--ema-profiles`` (e.g. "0.05,0.10"; () when empty); each in (0, 0.28): sigma_rel >= 0.2887 has no EMA."""
+    try:
+        values = tuple(float(v) for v in text.split(",")) if text.strip() else ()
+    except ValueError:
+        values = (-1.0,)
+    if any(not 0 < v < 0.28 for v in values) or len(set(values)) != len(values):
+        raise DDPMError(f"--ema-profiles takes distinct lengths in (0, 0.28) such as 0.05,0.10, got {text!r}")
+    return values
 
 
 def _check_int(name: str, v: Any, low: int, what: str) -> None:

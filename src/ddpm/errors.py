@@ -1,6 +1,9 @@
 """The one exception type for bad input: the CLI prints its message as one line and exits non-zero."""
 
+import contextlib
 import errno
+import signal as _signal
+from typing import Any, Iterator
 
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a full disk, a full quota, a file-size limit
 
@@ -58,3 +61,24 @@ def signals_here(names):
     import signal
 
     return [getattr(signal, n) for n in names if hasattr(signal, n)]
+
+
+@contextlib.contextmanager
+def stop_requests(holder: Any) -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGUSR1 set ``holder.stop_reason`` to the signal's name (a loop such as the Trainer's
+    stops after its current step, and saves); a second SIGINT aborts. Outside the main thread: no handling."""
+    def handler(signum, frame):
+        if holder.stop_reason and signum == _signal.SIGINT:
+            raise KeyboardInterrupt
+        holder.stop_reason = _signal.Signals(signum).name
+
+    try:
+        old = {s: _signal.signal(s, handler) for s in signals_here(("SIGINT", *STOP_SIGNALS))}
+    except ValueError:  # not the main thread: no signal handling
+        yield
+        return
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            _signal.signal(s, h)

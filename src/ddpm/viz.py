@@ -304,6 +304,21 @@ def plot_fd_steps(rows: Sequence[Dict[str, float]], out_png: PathLike, title: st
     _save_fig(fig, out_png)
 
 
+def plot_fd_sigma(rows: Sequence[Dict[str, Any]], out_png: PathLike, title: str = "") -> None:
+    """Fréchet distance against the relative EMA length sigma_rel (``ddpm ema --sweep``)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    rs = sorted(rows, key=lambda r: r["sigma_rel"])
+    ax.plot([r["sigma_rel"] for r in rs], [r["fd"] for r in rs], "o-")
+    ax.set_xlabel("EMA length sigma_rel")
+    ax.set_ylabel("Fréchet distance")
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    _save_fig(fig, out_png)
+
+
 def plot_loss(rows: Sequence[Dict[str, float]], out_png: PathLike) -> bool:
     """Draw the training loss (and learning rate) of metrics rows (``run.read_metrics``). Returns False, drawing
     nothing, without matplotlib or rows."""

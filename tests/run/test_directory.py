@@ -10,7 +10,8 @@ import torch
 from ddpm import load_checkpoint
 from ddpm.cli.commands import main
 from ddpm.errors import DDPMError
-from ddpm.run.directory import MetricsLog, list_checkpoints, read_metrics, run_lock, save_checkpoint, write_config
+from ddpm.run.directory import list_checkpoints, run_lock, save_checkpoint, write_config
+from ddpm.run.metrics import MetricsLog, read_metrics
 from helpers import CodeRunningPickle, tiny_config, tiny_trainer
 
 TINY = ["--data", "mnist", "--preset", "tiny", "--batch-size", "4", "--log-every", "2", "--save-every", "3",
@@ -206,4 +207,4 @@ def test_metrics_log_rows_round_trip_and_a_resume_drops_later_rows(tmp_path):
     MetricsLog(path, 4)  # resumed from the checkpoint at step 4: step 6 will be trained and logged again
     assert [r["step"] for r in read_metrics(path)] == [2, 4]
     assert path.read_text().splitlines()[0] == ("step,loss,lr,grad_norm,img_per_s,elapsed_s,skipped,loss_q0,loss_q1,"
-                                                "loss_q2,loss_q3,val_loss")
+                                                "loss_q2,loss_q3,val_loss,fd,fd_seconds")

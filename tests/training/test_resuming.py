@@ -185,7 +185,9 @@ def test_torchrun_elastic_restarts_after_workers_are_killed_end_bit_identical(tm
     err = log_text(tmp_path)
     assert len(killed) == 2, f"the run ended before two kills: {err[-2000:]}"
     assert agent.returncode == 0, err[-3000:]
-    assert err.count("resuming") == 2 and err.count("SIGKILL") + err.count("exitcode: -9") >= 2
+    # torchrun reports the first failure of a group: the killed worker's, or its partner's when that one's broken
+    # collective ends it first (about 1 run in 7), so at least one of the two kills is named
+    assert err.count("resuming") == 2 and err.count("SIGKILL") + err.count("exitcode: -9") >= 1
     a, b = _tensors(straight, steps), _tensors(run, steps)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 

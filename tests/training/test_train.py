@@ -142,7 +142,7 @@ def test_checkpoints_keep_the_last_k_and_metrics(tmp_path):
     assert [p.name for p in list_checkpoints(tmp_path / "r")] == ["step-00000009", "step-00000012"]
     rows = (tmp_path / "r" / "metrics.csv").read_text().splitlines()
     assert rows[0].split(",") == ["step", "loss", "lr", "grad_norm", "img_per_s", "elapsed_s", "skipped", "loss_q0",
-                                  "loss_q1", "loss_q2", "loss_q3", "val_loss"]
+                                  "loss_q1", "loss_q2", "loss_q3", "val_loss", "fd", "fd_seconds"]
     assert [int(r.split(",")[0]) for r in rows[1:]] == [3, 6, 9, 12]
     assert (tmp_path / "r" / "loss.png").stat().st_size > 1000
 

@@ -198,7 +198,7 @@ def lost_peer(e: BaseException) -> bool:
 
 def train_end_line(run: Path, res, seconds: float) -> str:
     """The one line that ends ``ddpm train``: what it did, and what to run next (``res`` a ``train.TrainResult``)."""
-    from ..run.directory import read_metrics
+    from ..run.metrics import read_metrics
 
     if res.reason == "finished already":
         return (f"{run} has finished its {res.step} steps; nothing to train. To train further: ddpm train --out {run} "
@@ -208,8 +208,14 @@ def train_end_line(run: Path, res, seconds: float) -> str:
                 f"Continue with: ddpm train --out {run} --resume")
     rows = read_metrics(run / "metrics.csv") if (run / "metrics.csv").is_file() else []
     loss = f", loss {rows[-1]['loss']:.4f} at the end" if rows and "loss" in rows[-1] else ""
-    return (f"trained {run} to step {res.step} in {duration(seconds)}{loss}; checkpoint {res.checkpoint}. "
-            f"Next: ddpm sample --run {run} --n 64 --out samples.png")
+    best, which = "", ""
+    if res.best is not None:
+        share = f", {100 * res.eval_seconds / seconds:.0f}% of the time" if seconds > 0 else ""
+        best = (f"; best checkpoint: step {res.best['step']} (FD@{res.best['n']} {res.best['fd']:.3f}; "
+                f"{res.evaluations} evaluations, {res.eval_seconds / max(res.evaluations, 1):.1f} s each{share})")
+        which = " --checkpoint best"
+    return (f"trained {run} to step {res.step} in {duration(seconds)}{loss}; checkpoint {res.checkpoint}{best}. "
+            f"Next: ddpm sample --run {run}{which} --n 64 --out samples.png")
 
 
 class StderrHandler(logging.Handler):

@@ -16,8 +16,9 @@ from typing import Any, Dict, List, Optional
 from ..runtime import configure_threads, keep_freed_memory
 from .advice import Projection, StderrHandler, count, failure, one_of_many, train_end_line
 from .editing import cmd_edit, cmd_inpaint
+from .ema import cmd_ema
 from .evaluate import cmd_eval
-from .flags import early_threads, fields_of, sampling_settings
+from .flags import early_threads, fields_of, load_run_of, sampling_settings
 from .measure import cmd_metrics
 
 
@@ -52,10 +53,15 @@ def cmd_train(args) -> int:
         print(cfg.to_json(), end="")
         return 0
     device = choose_device(args.device)
+    watch = None
+    if cfg.train.eval_every:  # its feature network is found (or refused) before training starts
+        from ..evaluation.watch import FDWatch
+
+        watch = FDWatch(cfg, run, device=device, cache_dir=args.cache_dir)
     t0 = time.monotonic()
     with distributed(device, args.dist_timeout) as rank:
         res = train_run(run, cfg, device=device, progress=not args.quiet, cache_dir=args.cache_dir,
-                        on_step=None if args.quiet else Projection())
+                        on_step=None if args.quiet else Projection(), evaluate=watch)
     if rank == 0:
         print(train_end_line(run, res, time.monotonic() - t0), file=sys.stderr)
     # stopped by a signal: 128 + its number (130, 143, 138), so that `ddpm train ... && ddpm sample ...` stops and
@@ -65,7 +71,6 @@ def cmd_train(args) -> int:
 
 def cmd_sample(args) -> int:
     from ..errors import DDPMError
-    from ..run.directory import load_checkpoint
     from ..runtime import choose_device, distributed
     from ..sampling.jobs import parse_seeds, reverse_process_pictures, sample_job
     from ..sampling.outputs import check_output, check_picture_path
@@ -79,7 +84,7 @@ def cmd_sample(args) -> int:
         "gif": args.gif and check_picture_path(args.gif, ".gif", overwrite=args.overwrite, flag="--gif")}
     device = choose_device(args.device)
     with distributed(device, args.dist_timeout) as rank:
-        ckpt = load_checkpoint(args.run, map_location=device)
+        ckpt = load_run_of(args, device)
         settings = sampling_settings(args, device, seed=seeds.start, n=len(seeds))
         job, done = sample_job(args.out, ckpt, settings, overwrite=args.overwrite, chunk=args.chunk)
         if rank == 0 and (pictures["strip"] or pictures["gif"]):
@@ -117,7 +122,6 @@ def cmd_noise(args) -> int:
 
 def cmd_interpolate(args) -> int:
     from ..data.pictures import load_image
-    from ..run.directory import load_checkpoint
     from ..runtime import choose_device
     from ..sampling.interpolation import interpolate
     from ..sampling.outputs import check_picture_path
@@ -126,7 +130,7 @@ def cmd_interpolate(args) -> int:
 
     out = check_picture_path(args.out, overwrite=args.overwrite)
     device = choose_device(args.device)
-    ckpt = load_checkpoint(args.run, map_location=device)
+    ckpt = load_run_of(args, device)
     size, channels = ckpt.config.model.image_size, ckpt.config.model.in_channels
     xa, xb = (load_image(spec, size, channels) for spec in (args.a, args.b))
     mixed = interpolate(weights(ckpt, args.ema), ckpt.diffusion, xa, xb, args.t, n=args.n,
@@ -215,17 +219,17 @@ def cmd_import(args) -> int:
 
 def cmd_export(args) -> int:
     from ..interop.diffusers import export_diffusers
-    from ..run.directory import load_checkpoint
     from ..sampling.outputs import check_new_folder
     from ..sampling.settings import weights
 
     out = check_new_folder(args.out)
-    ckpt = load_checkpoint(args.run)
+    ckpt = load_run_of(args)
     export_diffusers(weights(ckpt, args.ema), ckpt.config.diffusion, out, ckpt.config.classes)
     how = (f"a class-conditional UNet, which DDPMPipeline cannot give classes: {out / 'README.md'} has the diffusers "
            "loop that does (class_labels=...)" if ckpt.config.classes else
            f"load it with diffusers.DDPMPipeline.from_pretrained({str(out)!r})")
-    print(f"exported {args.run} (step {ckpt.step}, {'EMA' if args.ema else 'raw'} weights) to {out}; {how}",
+    print(f"exported {args.run} (step {ckpt.step}, {args.weights or ('EMA' if args.ema else 'raw')} weights) to "
+          f"{out}; {how}",
           file=sys.stderr)
     return 0
 
@@ -233,7 +237,7 @@ def cmd_export(args) -> int:
 HANDLERS = {"demo": cmd_demo, "train": cmd_train, "sample": cmd_sample, "inpaint": cmd_inpaint, "edit": cmd_edit,
             "eval": cmd_eval, "metrics": cmd_metrics, "noise": cmd_noise,
             "interpolate": cmd_interpolate, "data": cmd_data, "schedule": cmd_schedule, "import": cmd_import,
-            "export": cmd_export}
+            "export": cmd_export, "ema": cmd_ema}
 COMMANDS = tuple(HANDLERS)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .flags import Commands, job_flags, positive_int, sampler_flags, sampling_settings
+from .flags import Commands, job_flags, load_run_of, positive_int, sampler_flags, sampling_settings
 
 _IMAGES = ("the images to edit: an image file, a folder of them, an .npz of uint8 images [N, H, W, C] (as sample "
            "writes) or mnist:A-B (images A to B of the shipped digits); each resized (short side) and centre-cropped "
@@ -78,7 +78,6 @@ def add_edit(c: Commands) -> None:
 
 def _run_job(args, make_edit, what: str) -> int:
     from ..data.pictures import load_images
-    from ..run.directory import load_checkpoint
     from ..runtime import choose_device, distributed
     from ..sampling.jobs import sample_job
     from ..sampling.outputs import check_output
@@ -87,7 +86,7 @@ def _run_job(args, make_edit, what: str) -> int:
     check_output(args.out, overwrite=args.overwrite, runs=[args.run])  # before anything is loaded
     device = choose_device(args.device)
     with distributed(device, args.dist_timeout) as rank:
-        ckpt = load_checkpoint(args.run, map_location=device)
+        ckpt = load_run_of(args, device)
         c, s = ckpt.config.model.in_channels, ckpt.config.model.image_size
         images = load_images(args.images, s, c)
         settings = sampling_settings(args, device, n=None)  # --n here: completions per input; n: the edit's outputs

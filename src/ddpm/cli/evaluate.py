@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from .advice import say_if_long
-from .flags import Commands, cache_dir_flag, positive_int, sampler_flags, sampling_settings
+from .flags import Commands, cache_dir_flag, load_run_of, positive_int, sampler_flags, sampling_settings
 from .measure import _DEFINED, _feature_flags, _stats_cache
 
 EVAL_METRICS = ("bpd", "fd", "fid", "is", "kid", "pr")
@@ -113,12 +113,11 @@ def _eval_quick(args, metrics, out: Path, device) -> int:
     from ..evaluation.compare import read_samples
     from ..evaluation.features import get_features
     from ..evaluation.reports import bpd_line, bpd_report, real_images, write_bpd_report
-    from ..run.directory import load_checkpoint
     from ..sampling.guidance import check_guidance
     from ..sampling.samplers import make_sampler
 
     samples, sample_labels = read_samples(args.samples) if args.samples else (None, None)
-    ckpt = load_checkpoint(args.run, map_location=device)
+    ckpt = load_run_of(args, device)
     check_guidance(args.guidance, ckpt.config.classes, "all")
     if "fd" in metrics:
         for k in args.steps or [None]:  # every sampler setting is checked before any work
@@ -161,12 +160,11 @@ def _eval_paper(args, metrics, out: Path, device) -> int:
     """fid/is/kid/pr (and bpd beside them): samples drawn by every process, scored by rank 0."""
     from ..evaluation.features import get_features
     from ..evaluation.protocol import draw_samples
-    from ..run.directory import load_checkpoint
     from ..runtime import barrier, distributed
     from ..sampling.guidance import check_guidance
 
     with distributed(device, args.dist_timeout) as rank:
-        ckpt = load_checkpoint(args.run, map_location=device)
+        ckpt = load_run_of(args, device)
         check_guidance(args.guidance, ckpt.config.classes, "all")
         settings = sampling_settings(args, device, n=_balanced(args, metrics, ckpt, rank))
         sampler = settings.make_sampler(ckpt.diffusion)

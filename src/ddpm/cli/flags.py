@@ -129,6 +129,7 @@ def sampler_flags(p, many: bool = False, samplers=None, default: str = "ancestra
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
     p.add_argument("--batch-size", type=positive_int, default=256, help="images per batch")
     p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True, help="use the EMA weights")
+    checkpoint_flags(p)
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="fp32",
                    help="network precision while sampling (bf16: autocast; auto: bf16 where the hardware has it)")
     p.add_argument("--guidance", type=non_negative_float, default=0.0,
@@ -145,8 +146,38 @@ def sampling_settings(args: argparse.Namespace, device: Any, **changes: Any):
     values = dict(sampler=args.sampler, steps=steps, eta=getattr(args, "eta", None), spacing=args.spacing,
                   guidance=args.guidance, classes=getattr(args, "class_", None), ema=args.ema,
                   precision=args.precision, batch_size=args.batch_size, device=device, seed=args.seed,
-                  n=getattr(args, "n", None), progress=not args.quiet)
+                  n=getattr(args, "n", None), progress=not args.quiet, named=getattr(args, "weights", None))
     return SamplingSettings(**{**values, **changes})
+
+
+def checkpoint_flags(p, named: bool = True) -> None:
+    """--checkpoint best|latest|STEP and (``named``) --weights NAME: which of a run's weights a command uses."""
+    from ..run.weights import checkpoint_spec
+
+    def spec(text: str):
+        try:
+            return checkpoint_spec(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e).replace("--checkpoint ", "")) from None
+
+    p.add_argument("--checkpoint", type=spec, default="latest", metavar="best|latest|STEP",
+                   help="which checkpoint: the latest (default), the best (the lowest FD logged while training with "
+                        "--eval-every) or the one of a step")
+    if named:
+        p.add_argument("--weights", default=None, metavar="NAME",
+                       help="the run's named weights in place of a checkpoint's EMA, e.g. ema-0.07 (made by ddpm ema "
+                            "from the snapshots of --ema-profiles)")
+
+
+def load_run_of(args: argparse.Namespace, device: Any = "cpu"):
+    """The checkpoint (or named weights) that --run, --checkpoint and --weights name."""
+    from ..errors import DDPMError
+    from ..run.weights import load_run
+
+    if getattr(args, "weights", None) and not getattr(args, "ema", True):
+        raise DDPMError("--weights replaces the EMA weights: drop --no-ema")
+    return load_run(args.run, checkpoint=args.checkpoint, weights=getattr(args, "weights", None),
+                    map_location=device)
 
 
 def job_flags(p, also: str = "", per_class: str = "") -> None:

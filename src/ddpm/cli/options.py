@@ -9,8 +9,19 @@ import argparse
 from typing import Any, Dict
 
 from .editing import add_edit, add_inpaint
+from .ema import add_ema
 from .evaluate import add_eval
-from .flags import Commands, Parser, config_flags, data_flags, int_list, job_flags, positive_int, sampler_flags
+from .flags import (
+    Commands,
+    Parser,
+    checkpoint_flags,
+    config_flags,
+    data_flags,
+    int_list,
+    job_flags,
+    positive_int,
+    sampler_flags,
+)
 from .measure import add_metrics
 
 EPILOG = """examples:
@@ -43,7 +54,7 @@ def build_parser(handlers: Dict[str, Any]) -> argparse.ArgumentParser:
     parser.add_argument("--traceback", action="store_true", help="show the full Python traceback on errors")
     commands = Commands(parser, handlers)
     for add in (_demo, _train, _sample, add_inpaint, add_edit, add_eval, add_metrics, _noise, _interpolate, _data,
-                _import, _export, _schedule):
+                _import, _export, _schedule, add_ema):
         add(commands)
     return parser
 
@@ -214,6 +225,7 @@ def _interpolate(c: Commands) -> None:
                         "linear in x_t (the paper's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the encoding and decoding noise")
     p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True, help="use the EMA weights")
+    checkpoint_flags(p)
 
 
 def _import(c: Commands) -> None:
@@ -241,6 +253,7 @@ def _export(c: Commands) -> None:
     p.add_argument("--format", required=True, choices=["diffusers"], help="the output format")
     p.add_argument("--out", required=True, help="the directory to create (must not exist)")
     p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True, help="export the EMA weights")
+    checkpoint_flags(p)
 
 
 def _schedule(c: Commands) -> None:

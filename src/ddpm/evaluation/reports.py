@@ -21,7 +21,7 @@ from ..data.images import to_float
 from ..data.sources import ImageData, load_data
 from ..errors import DDPMError
 from ..run.directory import IMPORTED_DATA
-from ..runtime import exact_cuda_math, resolve_precision
+from ..runtime import exact_cuda_math, rank_world, resolve_precision
 from ..sampling.generation import sample_checkpoint
 from ..sampling.settings import SamplingSettings, weights
 from ..viz import plot_bpd_terms, plot_fd_steps
@@ -30,7 +30,8 @@ from .metrics import frechet_distance
 from .streaming import REF_N, feature_pass, reference_subset
 
 __all__ = ["evaluate_bpd", "bpd_report", "write_bpd_report", "bpd_line", "fd_report", "write_fd_report", "fd_table",
-           "check_report_folder", "REPORTS", "real_images", "labels_like", "class_match", "write_metrics_report"]
+           "check_report_folder", "REPORTS", "real_images", "labels_like", "class_match", "write_metrics_report",
+           "reference_moments", "fd_labels", "fd_of"]
 
 
 def real_images(src: str, cfg, cache_dir=None, progress: bool = True, skip_bad: bool = False) -> ImageData:
@@ -152,7 +153,7 @@ def bpd_report(ckpt, data: ImageData, *, n: int = 100, seed: int = 0, ema: bool 
     labels): the summary, with the per-image ``terms`` [n, T] and ``priors`` [n] arrays for ``write_bpd_report``."""
     n = min(n, len(data))
     pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n].sort().values
-    labels = _true_labels(ckpt, data)
+    labels = _true_labels(ckpt.config.classes, data)
     res = evaluate_bpd(ckpt.diffusion, weights(ckpt, ema), data.images[pick],
                        labels=None if labels is None else labels[pick], batch_size=min(batch_size, n), seed=seed,
                        device=device, progress=progress)
@@ -179,12 +180,12 @@ def write_bpd_report(r: Dict[str, Any], out: Path, title: str = "") -> None:
                          "bpd.json": json.dumps(summary, indent=2) + "\n", "bpd_terms.png": plot})
 
 
-def _true_labels(ckpt, data: ImageData) -> Optional[Tensor]:
-    """The labels of ``data`` for a class-conditional run (checked against the run's classes), else None."""
-    if not ckpt.config.classes:
+def _true_labels(classes, data: ImageData) -> Optional[Tensor]:
+    """The labels of ``data`` for a class-conditional run of ``classes`` (checked against them), else None."""
+    if not classes:
         return None
-    if tuple(data.require_labels()) != tuple(ckpt.config.classes):
-        raise DDPMError(f"the run's classes ({', '.join(ckpt.config.classes)}) are not the data's "
+    if tuple(data.require_labels()) != tuple(classes):
+        raise DDPMError(f"the run's classes ({', '.join(classes)}) are not the data's "
                         f"({', '.join(data.classes or ())})")
     return data.labels
 
@@ -227,22 +228,12 @@ def fd_report(ckpt, data: ImageData, features, settings: SamplingSettings, *,
     requested class (``class_match``, ``confident_match``) where the run's classes are the classifier's (the
     digits 0-9); given ``samples`` are judged so with ``sample_labels``. Features that do not vary (a degenerate
     network) are refused: their FD would be a meaningless 0."""
-    from ..run.ownership import record_written
-
     feat_name, net = features
     device, progress, n = settings.device, settings.progress, settings.n or 1000
-    before = set(Path(cache_dir).glob("ref_stats_*.npz")) if cache_dir is not None else set()
-    subset = reference_subset(len(data), ref_n)
-    ref = reference_pass(net, feat_name, data.images, data.name, indices=subset, cache_dir=cache_dir, key=data.key,
-                         device=device, progress=progress)
-    mu_r, sig_r = ref.moments()
-    if cache_dir is not None and set(Path(cache_dir).glob("ref_stats_*.npz")) - before:
-        record_written(cache_dir, [p.name for p in set(Path(cache_dir).glob("ref_stats_*.npz")) - before])
-    _check_varies(sig_r, f"{feat_name} features of the real images")
+    ref_count, mu_r, sig_r = reference_moments(data, features, cache_dir=cache_dir, ref_n=ref_n, device=device,
+                                         progress=progress)
     digits = feat_name == "digits" and tuple(ckpt.config.classes or ()) == tuple(str(d) for d in range(10))
-    true = _true_labels(ckpt, data)
-    labels = sample_labels if samples is not None else \
-        None if true is None else labels_like(true, n, settings.seed)
+    labels = sample_labels if samples is not None else fd_labels(ckpt.config.classes, data, n, settings.seed)
     sets = [("file", 0, samples, float("nan"))] if samples is not None else []
     for k in ([] if samples is not None else steps):
         t0 = time.perf_counter()
@@ -252,21 +243,56 @@ def fd_report(ckpt, data: ImageData, features, settings: SamplingSettings, *,
         sets.append((settings.sampler, used.steps, images, time.perf_counter() - t0))
     rows = []
     for name, k, images, seconds in sets:
-        mine = feature_pass(net, images, device=device, progress=progress, batch_size=feature_batch(device),
-                            desc=f"{feat_name} features of samples", share=False)
-        mu, sig = mine.moments()
-        _check_varies(sig, f"{feat_name} features of the samples")
-        rows.append({"dims": len(mu), "step": ckpt.step, "weights": settings.weights_name,
+        fd = fd_of(images, features, mu_r, sig_r, device=device, progress=progress)
+        rows.append({"dims": len(mu_r), "step": ckpt.step, "weights": settings.weights_name,
                      "precision": resolve_precision(settings.precision, settings.torch_device),
                      "spacing": settings.spacing or "uniform", "seed": settings.seed,
-                     "data": data.name, "ref_n": ref.n, "sampler": name, "steps": k, "n": len(images),
+                     "data": data.name, "ref_n": ref_count, "sampler": name, "steps": k, "n": len(images),
                      "seconds": seconds,
                      "eta": (settings.eta or 0.0) if name == "ddim" else None,
                      "guidance": settings.guidance if labels is not None else None,
-                     "seconds_per_image": seconds / len(images), "fd": frechet_distance(mu, sig, mu_r, sig_r),
+                     "seconds_per_image": seconds / len(images), "fd": fd,
                      "features": feat_name,
                      **(class_match(net, images, labels, device=device) if labels is not None and digits else {})})
     return rows
+
+
+def reference_moments(data: ImageData, features, *, cache_dir: Optional[Path] = None, ref_n: Optional[int] = REF_N,
+                      device=None, progress: bool = False) -> Tuple[int, np.ndarray, np.ndarray]:
+    """The number of real images scored (a seeded subset of ``ref_n`` where ``data`` holds more) and the mean and
+    covariance of their ``features``, cached in ``cache_dir`` (listed there as ddpm's). Under torchrun every process
+    calls it (they share the work); rank 0 gets the moments."""
+    from ..run.ownership import record_written
+
+    feat_name, net = features
+    before = set(Path(cache_dir).glob("ref_stats_*.npz")) if cache_dir is not None else set()
+    ref = reference_pass(net, feat_name, data.images, data.name, indices=reference_subset(len(data), ref_n),
+                         cache_dir=cache_dir, key=data.key, device=device, progress=progress)
+    if rank_world()[0] != 0:
+        return ref.n, np.zeros(0), np.zeros((0, 0))
+    mu_r, sig_r = ref.moments()
+    if cache_dir is not None and set(Path(cache_dir).glob("ref_stats_*.npz")) - before:
+        record_written(cache_dir, [p.name for p in set(Path(cache_dir).glob("ref_stats_*.npz")) - before])
+    _check_varies(sig_r, f"{feat_name} features of the real images")
+    return ref.n, mu_r, sig_r
+
+
+def fd_labels(classes, data: ImageData, n: int, seed: int) -> Optional[Tensor]:
+    """The classes a class-conditional run's FD samples ask for: ``n`` drawn like the data's labels (seeded), so that
+    the samples' class mix is the reference's; None for an unconditional run."""
+    true = _true_labels(classes, data)
+    return None if true is None else labels_like(true, n, seed)
+
+
+def fd_of(images: Tensor, features, mu_r: np.ndarray, sig_r: np.ndarray, *, device=None,
+          progress: bool = False) -> float:
+    """The Fréchet distance of uint8 ``images``' features to the moments (mu_r, sig_r), in this process alone."""
+    feat_name, net = features
+    mine = feature_pass(net, images, device=device, progress=progress, batch_size=feature_batch(device),
+                        desc=f"{feat_name} features of samples", share=False)
+    mu, sig = mine.moments()
+    _check_varies(sig, f"{feat_name} features of the samples")
+    return frechet_distance(mu, sig, mu_r, sig_r)
 
 
 def _check_varies(sigma: np.ndarray, what: str) -> None:

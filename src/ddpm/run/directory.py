@@ -10,14 +10,13 @@ A run directory::
         optimizer.safetensors           Adam's moments (+ its param_groups in state.json)
         state.json                      step, RNG states, EMA step count, ...
         manifest.json                   sha256 and size of every file above (written last)
-    RUN/metrics.csv                     one row every --log-every steps (MetricsLog, read_metrics)
+    RUN/metrics.csv                     one row every --log-every steps (``ddpm.run.metrics``)
     RUN/loss.png, RUN/samples/step-00001000.png
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import logging
 import os
@@ -29,7 +28,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from ..atomic import atomic_write_text, file_sha256, named, save_safetensors, written_aside
+from ..atomic import atomic_write_text, file_sha256, save_safetensors, written_aside
 from ..config import RunConfig
 from ..diffusion.gaussian import GaussianDiffusion
 from ..errors import DDPMError, is_disk_full
@@ -37,14 +36,14 @@ from ..nn.unet import UNet
 
 __all__ = ["Checkpoint", "save_checkpoint", "checkpoint_dir", "snapshot", "write_checkpoint", "Snapshot",
            "load_checkpoint", "list_checkpoints", "read_config", "write_config", "checkpoint_step", "step_name",
-           "run_lock", "is_run", "holds_run_config", "MetricsLog", "read_metrics", "METRICS", "IMPORTED_DATA"]
+           "run_lock", "is_run", "holds_run_config", "IMPORTED_DATA",
+           "BEST"]
 
 log = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
 CKPT_DIR = "checkpoints"
-FILES = ("model.safetensors", "ema.safetensors", "optimizer.safetensors", "state.json")
-METRICS = ("step", "loss", "lr", "grad_norm", "img_per_s", "elapsed_s", "skipped", "loss_q0", "loss_q1", "loss_q2",
-           "loss_q3", "val_loss")
+FILES = ("model.safetensors", "ema.safetensors", "optimizer.safetensors", "ema-profiles.safetensors", "state.json")
+BEST = "best.json"  # the step and FD of the checkpoint with the lowest FD logged while training (--eval-every)
 IMPORTED_DATA = "imported"  # the train.data of a run imported from diffusers: it has no data, optimizer or RNGs
 
 
@@ -60,6 +59,7 @@ class Checkpoint:
     path: Path
     state: Dict[str, Any] = field(default_factory=dict)
     optimizer_state: Optional[Dict[str, Any]] = None
+    profiles: Optional[Dict[str, torch.Tensor]] = None  # with_optimizer: the post-hoc EMA profiles (--ema-profiles)
 
 
 # ----------------------------------------------------------------------------- config.json
@@ -137,10 +137,11 @@ class Snapshot:
     ema: Dict[str, torch.Tensor]
     optimizer: Optional[Tuple[Dict[str, torch.Tensor], Dict[str, Any]]]
     state: Dict[str, Any]
+    profiles: Optional[Dict[str, torch.Tensor]] = None  # already host copies (PowerEMA.state_dict)
 
 
 def snapshot(*, step: int, model: nn.Module, ema_model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None,
-             state: Optional[Dict[str, Any]] = None) -> Snapshot:
+             state: Optional[Dict[str, Any]] = None, profiles: Optional[Dict[str, torch.Tensor]] = None) -> Snapshot:
     """Host copies of the weights, the EMA and Adam's state (always copies, also of CPU tensors), and the state."""
     def host(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in sd.items()}
@@ -150,12 +151,12 @@ def snapshot(*, step: int, model: nn.Module, ema_model: nn.Module, optimizer: Op
         tensors, meta = _optimizer_to_files(optimizer)
         opt = (host(tensors), json.loads(json.dumps(meta)))
     return Snapshot(int(step), host(model.state_dict()), host(ema_model.state_dict()), opt,
-                    json.loads(json.dumps(state or {})))
+                    json.loads(json.dumps(state or {})), profiles)
 
 
 def save_checkpoint(run_dir: PathLike, *, step: int, model: nn.Module, ema_model: nn.Module,
                     optimizer: Optional[torch.optim.Optimizer] = None, state: Optional[Dict[str, Any]] = None,
-                    keep: Optional[int] = None, keep_every: int = 0) -> Path:
+                    keep: Optional[int] = None, keep_every: int = 0, best: Optional[Dict[str, Any]] = None) -> Path:
     """Write a checkpoint for ``step`` atomically (``written_aside``): a crash never leaves a half-written one.
 
     ``state`` is any JSON-able dict (RNG states, counters). Keeps the newest ``keep`` checkpoints and, with
@@ -163,11 +164,14 @@ def save_checkpoint(run_dir: PathLike, *, step: int, model: nn.Module, ema_model
     files it writes (a folder holding anything else stays). Returns the checkpoint's folder.
     """
     snap = snapshot(step=step, model=model, ema_model=ema_model, optimizer=optimizer, state=state)
-    return write_checkpoint(run_dir, snap, keep=keep, keep_every=keep_every)
+    return write_checkpoint(run_dir, snap, keep=keep, keep_every=keep_every, best=best)
 
 
-def write_checkpoint(run_dir: PathLike, snap: Snapshot, *, keep: Optional[int] = None, keep_every: int = 0) -> Path:
-    """``save_checkpoint`` of a ``snapshot``: safe to call on a thread of its own while training goes on."""
+def write_checkpoint(run_dir: PathLike, snap: Snapshot, *, keep: Optional[int] = None, keep_every: int = 0,
+                     best: Optional[Dict[str, Any]] = None) -> Path:
+    """``save_checkpoint`` of a ``snapshot``: safe to call on a thread of its own while training goes on. ``best``
+    (``{"step", "fd", ...}``): the best checkpoint so far, never removed to keep ``keep``; written to RUN/best.json
+    once its checkpoint is in place, when it is this one."""
     run_dir, step = Path(run_dir), snap.step
     final = checkpoint_dir(run_dir, step)
     try:
@@ -179,6 +183,8 @@ def write_checkpoint(run_dir: PathLike, snap: Snapshot, *, keep: Optional[int] =
             if snap.optimizer is not None:
                 tensors, meta = snap.optimizer
                 save_safetensors(tensors, tmp / "optimizer.safetensors")
+            if snap.profiles is not None:
+                save_safetensors(snap.profiles, tmp / "ema-profiles.safetensors")
             payload = {"step": int(step), "optimizer": meta, **snap.state}
             (tmp / "state.json").write_text(json.dumps(payload))
             files = [f for f in FILES if (tmp / f).exists()]
@@ -193,8 +199,12 @@ def write_checkpoint(run_dir: PathLike, snap: Snapshot, *, keep: Optional[int] =
                             f"{final}); {kept}. Free some space and continue with: ddpm train --out {run_dir} "
                             "--resume") from None
         raise
+    if best is not None and int(best["step"]) == step:
+        atomic_write_text(run_dir / BEST, json.dumps(best, indent=1) + "\n")
     if keep is not None:
         for old in list_checkpoints(run_dir)[:-keep]:
+            if best is not None and checkpoint_step(old) == int(best["step"]):
+                continue
             if not (keep_every and checkpoint_step(old) % keep_every == 0):
                 remove_checkpoint(old)
     return final
@@ -228,8 +238,10 @@ def checkpoint_step(path: Path) -> int:
     return int(Path(path).name[5:])
 
 
-def verify_checkpoint(path: Path) -> None:
-    """Check every file of a checkpoint against its manifest; raise DDPMError naming the first bad file."""
+def verify_checkpoint(path: Path, required: Sequence[str] = ("model.safetensors", "ema.safetensors",
+                                                            "state.json")) -> None:
+    """Check every file of a checkpoint (or of named weights) against its manifest; raise DDPMError naming the first
+    bad file."""
     manifest_path = path / "manifest.json"
     try:
         manifest = json.loads(manifest_path.read_text())
@@ -237,7 +249,7 @@ def verify_checkpoint(path: Path) -> None:
         raise DDPMError(f"checkpoint {path} is incomplete: manifest.json is missing") from None
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise DDPMError(f"checkpoint {path} is damaged: manifest.json is not valid JSON") from None
-    for name in ("model.safetensors", "ema.safetensors", "state.json"):
+    for name in required:
         if name not in manifest:
             raise DDPMError(f"checkpoint {path} is damaged: manifest.json does not list {name}")
     for name, info in manifest.items():
@@ -314,7 +326,8 @@ def load_checkpoint(run_dir: PathLike, step: Optional[int] = None, *, map_locati
     if step is not None:
         candidates = [p for p in candidates if p.name == step_name(step)]
         if not candidates:
-            raise DDPMError(f"{run_dir} has no checkpoint at step {step}")
+            have = ", ".join(str(checkpoint_step(p)) for p in list_checkpoints(run_dir)) or "none"
+            raise DDPMError(f"{run_dir} has no checkpoint at step {step} (it has: {have})")
     if not candidates:
         raise DDPMError(f"{run_dir} has no checkpoint yet")
     problems = []
@@ -325,10 +338,12 @@ def load_checkpoint(run_dir: PathLike, step: Optional[int] = None, *, map_locati
             _load_weights(path / "model.safetensors", model)
             _load_weights(path / "ema.safetensors", ema)
             state = _read_state(path)
-            opt_state = None
+            opt_state, profiles = None, None
             if with_optimizer and (path / "optimizer.safetensors").exists():
                 opt_state = _optimizer_from_files(load_file(str(path / "optimizer.safetensors")),
                                                   state.get("optimizer", {}))
+            if with_optimizer and (path / "ema-profiles.safetensors").exists():
+                profiles = load_file(str(path / "ema-profiles.safetensors"))
         except DDPMError as e:
             if step is not None:
                 raise
@@ -342,44 +357,4 @@ def load_checkpoint(run_dir: PathLike, step: Optional[int] = None, *, map_locati
     model.to(map_location).eval()
     ema.to(map_location).eval()
     return Checkpoint(model=model, ema_model=ema, diffusion=config.diffusion.build(), config=config,
-                      step=int(state["step"]), path=path, state=state, optimizer_state=opt_state)
-
-
-# ----------------------------------------------------------------------------- metrics.csv
-class MetricsLog:
-    """RUN/metrics.csv, one row every --log-every steps. Opening it for a run resumed at ``step`` first drops
-    the rows logged after that step (they belong to steps that will be trained again)."""
-
-    def __init__(self, path: PathLike, step: int, columns: Sequence[str] = METRICS):
-        self.path, self.columns = Path(path), tuple(columns)
-        rows = [r for r in read_metrics(self.path) if r["step"] <= step] if self.path.exists() else []
-        lines = [",".join(self.columns)] + [",".join(_cell(r.get(k, "")) for k in self.columns) for r in rows]
-        atomic_write_text(self.path, "\n".join(lines) + "\n")
-
-    def append(self, row: Dict[str, Any]) -> None:
-        try:
-            with open(self.path, "a") as f:
-                f.write(",".join(_cell(row.get(k, "")) for k in self.columns) + "\n")
-        except OSError as e:
-            raise named(e, self.path) from None
-
-
-def _cell(v: Any) -> str:
-    return f"{v:.6g}" if isinstance(v, float) else str(v)
-
-
-def read_metrics(path: PathLike) -> List[Dict[str, float]]:
-    """The rows of a metrics.csv as dicts of floats (``step`` an int). A row with too few cells (a write cut
-    short by a kill) is skipped; empty cells are left out of their row."""
-    rows = []
-    with open(path, newline="") as f:
-        for r in csv.DictReader(f):
-            if None in r.values() or None in r:
-                continue
-            try:
-                row = {k: float(v) for k, v in r.items() if v != ""}
-                row["step"] = int(r["step"])
-            except (TypeError, ValueError, KeyError):
-                continue
-            rows.append(row)
-    return rows
+                      step=int(state["step"]), path=path, state=state, optimizer_state=opt_state, profiles=profiles)

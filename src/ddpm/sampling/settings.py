@@ -34,7 +34,7 @@ class SamplingSettings:
     classifier-free guidance weight and ``classes`` the requested classes (``class_labels``: None, "all", "7",
     "0,1,2" or names); ``ema`` picks the weights; ``precision`` the network's ("fp32", "bf16", "fp16", "auto");
     the images are those of seeds ``seed`` .. ``seed + n - 1``, drawn ``batch_size`` at a time on ``device``;
-    ``progress`` shows a bar."""
+    ``progress`` shows a bar; ``named``: the name of named weights (``ddpm ema``'s) loaded in the EMA's place."""
 
     sampler: str = "ancestral"
     steps: Optional[int] = None
@@ -49,6 +49,7 @@ class SamplingSettings:
     seed: int = 0
     n: Optional[int] = None
     progress: bool = True
+    named: Optional[str] = None  # the run's named weights in use (``--weights``, loaded as the EMA), for reports
 
     @property
     def seeds(self) -> range:
@@ -59,8 +60,8 @@ class SamplingSettings:
 
     @property
     def weights_name(self) -> str:
-        """"EMA" or "raw", as reports say it."""
-        return "EMA" if self.ema else "raw"
+        """"EMA", "raw" or the named weights' name, as reports say it."""
+        return self.named or ("EMA" if self.ema else "raw")
 
     @property
     def torch_device(self) -> torch.device:

@@ -6,15 +6,17 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import torch
 
 from ..errors import DDPMError
-from ..run.directory import MetricsLog, read_metrics
+from ..run.metrics import MetricsLog, read_metrics
 from ..viz import make_grid, plot_loss
 
 __all__ = ["Reporter", "progress_bar", "tensorboard_writer", "check_log"]
+
+_TB = {"val_loss": "held_out/loss", "fd": "eval/fd", "fd_seconds": "eval/seconds"}  # else train/<column>
 
 
 def check_log(log: str) -> None:
@@ -48,7 +50,9 @@ class Reporter:
         self.tb = tensorboard_writer(run_dir / "tensorboard", trainer.step) if trainer.config.log == "tensorboard" \
             else None
 
-    def row(self, lr: float, val_loss: float = float("nan")) -> Dict[str, float]:
+    def row(self, lr: float, val_loss: float = float("nan"), extra: Optional[Dict[str, float]] = None
+            ) -> Dict[str, float]:
+        """The row of this step (``extra``: e.g. the evaluation's fd), written to metrics.csv and TensorBoard."""
         tr, now = self.trainer, time.monotonic()
         acc = plain_log(tr.log_acc)
         n, q = acc["n"], acc["quarters"]
@@ -56,12 +60,12 @@ class Reporter:
                "grad_norm": acc["grad_norm"] / n if n else float("nan"),
                "img_per_s": (tr.step - self.last_step) * tr.config.batch_size / max(now - self.last_t, 1e-9),
                "elapsed_s": now - self.start, "skipped": tr.skipped, "val_loss": val_loss,
-               **{f"loss_q{i}": q[i] / q[4 + i] if q[4 + i] else float("nan") for i in range(4)}}
+               **{f"loss_q{i}": q[i] / q[4 + i] if q[4 + i] else float("nan") for i in range(4)}, **(extra or {})}
         self.metrics.append(row)
         if self.tb is not None:
             for k, v in row.items():
                 if k not in ("step", "elapsed_s") and isinstance(v, float) and math.isfinite(v):
-                    self.tb.add_scalar(f"train/{k}" if k != "val_loss" else "held_out/loss", v, tr.step)
+                    self.tb.add_scalar(_TB.get(k, f"train/{k}"), v, tr.step)
         self.last_t, self.last_step = now, tr.step
         if now - self.last_plot > 30:  # drawing costs ~0.2 s: not every row
             self.plot()

@@ -53,6 +53,9 @@ class TrainResult:
     reason: str
     step: int
     checkpoint: Optional[Path]
+    best: Optional[Dict[str, Any]] = None  # the step and FD of the best checkpoint (--eval-every)
+    evaluations: int = 0  # evaluations done by this call, and the seconds they took
+    eval_seconds: float = 0.0
 
 
 def plan_run(run: Path, *, train: Dict[str, Any], diffusion: Dict[str, Any], preset: Optional[str] = None,
@@ -203,10 +206,12 @@ def _training_data(cfg: RunConfig, main: bool, progress: bool, cache_dir) -> Ima
 
 
 def train_run(run: Path, cfg: RunConfig, *, device, progress: bool = True, cache_dir=None,
-              on_step: Optional[Callable[[Trainer], None]] = None) -> TrainResult:
+              on_step: Optional[Callable[[Trainer], None]] = None,
+              evaluate: Optional[Callable[[Trainer], Optional[float]]] = None) -> TrainResult:
     """Build data, model and Trainer for ``cfg``, continue from the run's newest checkpoint if it has one, and
     train to ``cfg.train.steps``. Under torchrun every process runs this; only rank 0 writes to ``run``.
-    ``cache_dir``: where the decoded cache lives (``cache.cache_root``); ``on_step`` goes to ``Trainer.fit``."""
+    ``cache_dir``: where the decoded cache lives (``cache.cache_root``); ``on_step`` and ``evaluate`` (e.g. an
+    ``evaluation.watch.FDWatch``) go to ``Trainer.fit``."""
     run = Path(run)
     rank, world = rank_world()
     main = rank == 0
@@ -242,10 +247,11 @@ def train_run(run: Path, cfg: RunConfig, *, device, progress: bool = True, cache
                      what, sum(p.numel() for p in trainer.model.parameters()) / 1e6, data.name, len(data),
                      cfg.train.steps,
                      cfg.train.batch_size, where, run)
-        reason = trainer.fit(run, progress=progress, on_step=on_step)
+        reason = trainer.fit(run, progress=progress, on_step=on_step, evaluate=evaluate)
         barrier()  # rank 0 has written the last checkpoint before anyone returns
     last = list_checkpoints(run)
-    return TrainResult(reason, trainer.step, last[-1] if last else None)
+    return TrainResult(reason, trainer.step, last[-1] if last else None, trainer.best, trainer.evaluations,
+                       trainer.eval_seconds)
 
 
 def _say_if_the_data_changed(data: ImageData, ckpt) -> None:

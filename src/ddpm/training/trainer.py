@@ -15,20 +15,19 @@ import dataclasses
 import functools
 import logging
 import math
-import signal
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Optional
+from typing import Any, Callable, Dict, Optional
 
 import torch
 from torch import nn
 
 from ..atomic import BackgroundWrite
-from ..config import TrainConfig
+from ..config import TrainConfig, profiles
 from ..data.batches import Batches, HeldOut, Prefetcher, held_out_split
 from ..data.sources import ImageData
 from ..diffusion.gaussian import GaussianDiffusion
-from ..errors import STOP_SIGNALS, DDPMError, signals_here
+from ..errors import DDPMError, stop_requests
 from ..rng import derive_seed, rng_state, seed_step, set_rng_state
 from ..run.directory import (
     Checkpoint,
@@ -39,14 +38,14 @@ from ..run.directory import (
     write_checkpoint,
 )
 from ..runtime import Precision, accumulator_dtype, fast_cuda_math, rank_world, shares
-from ..sampling.generation import generate
-from ..sampling.samplers import Ancestral
 from ..sampling.settings import SamplingSettings
 from ..viz import save_grid
 from .optim import adam as _adam
 from .optim import learning_rate
+from .posthoc import PowerEMA
 from .reporting import Reporter, progress_bar
 from .reporting import plain_log as _plain
+from .sharing import draw_shared
 from .steps import StepResult, StepStats, accumulate, empty_log
 from .timesteps import ImportanceSampler
 
@@ -105,7 +104,11 @@ class Trainer:
         diffusion.check_objective(config.objective)
         self.timesteps = ImportanceSampler(diffusion.T, config.seed, self.device) \
             if config.t_sampling == "importance" else None
-
+        sigma_rels = profiles(config.ema_profiles)  # post-hoc EMA: power-function profiles and their snapshots
+        self.profiles = PowerEMA(self.model, sigma_rels) if sigma_rels else None
+        self.best: Optional[Dict[str, Any]] = None  # the step and FD of the lowest FD so far (--eval-every)
+        self.eval_seconds, self.evaluations = 0.0, 0  # time spent in evaluations during fit, and how many
+        self._save_best = False  # an evaluation found a new best: save this step
     # ------------------------------------------------------------------------- one step
     def micro_batches(self) -> list:
         """This process's micro-batches: positions of the global batch, ``grad_accum`` contiguous ranges."""
@@ -234,14 +237,17 @@ class Trainer:
         for eb, b in zip(self.ema.buffers(), self.model.buffers()):
             eb.copy_(b)
         self.ema_updates += 1
+        if self.profiles is not None:
+            self.profiles.update(self.model)
 
     # ------------------------------------------------------------------------- state
     def state(self) -> Dict[str, Any]:
         """JSON-able trainer state that is not in the weights or the optimizer."""
         return {"ema_updates": self.ema_updates, "skipped": self.skipped, "rng": rng_state(),
                 "data": {"images": len(self.data), "key": self.data.key},  # a resume says if the data changed
-                "log_acc": _plain(self.log_acc), "scaler": self.precision.state_dict(),
-                **({"timesteps": self.timesteps.state()} if self.timesteps else {})}
+                "log_acc": _plain(self.log_acc), "scaler": self.precision.state_dict(), "best": self.best,
+                **({"timesteps": self.timesteps.state()} if self.timesteps else {}),
+                **({"profile_updates": self.profiles.updates} if self.profiles else {})}
 
     def load(self, ckpt: Checkpoint) -> None:
         """Restore model, EMA, optimizer, step, RNGs and the metrics accumulator from a checkpoint."""
@@ -258,6 +264,11 @@ class Trainer:
             set_rng_state(ckpt.state["rng"])
         if self.timesteps is not None and "timesteps" in ckpt.state:
             self.timesteps.load_state(ckpt.state["timesteps"])
+        self.best = ckpt.state.get("best")
+        if self.profiles is not None:
+            if ckpt.profiles is None:
+                raise DDPMError(f"checkpoint {ckpt.path} has no EMA profiles (it was trained without --ema-profiles)")
+            self.profiles.load_state_dict(ckpt.profiles, int(ckpt.state.get("profile_updates", 0)))
 
     def save(self, run_dir: Path, background: bool = False) -> Path:
         """A checkpoint of this step. The weights, EMA and Adam state are copied to host memory here; with
@@ -265,36 +276,25 @@ class Trainer:
         save, or the end of ``fit``, waits for it and raises what it raised), else before returning."""
         self.last_save = time.monotonic()
         snap = snapshot(step=self.step, model=self.model, ema_model=self.ema, optimizer=self.optimizer,
-                        state=self.state())
+                        state=self.state(), profiles=self.profiles.state_dict() if self.profiles else None)
         self.writer.wait()
         write = functools.partial(write_checkpoint, run_dir, snap, keep=self.config.keep,
-                                  keep_every=self.config.keep_every)
+                                  keep_every=self.config.keep_every, best=self.best)
         if not background:
             return write()
         self.writer.start(write)
         return checkpoint_dir(run_dir, self.step)
 
-    @torch.no_grad()
-    def grid_images(self, n: Optional[int] = None) -> torch.Tensor:
-        """EMA samples from fixed seeds (so grids at different steps are comparable), uint8. Under torchrun every
-        process draws its share and they are gathered (no process waits in a collective while one samples)."""
-        n = n or self.config.n_samples
-        shape, base = tuple(self.data.images.shape[1:]), derive_seed(self.config.seed, "grid")
-        mine = shares(n, self.world)[self.rank]
-        settings = SamplingSettings(device=self.device, progress=False)
-        images = generate(self.ema, Ancestral(self.diffusion), shape, settings, seeds=[base + i for i in mine]) \
-            if len(mine) else \
-            torch.zeros((0, *shape), dtype=torch.uint8)
-        if self.world == 1:
-            return images
-        import torch.distributed as dist
+    def draw(self, settings: SamplingSettings, *, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """EMA samples of ``settings``' seeds and sampler, uint8, in every process (``sharing.draw_shared``: under
+        torchrun each process draws its share)."""
+        return draw_shared(self.ema, self.diffusion, tuple(self.data.images.shape[1:]),
+                           settings.replace(device=self.device), labels=labels)
 
-        size = -(-n // self.world)
-        padded = torch.zeros((size, *shape), dtype=torch.uint8, device=self.device)
-        padded[:len(mine)] = images.to(self.device)
-        parts = [torch.empty_like(padded) for _ in range(self.world)]
-        dist.all_gather(parts, padded)
-        return torch.cat([p[:len(r)] for p, r in zip(parts, shares(n, self.world))]).cpu()
+    def grid_images(self, n: Optional[int] = None) -> torch.Tensor:
+        """EMA samples (Algorithm 2) from fixed seeds, so that grids at different steps are comparable; uint8."""
+        n = n or self.config.n_samples
+        return self.draw(SamplingSettings(seed=derive_seed(self.config.seed, "grid"), n=n, progress=False))
 
     def sample_grid(self, path: Path, n: Optional[int] = None) -> torch.Tensor:
         """``grid_images`` saved as a PNG grid, and returned."""
@@ -304,11 +304,15 @@ class Trainer:
 
     # ------------------------------------------------------------------------- the loop
     def fit(self, run_dir: Path, *, progress: bool = True,
-            on_step: Optional[Callable[["Trainer"], None]] = None) -> str:
+            on_step: Optional[Callable[["Trainer"], None]] = None,
+            evaluate: Optional[Callable[["Trainer"], Optional[float]]] = None) -> str:
         """Train until ``config.steps`` (or a signal, or ``time_limit``). Returns why it stopped: "done",
         "time limit", the signal's name, or "stopped by another process". Saves a checkpoint every
         ``save_every`` steps and whenever it stops. Under torchrun only rank 0 writes. ``on_step(trainer)`` is
-        called after every step; it may change ``trainer.config`` (e.g. its ``steps``, see ``set_steps``)."""
+        called after every step; it may change ``trainer.config`` (e.g. its ``steps``, see ``set_steps``).
+        ``evaluate(trainer)`` is called by every process every ``eval_every`` steps and returns, in rank 0, a
+        Fréchet distance (None elsewhere): it is logged (``fd``, ``fd_seconds``), and the checkpoint of the lowest is
+        saved and kept as the run's best (``best``, RUN/best.json)."""
         run_dir, main = Path(run_dir), self.rank == 0
         if main:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -316,17 +320,20 @@ class Trainer:
         first_step, start = self.step, time.monotonic()
         bar = progress_bar(progress and main, total=self.config.steps, initial=self.step)
         reason = "done"
-        with _stop_on_signals(self):
+        with stop_requests(self):
             while self.step < self.config.steps:
                 cfg = self.config
                 out = self.train_step()
                 if not out.skipped:
                     self.log_acc = accumulate(self.log_acc, out)
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                    row = reporter.row(out.lr, self.held_out_loss()) if reporter is not None else None
+                scored = self._evaluate(evaluate) if evaluate is not None and cfg.eval_every and \
+                    self.step % cfg.eval_every == 0 else None
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps or scored is not None:
+                    row = reporter.row(out.lr, self.held_out_loss(), scored or {}) if reporter is not None else None
                     self.log_acc = empty_log()
                     if bar is not None and row is not None:
-                        bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['img_per_s']:.1f}")
+                        fd = {"fd": f"{self.best['fd']:.2f}@{self.best['step']}"} if self.best else {}
+                        bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['img_per_s']:.1f}", **fd)
                 if bar is not None:
                     bar.update(1)
                 self._periodic(run_dir, reporter)
@@ -354,8 +361,25 @@ class Trainer:
                 self.save(run_dir)
         return reason
 
+    def _evaluate(self, evaluate: Callable[["Trainer"], Optional[float]]) -> Dict[str, float]:
+        """One evaluation (every process calls it): in rank 0, ``{"fd", "fd_seconds"}`` and a new ``best`` when it is
+        the lowest so far (saved by ``_periodic``); ``{}`` elsewhere."""
+        t0 = time.monotonic()
+        fd = evaluate(self)
+        seconds = time.monotonic() - t0
+        self.eval_seconds, self.evaluations = self.eval_seconds + seconds, self.evaluations + 1
+        if fd is None:
+            return {}
+        if self.best is None or fd < self.best["fd"]:
+            cfg = self.config
+            self.best = {"step": self.step, "fd": fd, "n": cfg.eval_n, "sampler": cfg.eval_sampler,
+                         "steps": cfg.eval_steps or None}
+            self._save_best = True
+        return {"fd": fd, "fd_seconds": seconds}
+
     def _periodic(self, run_dir: Path, reporter: Optional[Reporter]) -> None:
-        """The sample grid (every process draws a share) and checkpoint (rank 0 writes) due after this step."""
+        """The sample grid (every process draws a share), EMA snapshots and the checkpoint (rank 0 writes) due after
+        this step."""
         cfg = self.config
         if cfg.sample_every and self.step % cfg.sample_every == 0:
             images = self.grid_images()
@@ -364,28 +388,11 @@ class Trainer:
                 save_grid(images, run_dir / "samples" / f"{step_name(self.step)}.png",
                           scale=2 if images.shape[-1] < 64 else 1)
                 reporter.grid(images)
-        due = self.step % cfg.save_every == 0 or (
+        if self.profiles is not None and reporter is not None and \
+                self.step % (cfg.ema_snapshot_every or cfg.save_every) == 0:
+            self.profiles.write_snapshot(run_dir, self.step)
+        due = self.step % cfg.save_every == 0 or self._save_best or (
             cfg.save_minutes > 0 and time.monotonic() - self.last_save >= cfg.save_minutes * 60)
         if reporter is not None and due and self.step < cfg.steps:  # rank 0 alone writes (and decides when)
             self.save(run_dir, background=True)
-
-
-@contextlib.contextmanager
-def _stop_on_signals(trainer: Trainer) -> Iterator[None]:
-    """SIGINT, SIGTERM and SIGUSR1 ask the loop to stop after the current step (and save); a second SIGINT
-    aborts."""
-    def handler(signum, frame):
-        if trainer.stop_reason and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        trainer.stop_reason = signal.Signals(signum).name
-
-    try:
-        old = {s: signal.signal(s, handler) for s in signals_here(("SIGINT", *STOP_SIGNALS))}
-    except ValueError:  # not the main thread: no signal handling
-        yield
-        return
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+        self._save_best = False
