@@ -11,8 +11,9 @@ themselves, a seeded subset), and the share of samples the classifier labels wit
 
 The tools, as a user of each would run them (their configurations are printed and written to OUT/peers.json):
 
-- ``ddpm``: ``ddpm train --data mnist --preset mnist --time-limit B``, then ``ddpm sample --sampler sde-dpm++
-  --steps 20``.
+- ``ddpm``: ``ddpm train --data mnist --preset mnist --time-limit B --fit-steps``, then ``ddpm sample --sampler
+  sde-dpm++ --steps 20``; ``ddpm-before`` is ddpm as it was before this benchmark (the preset's L_simple, and the
+  cosine decay cut off where --time-limit stops it), ``ddpm-fit-l-simple`` the first change alone.
 - ``ddp-readme``: denoising-diffusion-pytorch 2.3.4's ``Trainer`` with its README's ``Unet(dim=64, dim_mults=(1, 2,
   4))``, lr 8e-5, batch 32 x 2 accumulated, EMA 0.995 every 10 steps; DDIM at 20 steps (its fast sampler,
   ``sampling_timesteps``). Horizontal flips off (digits), no FID during training, fp32 (no GPU for amp).
@@ -46,13 +47,16 @@ from benchmarks.common import parse
 
 CALLS = 20
 TOOLS = {
-    "ddpm": {"kind": "ddpm", "preset": "mnist"},
+    "ddpm": {"kind": "ddpm", "preset": "mnist", "args": ["--fit-steps"]},
     "ddp-readme": {"kind": "ddp", "dim": 64, "dim_mults": [1, 2, 4], "lr": 8e-5, "batch": 32, "accum": 2,
                    "ema": 0.995},
-    "ddp-cpu": {"kind": "ddp", "dim": 16, "dim_mults": [1, 2, 4], "lr": 1e-3, "batch": 64, "accum": 1, "ema": 0.995},
+    "ddp-cpu": {"kind": "ddp", "dim": 32, "dim_mults": [1, 2, 4], "lr": 1e-3, "batch": 64, "accum": 1, "ema": 0.995},
     "diffusers": {"kind": "diffusers", "channels": [32, 64, 128], "lr": 1e-4, "batch": 16, "warmup": 500,
                   "epochs": 100},
 }
+# ddpm before this benchmark (the preset's L_simple, its decay cut off by --time-limit), and one change alone
+BEFORE = {"ddpm-before": {"kind": "ddpm", "preset": "mnist", "args": ["--snr-gamma", "0"]},
+          "ddpm-fit-l-simple": {"kind": "ddpm", "preset": "mnist", "args": ["--fit-steps", "--snr-gamma", "0"]}}
 SWEEP = [{"dim": 16, "lr": 1e-3}, {"dim": 16, "lr": 3e-3}, {"dim": 32, "lr": 1e-3}]  # ddp-cpu candidates
 SMOKE = {"budgets": "0.03", "n": 16, "out": None, "tools": "ddpm,ddp-cpu,diffusers"}
 SMOKE_SIZES = {"ddp": {"dim": 8}, "diffusers": {"channels": [8, 16, 16], "groups": 8}}
@@ -97,9 +101,10 @@ def timed(batches, seconds: float):
 def run_ddpm(cfg, seconds: float, work: Path, n: int, smoke: bool) -> dict:
     run = work / "run"
     extra = ["--preset", "tiny", "--image-size", "28", "--T", "50"] if smoke else ["--preset", cfg["preset"]]
+    extra += cfg.get("args", [])
     ddpm = [sys.executable, "-m", "ddpm"]
     subprocess.run([*ddpm, "train", "--data", "mnist", "--out", str(run), *extra, "--time-limit", str(seconds / 60),
-                    "--steps", "1000000", "--quiet"], check=True)
+                    "--quiet"], check=True)
     from ddpm.run.directory import checkpoint_step, list_checkpoints
     from ddpm.run.metrics import read_metrics
 
@@ -300,9 +305,14 @@ class Judge:
 
 def one(name: str, cfg: dict, budget: float, out: Path, n: int, smoke: bool, judge: Judge) -> dict:
     """One tool at one budget, trained and sampled in a process of its own (threads, memory and imports apart)."""
-    work = out / f"{name}-{budget:g}min"
-    if (work / "result.json").is_file():  # done by an earlier run of this command
-        return json.loads((work / "result.json").read_text())
+    import hashlib
+
+    key = hashlib.sha256(json.dumps([cfg, n, smoke], sort_keys=True).encode()).hexdigest()[:8]
+    work = out / f"{cfg['kind']}-{key}-{budget:g}min"  # by configuration: the sweep's best is ddp-cpu's run
+    if (work / "result.json").is_file():  # done by an earlier run of this command (under this name or another)
+        r = {**json.loads((work / "result.json").read_text()), "tool": name}
+        (work / "result.json").write_text(json.dumps(r, indent=1))
+        return r
     work.mkdir(parents=True, exist_ok=True)
     spec = {"name": name, "cfg": cfg, "budget": budget, "n": n, "smoke": smoke}
     subprocess.run([sys.executable, "-m", "benchmarks.quality.peers", "--one", json.dumps(spec), "--out", str(work)],
@@ -326,10 +336,11 @@ def _child(spec: dict, work: Path) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--budgets", default="3,6,12,24", help="minutes of training, comma-separated")
-    ap.add_argument("--tools", default=",".join(TOOLS), help=f"any of {', '.join(TOOLS)}")
+    ap.add_argument("--tools", default=",".join(TOOLS), help=f"any of {', '.join([*TOOLS, *BEFORE])}")
     ap.add_argument("--n", type=int, default=1000, help="samples per model")
     ap.add_argument("--out", default="peers-runs", help="folder of the runs (a finished one is reused)")
     ap.add_argument("--sweep", action="store_true", help="train the ddp-cpu candidates at the first budget")
+    ap.add_argument("--table", action="store_true", help="only the table and plot of every finished run in --out")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = parse(ap, SMOKE, argv)
     if args.one:
@@ -340,14 +351,18 @@ def main(argv=None) -> int:
     out = Path(args.out or tempfile.mkdtemp(prefix="peers-smoke-"))
     budgets = [float(b) for b in args.budgets.split(",")]
     judge = Judge()
-    tools = {k: dict(TOOLS[k]) for k in args.tools.split(",")}
+    tools = {k: dict({**TOOLS, **BEFORE}[k]) for k in args.tools.split(",")}
     if args.sweep:
         tools = {f"ddp-cpu-d{c['dim']}-lr{c['lr']:g}": {**TOOLS["ddp-cpu"], **c} for c in SWEEP}
         budgets = budgets[:1]
     if args.smoke:
         tools = {k: {**v, **SMOKE_SIZES.get(v["kind"], {})} for k, v in tools.items()}
     floor = judge.floor(args.n)
-    results = [one(name, cfg, b, out, args.n, args.smoke, judge) for b in budgets for name, cfg in tools.items()]
+    if args.table:
+        results = sorted((json.loads(p.read_text()) for p in out.glob("*/result.json")),
+                         key=lambda r: (r["budget"], r["tool"]))
+    else:
+        results = [one(name, cfg, b, out, args.n, args.smoke, judge) for b in budgets for name, cfg in tools.items()]
     print(f"FD@{args.n} of the digit classifier's features to the 5,000 digits; floor ({args.n:,} real digits): "
           f"{floor:.1f}")
     print(f"{'tool':<24}{'budget':>7}{'steps':>8}{'s/step':>8}{'sampler':>14}{'FD':>9}{'/floor':>8}{'confident':>11}")

@@ -118,12 +118,10 @@ class DiffusionConfig:
                         "code's xprev) or v (Salimans & Ho 2022)", default="eps", choices=PREDICTIONS)
 
     def build(self) -> GaussianDiffusion:
-        if self.schedule == "linear":
-            s = NoiseSchedule.linear(self.T, self.beta_start, self.beta_end)
-        elif self.schedule == "cosine":
-            s = NoiseSchedule.cosine(self.T)
-        else:
+        if self.schedule not in ("linear", "cosine"):
             raise ValueError(f"unknown schedule {self.schedule!r}; expected 'linear' or 'cosine'")
+        s = NoiseSchedule.linear(self.T, self.beta_start, self.beta_end) if self.schedule == "linear" else \
+            NoiseSchedule.cosine(self.T)
         return GaussianDiffusion(s, var_type=self.var_type, predict=self.predict)
 
 
@@ -135,7 +133,7 @@ TRAIN_GROUPS: Dict[str, Tuple[str, ...]] = {
                      "ema_warmup", "precision", "compile", "skip_nonfinite", "seed"),
     "objective": ("loss", "objective", "vlb_weight", "t_sampling", "snr_gamma"),
     "logging and checkpoints": ("log_every", "sample_every", "save_every", "save_minutes", "keep", "keep_every",
-                                "n_samples", "log", "time_limit"),
+                                "n_samples", "log", "time_limit", "fit_steps"),
     "fine-tuning": ("init_from", "init_weights"),
     "evaluation": ("eval_every", "eval_n", "eval_sampler", "eval_steps", "ema_profiles", "ema_snapshot_every"),
 }
@@ -211,6 +209,8 @@ class TrainConfig:
     compile: bool = _opt("compile the network with torch.compile (slow to start, then faster; the compiled "
                          "code is cached across runs)", default=False)
     time_limit: float = _opt("stop (with a checkpoint) after this many minutes (0: no limit)", default=0.0)
+    fit_steps: bool = _opt("with --time-limit: fit --steps to it from the step time measured in the warm-up, so that a "
+                           "cosine decay ends when the time does", default=False)
     log: str = _opt("csv: metrics.csv and loss.png; tensorboard: also event files in RUN/tensorboard/ (needs the "
                     "tensorboard package)", default="csv", choices=LOGS)
     init_from: str = _opt("fine-tuning: start a new run from the weights of another run or of a diffusers pipeline "
@@ -242,6 +242,7 @@ class TrainConfig:
                   *((k, getattr(self, k) >= 0, "must be >= 0")
                     for k in ("snr_gamma", "grad_clip", "time_limit", "save_minutes")),
                   ("eval_n", self.eval_n >= 2 or not self.eval_every, "must be >= 2 (one sample has no covariance)"),
+                  ("fit_steps", self.time_limit > 0 or not self.fit_steps, "needs --time-limit"),
                   ("p_uncond", 0 <= self.p_uncond < 1, "must lie in [0, 1)"),
                   ("val_fraction", 0 <= self.val_fraction < 1, "must lie in [0, 1)"),
                   ("vlb_weight", self.vlb_weight > 0, "must be positive"),
@@ -297,19 +298,19 @@ PRESETS: Dict[str, Preset] = {
                           {"lr": 2e-5, "batch_size": 64, "steps": 500_000, "val_fraction": 0.0}, {},
                           "the paper's 114M UNet for 256x256 RGB and its CelebA-HQ recipe"),
     # The CPU demo: 0.69M parameters for 28x28 digits, chosen by measured sample quality per minute of CPU time;
-    # 4,800 steps (about 16 min on 2 cores) reach the demo's quality bar; `ddpm demo` trains what fits its budget.
+    # 4,800 steps (about 16 min on 2 cores); min-SNR-5 reaches the demo's quality bar in 700 (BENCHMARKS.md).
     "mnist": Preset(UNetConfig(in_channels=1, image_size=28, ch=16, ch_mult=(1, 2, 4), num_res_blocks=1,
                                attn_resolutions=(7,), dropout=0.0, num_groups=8),
                     {"steps": 4800, "batch_size": 64, "lr": 2e-3, "lr_schedule": "cosine", "warmup": 100,
-                     "ema_decay": 0.995, "ema_warmup": True, "log_every": 50, "sample_every": 0, "save_every": 500}, {},
+                     "snr_gamma": 5.0, "ema_decay": 0.995, "ema_warmup": True, "log_every": 50, "sample_every": 0,
+                     "save_every": 500}, {},
                     "0.69M UNet for 28x28 gray, a 16-minute CPU recipe (the demo's)"),
     # A few thousand parameters: for tests and smoke runs.
     "tiny": Preset(UNetConfig(in_channels=1, image_size=16, ch=4, ch_mult=(1, 2), num_res_blocks=1,
                               attn_resolutions=(), dropout=0.0, num_groups=2),
                    {"steps": 200, "batch_size": 16, "lr": 1e-3, "warmup": 20, "ema_decay": 0.99, "ema_warmup": True,
-                    "precision": "fp32",
-                    "log_every": 10, "sample_every": 0, "save_every": 100, "n_samples": 16}, {"T": 100},
-                   "11k-parameter UNet for 16x16 gray, for tests and smoke runs"),
+                    "precision": "fp32", "log_every": 10, "sample_every": 0, "save_every": 100, "n_samples": 16},
+                   {"T": 100}, "11k-parameter UNet for 16x16 gray, for tests and smoke runs"),
 }
 
 

@@ -11,7 +11,7 @@ from ddpm.errors import DDPMError
 from ddpm.run.directory import load_checkpoint
 from ddpm.training.finetune import PROVENANCE
 from ddpm.training.train import plan_run
-from helpers import TINY, one_line_error, run
+from helpers import TINY, one_line_error, run, tiny_config, tiny_trainer
 
 CPU = torch.device("cpu")
 
@@ -178,3 +178,25 @@ def test_tensorboard_missing_says_how_to_get_it(tmp_path, capsys, monkeypatch):
                        "--log", "tensorboard")
     assert code != 0 and "pip install 'ddpm-tool[tensorboard]'" in one_line_error(err)
     assert not (tmp_path / "r" / "config.json").exists()
+
+
+def test_fit_steps_ends_a_cosine_decay_when_the_time_limit_does(tmp_path, monkeypatch):
+    """At the end of the warm-up the run's length becomes what fits in --time-limit at the measured step time (a fake
+    clock: 0.5 s per step, 60 s given), and config.json says so."""
+    import ddpm.training.budget as budget
+    from ddpm.run.directory import read_config, write_config
+    from ddpm.training.budget import FitSteps
+
+    cfg = tiny_config(steps=1000, warmup=10, lr_schedule="cosine", time_limit=1.0, fit_steps=True, save_every=1000)
+    tr = tiny_trainer(cfg)
+    monkeypatch.setattr(budget.time, "monotonic", lambda: 0.5 * tr.step)
+    write_config(tmp_path, cfg)
+    tr.fit(tmp_path, progress=False, on_step=FitSteps(tmp_path, cfg, started=0.0))
+    fitted = 10 + int(0.97 * (60 - 0.5 * 10) / 0.5)
+    assert tr.step == tr.config.steps == fitted == read_config(tmp_path).train.steps
+    assert tr.lr_at(fitted - 1) < 0.01 * cfg.train.lr  # the decay ran to its end
+
+
+def test_fit_steps_needs_a_time_limit(tmp_path, capsys):
+    code, _, err = run(capsys, "train", "--data", "mnist", "--out", tmp_path / "r", *TINY, "--fit-steps")
+    assert code == 1 and "--fit-steps needs --time-limit" in one_line_error(err)

@@ -22,6 +22,8 @@ def _sigmas(text: str):
 
 
 def add_ema(c: Commands) -> None:
+    from ..config import EVAL_SAMPLERS
+
     p = c.add("ema", "post-hoc EMA: build EMA weights of any length from a run's snapshots (EDM2)",
               "A run trained with --ema-profiles (two power-function EMAs, sigma_rel 0.05 and 0.10 by default) saved "
               "snapshots of them every --ema-snapshot-every steps. From those, an EMA of any relative length "
@@ -41,7 +43,8 @@ def add_ema(c: Commands) -> None:
                                                         "(RUN/eval/ema_sweep.csv, .png)")
     p.add_argument("--n", type=positive_int, default=None, help="--sweep: samples per length (default: the run's "
                                                                 "--eval-n, 1000)")
-    p.add_argument("--sampler", default=None, help="--sweep: the sampler (default: the run's --eval-sampler)")
+    p.add_argument("--sampler", default=None, choices=EVAL_SAMPLERS,
+                   help="--sweep: the sampler (default: the run's --eval-sampler)")
     p.add_argument("--steps", type=positive_int, default=None, help="--sweep: network calls per image (default: "
                                                                     "the run's --eval-steps)")
     p.add_argument("--batch-size", type=positive_int, default=256, help="--sweep: images per batch")

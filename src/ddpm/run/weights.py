@@ -89,13 +89,24 @@ def _named_dir(run_dir: PathLike, name: str) -> Path:
 def write_named(run_dir: PathLike, name: str, tensors: Dict[str, torch.Tensor], info: Dict[str, Any]) -> Path:
     """Save weights under ``RUN/weights/NAME/`` (written aside and renamed; the same name is replaced)."""
     final = _named_dir(run_dir, name)
-    with written_aside(final, replace=True) as tmp:
+    with written_aside(final, replace=_remove_named) as tmp:
         save_safetensors({k: v.contiguous() for k, v in tensors.items()}, tmp / "ema.safetensors")
         (tmp / "info.json").write_text(json.dumps(info, indent=1) + "\n")
         manifest = {f: {"sha256": file_sha256(tmp / f), "bytes": (tmp / f).stat().st_size}
                     for f in ("ema.safetensors", "info.json")}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return final
+
+
+def _remove_named(folder: Path) -> None:
+    """Named weights replaced: only the files ``write_named`` writes (a folder holding anything else stays, and the
+    rename over it fails, naming it)."""
+    for f in ("ema.safetensors", "info.json", "manifest.json"):
+        (folder / f).unlink(missing_ok=True)
+    try:
+        folder.rmdir()
+    except OSError:
+        raise DDPMError(f"{folder} holds files ddpm did not write; move them, or choose other --sigma-rel") from None
 
 
 def list_named(run_dir: PathLike) -> List[str]:

@@ -18,7 +18,7 @@ MODEL_FLAGS = {"image_size": "--image-size", "in_channels": "--channels"}
 # What a resumed run may change: how long it runs, how it reports and how often it saves, never what it computes.
 RESUMABLE = frozenset({"steps", "log_every", "sample_every", "save_every", "save_minutes", "keep", "keep_every",
                        "n_samples", "time_limit", "grad_accum", "compile", "skip_nonfinite", "log", "eval_every",
-                       "eval_n", "eval_sampler", "eval_steps", "ema_snapshot_every"})
+                       "eval_n", "eval_sampler", "eval_steps", "ema_snapshot_every", "fit_steps"})
 
 
 def resume_config(saved: RunConfig, train: Dict[str, Any], diffusion: Dict[str, Any],

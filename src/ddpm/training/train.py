@@ -10,6 +10,7 @@ import dataclasses
 import json
 import logging
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Union
@@ -33,6 +34,7 @@ from ..run.directory import (
     write_config,
 )
 from ..runtime import barrier, rank_world
+from .budget import FitSteps
 from .config_file import read_config_file
 from .finetune import PROVENANCE, check_network, init_source, load_init_weights, source_defaults
 from .reporting import check_log
@@ -247,6 +249,8 @@ def train_run(run: Path, cfg: RunConfig, *, device, progress: bool = True, cache
                      what, sum(p.numel() for p in trainer.model.parameters()) / 1e6, data.name, len(data),
                      cfg.train.steps,
                      cfg.train.batch_size, where, run)
+        if cfg.train.fit_steps and trainer.step < cfg.train.warmup:  # a run resumed after its warm-up is fitted
+            on_step = FitSteps(run, cfg, time.monotonic(), then=on_step)
         reason = trainer.fit(run, progress=progress, on_step=on_step, evaluate=evaluate)
         barrier()  # rank 0 has written the last checkpoint before anyone returns
     last = list_checkpoints(run)

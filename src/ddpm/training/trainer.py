@@ -328,6 +328,8 @@ class Trainer:
                     self.log_acc = accumulate(self.log_acc, out)
                 scored = self._evaluate(evaluate) if evaluate is not None and cfg.eval_every and \
                     self.step % cfg.eval_every == 0 else None
+                if scored and reporter is not None:  # images/s counts training, not the evaluation
+                    reporter.last_t += scored["fd_seconds"]
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps or scored is not None:
                     row = reporter.row(out.lr, self.held_out_loss(), scored or {}) if reporter is not None else None
                     self.log_acc = empty_log()
