@@ -259,14 +259,14 @@ class TrainConfig:
             raise DDPMError(f"--grad-accum {self.grad_accum} is larger than --batch-size {self.batch_size}")
 
 
-def profiles(text: str) -> Tuple[float, ...]:
+def profiles(text: str, flag_name: str = "--ema-profiles") -> Tuple[float, ...]:
     """``--ema-profiles`` (e.g. "0.05,0.10"; () when empty); each in (0, 0.28): sigma_rel >= 0.2887 has no EMA."""
     try:
         values = tuple(float(v) for v in text.split(",")) if text.strip() else ()
     except ValueError:
         values = (-1.0,)
     if any(not 0 < v < 0.28 for v in values) or len(set(values)) != len(values):
-        raise DDPMError(f"--ema-profiles takes distinct lengths in (0, 0.28) such as 0.05,0.10, got {text!r}")
+        raise DDPMError(f"{flag_name} takes distinct lengths in (0, 0.28) such as 0.05,0.10, got {text!r}")
     return values
 
 

@@ -10,15 +10,19 @@ from .flags import Commands, cache_dir_flag, positive_int
 
 
 def _sigmas(text: str):
+    """--sigma-rel: the rule of --ema-profiles (``config.profiles``), as an argparse type; at least one."""
     import argparse
 
+    from ..config import profiles
+    from ..errors import DDPMError
+
     try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        values = []
-    if not values or not all(0 < v < 0.28 for v in values):
-        raise argparse.ArgumentTypeError(f"expected relative lengths in (0, 0.28) separated by commas, got {text!r}")
-    return values
+        values = profiles(text, "--sigma-rel")
+    except DDPMError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if not values:
+        raise argparse.ArgumentTypeError("--sigma-rel takes at least one length, e.g. 0.07")
+    return list(values)
 
 
 def add_ema(c: Commands) -> None:

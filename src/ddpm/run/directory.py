@@ -210,10 +210,10 @@ def write_checkpoint(run_dir: PathLike, snap: Snapshot, *, keep: Optional[int] =
     return final
 
 
-def remove_checkpoint(path: Path) -> None:
-    """Remove a checkpoint folder's files (those ``save_checkpoint`` writes) and then the folder, if that leaves it
+def remove_checkpoint(path: Path, files: Sequence[str] = (*FILES, "manifest.json")) -> None:
+    """Remove a checkpoint folder's ``files`` (those ``save_checkpoint`` writes) and then the folder, if that leaves it
     empty: nothing ddpm did not write is ever removed."""
-    for name in (*FILES, "manifest.json"):
+    for name in files:
         (path / name).unlink(missing_ok=True)
     try:
         path.rmdir()

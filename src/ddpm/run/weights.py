@@ -26,6 +26,7 @@ from .directory import (
     _load_weights,
     list_checkpoints,
     load_checkpoint,
+    remove_checkpoint,
     verify_checkpoint,
 )
 
@@ -101,11 +102,8 @@ def write_named(run_dir: PathLike, name: str, tensors: Dict[str, torch.Tensor], 
 def _remove_named(folder: Path) -> None:
     """Named weights replaced: only the files ``write_named`` writes (a folder holding anything else stays, and the
     rename over it fails, naming it)."""
-    for f in ("ema.safetensors", "info.json", "manifest.json"):
-        (folder / f).unlink(missing_ok=True)
-    try:
-        folder.rmdir()
-    except OSError:
+    remove_checkpoint(folder, files=("ema.safetensors", "info.json", "manifest.json"))
+    if folder.exists():
         raise DDPMError(f"{folder} holds files ddpm did not write; move them, or choose other --sigma-rel") from None
 
 

@@ -170,14 +170,12 @@ def reconstruct(run_dir: Path, sigma_rels: Iterable[float], *, step: Optional[in
     row = 0
     for p, _, _, _ in snaps:
         tensors = load_file(str(p))
-        for u in used:
+        for u in used:  # the rows of x: snapshot by snapshot, profile by profile
             prefix = f"{u:g}/"
-            for j, acc in enumerate(sums):
-                for k, v in tensors.items():
-                    if k.startswith(prefix):
-                        name = k[len(prefix):]
-                        add = v.to(torch.float64) * float(x[row, j])
-                        acc[name] = acc[name] + add if name in acc else add
+            part = {k[len(prefix):]: v.to(torch.float64) for k, v in tensors.items() if k.startswith(prefix)}
+            for acc, w in zip(sums, x[row].tolist()):
+                for name, v in part.items():
+                    acc[name] = acc[name] + w * v if name in acc else w * v
             row += 1
     info = {"step": snaps[-1][1], "t": snaps[-1][2], "snapshots": len(snaps), "profiles": list(used),
             "coefficients": x.tolist()}

@@ -108,7 +108,7 @@ class Trainer:
         self.profiles = PowerEMA(self.model, sigma_rels) if sigma_rels else None
         self.best: Optional[Dict[str, Any]] = None  # the step and FD of the lowest FD so far (--eval-every)
         self.eval_seconds, self.evaluations = 0.0, 0  # time spent in evaluations during fit, and how many
-        self._save_best = False  # an evaluation found a new best: save this step
+
     # ------------------------------------------------------------------------- one step
     def micro_batches(self) -> list:
         """This process's micro-batches: positions of the global batch, ``grad_accum`` contiguous ranges."""
@@ -365,7 +365,7 @@ class Trainer:
 
     def _evaluate(self, evaluate: Callable[["Trainer"], Optional[float]]) -> Dict[str, float]:
         """One evaluation (every process calls it): in rank 0, ``{"fd", "fd_seconds"}`` and a new ``best`` when it is
-        the lowest so far (saved by ``_periodic``); ``{}`` elsewhere."""
+        the lowest so far (``_periodic`` saves its checkpoint); ``{}`` elsewhere."""
         t0 = time.monotonic()
         fd = evaluate(self)
         seconds = time.monotonic() - t0
@@ -376,7 +376,6 @@ class Trainer:
             cfg = self.config
             self.best = {"step": self.step, "fd": fd, "n": cfg.eval_n, "sampler": cfg.eval_sampler,
                          "steps": cfg.eval_steps or None}
-            self._save_best = True
         return {"fd": fd, "fd_seconds": seconds}
 
     def _periodic(self, run_dir: Path, reporter: Optional[Reporter]) -> None:
@@ -393,8 +392,8 @@ class Trainer:
         if self.profiles is not None and reporter is not None and \
                 self.step % (cfg.ema_snapshot_every or cfg.save_every) == 0:
             self.profiles.write_snapshot(run_dir, self.step)
-        due = self.step % cfg.save_every == 0 or self._save_best or (
+        new_best = self.best is not None and self.best["step"] == self.step  # an evaluation just found it
+        due = self.step % cfg.save_every == 0 or new_best or (
             cfg.save_minutes > 0 and time.monotonic() - self.last_save >= cfg.save_minutes * 60)
         if reporter is not None and due and self.step < cfg.steps:  # rank 0 alone writes (and decides when)
             self.save(run_dir, background=True)
-        self._save_best = False
