@@ -48,6 +48,9 @@ def test_gpu_sh_smoke_writes_every_figure(tmp_path):
     assert r["stop_and_resume"]["max_weight_difference"] == 0.0  # resumed exactly on this device
     assert _positive(r["checkpoint"]["on_the_spot_s"]) and _positive(r["checkpoint"]["stall_s"])
     assert _positive(r["cli"]["ddpm_train_img_per_s"]) and _positive(r["cli"]["ddpm_sample_job_s"])
+    for gc in ("off", "on"):
+        figures = r["grad_checkpointing"][gc]
+        assert _positive(figures["step_s"]) and _positive(figures["estimate_mib"])
 
 
 def _positive(x) -> bool:

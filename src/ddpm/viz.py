@@ -33,6 +33,7 @@ def make_grid(images: torch.Tensor, nrow: Optional[int] = None, pad: int = 2, pa
     """uint8 [N, C, H, W] -> uint8 [H', W', C] grid of ``nrow`` images per row (default: about square)."""
     if images.dtype != torch.uint8 or images.ndim != 4:
         raise ValueError(f"make_grid expects uint8 [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
+    images = images[:, :shown_channels(images.shape[1])]
     n, c, h, w = images.shape
     nrow = nrow or max(1, math.ceil(math.sqrt(n)))
     rows = math.ceil(n / nrow)
@@ -43,6 +44,12 @@ def make_grid(images: torch.Tensor, nrow: Optional[int] = None, pad: int = 2, pa
         y, x = pad + r * (h + pad), pad + col * (w + pad)
         grid[y:y + h, x:x + w] = arr[i]
     return grid
+
+
+def shown_channels(c: int) -> int:
+    """How many of ``c`` channels a picture shows: 1 (gray) or 3 (RGB) as they are, the first of 2 and the first 3 of
+    more (an alpha channel, or bands beyond the third, are not drawn)."""
+    return c if c in (1, 3) else 1 if c == 2 else 3
 
 
 def save_grid(images: torch.Tensor, path: PathLike, nrow: Optional[int] = None, scale: int = 1) -> None:
@@ -110,6 +117,7 @@ def labelled_grid(rows: Sequence[Sequence[np.ndarray]], col_labels: Sequence[str
             tw = font.getbbox(row_labels[i])[2]
             draw.text((left - pad - tw, y + H // 2), row_labels[i], fill="black", font=font, anchor="lm")
         for j, panel in enumerate(row):
+            panel = panel[..., :shown_channels(panel.shape[2])]
             p = Image.fromarray(panel[..., 0] if panel.shape[2] == 1 else panel).convert("RGB")
             img.paste(p.resize((W, H), Image.Resampling.NEAREST), (left + pad + j * (W + pad), y))
     for j, lab in enumerate(col_labels):
@@ -315,6 +323,47 @@ def plot_fd_sigma(rows: Sequence[Dict[str, Any]], out_png: PathLike, title: str 
     ax.grid(alpha=0.3)
     if title:
         ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    _save_fig(fig, out_png)
+
+
+def plot_rate_distortion(rate: np.ndarray, rmse: np.ndarray, out_png: PathLike, title: str = "",
+                         paper: Optional[Dict[str, Sequence[float]]] = None) -> None:
+    """Fig. 5 of the paper: rate (bits/dim) and distortion (RMSE, 0-255) against the reverse step 1..T, and
+    distortion against rate; ``paper``: Table 4's points (reverse_steps, rate, rmse) drawn beside."""
+    plt = _pyplot()
+    k = np.arange(1, len(rate) + 1)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4), dpi=110)
+    for ax, (x, y, xl, yl) in zip(axes, [(k, rate, "reverse steps", "rate (bits/dim)"),
+                                         (k, rmse, "reverse steps", "distortion (RMSE, 0-255)"),
+                                         (rate, rmse, "rate (bits/dim)", "distortion (RMSE, 0-255)")]):
+        ax.plot(x, y, lw=1.6, label="this run")
+        ax.set(xlabel=xl, ylabel=yl)
+        ax.grid(alpha=0.3)
+    if paper is not None:
+        p_k, p_rate, p_rmse = (np.asarray(paper[c]) for c in ("reverse_steps", "rate", "rmse"))
+        for ax, x, y in zip(axes, (p_k, p_k, p_rate), (p_rate, p_rmse, p_rmse)):
+            ax.plot(x, y, "o", ms=4, color="#d62728", label="the paper (CIFAR-10, Table 4)")
+            ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    _save_fig(fig, out_png)
+
+
+def plot_progressive(rows: Sequence[Dict[str, Any]], out_png: PathLike, title: str = "") -> None:
+    """Fig. 10 of the paper: a score of x0_hat (FD, FID, IS, ...) against the reverse step it was predicted at."""
+    plt = _pyplot()
+    names = [m for m in rows[0] if m != "reverse_step"]
+    fig, axes = plt.subplots(1, len(names), figsize=(max(8, 5 * len(names)), 4.5), dpi=110, squeeze=False)
+    for ax, m in zip(axes[0], names):
+        ax.plot([r["reverse_step"] for r in rows], [r[m] for r in rows], "o-")
+        if m in ("fd", "fid", "kid") and min(r[m] for r in rows) > 0:
+            ax.set_yscale("log")  # distances span orders of magnitude along the chain
+        ax.set(xlabel="reverse steps", ylabel=m)
+        ax.grid(alpha=0.3, which="both")
+    if title:
+        fig.suptitle(title, fontsize=9, wrap=True)
     fig.tight_layout()
     _save_fig(fig, out_png)
 

@@ -249,7 +249,8 @@ def _bad_things(tmp_path, trained):
         (["schedule", "--out", "{tmp}/s.png", "--T", "10"], "the smallest T that works is 21"),
         (["train", "--data", "mnist", "--out", "{tmp}/r", "--preset", "tiny", "--image-size", "9"],
          "image_size=9 must be divisible by 2"),
-        (["train", "--data", "mnist", "--out", "{tmp}/r", "--channels", "2"], "invalid choice: 2"),
+        (["train", "--data", "mnist", "--out", "{tmp}/r", "--channels", "0"], "expected a positive integer"),
+        (["train", "--data", "mnist", "--out", "{tmp}/r", "--channels", "17"], "an integer from 1 to 16"),
         (["data", "info", "{tmp}/nowhere"], "not found"),
         (["data", "info", "{empty}"], "no images"),
         # sampling jobs

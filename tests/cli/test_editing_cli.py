@@ -76,7 +76,8 @@ def test_refusals_are_one_line(runs, tmp_path, capsys):
     mine.write_bytes(b"a picture of mine")
     base = ["--run", runs[0], "mnist:0", "--out", tmp_path / "o.png", "--quiet"]
     for argv, message in (
-            (["inpaint", *base, "--mask", tmp_path / "small.png"], "is 8x8; the run's images are 16x16"),
+            (["inpaint", *base, "--mask", tmp_path / "small.png"],
+             "is 8x8 (height x width); the run's images are 16x16"),
             (["inpaint", *base, "--mask", "diagonal"], "unknown mask 'diagonal'"),
             (["inpaint", *base, "--mask", "top", "--sampler", "ancestral", "--steps", "5"], "takes all T=60 steps"),
             (["inpaint", *base, "--mask", "top", "--steps", "200"],

@@ -234,10 +234,14 @@ def test_empty_folder_and_missing_path(tmp_path):
 
 
 def test_bad_arguments():
-    with pytest.raises(DDPMError, match="channels"):
-        load_data("mnist", channels=2, image_size=28)
+    with pytest.raises(DDPMError, match="channels must be an integer from 1 to 16"):
+        load_data("mnist", channels=17, image_size=28)
+    with pytest.raises(DDPMError, match="images decode to 1"):
+        load_data("mnist", channels=5, image_size=28)
     with pytest.raises(DDPMError, match="image_size"):
         load_data("mnist", channels=1, image_size=0)
+    with pytest.raises(DDPMError, match="image_size"):
+        load_data("mnist", channels=1, image_size=(8, 0))
 
 
 # ---------------------------------------------------------------- CIFAR-10

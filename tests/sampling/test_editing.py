@@ -200,7 +200,7 @@ def test_mask_files(tmp_path):
     assert make_mask(str(tmp_path / "rgb.png"), 1, 3, 8).shape == (1, 3, 8, 8)
     with pytest.raises(DDPMError, match="3 different channels; the run's images have 1"):
         make_mask(str(tmp_path / "rgb.png"), 1, 1, 8)
-    with pytest.raises(DDPMError, match="is 8x8; the run's images are 16x16"):
+    with pytest.raises(DDPMError, match=r"is 8x8 \(height x width\); the run's images are 16x16"):
         make_mask(str(tmp_path / "m.png"), 1, 1, 16)
     with pytest.raises(ValueError, match="does not fit"):
         Edit([RePaint(GaussianDiffusion(NoiseSchedule.linear(T)), 5, jump=2)],

@@ -66,9 +66,10 @@ def say_if_long(settings, ckpt, sampler) -> None:
     n, device = len(settings.seeds), settings.torch_device
     if n * sampler.calls < 100_000:  # e.g. 1,000 samples of 100 calls: minutes on any CPU; not worth timing
         return
-    c, s, world = ckpt.config.model.in_channels, ckpt.config.model.image_size, rank_world()[1]
-    per = seconds_per_image(settings.weights(ckpt), sampler, (c, s, s), batch_size=min(settings.batch_size, n),
-                            guidance=settings.guidance, device=device, precision=settings.precision)
+    world = rank_world()[1]
+    per = seconds_per_image(settings.weights(ckpt), sampler, ckpt.config.model.shape,
+                            batch_size=min(settings.batch_size, n), guidance=settings.guidance, device=device,
+                            precision=settings.precision)
     if per * n / world < LONG_S:
         return
     on = f"{world} processes on {device.type}" if world > 1 else str(device)
@@ -102,8 +103,9 @@ def oom_line(args) -> str:
     if cmd == "train":
         accum = getattr(args, "grad_accum", None) or 1
         return (f"out of memory{at}: add --grad-accum {accum * 2} (the same batch in {accum * 2} passes: the same "
-                f"result in less memory) or use {smaller}, and run the command again (a run with checkpoints "
-                "continues with --resume)")
+                f"result in less memory), --grad-checkpointing (the same result, activations recomputed) or use "
+                f"{smaller}, and run the command again (a run with checkpoints continues with --resume; --dry-run "
+                "estimates the memory)")
     if cmd in ("sample", "eval", "demo", "interpolate"):
         return f"out of memory{at}: run again with {smaller} (the images do not change with the batch size)"
     return f"out of memory{at}"
@@ -224,3 +226,24 @@ class StderrHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         level = f"ddpm: {record.levelname.lower()}: " if record.levelno >= logging.WARNING else ""
         print(level + record.getMessage(), file=sys.stderr)
+
+
+def memory_line(cfg, device) -> str:
+    """``--dry-run``'s estimate of a training step's memory on each process (``training.memory``)."""
+    import os
+
+    from ..runtime import resolve_precision
+    from ..training.memory import estimate_step_memory
+
+    t = cfg.train
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    micro = -(-t.batch_size // (world * t.grad_accum))
+    precision = resolve_precision(t.precision, device)
+    m = estimate_step_memory(cfg, micro_batch=micro, precision=precision, checkpointing=t.grad_checkpointing)
+    return (f"memory of a training step, estimated: about {m['total']:,.0f} MiB per process = weights, gradients, "
+            f"Adam and EMA {m['state']:,.0f} MiB ({m['parameters'] / 1e6:.2f}M parameters) + activations "
+            f"{m['activations']:,.0f} MiB ({m['per_image']:,.1f} MiB per image x {micro} images per micro-batch: "
+            f"--batch-size {t.batch_size} / {world} process{'es' if world > 1 else ''} / --grad-accum {t.grad_accum}"
+            f"; {precision}, gradient checkpointing {'on' if t.grad_checkpointing else 'off'}). Too much: "
+            + ("raise --grad-accum or lower --batch-size" if t.grad_checkpointing else
+               "--grad-checkpointing, a higher --grad-accum or a lower --batch-size"))

@@ -11,15 +11,16 @@ import contextlib
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import List, Optional
 
 from ..runtime import configure_threads, keep_freed_memory
-from .advice import Projection, StderrHandler, count, failure, one_of_many, train_end_line
+from .advice import Projection, StderrHandler, failure, memory_line, one_of_many, train_end_line
 from .editing import cmd_edit, cmd_inpaint
 from .ema import cmd_ema
 from .evaluate import cmd_eval
-from .flags import early_threads, fields_of, load_run_of, sampling_settings
+from .flags import early_threads, fields_of, load_run_of
 from .measure import cmd_metrics
+from .sample import cmd_sample
 
 
 # ----------------------------------------------------------------------------- commands
@@ -41,6 +42,7 @@ def cmd_train(args) -> int:
     import time
 
     from ..config import DiffusionConfig, TrainConfig
+    from ..config.presets import levels_note
     from ..errors import exit_code
     from ..runtime import choose_device, distributed
     from ..training.train import plan_run, train_run
@@ -49,10 +51,13 @@ def cmd_train(args) -> int:
     cfg = plan_run(run, train=fields_of(args, TrainConfig), diffusion=fields_of(args, DiffusionConfig),
                    preset=args.preset, resume=args.resume, config_file=args.config,
                    model={"image_size": args.image_size, "in_channels": args.channels})
+    device = choose_device(args.device)
+    if levels_note(cfg):
+        print(f"note: {levels_note(cfg)}", file=sys.stderr)
     if args.dry_run:
         print(cfg.to_json(), end="")
+        print(memory_line(cfg, device), file=sys.stderr)
         return 0
-    device = choose_device(args.device)
     watch = None
     if cfg.train.eval_every:  # its feature network is found (or refused) before training starts
         from ..evaluation.watch import FDWatch
@@ -67,37 +72,6 @@ def cmd_train(args) -> int:
     # stopped by a signal: 128 + its number (130, 143, 138), so that `ddpm train ... && ddpm sample ...` stops and
     # a scheduler requeues; the same command with --resume auto then continues
     return exit_code(res.reason) if res.reason.startswith("SIG") else 0
-
-
-def cmd_sample(args) -> int:
-    from ..errors import DDPMError
-    from ..runtime import choose_device, distributed
-    from ..sampling.jobs import parse_seeds, reverse_process_pictures, sample_job
-    from ..sampling.outputs import check_output, check_picture_path
-
-    if args.seeds and args.n is not None:
-        raise DDPMError("give --seeds A-B or --seed S --n N, not both")
-    seeds = parse_seeds(args.seeds) if args.seeds else range(args.seed, args.seed + (args.n or 64))
-    check_output(args.out, overwrite=args.overwrite, runs=[args.run])  # before anything is loaded
-    pictures: Dict[str, Any] = {
-        "strip": args.trajectory and check_picture_path(args.trajectory, overwrite=args.overwrite, flag="--trajectory"),
-        "gif": args.gif and check_picture_path(args.gif, ".gif", overwrite=args.overwrite, flag="--gif")}
-    device = choose_device(args.device)
-    with distributed(device, args.dist_timeout) as rank:
-        ckpt = load_run_of(args, device)
-        settings = sampling_settings(args, device, seed=seeds.start, n=len(seeds))
-        job, done = sample_job(args.out, ckpt, settings, overwrite=args.overwrite, chunk=args.chunk)
-        if rank == 0 and (pictures["strip"] or pictures["gif"]):
-            reverse_process_pictures(ckpt, settings, seeds=seeds[:4], **pictures)
-    if rank == 0:
-        again = f"; {done} of them were drawn by an earlier run of this job" if done else ""
-        which = f"seeds {seeds.start}-{seeds.stop - 1}" if len(seeds) > 1 else f"seed {seeds.start}"
-        print(f"wrote {count(len(seeds), 'sample')} ({which}) from {args.run} (step {ckpt.step}, "
-              f"{settings.weights_name} weights) to {args.out}{again}", file=sys.stderr)
-        for what, path in (("the reverse process of the first samples", args.trajectory), ("its animation", args.gif)):
-            if path:
-                print(f"wrote {what} to {path}", file=sys.stderr)
-    return 0
 
 
 def cmd_noise(args) -> int:
@@ -174,7 +148,8 @@ def _describe_data(info: dict, verify: bool = False) -> list:
         lines.append(f"no classes: {info['unlabelled']}")
     if info["cache"] is None:
         return lines + ["shipped in the package and held in memory: no cache"]
-    size = f"{info['channels']}x{info['size']}x{info['size']}"
+    h, w = (info["size"], info["size"]) if isinstance(info["size"], int) else info["size"]
+    size = f"{info['channels']}x{h}x{w} (channels x height x width)"
     lines.append(f"cache at {size}: {info['cache']} ({'built' if info['built'] else 'not built yet'})")
     for path, meta in info["caches"]:
         shape, gb = "x".join(map(str, meta["shape"][1:])), meta["bytes"] / 2**30
@@ -212,7 +187,7 @@ def cmd_import(args) -> int:
     classes = (f"class-conditional ({m.num_classes} {'class' if m.num_classes == 1 else 'classes'}: {names})"
                if m.num_classes else "unconditional")
     print(f"imported {args.dir} into {out}: a UNet of base width {m.ch} (x{', x'.join(map(str, m.ch_mult))}) for "
-          f"{m.image_size}x{m.image_size}x{m.in_channels} images, {classes}, predicting {d.predict}; T={d.T}, "
+          f"{m.height}x{m.width}x{m.in_channels} images, {classes}, predicting {d.predict}; T={d.T}, "
           f"{d.schedule} schedule, {d.var_type} variance", file=sys.stderr)
     return 0
 

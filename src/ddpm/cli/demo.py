@@ -130,8 +130,8 @@ def plan_demo(cfg: RunConfig, *, minutes: float, n: int, sampling_steps: int, de
     a slower machine gets the time they need (``extended``)."""
     torch.manual_seed(cfg.train.seed)
     net = UNet(cfg.model).to(device)
-    c, s, b = cfg.model.in_channels, cfg.model.image_size, min(n, DEMO_BATCH)
-    forward_s = sum(_time_forward(net, torch.randn(k, c, s, s, device=device),
+    b = min(n, DEMO_BATCH)
+    forward_s = sum(_time_forward(net, torch.randn(k, *cfg.model.shape, device=device),
                                   torch.zeros(k, dtype=torch.long, device=device), device) for k in (2 * b, b))
     sampling_s = math.ceil(n / DEMO_BATCH) * sampling_steps * forward_s
     train_s = minutes * 60 - START_S - 1.25 * sampling_s

@@ -87,8 +87,7 @@ def _run_job(args, make_edit, what: str) -> int:
     device = choose_device(args.device)
     with distributed(device, args.dist_timeout) as rank:
         ckpt = load_run_of(args, device)
-        c, s = ckpt.config.model.in_channels, ckpt.config.model.image_size
-        images = load_images(args.images, s, c)
+        images = load_images(args.images, ckpt.config.model.image_size, ckpt.config.model.in_channels)
         settings = sampling_settings(args, device, n=None)  # --n here: completions per input; n: the edit's outputs
         edit = make_edit(ckpt, images, settings)
         job, done = sample_job(args.out, ckpt, settings.replace(n=len(edit)), sampler=edit, chunk=args.chunk,
@@ -105,7 +104,7 @@ def cmd_inpaint(args) -> int:
     from ..sampling.editing import RePaint, make_mask
 
     def make(ckpt, images, settings):
-        c, s = images.shape[1], images.shape[-1]
+        c, s = images.shape[1], (images.shape[-2], images.shape[-1])
         T, k = ckpt.diffusion.T, settings.steps
         if settings.sampler == "ancestral" and k not in (None, T):
             raise ValueError(f"the ancestral sampler takes all T={T} steps; for {k} use --sampler respaced")

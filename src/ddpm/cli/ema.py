@@ -94,7 +94,7 @@ def _sweep(args, run: Path, cfg, names) -> None:
     settings = SamplingSettings(sampler=args.sampler or t.eval_sampler, steps=args.steps or t.eval_steps or None,
                                 n=args.n or t.eval_n, batch_size=args.batch_size, device=device,
                                 progress=not args.quiet)
-    features = get_features("auto", channels=cfg.model.in_channels, cache_dir=args.cache_dir)
+    features = get_features("auto", channels=cfg.model.in_channels, cache_dir=args.cache_dir, hw=cfg.model.hw)
     real = real_images(cfg.train.data, cfg, args.cache_dir, progress=not args.quiet)
     out = run / "eval"
     out.mkdir(exist_ok=True)

@@ -222,11 +222,31 @@ class Commands:
         return p
 
 
+def image_size_arg(text: str):
+    """--image-size: "S" -> S, "HxW" -> (H, W)."""
+    import argparse
+
+    parts = text.lower().replace("×", "x").split("x")
+    try:
+        values = [int(v) for v in parts]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or min(values, default=0) < 1:
+        raise argparse.ArgumentTypeError(f"expected S or HxW (positive integers, e.g. 32 or 64x128), got {text!r}")
+    return values[0] if len(values) == 1 or values[0] == values[1] else (values[0], values[1])
+
+
 def data_flags(p) -> None:
     """--image-size, --channels and --cache-dir: what the decoded cache is built at, and where."""
-    p.add_argument("--image-size", type=positive_int, default=None,
-                   help="the network's image size (default: the preset's; e.g. the cifar10 network at 64)")
-    p.add_argument("--channels", type=int, choices=(1, 3), default=None, help="1 gray, 3 RGB (default: the preset's)")
+    p.add_argument("--image-size", type=image_size_arg, default=None, metavar="S|HxW",
+                   help="the network's image size: S for S x S, or HxW (height x width, e.g. 64x128; each side "
+                        "divisible by the network's downsampling) (default: the preset's; e.g. the cifar10 network at "
+                        "64, which adds a level so that its lowest resolution stays 4 x 4)")
+    p.add_argument("--channels", type=positive_int, default=None,
+                   help="1 gray, 3 RGB (default: the preset's); image files also 2 (gray and alpha) and 4 (RGBA: "
+                        "alpha kept; with 1 or 3 it is dropped, not composited); more from multi-page images (a TIFF "
+                        "stack: a page a channel) or arrays (.npz/.npy, up to 16, as they are). Pictures show the "
+                        "first 3 channels (1 of 2)")
     cache_dir_flag(p)
 
 

@@ -174,11 +174,17 @@ def _sample(c: Commands) -> None:
                                                                   "(default: 64)")
     p.add_argument("--seeds", metavar="A-B", default=None, help="the images of seeds A to B (instead of --seed/--n): "
                                                                 "image i depends on its seed alone")
-    job_flags(p, "(and --trajectory, --gif)", ", a grid row per class")
+    job_flags(p, "(and --trajectory, --gif, --progressive)", ", a grid row per class")
     sampler_flags(p)
     p.add_argument("--trajectory", metavar="PNG", help="also draw the reverse process of the first few samples: "
                                                        "x_t and the predicted x_0 at t = T, 0.8 T, ..., 1")
     p.add_argument("--gif", metavar="GIF", help="also animate the reverse process of the first few samples")
+    p.add_argument("--progressive", metavar="PNG",
+                   help="also draw progressive generation (the paper's Fig. 6): for the first 16 samples (drawn "
+                        "again: the same images), x0 as predicted at the reverse steps --at, then the sample")
+    p.add_argument("--at", metavar="K,K,...", default=None,
+                   help="with --progressive: reverse steps 1..T (step 1 sees pure noise, T sees x_1; a sampler of "
+                        "fewer steps shows its nearest); default every tenth, T/10, 2T/10, ..., T")
 
 
 def _noise(c: Commands) -> None:

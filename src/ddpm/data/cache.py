@@ -32,7 +32,7 @@ import numpy as np
 
 from ..atomic import atomic_write_text, file_sha256, written_aside
 from ..errors import DDPMError
-from .images import CONVERSION, TASK, decode_into, folder_classes
+from .images import CONVERSION, TASK, Size, decode_into, folder_classes, hw
 
 __all__ = ["CACHE_ENV", "cache_root", "Cached", "source_key", "cache_key", "open_cache", "build_folder_cache",
            "build_encoded_cache", "build_array_cache", "verify", "caches_of"]
@@ -65,7 +65,7 @@ def source_key(kind: str, files: Sequence[Path], root: Optional[Path] = None, **
     return _hash({"kind": kind, "files": stats, **extra})
 
 
-def cache_key(source: str, channels: int, size: int, resize: str = "center-crop") -> str:
+def cache_key(source: str, channels: int, size: Size, resize: str = "center-crop") -> str:
     """The key of a source's cache at a size and conversion (the default conversion's keys as before it had a
     choice)."""
     extra = {} if resize == "center-crop" else {"resize": resize}
@@ -174,7 +174,7 @@ def _finish(tmp: Path, meta: Dict[str, Any], labels: Optional[np.ndarray]) -> No
 
 
 def build_folder_cache(root: Path, key: str, meta: Dict[str, Any], folder: Path, paths: Sequence[Path], channels: int,
-                       size: int, *, resize: str = "center-crop", skip_bad: bool = False, progress: bool = False,
+                       size: Size, *, resize: str = "center-crop", skip_bad: bool = False, progress: bool = False,
                        workers: Optional[int] = None) -> Cached:
     """Decode ``paths`` of ``folder`` in worker processes into the cache ``key``. Unreadable images stop it with
     the first one named and their count, or, with ``skip_bad``, are left out and listed in the cache's meta."""
@@ -191,7 +191,7 @@ def build_folder_cache(root: Path, key: str, meta: Dict[str, Any], folder: Path,
                   labels, channels, size, skip_bad=skip_bad, progress=progress, workers=workers)
 
 
-def build_encoded_cache(root: Path, key: str, meta: Dict[str, Any], source, channels: int, size: int, *,
+def build_encoded_cache(root: Path, key: str, meta: Dict[str, Any], source, channels: int, size: Size, *,
                         resize: str = "center-crop", skip_bad: bool = False, progress: bool = False,
                         workers: Optional[int] = None) -> Cached:
     """``build_folder_cache`` for a ``formats.Encoded`` source (LMDB, zip, parquet, arrow): its chunks listed here,
@@ -219,7 +219,7 @@ INLINE_MAX = 64  # sources of at most this many images are decoded in the buildi
 
 
 def _build(root: Path, key: str, meta: Dict[str, Any], what: str, n: int, tasks, name_of, labels, channels: int,
-           size: int, *, skip_bad: bool, progress: bool, workers: Optional[int], inline: bool = True) -> Cached:
+           size: Size, *, skip_bad: bool, progress: bool, workers: Optional[int], inline: bool = True) -> Cached:
     """Run ``tasks(npy)`` ((images, worker function, its task) each) in worker processes, each writing its rows
     of a new images.npy of ``n`` rows and returning what it could not read; then the labels of the rows kept.
     With ``inline``, at most INLINE_MAX images are decoded in this process instead."""
@@ -232,7 +232,7 @@ def _build(root: Path, key: str, meta: Dict[str, Any], what: str, n: int, tasks,
             return done
         with written_aside(root / key) as tmp:
             out = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8,
-                                            shape=(n, channels, size, size))
+                                            shape=(n, channels, *hw(size)))
             del out
             _reserve(tmp / "images.npy")
             bad: List[Tuple[int, str, str]] = []
@@ -256,7 +256,7 @@ def _build(root: Path, key: str, meta: Dict[str, Any], what: str, n: int, tasks,
             keep = _without_bad(tmp, bad, n, what, skip_bad)
             classes, labels_kept, why = labels(keep)
             kept = n if keep is None else int(keep.sum())
-            meta.update(n=kept, shape=[kept, channels, size, size], classes=classes, unlabelled=why,
+            meta.update(n=kept, shape=[kept, channels, *hw(size)], classes=classes, unlabelled=why,
                         skipped=[name_of(row, name) for row, name, _ in bad])
             _finish(tmp, meta, labels_kept)
     return _built(root, key)
@@ -297,8 +297,9 @@ def _without_bad(tmp: Path, bad: List[Tuple[int, str, str]], n: int, folder: str
 
 
 def build_array_cache(root: Path, key: str, meta: Dict[str, Any],
-                      load: Callable[[], Tuple[np.ndarray, Optional[np.ndarray]]], classes, channels: int, size: int, *,
-                      resize: str = "center-crop", progress: bool = False, unlabelled: str = "") -> Cached:
+                      load: Callable[[], Tuple[np.ndarray, Optional[np.ndarray]]], classes, channels: int,
+                      size: Size, *, resize: str = "center-crop", progress: bool = False,
+                      unlabelled: str = "") -> Cached:
     """Cache a source read whole (CIFAR-10, a numpy array), converted to ``channels`` x ``size``. ``classes``: the
     names, or a function of the labels that gives them."""
     from tqdm.auto import tqdm
@@ -312,7 +313,7 @@ def build_array_cache(root: Path, key: str, meta: Dict[str, Any],
         n = len(images)
         with written_aside(root / key) as tmp:
             out = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8,
-                                            shape=(n, channels, size, size))
+                                            shape=(n, channels, *hw(size)))
             _reserve(tmp / "images.npy")
             if images.shape[1:] == out.shape[1:]:
                 out[:] = images
@@ -323,7 +324,7 @@ def build_array_cache(root: Path, key: str, meta: Dict[str, Any],
             del out
             if callable(classes):
                 classes = classes(labels) if labels is not None else None
-            meta.update(n=n, shape=[n, channels, size, size], classes=None if classes is None else list(classes),
+            meta.update(n=n, shape=[n, channels, *hw(size)], classes=None if classes is None else list(classes),
                         unlabelled="" if labels is not None else unlabelled, skipped=[])
             _finish(tmp, meta, labels)
     return _built(root, key)

@@ -18,7 +18,7 @@ from PIL import Image
 from ..errors import DDPMError
 from .cache import Cached, build_array_cache, build_encoded_cache, build_folder_cache, source_key
 from .cifar10 import CIFAR10_CLASSES, read_cifar10
-from .images import folder_classes, is_gray
+from .images import Size, folder_classes, is_gray
 from .tables import Arrays
 
 __all__ = ["Reader", "READERS", "MNIST_CLASSES", "mnist_arrays"]
@@ -45,7 +45,7 @@ class Reader:
     def info(self) -> Dict[str, Any]:
         raise NotImplementedError
 
-    def build(self, root: Path, key: str, meta: Dict[str, Any], channels: int, size: int, *, resize: str,
+    def build(self, root: Path, key: str, meta: Dict[str, Any], channels: int, size: Size, *, resize: str,
               skip_bad: bool, progress: bool) -> Cached:
         raise NotImplementedError
 
@@ -85,7 +85,7 @@ class FolderReader(Reader):
         classes, _, why = folder_classes(self.source.at, self.source.paths)
         return {"images": len(self.source.paths), "classes": classes, "unlabelled": why}
 
-    def build(self, root: Path, key: str, meta: Dict[str, Any], channels: int, size: int, *, resize: str,
+    def build(self, root: Path, key: str, meta: Dict[str, Any], channels: int, size: Size, *, resize: str,
               skip_bad: bool, progress: bool) -> Cached:
         return build_folder_cache(root, key, meta, self.source.at, self.source.paths, channels, size, resize=resize,
                                   skip_bad=skip_bad, progress=progress)
@@ -114,7 +114,7 @@ class EncodedReader(Reader):
             out["columns"] = (self.encoded.image_column, self.encoded.label_column)
         return out
 
-    def build(self, root: Path, key: str, meta: Dict[str, Any], channels: int, size: int, *, resize: str,
+    def build(self, root: Path, key: str, meta: Dict[str, Any], channels: int, size: Size, *, resize: str,
               skip_bad: bool, progress: bool) -> Cached:
         return build_encoded_cache(root, key, meta, self.encoded, channels, size, resize=resize, skip_bad=skip_bad,
                                    progress=progress)
@@ -136,7 +136,7 @@ class ArrayReader(Reader):
         return {"images": len(images), "classes": arrays.classes(labels) if labels is not None else None,
                 "unlabelled": "" if labels is not None else "the array has no labels (arr_1)"}
 
-    def build(self, root: Path, key: str, meta: Dict[str, Any], channels: int, size: int, *, resize: str,
+    def build(self, root: Path, key: str, meta: Dict[str, Any], channels: int, size: Size, *, resize: str,
               skip_bad: bool, progress: bool) -> Cached:
         arrays = Arrays(self.source.at)
         return build_array_cache(root, key, meta, arrays.load, arrays.classes, channels, size, resize=resize,
@@ -165,7 +165,7 @@ class Cifar10Reader(Reader):
                             "'mnist', a folder of images, or a CIFAR-10 archive/folder")
         return found
 
-    def build(self, root: Path, key: str, meta: Dict[str, Any], channels: int, size: int, *, resize: str,
+    def build(self, root: Path, key: str, meta: Dict[str, Any], channels: int, size: Size, *, resize: str,
               skip_bad: bool, progress: bool) -> Cached:
         return build_array_cache(root, key, meta, self.read, CIFAR10_CLASSES, channels, size, resize=resize,
                                  progress=progress)

@@ -4,7 +4,7 @@
 
 - ``"mnist"``: the 5,000-image MNIST subset shipped in ``ddpm/assets`` (see its README for the
   attribution), 500 images per digit, in interleaved class order: image K is a digit K % 10; in memory;
-- a folder of images (png, jpg, jpeg, bmp, webp; searched recursively, hidden entries skipped), labelled
+- a folder of images (png, jpg, jpeg, bmp, webp, tif; searched recursively, hidden entries skipped), labelled
   by its subfolders when every image lies in one (``root/cat/*.png``: the ImageFolder convention);
 - CIFAR-10 from a local file or folder in either official format (the python pickles or the binary
   records, as the ``.tar.gz`` or extracted): the 50,000 training images, or with ``:test`` after the
@@ -27,7 +27,7 @@ import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import numpy as np
 import torch
@@ -36,8 +36,9 @@ from ..config import RESIZES
 from ..errors import DDPMError
 from .cache import cache_key, cache_root, caches_of, open_cache
 from .formats import Encoded, find_encoded
-from .images import IMAGE_EXTENSIONS, list_images
+from .images import IMAGE_EXTENSIONS, Size, image_mode, list_images, norm_size
 from .readers import MNIST_CLASSES, READERS, Reader, mnist_arrays
+from .tables import MAX_CHANNELS
 
 __all__ = ["ImageData", "Source", "find_source", "split_suffix", "load_data", "native_shape", "cache_info",
            "IMAGE_EXTENSIONS", "MNIST_CLASSES", "RESIZES", "SOURCES"]
@@ -172,20 +173,24 @@ def _has_cifar_batches(path: Path) -> bool:
                for n in ("data_batch_1", "data_batch_1.bin", "test_batch", "test_batch.bin"))
 
 
-def load_data(src: str, *, channels: int, image_size: int, progress: bool = False, cache_dir=None,
+def load_data(src: str, *, channels: int, image_size: Size, progress: bool = False, cache_dir=None,
               skip_bad: bool = False, resize: str = "center-crop", image_column: str = "",
               label_column: str = "") -> ImageData:
-    """Load ``src`` (any of ``SOURCES``) as uint8 [N, channels, image_size, image_size]. ``channels`` is 1 (gray) or
-    3 (RGB); ``resize`` one of ``RESIZES`` (the paper's center-crop by default). Everything but mnist comes from
-    the decoded cache in ``cache_dir`` (see ``cache.cache_root``), built on first use; ``skip_bad`` leaves
-    unreadable images out instead of stopping. ``image_column`` / ``label_column``: a Hugging Face dataset's."""
-    if channels not in (1, 3):
-        raise DDPMError(f"channels must be 1 or 3, got {channels!r}")
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-        raise DDPMError(f"image_size must be a positive integer, got {image_size!r}")
+    """Load ``src`` (any of ``SOURCES``) as uint8 [N, channels, H, W] for ``image_size`` S (square) or (H, W).
+    ``channels`` is 1 (gray) or 3 (RGB); ``resize`` one of ``RESIZES`` (the paper's center-crop by default).
+    Everything but mnist comes from the decoded cache in ``cache_dir`` (see ``cache.cache_root``), built on first
+    use; ``skip_bad`` leaves unreadable images out instead of stopping. ``image_column`` / ``label_column``: a
+    Hugging Face dataset's."""
+    if isinstance(channels, bool) or not isinstance(channels, int) or not 1 <= channels <= MAX_CHANNELS:
+        raise DDPMError(f"channels must be an integer from 1 to {MAX_CHANNELS}, got {channels!r}")
+    if not _valid_size(image_size):
+        raise DDPMError(f"image_size must be a positive integer or a (height, width) pair, got {image_size!r}")
+    image_size = norm_size(image_size)
     if resize not in RESIZES:
         raise DDPMError(f"unknown resize {resize!r}; expected one of {', '.join(RESIZES)}")
     source = find_source(src, image_column=image_column, label_column=label_column)
+    if source.kind not in ("npz", "cifar10", "folder"):  # (a folder's multi-page images give more channels)
+        image_mode(channels)
     if source.kind == "mnist":
         return _mnist(channels, image_size, resize)
     root, skey = cache_root(cache_dir), source.key()
@@ -206,13 +211,18 @@ def load_data(src: str, *, channels: int, image_size: int, progress: bool = Fals
                      skipped=skipped)
 
 
+def _valid_size(size: Any) -> bool:
+    parts = [size] if not isinstance(size, (tuple, list)) else list(size) if len(size) == 2 else [None]
+    return all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in parts)
+
+
 def native_shape(source: Source) -> Tuple[int, int]:
     """(channels, size) a source has of itself: mnist 1 x 28, CIFAR-10 3 x 32, an array its own, else its first
     image's (gray 1, anything else 3; its short side)."""
     return source.reader.shape()
 
 
-def cache_info(src: str, *, channels: Optional[int] = None, image_size: Optional[int] = None,
+def cache_info(src: str, *, channels: Optional[int] = None, image_size: Optional[Size] = None,
                preset: Optional[str] = None, cache_dir=None, resize: str = "center-crop", image_column: str = "",
                label_column: str = "") -> dict:
     """What a source holds and where its caches are, without decoding anything: at ``channels`` x ``image_size``
@@ -221,7 +231,7 @@ def cache_info(src: str, *, channels: Optional[int] = None, image_size: Optional
 
     source = find_source(src, image_column=image_column, label_column=label_column)
     model = PRESETS[preset or ("mnist" if source.kind == "mnist" else "cifar10")].model
-    channels, size = channels or model.in_channels, image_size or model.image_size
+    channels, size = channels or model.in_channels, norm_size(image_size or model.image_size)
     info = {"source": source, "channels": channels, "size": size, "cache": None, "caches": [],
             **source.reader.info()}
     if source.kind == "mnist":
@@ -234,7 +244,7 @@ def cache_info(src: str, *, channels: Optional[int] = None, image_size: Optional
 # ---------------------------------------------------------------- mnist
 
 
-def _mnist(channels: int, size: int, resize: str = "center-crop") -> ImageData:
+def _mnist(channels: int, size: Size, resize: str = "center-crop") -> ImageData:
     from .images import convert_array
 
     images, labels = mnist_arrays()

@@ -147,10 +147,12 @@ def column_labels(src) -> Labels:
 # ------------------------------------------------------------------ numpy arrays
 
 
+MAX_CHANNELS = 16  # an array's channels at most: more, and [N, H, W, C] is likely [N, C, H, W] mistaken
+
 @dataclass
 class Arrays:
-    """uint8 images [N, H, W, C] (C 1 or 3; or [N, H, W] gray) in an ``.npy``, or ``arr_0`` of an ``.npz`` with
-    its labels in ``arr_1`` (as ``ddpm sample`` writes), the class names in a ``classes.json`` beside it
+    """uint8 images [N, H, W, C] (C from 1 to MAX_CHANNELS; or [N, H, W] gray) in an ``.npy``, or ``arr_0`` of an
+    ``.npz`` with its labels in ``arr_1`` (as ``ddpm sample`` writes), the class names in a ``classes.json`` beside it
     (``NAME.classes.json`` or ``classes.json``)."""
 
     path: Path
@@ -172,9 +174,9 @@ class Arrays:
             raise DDPMError(f"cannot read {self.path} as a numpy array: {e}") from None
         if arr.ndim == 3:
             arr = arr[..., None]
-        if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] not in (1, 3) or not len(arr):
+        if arr.dtype != np.uint8 or arr.ndim != 4 or not 1 <= arr.shape[-1] <= MAX_CHANNELS or not len(arr):
             raise DDPMError(f"{self.path} holds {arr.dtype} {tuple(arr.shape)}; expected uint8 images [N, H, W, C] "
-                            "with C 1 or 3")
+                            f"with C from 1 to {MAX_CHANNELS} (channels last)")
         if labels is not None:
             if labels.ndim != 1 or len(labels) != len(arr) or labels.dtype.kind not in "iu" or (labels < 0).any():
                 raise DDPMError(f"{self.path}: arr_1 ({labels.dtype} {tuple(labels.shape)}) is not one class index "

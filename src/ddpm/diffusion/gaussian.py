@@ -10,7 +10,7 @@ Images are float tensors in [-1, 1], layout NCHW. ``t`` is an int64 tensor [B] o
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -188,17 +188,55 @@ class GaussianDiffusion:
         With ``return_terms`` returns a dict: total [B], prior [B], terms [B, T] (index 0: decoder NLL).
         ``y``: the images' labels, for a class-conditional model.
         """
+        terms = torch.zeros(x0.shape[0], self.T, dtype=torch.float64, device=x0.device)
+        for i, bits, _ in self._bound_terms(model, x0, y, generator, clip_denoised, progress, "bits/dim"):
+            terms[:, i] = bits
+        prior = self.prior_bits_per_dim(x0)
+        total = prior + terms.sum(1)
+        return {"total": total, "prior": prior, "terms": terms} if return_terms else total
+
+    @torch.no_grad()
+    def rate_distortion(self, model: Model, x0: Tensor, *, y: Optional[Tensor] = None, generator: Noise = None,
+                        clip_denoised: bool = True, progress: bool = False) -> Dict[str, Tensor]:
+        """Rate and distortion along the reverse process (Sec. 4.3, Table 4, Fig. 5), per image.
+
+        At reverse step k = 1..T the receiver holds x_t, t = T - k + 1 (model index T - k). ``rate[:, k-1]``: the
+        bits/dim sent so far, the prior term L_T plus the KL terms L_{T-1} .. L_t (Algorithm 3's cost of x_t);
+        ``rmse[:, k-1]``: the root mean squared error between x0 and x0_hat predicted from x_t, on the 0-255 scale;
+        ``decoder_bpd`` [B]: the decoder term L_0 (the paper's distortion in bits/dim). The last rate plus L_0 is
+        ``bits_per_dim``'s total for the same images and noise (the same draws: same ``generator`` state); also
+        returned: ``prior`` [B], ``terms`` [B, T] and ``total`` [B], as ``bits_per_dim(..., return_terms=True)``.
+        """
+        b = x0.shape[0]
+        rate = torch.zeros(b, self.T, dtype=torch.float64, device=x0.device)
+        rmse, terms = torch.zeros_like(rate), torch.zeros_like(rate)
+        sent = self.prior_bits_per_dim(x0)
+        prior = sent.clone()
+        for i, bits, pred_x0 in self._bound_terms(model, x0, y, generator, clip_denoised, progress, "rate/distortion"):
+            k = self.T - 1 - i  # column of reverse step T - i
+            rate[:, k] = sent
+            err = (pred_x0.double() - x0.double()) * 127.5  # [-1, 1] -> the 0-255 scale
+            rmse[:, k] = err.pow(2).flatten(1).mean(1).sqrt()
+            terms[:, i] = bits
+            if i > 0:
+                sent = sent + bits
+        return {"rate": rate, "rmse": rmse, "decoder_bpd": terms[:, 0], "prior": prior, "terms": terms,
+                "total": prior + terms.sum(1)}
+
+    def _bound_terms(self, model: Model, x0: Tensor, y: Optional[Tensor], generator: Noise, clip_denoised: bool,
+                     progress: bool, desc: str) -> Iterator[Tuple[int, Tensor, Tensor]]:
+        """The bound's terms from t = T down to 1: yields (index i, its bits/dim [B] in float64, x0_hat from x_t),
+        each x_t drawn afresh from q(x_t | x0) (index T-1 first, so one generator gives the same draws to every
+        caller)."""
         if y is not None:
             model = _with_labels(model, y)
-        b = x0.shape[0]
-        terms = torch.zeros(b, self.T, dtype=torch.float64, device=x0.device)
         steps = range(self.T - 1, -1, -1)
         if progress:
             from tqdm.auto import tqdm
 
-            steps = tqdm(steps, desc="bits/dim", unit="step", leave=False)
+            steps = tqdm(steps, desc=desc, unit="step", leave=False)
         for i in steps:
-            t = torch.full((b,), i, device=x0.device, dtype=torch.long)
+            t = torch.full((x0.shape[0],), i, device=x0.device, dtype=torch.long)
             xt = self.q_sample(x0, t, draw_normal(x0.shape, generator, x0))
             out = self.p_mean_variance(model, xt, t, clip_denoised=clip_denoised)
             if i == 0:
@@ -207,10 +245,7 @@ class GaussianDiffusion:
                 mean_q, _, logvar_q = self.q_posterior(x0, xt, t)
                 nats = normal_kl(mean_q.double(), logvar_q.double(), out["mean"].double(),
                                  out["log_variance"].double())
-            terms[:, i] = mean_bits_per_dim(nats)
-        prior = self.prior_bits_per_dim(x0)
-        total = prior + terms.sum(1)
-        return {"total": total, "prior": prior, "terms": terms} if return_terms else total
+            yield i, mean_bits_per_dim(nats), out["pred_x0"]
 
     def prior_bits_per_dim(self, x0: Tensor) -> Tensor:
         """KL(q(x_T | x0) || N(0, I)) per image in bits/dim: [B]."""

@@ -137,9 +137,7 @@ def read_set(spec: str, *, shape: Optional[Tuple[int, ...]] = None, cache_dir=No
     if p.is_dir() and holds_run_config(p):  # its loss plot and sample grids are not a set of samples
         raise DDPMError(f"{spec} is a ddpm run, not a set of images: score its samples with ddpm eval --run {spec} "
                         f"--metrics fid, or draw them first (ddpm sample --run {spec} --n 10000 --out samples.npz)")
-    if shape is not None and shape[1] != shape[2]:
-        raise DDPMError(f"{spec} is read as square images, and the other set's are {shape[1]} x {shape[2]}")
-    channels, size = (shape[0], shape[1]) if shape is not None else _native_shape(spec)
+    channels, size = (shape[0], (shape[1], shape[2])) if shape is not None else _native_shape(spec)
     data = load_data(spec, channels=channels, image_size=size, progress=progress, cache_dir=cache_dir,
                      skip_bad=skip_bad)
     if len(data) < 2:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..atomic import atomic_path, file_sha256
+from ..errors import DDPMError
 from ..runtime import rank0_flags, rank_world
 from .streaming import FeaturePass, feature_pass
 
@@ -49,7 +50,11 @@ class DigitClassifier(nn.Module):
 
     @staticmethod
     def prepare(x: Tensor) -> Tensor:
-        """Any [N, C, H, W] in [-1, 1] -> [N, 1, 28, 28] (mean over channels, antialiased resize)."""
+        """Any square [N, C, S, S] in [-1, 1] -> [N, 1, 28, 28] (mean over channels, antialiased resize); it reads
+        digits, which are square: other shapes are refused (the FID Inception takes any)."""
+        if x.shape[-2] != x.shape[-1]:
+            raise DDPMError(f"the digit classifier reads square images, and these are {x.shape[-2]}x{x.shape[-1]} "
+                            "(height x width): use --features inception")
         if x.shape[1] != 1:
             x = x.mean(dim=1, keepdim=True)
         if x.shape[-2:] != (28, 28):
@@ -91,11 +96,18 @@ FEATURES = ("auto", "digits", "inception")
 
 
 def get_features(kind: str, *, channels: int, inception: Optional[str] = None,
-                 cache_dir=None) -> Tuple[str, nn.Module]:
+                 cache_dir=None, hw: Optional[Tuple[int, int]] = None) -> Tuple[str, nn.Module]:
     """(name, network) of a feature extractor. ``auto``: digits for 1-channel images, else inception (found as
-    ``inception.find_inception`` says, the cache folder being ``cache_dir``'s)."""
+    ``inception.find_inception`` says, the cache folder being ``cache_dir``'s). Both read 1 or 3 channels; images
+    of other counts (gray and alpha, RGBA, multispectral) are refused: their scores would compare other things."""
+    if channels not in (1, 3):
+        raise DDPMError(f"the feature networks (digits, inception) read 1 or 3 channels, and these images have "
+                        f"{channels}: FD, FID, IS, KID and precision/recall do not apply (bits/dim and rd do)")
     if kind == "auto":
         kind = "digits" if channels == 1 else "inception"
+    if kind == "digits" and hw is not None and hw[0] != hw[1]:  # ``hw``: the images' (height, width), when known
+        raise DDPMError(f"the digit classifier reads square images, and these are {hw[0]}x{hw[1]} (height x width): "
+                        "use --features inception")
     if kind == "digits":
         return "digits", load_digit_classifier()
     if kind == "inception":

@@ -41,23 +41,28 @@ def samples_file(out: Path, settings: Dict[str, Any]) -> Path:
                   f"-n{s['n']}{g}-{key}.npz")
 
 
-def draw_samples(out: Path, ckpt, settings: SamplingSettings, sampler=None) -> Dict[str, Any]:
+def draw_samples(out: Path, ckpt, settings: SamplingSettings, sampler=None,
+                 progressive: Optional[List[int]] = None) -> Dict[str, Any]:
     """The samples of ``settings`` (its n and seeds; a class-conditional run draws every class in equal numbers)
     in ``out``: drawn by a sampling job (resumable, shared between torchrun's processes), or found there from an
     earlier run with exactly these settings (``SamplingSettings.key``). ``sampler`` replaces the one the settings
-    make. Returns ``path``, ``drawn`` (this time), ``reused`` (from earlier runs) and ``settings`` (the key)."""
+    make; ``progressive``: reverse steps whose x0_hat the file keeps too (``sampling.progressive``). Returns
+    ``path``, ``drawn`` (this time), ``reused`` (from earlier runs) and ``settings`` (the key)."""
     from ..run.ownership import is_marked
     from ..runtime import rank0_flags
     from ..sampling.jobs import SampleJob, sample_job
+    from ..sampling.progressive import progressive_key
 
     settings = settings.replace(classes="all" if ckpt.config.classes else None)
     sampler = sampler or settings.make_sampler(ckpt.diffusion)
     key, n = settings.key(ckpt, sampler), len(settings.seeds)
+    if progressive:
+        key["progressive"] = progressive_key(progressive)
     path = samples_file(out, key)
     found = path.is_file() and is_marked(path) and not SampleJob.parts_of(path).exists()
     if rank0_flags([found], settings.device or "cpu")[0]:  # rank 0's listing decides: a shared file system caches
         return {"path": path, "drawn": 0, "reused": n, "settings": key}
-    _, done = sample_job(path, ckpt, settings, sampler=sampler)
+    _, done = sample_job(path, ckpt, settings, sampler=sampler, progressive=progressive)
     return {"path": path, "drawn": n - done, "reused": done, "settings": key}
 
 

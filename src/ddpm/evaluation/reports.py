@@ -30,8 +30,8 @@ from .metrics import frechet_distance
 from .streaming import REF_N, feature_pass, reference_subset
 
 __all__ = ["evaluate_bpd", "bpd_report", "write_bpd_report", "bpd_line", "fd_report", "write_fd_report", "fd_table",
-           "check_report_folder", "REPORTS", "real_images", "labels_like", "class_match", "write_metrics_report",
-           "reference_moments", "fd_labels", "fd_of"]
+           "check_report_folder", "REPORTS", "real_images", "held_out_images", "labels_like", "class_match",
+           "write_metrics_report", "reference_moments", "fd_labels", "fd_of"]
 
 
 def real_images(src: str, cfg, cache_dir=None, progress: bool = True, skip_bad: bool = False) -> ImageData:
@@ -49,6 +49,20 @@ def real_images(src: str, cfg, cache_dir=None, progress: bool = True, skip_bad: 
     return data
 
 
+def held_out_images(data: ImageData, train) -> ImageData:
+    """The images of ``data`` that a run of ``train`` (its TrainConfig) held out of training (``--val-fraction``)."""
+    import dataclasses
+
+    from ..data.batches import held_out_split
+
+    if not train.val_fraction:
+        raise DDPMError("--held-out: this run held no images out of training (--val-fraction 0); pass --data with "
+                        "images it never saw")
+    _, idx = held_out_split(len(data), train.val_fraction, train.seed)
+    return dataclasses.replace(data, images=data.images[idx], labels=None if data.labels is None else data.labels[idx],
+                               name=f"{data.name} (held out)", key=f"{data.key}:held-out-{train.seed}")
+
+
 # ----------------------------------------------------------------------------- bits/dim
 class _CountCalls:
     """Wraps a model so that each call advances a progress bar by one."""
@@ -63,27 +77,32 @@ class _CountCalls:
 
 
 def evaluate_bpd(diffusion, model: nn.Module, images: Tensor, *, labels: Optional[Tensor] = None,
-                 batch_size: int = 100, seed: int = 0, device=None, progress: bool = True) -> Dict[str, np.ndarray]:
+                 batch_size: int = 100, seed: int = 0, device=None, progress: bool = True,
+                 rate_distortion: bool = False) -> Dict[str, np.ndarray]:
     """Eq. 5's bound for each of uint8 ``images`` [N, C, H, W], batched: total [N], prior [N], terms [N, T];
     ``labels`` (int64 [N]) are given to a class-conditional model.
 
     ``terms[:, 0]`` is the decoder's -log p(x_0|x_1), ``terms[:, t]`` the KL at step t+1 (0-based t);
-    everything in bits/dim. Costs T model calls per batch; one progress bar over all of them.
+    everything in bits/dim. Costs T model calls per batch; one progress bar over all of them. With
+    ``rate_distortion`` also ``rate`` and ``rmse`` [N, T] (``GaussianDiffusion.rate_distortion``) of the same draws.
     """
     from tqdm.auto import tqdm
 
     device = torch.device(device or "cpu")
     model = model.to(device).eval()
     g = torch.Generator(device=device).manual_seed(seed)
-    out: Dict[str, List[Tensor]] = {"total": [], "prior": [], "terms": []}
+    out: Dict[str, List[Tensor]] = {"total": [], "prior": [], "terms": [], **({"rate": [], "rmse": []}
+                                                                              if rate_distortion else {})}
     n_batches = -(-len(images) // batch_size)
-    with exact_cuda_math(), tqdm(total=n_batches * diffusion.T, desc=f"bits/dim of {len(images)} images",
+    what = "rate/distortion" if rate_distortion else "bits/dim"
+    with exact_cuda_math(), tqdm(total=n_batches * diffusion.T, desc=f"{what} of {len(images)} images",
                                  unit="step", dynamic_ncols=True, disable=not progress) as bar:
         counting = _CountCalls(model, bar)
         for i in range(0, len(images), batch_size):
             x0 = to_float(images[i:i + batch_size].to(device))
             y = None if labels is None else labels[i:i + batch_size].to(device)
-            res = diffusion.bits_per_dim(counting, x0, y=y, generator=g, return_terms=True)
+            res = diffusion.rate_distortion(counting, x0, y=y, generator=g) if rate_distortion else \
+                diffusion.bits_per_dim(counting, x0, y=y, generator=g, return_terms=True)
             for k in out:
                 out[k].append(res[k].cpu())
     return {k: torch.cat(v).numpy() for k, v in out.items()}
@@ -98,6 +117,7 @@ def _std_error(v: np.ndarray) -> float:
 
 
 REPORTS = {"bpd": ("bpd_terms.csv", "bpd.json", "bpd_terms.png"), "fd": ("fd.csv", "fd_vs_steps.png"),
+           "rd": ("rd.json", "rd.png"), "progressive": ("progressive.csv", "progressive.json", "progressive.png"),
            "metrics": ("metrics.json",)}
 
 
@@ -148,17 +168,19 @@ def write_metrics_report(report: Dict[str, Any], out: Path) -> None:
 
 
 def bpd_report(ckpt, data: ImageData, *, n: int = 100, seed: int = 0, ema: bool = True, batch_size: int = 100,
-               device=None, progress: bool = True) -> Dict[str, Any]:
+               device=None, progress: bool = True, rate_distortion: bool = False) -> Dict[str, Any]:
     """bits/dim of ``n`` images of ``data`` drawn with ``seed`` (a class-conditional run is given their true
-    labels): the summary, with the per-image ``terms`` [n, T] and ``priors`` [n] arrays for ``write_bpd_report``."""
+    labels): the summary, with the per-image ``terms`` [n, T] and ``priors`` [n] arrays for ``write_bpd_report``;
+    with ``rate_distortion`` also ``rates`` and ``rmses`` [n, T] of the same draws (``evaluation.rd``)."""
     n = min(n, len(data))
     pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n].sort().values
     labels = _true_labels(ckpt.config.classes, data)
     res = evaluate_bpd(ckpt.diffusion, weights(ckpt, ema), data.images[pick],
                        labels=None if labels is None else labels[pick], batch_size=min(batch_size, n), seed=seed,
-                       device=device, progress=progress)
+                       device=device, progress=progress, rate_distortion=rate_distortion)
     total, prior, terms = res["total"], res["prior"], res["terms"]
-    return {"step": ckpt.step, "data": data.name, "n": n, "ema": ema, "conditional": labels is not None,
+    extra = {"rates": res["rate"], "rmses": res["rmse"]} if rate_distortion else {}
+    return {**extra, "step": ckpt.step, "data": data.name, "n": n, "ema": ema, "conditional": labels is not None,
             "bits_per_dim": float(total.mean()), "std_error": _std_error(total), "prior": float(prior.mean()),
             "decoder": float(terms[:, 0].mean()), "kl_terms": float(terms[:, 1:].sum(1).mean()),
             "terms": terms, "priors": prior, "totals": total}
@@ -172,7 +194,7 @@ def write_bpd_report(r: Dict[str, Any], out: Path, title: str = "") -> None:
     lines += [f"kl,{t + 1},{terms[:, t].mean():.8g},{_std_error(terms[:, t]):.4g}" for t in range(T - 1, 0, -1)]
     lines += [f"decoder,1,{terms[:, 0].mean():.8g},{_std_error(terms[:, 0]):.4g}",
               f"total,,{total.mean():.8g},{_std_error(total):.4g}"]
-    summary = {k: v for k, v in r.items() if k not in ("terms", "priors", "totals")}
+    summary = {k: v for k, v in r.items() if k not in ("terms", "priors", "totals", "rates", "rmses")}
     plot = lambda p: plot_bpd_terms(terms.mean(0), p, prior=float(prior.mean()),  # noqa: E731
                                     title=f"{title} (step {r['step']}): {r['bits_per_dim']:.3f} bits/dim on {r['n']} "
                                           f"images of {r['data']}")

@@ -32,7 +32,8 @@ class FDWatch:
                  cache_dir: Any = None):
         t = cfg.train
         self.cfg, self.out = cfg, Path(run_dir) / "eval"
-        self.features = get_features("auto", channels=cfg.model.in_channels, inception=inception, cache_dir=cache_dir)
+        self.features = get_features("auto", channels=cfg.model.in_channels, inception=inception, cache_dir=cache_dir,
+                                     hw=cfg.model.hw)
         self.settings = SamplingSettings(sampler=t.eval_sampler, steps=t.eval_steps or None, n=t.eval_n, seed=0,
                                          device=device, progress=False)
         self.settings.make_sampler(cfg.diffusion.build())  # a bad sampler setting is refused before training

@@ -89,12 +89,14 @@ def unet_config_from_diffusers(cfg: Dict[str, Any], where: str = "unet/config.js
             if n not in ok:
                 raise DDPMError(f"{where}: unsupported {kind} entry {n!r} (supported: {', '.join(ok)})")
     size = cfg.get("sample_size", 32)
-    if isinstance(size, (list, tuple)):
-        if len(set(size)) != 1:
-            raise DDPMError(f"{where}: unsupported sample_size = {size!r} (square images only)")
-        size = size[0]
+    if isinstance(size, (list, tuple)):  # (height, width)
+        if len(size) != 2:
+            raise DDPMError(f"{where}: unsupported sample_size = {size!r} (a size, or height and width)")
+        size = (int(size[0]), int(size[1]))
+    else:
+        size = int(size)
     levels = len(chans)
-    res = [int(size) // 2**i for i in range(levels)]
+    res = [min(size if isinstance(size, tuple) else (size,)) // 2**i for i in range(levels)]
     attn = {res[i] for i, n in enumerate(downs) if n == "AttnDownBlock2D"}
     attn_up = {res[levels - 1 - i] for i, n in enumerate(ups) if n == "AttnUpBlock2D"}
     if attn != attn_up:
@@ -117,7 +119,7 @@ def unet_config_from_diffusers(cfg: Dict[str, Any], where: str = "unet/config.js
     if embeds is not None and (not isinstance(embeds, int) or embeds < 2):
         raise DDPMError(f"{where}: unsupported num_class_embeds = {embeds!r} (K classes + the null class, K >= 1)")
     try:
-        return UNetConfig(in_channels=in_ch, out_channels=None if out_ch == in_ch else out_ch, image_size=int(size),
+        return UNetConfig(in_channels=in_ch, out_channels=None if out_ch == in_ch else out_ch, image_size=size,
                           ch=ch, ch_mult=tuple(c // ch for c in chans),
                           num_res_blocks=int(cfg.get("layers_per_block", 2)),
                           attn_resolutions=tuple(sorted(attn, reverse=True)), dropout=float(cfg.get("dropout", 0.0)),
@@ -132,7 +134,7 @@ def unet_config_to_diffusers(cfg: UNetConfig) -> Dict[str, Any]:
     attn = [r in cfg.attn_resolutions for r in res]
     return {
         "_class_name": "UNet2DModel",
-        "sample_size": cfg.image_size,
+        "sample_size": cfg.image_size if isinstance(cfg.image_size, int) else list(cfg.image_size),
         "in_channels": cfg.in_channels,
         "out_channels": cfg.out_channels or cfg.in_channels,
         "center_input_sample": False,

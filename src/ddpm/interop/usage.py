@@ -14,7 +14,7 @@ def usage(out: Path, cfg: UNetConfig, classes: Optional[Sequence[str]] = None) -
     """The README of an exported directory: how diffusers samples it. ``DDPMPipeline`` passes no classes, so a
     class-conditional UNet gets the loop that gives them (``class_labels``; the null class ``K`` for the
     unconditional model, and classifier-free guidance)."""
-    shape = f"({{n}}, {cfg.in_channels}, {cfg.image_size}, {cfg.image_size})"
+    shape = f"({{n}}, {cfg.in_channels}, {cfg.height}, {cfg.width})"
     if not classes:
         return (f"# A DDPM exported by ddpm\n\n```python\nfrom diffusers import DDPMPipeline\n\n"
                 f"pipe = DDPMPipeline.from_pretrained({str(out)!r})\n"

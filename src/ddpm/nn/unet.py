@@ -158,12 +158,14 @@ class ResBlock(nn.Module):
         self.conv2 = _zero(nn.Conv2d(out_ch, out_ch, 3, padding=1))
         self.skip = Conv1x1(in_ch, out_ch) if in_ch != out_ch else nn.Identity()
 
-    def forward(self, x: Tensor, temb: Tensor) -> Tensor:
+    def forward(self, x: Tensor, temb: Tensor, skip: Optional[Tensor] = None) -> Tensor:
+        if skip is not None:  # the up path's skip connection, joined here (so checkpointing keeps no joined copy)
+            x = torch.cat([x, skip], dim=1)
         h: Tensor = self.conv1(silu(self.norm1(x)))
         h = h + self.temb_proj(silu(temb))[:, :, None, None]
         h = self.conv2(self.dropout(silu(self.norm2(h))))
-        skip: Tensor = self.skip(x)
-        return skip + h
+        shortcut: Tensor = self.skip(x)
+        return shortcut + h
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, fused: bool) -> Tensor:
@@ -226,6 +228,19 @@ class Level(nn.Module):
         self.resample = resample
 
 
+def _direct(block: Callable[..., Tensor], *args: Tensor) -> Tensor:
+    out: Tensor = block(*args)
+    return out
+
+
+def _checkpointed(block: Callable[..., Tensor], *args: Tensor) -> Tensor:
+    """``block(*args)`` keeping only its inputs for the backward pass, which computes the rest again."""
+    from torch.utils.checkpoint import checkpoint
+
+    out: Tensor = checkpoint(block, *args, use_reentrant=False)
+    return out
+
+
 class _RowSiLU(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return silu(x)
@@ -234,8 +249,14 @@ class _RowSiLU(nn.Module):
 class UNet(nn.Module):
     """eps_theta(x_t, t): x_t float [B, C, H, W] in any scale, t int64 [B] indices 0..T-1 -> eps [B, C, H, W].
 
-    Build with keyword arguments of :class:`UNetConfig`, a config, or :meth:`from_preset`.
+    Build with keyword arguments of :class:`UNetConfig`, a config, or :meth:`from_preset`. With
+    ``grad_checkpointing`` set (not part of the architecture: the trainer's ``--grad-checkpointing``), training
+    keeps only each block's input and recomputes its activations in the backward pass (``torch.utils.checkpoint``,
+    non-reentrant; the RNG state is restored, so dropout is replayed exactly): the same gradients in far less
+    memory, for about one more forward pass of time.
     """
+
+    grad_checkpointing = False
 
     def __init__(self, config: Optional[UNetConfig] = None, **kwargs: Any):
         super().__init__()
@@ -315,26 +336,32 @@ class UNet(nn.Module):
             emb = emb + self.label_emb(y).to(emb.dtype)
         elif y is not None:
             raise ValueError("this UNet is unconditional (num_classes=0); it takes no labels")
+        run = _checkpointed if self.grad_checkpointing and torch.is_grad_enabled() else _direct
         h: Tensor = self.conv_in(x)
         hs = [h]
         level: Level
         for level in self.down:  # type: ignore[assignment]  # a ModuleList of Levels
             for j, blk in enumerate(level.blocks):
-                h = blk(h, emb)
+                h = run(blk, h, emb)
                 if level.attns:
-                    h = level.attns[j](h)
+                    h = run(level.attns[j], h)
                 hs.append(h)
             if level.resample is not None:
-                h = level.resample(h)
+                h = run(level.resample, h)
                 hs.append(h)
-        h = self.mid_block2(self.mid_attn(self.mid_block1(h, emb)), emb)
+        h = run(self.mid_block2, run(self.mid_attn, run(self.mid_block1, h, emb)), emb)
         for level in self.up:  # type: ignore[assignment]
             for j, blk in enumerate(level.blocks):
-                h = blk(torch.cat([h, hs.pop()], dim=1), emb)
+                h = run(blk, h, emb, hs.pop())
                 if level.attns:
-                    h = level.attns[j](h)
+                    h = run(level.attns[j], h)
             if level.resample is not None:
-                h = level.resample(h)
+                h = run(level.resample, h)
+        out: Tensor = run(self._head, h)
+        return out
+
+    def _head(self, h: Tensor) -> Tensor:
+        """GroupNorm, swish and the output convolution: the last layers, at full resolution."""
         out: Tensor = self.conv_out(silu(self.norm_out(h)))
         return out
 

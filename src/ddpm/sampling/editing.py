@@ -17,12 +17,13 @@ as it draws samples: image i from its own seed, in any batch, with classifier-fr
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from ..data.images import hw
 from ..diffusion.gaussian import Device, GaussianDiffusion, Model, Noise, draw_normal
 from ..errors import DDPMError
 from ..rng import ImageGenerators, derive_seed
@@ -168,46 +169,48 @@ class SDEdit:
 
 
 # ----------------------------------------------------------------------------- masks
-def named_mask(name: str, size: int, seed: int = 0) -> np.ndarray:
-    """A named mask, float [size, size], 1 keep, 0 fill: ``right``/``left``/``bottom``/``top`` (that half to
-    fill), ``centre`` (a box of half the side to fill), ``strokes`` (a few thick random strokes to fill, drawn
-    from ``seed``)."""
-    m = np.ones((size, size), np.float32)
-    h = size // 2
+def named_mask(name: str, size: Any, seed: int = 0) -> np.ndarray:
+    """A named mask, float [H, W] for ``size`` S or (H, W), 1 keep, 0 fill: ``right``/``left``/``bottom``/``top``
+    (that half to fill), ``centre`` (a box of half each side to fill), ``strokes`` (a few thick random strokes to
+    fill, drawn from ``seed``)."""
+    H, W = hw(size)
+    m = np.ones((H, W), np.float32)
     if name == "right":
-        m[:, h:] = 0
+        m[:, W // 2:] = 0
     elif name == "left":
-        m[:, :size - h] = 0
+        m[:, :W - W // 2] = 0
     elif name == "bottom":
-        m[h:, :] = 0
+        m[H // 2:, :] = 0
     elif name == "top":
-        m[:size - h, :] = 0
+        m[:H - H // 2, :] = 0
     elif name == "centre":
-        a = size // 4
-        m[a:a + h, a:a + h] = 0
+        m[H // 4:H // 4 + H // 2, W // 4:W // 4 + W // 2] = 0
     elif name == "strokes":
         from PIL import Image, ImageDraw
 
         rng = np.random.default_rng(derive_seed("strokes", seed))
-        im = Image.new("L", (size, size), 255)
+        im = Image.new("L", (W, H), 255)
         draw = ImageDraw.Draw(im)
+        side = min(H, W)
         for _ in range(int(rng.integers(2, 5))):
-            points = [tuple(rng.uniform(0, size, 2))]
+            points = [(float(rng.uniform(0, W)), float(rng.uniform(0, H)))] if H != W else \
+                [tuple(rng.uniform(0, side, 2))]
             for _ in range(int(rng.integers(2, 5))):
-                angle, step = rng.uniform(0, 2 * math.pi), rng.uniform(size / 6, size / 3)
+                angle, step = rng.uniform(0, 2 * math.pi), rng.uniform(side / 6, side / 3)
                 x, y = points[-1]
-                points.append((float(np.clip(x + step * math.cos(angle), 0, size)),
-                               float(np.clip(y + step * math.sin(angle), 0, size))))
-            draw.line(points, fill=0, width=max(1, round(size / rng.uniform(6, 10))), joint="curve")
+                points.append((float(np.clip(x + step * math.cos(angle), 0, W)),
+                               float(np.clip(y + step * math.sin(angle), 0, H))))
+            draw.line(points, fill=0, width=max(1, round(side / rng.uniform(6, 10))), joint="curve")
         m = (np.asarray(im) >= 128).astype(np.float32)
     else:
         raise DDPMError(f"unknown mask {name!r}: give an image (white = keep) or one of {', '.join(MASKS)}")
     return m
 
 
-def make_mask(spec: str, n: int, channels: int, size: int, seed: int = 0) -> Tensor:
-    """The mask of ``n`` images, float [n, 1 or channels, size, size] (1 keep, 0 fill): a named mask (``strokes``
-    different for each image, from ``seed`` and its index), or an image file of size x size, white (>= 128) keep,
+def make_mask(spec: str, n: int, channels: int, size: Any, seed: int = 0) -> Tensor:
+    """The mask of ``n`` images, float [n, 1 or channels, H, W] for ``size`` S or (H, W) (1 keep, 0 fill): a named
+    mask (``strokes`` different for each image, from ``seed`` and its index), or an image file of that size (W x H
+    pixels), white (>= 128) keep,
     gray, or with as many channels as the images (equal channels count as gray). Anything else is refused."""
     if spec in MASKS:
         return torch.from_numpy(np.stack([named_mask(spec, size, seed=derive_seed(seed, i) if spec == "strokes" else 0)
@@ -221,8 +224,9 @@ def make_mask(spec: str, n: int, channels: int, size: int, seed: int = 0) -> Ten
         what = f"mask file {spec} not found" if looks_like_a_file else f"unknown mask {spec!r}"
         raise DDPMError(f"{what}: give an image file (white = keep) or one of {', '.join(MASKS)}")
     im = open_image(Path(spec))
-    if im.size != (size, size):
-        raise DDPMError(f"mask {spec} is {im.size[0]}x{im.size[1]}; the run's images are {size}x{size}")
+    H, W = hw(size)
+    if im.size != (W, H):
+        raise DDPMError(f"mask {spec} is {im.size[1]}x{im.size[0]} (height x width); the run's images are {H}x{W}")
     a = np.asarray(im.convert("L") if im.mode in ("1", "L", "LA", "P", "I", "I;16", "F") else im.convert("RGB"))
     a = a[..., None] if a.ndim == 2 else a
     if a.shape[2] == 3 and (a == a[..., :1]).all():

@@ -23,7 +23,7 @@ __all__ = ["generate", "sample_checkpoint"]
 def generate(model: nn.Module, sampler: Sampler, image_shape: Sequence[int],
              settings: SamplingSettings = SamplingSettings(), *, seeds: Optional[Sequence[int]] = None,
              labels: Optional[Tensor] = None, callback: Callback = None, bar: Any = None,
-             inputs: Optional[Dict[str, Tensor]] = None) -> Tensor:
+             inputs: Optional[Dict[str, Tensor]] = None, collect: Callback = None) -> Tensor:
     """Images as uint8 [N, C, H, W]: those of ``seeds`` (default ``settings.seeds``), drawn in batches of
     ``settings.batch_size`` on ``settings.device``, each image from its own generator: image i is a function of
     its seed and the sampler's settings only (on a CPU in fp32, bit for bit whatever the batch size; see ``UNet``).
@@ -31,7 +31,8 @@ def generate(model: nn.Module, sampler: Sampler, image_shape: Sequence[int],
 
     ``labels`` (int64, one per image) asks a class-conditional UNet for these classes, with guidance weight
     ``settings.guidance``; without labels such a network samples its null class (the unconditional model).
-    ``callback(t, x, pred_x0)``, if given, sees every step of the first batch (e.g. a ``viz.Trajectory``).
+    ``callback(t, x, pred_x0)``, if given, sees every step of the first batch (e.g. a ``viz.Trajectory``);
+    ``collect``, the same call, sees every step of every batch (a ``progressive.Progressive``).
     ``settings.precision`` "bf16" runs the network under bf16 autocast ("auto": where the hardware has it). The
     progress bar counts images (``bar``: a tqdm bar to advance instead of a new one). ``inputs``: tensors of one row
     per image that the sampler takes as keywords, each batch its rows (an editor's ``known`` images and ``mask``).
@@ -55,7 +56,7 @@ def generate(model: nn.Module, sampler: Sampler, image_shape: Sequence[int],
         for i in range(0, n, batch_size):
             b = min(batch_size, n - i)
 
-            step_done = _Progress(bar, b, max(sampler.calls, 1), callback if i == 0 else None)
+            step_done = _Progress(bar, b, max(sampler.calls, 1), callback if i == 0 else None, collect)
             net = model if labels is None else Guided(model, labels[i:i + b], null_class, guidance)
             rows = {k: v[i:i + b].to(device) for k, v in (inputs or {}).items()}
             call: Callable[..., Tensor] = sampler  # an editor's takes its rows as keywords
@@ -73,21 +74,22 @@ def generate(model: nn.Module, sampler: Sampler, image_shape: Sequence[int],
 
 class _Progress:
     """A batch's step callback: advances ``bar`` by whole images (the share of the batch's ``b`` images that each
-    of ``calls`` network calls completes) and passes each step on to ``callback``."""
+    of ``calls`` network calls completes) and passes each step on to ``callback`` and ``collect``."""
 
-    def __init__(self, bar: Any, b: int, calls: int, callback: Callback):
-        self.bar, self.b, self.calls, self.callback, self.done = bar, b, calls, callback, 0
+    def __init__(self, bar: Any, b: int, calls: int, callback: Callback, collect: Callback = None):
+        self.bar, self.b, self.calls, self.done = bar, b, calls, 0
+        self.callbacks = [c for c in (callback, collect) if c is not None]
 
     def __call__(self, t: int, x: Tensor, pred_x0: Tensor) -> None:
         self.done += 1
         self.bar.update(self.done * self.b // self.calls - (self.done - 1) * self.b // self.calls)
-        if self.callback is not None:
-            self.callback(t, x, pred_x0)
+        for c in self.callbacks:
+            c(t, x, pred_x0)
 
 
 def sample_checkpoint(ckpt: Any, settings: SamplingSettings, *, seeds: Optional[Sequence[int]] = None,
                       labels: Optional[Tensor] = None, sampler: Optional[Sampler] = None,
-                      callback: Callback = None) -> Tensor:
+                      callback: Callback = None, collect: Callback = None) -> Tensor:
     """The images (uint8 [N, C, H, W]) of ``settings`` from a loaded run (``ddpm.load_checkpoint``), e.g.
     ``sample_checkpoint(ckpt, SamplingSettings(sampler="ddim", steps=50, n=16))``: its EMA weights unless
     ``settings.ema`` is False, the classes of ``settings.classes`` unless ``labels`` are given (one per image),
@@ -97,6 +99,5 @@ def sample_checkpoint(ckpt: Any, settings: SamplingSettings, *, seeds: Optional[
     seeds = list(settings.seeds if seeds is None else seeds)
     if labels is None and settings.classes is not None:
         labels = class_labels(settings.classes, ckpt.config.classes, len(seeds), range(len(seeds)))
-    c, s = ckpt.config.model.in_channels, ckpt.config.model.image_size
-    return generate(settings.weights(ckpt), sampler or settings.make_sampler(ckpt.diffusion), (c, s, s), settings,
-                    seeds=seeds, labels=labels, callback=callback)
+    return generate(settings.weights(ckpt), sampler or settings.make_sampler(ckpt.diffusion), ckpt.config.model.shape,
+                    settings, seeds=seeds, labels=labels, callback=callback, collect=collect)

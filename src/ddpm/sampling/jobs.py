@@ -72,6 +72,7 @@ class JobSpec:
     device: str = "cpu"  # CPU and CUDA generators give different noise for one seed: never mixed in one job
     noise: str = NOISE_SCHEME
     edit: Optional[str] = None  # an edit job's inputs, mask and editors (``Edit.describe``); None: sampling
+    progressive: Optional[str] = None  # the reverse steps whose x0_hat the .npz keeps beside the samples ("100,200")
 
     def differences(self, other: Dict[str, Any]) -> List[str]:
         return [f"{k} {other.get(k)!r} (now {v!r})" for k, v in asdict(self).items() if other.get(k) != v]
@@ -132,14 +133,14 @@ class SampleJob:
         there = rank0_flags([self._chunk_file(k).is_file() for k in range(len(self.chunks))], device or "cpu")
         return [k for k, done in enumerate(there) if not done][rank::world]
 
-    def run(self, draw: Callable[[range], Tuple[torch.Tensor, Optional[torch.Tensor]]], *, rank: int = 0,
+    def run(self, draw: Callable[[range], Tuple[Any, ...]], *, rank: int = 0,
             world: int = 1, bar: Any = None, chunks: Optional[List[int]] = None) -> None:
         """Draw this process's missing chunks (``chunks``, as ``missing`` dealt them out before anyone wrote):
-        ``draw(span)`` returns the uint8 images [len(span), C, H, W] of the job's images ``span`` and their labels
-        (or None)."""
+        ``draw(span)`` returns the uint8 images [len(span), C, H, W] of the job's images ``span``, their labels
+        (or None) and optionally more arrays of one row per image for the .npz (name: [len(span), ...])."""
         for k in self.missing(rank, world) if chunks is None else chunks:
-            images, labels = draw(self.chunks[k])
-            write_images(images, self._chunk_file(k), labels=labels)
+            images, labels, *extra = draw(self.chunks[k])
+            write_images(images, self._chunk_file(k), labels=labels, extra=extra[0] if extra else None)
             if bar is not None:
                 bar.set_postfix(chunks=f"{k + 1}/{len(self.chunks)}")
 
@@ -175,12 +176,15 @@ class SampleJob:
                             + (f" (waited {wait_s:.0f} s for the other processes' chunks to appear)" if wait_s else ""))
         with np.load(self._chunk_file(0), allow_pickle=False) as z:
             shape, labelled = z["arr_0"].shape[1:], "arr_1" in z.files
+            extra = {k: z[k].shape[1:] for k in z.files if k not in ("arr_0", "arr_1")}
         n = self.spec.n
         if self.kind == "npz":
             arrays: Dict[str, Tuple[Sequence[int], Any, Iterable[Any]]] = {
                 "arr_0": ((n, *shape), np.uint8, self._pieces("arr_0"))}
             if labelled:
                 arrays["arr_1"] = ((n,), np.int64, self._pieces("arr_1"))
+            for name, rest in extra.items():
+                arrays[name] = ((n, *rest), np.uint8, self._pieces(name))
             for name, values in self.records.items():
                 arrays[name] = ((n,), values.dtype, [values])
             write_npz(self.out, arrays)
@@ -275,33 +279,34 @@ def _earlier_chunk(out: PathLike) -> Optional[int]:
 
 
 def sample_job(out: PathLike, ckpt: Any, settings: SamplingSettings, *, sampler: Any = None,
-               overwrite: bool = False, chunk: Optional[int] = None) -> Tuple[SampleJob, int]:
+               overwrite: bool = False, chunk: Optional[int] = None,
+               progressive: Optional[Sequence[int]] = None) -> Tuple[SampleJob, int]:
     """Draw the images of ``settings`` (its seeds, classes, weights, ...) from a loaded run into ``out``, as a
     resumable job (under torchrun, shared between the processes; rank 0 assembles the output). ``sampler``
-    replaces the one the settings make: a Sampler, or an ``Edit`` (its outputs, one seed each). Returns the job and
-    how many images earlier runs of it had drawn already."""
+    replaces the one the settings make: a Sampler, or an ``Edit`` (its outputs, one seed each). ``progressive``:
+    reverse steps whose x0_hat an .npz output keeps beside the samples (``progressive.Progressive``; its arrays
+    ``x0hat_KKKK``). Returns the job and how many images earlier runs of it had drawn already."""
     from tqdm.auto import tqdm
 
-    from ..runtime import barrier, rank0_value, rank_world
+    from ..runtime import barrier, rank_world
     from .generation import generate
     from .guidance import check_guidance, class_labels
+    from .progressive import Progressive, progressive_key
 
     rank, world = rank_world()
     seeds, device, progress = settings.seeds, settings.device, settings.progress
     n, model = len(seeds), settings.weights(ckpt)
     sampler = sampler or settings.make_sampler(ckpt.diffusion)
-    c, s = ckpt.config.model.in_channels, ckpt.config.model.image_size
+    shape = ckpt.config.model.shape
     check_guidance(settings.guidance, ckpt.config.classes, settings.classes)  # bad requests fail before any write
     class_labels(settings.classes, ckpt.config.classes, n, range(0), warn=progress and rank == 0)
     edit = sampler if hasattr(sampler, "figure") else None
+    if progressive and (edit is not None or output_kind(out) != "npz"):
+        raise ValueError("a progressive job samples (no edit) into an .npz")
     if edit is not None and (len(edit) != n or seeds.start != edit.seed):
         raise ValueError(f"an edit of {len(edit)} outputs from seed {edit.seed} needs their seeds, not {seeds}")
-    key = settings.key(ckpt, sampler)  # run, sampler, classes, seeds, precision as it runs (never "auto"), device
-    spec = JobSpec(**{f.name: key[f.name] for f in fields(JobSpec) if f.name in key}, ema=settings.ema,
-                   chunk=rank0_value(chunk or _earlier_chunk(out) or chunk_for_a_minute(
-                       model, sampler, (c, s, s), batch_size=settings.batch_size, n=n, guidance=settings.guidance,
-                       device=device, precision=settings.precision), device or "cpu"),
-                   edit=edit and edit.describe())
+    spec = _spec(out, ckpt, settings, sampler, chunk, edit=edit and edit.describe(),
+                 progressive=progressive_key(progressive))
     job = SampleJob(out, spec, figure=edit and (lambda images: (edit.figure(images, device), edit.n + 2)),
                     records=edit.records() if edit is not None else None)
     done = job.prepare(overwrite=overwrite, main=rank == 0)
@@ -311,12 +316,14 @@ def sample_job(out: PathLike, ckpt: Any, settings: SamplingSettings, *, sampler:
     mine = sum(len(job.chunks[k]) for k in todo)
     with tqdm(total=mine, desc=f"sampling ({sampler.name}, {sampler.steps} steps)", unit="img", dynamic_ncols=True,
               disable=not progress or rank != 0) as bar:
-        def draw(span: range) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        def draw(span: range) -> Tuple[Any, ...]:
             labels = class_labels(settings.classes, ckpt.config.classes, n, span)
             if edit is not None:
                 return edit.draw(model, span, settings, labels=labels, bar=bar), labels
-            return generate(model, sampler, (c, s, s), settings, seeds=seeds[span.start:span.stop], labels=labels,
-                            bar=bar), labels
+            kept = Progressive(sampler.indices, ckpt.diffusion.T, progressive) if progressive else None
+            images = generate(model, sampler, shape, settings, seeds=seeds[span.start:span.stop], labels=labels,
+                              bar=bar, collect=kept)
+            return images, labels, kept.arrays() if kept is not None else None
 
         try:
             job.run(draw, rank=rank, world=world, bar=bar, chunks=todo)
@@ -330,6 +337,20 @@ def sample_job(out: PathLike, ckpt: Any, settings: SamplingSettings, *, sampler:
         barrier()
         _wait_for(job.out, SHARED_FS_WAIT_S)
     return job, done
+
+
+def _spec(out: PathLike, ckpt: Any, settings: SamplingSettings, sampler: Any, chunk: Optional[int],
+          **more: Any) -> JobSpec:
+    """The job's spec: what ``settings.key`` says decides its images (run, sampler, classes, seeds, precision as it
+    runs, never "auto", device), its chunk (given, an earlier run's, or about a minute of sampling) and ``more``."""
+    from ..runtime import rank0_value
+
+    key, n = settings.key(ckpt, sampler), len(settings.seeds)
+    chunk = chunk or _earlier_chunk(out) or chunk_for_a_minute(
+        settings.weights(ckpt), sampler, ckpt.config.model.shape, batch_size=settings.batch_size, n=n,
+        guidance=settings.guidance, device=settings.device, precision=settings.precision)
+    return JobSpec(**{f.name: key[f.name] for f in fields(JobSpec) if f.name in key}, ema=settings.ema,
+                   chunk=rank0_value(chunk, settings.device or "cpu"), **more)
 
 
 def _wait_for(path: Path, seconds: float) -> None:

@@ -93,10 +93,11 @@ def check_output(path: PathLike, *, overwrite: bool = False, runs: Sequence[Path
 
 
 def write_images(images: torch.Tensor, path: PathLike, *, labels: Optional[torch.Tensor] = None,
-                 nrow: Optional[int] = None, seeds: Optional[Sequence[int]] = None) -> None:
+                 nrow: Optional[int] = None, seeds: Optional[Sequence[int]] = None,
+                 extra: Optional[Dict[str, np.ndarray]] = None) -> None:
     """uint8 [N, C, H, W] -> a PNG grid (``nrow`` per row), an ``.npz`` (``arr_0`` [N, H, W, C]; ``arr_1`` the
-    labels when given) or a folder of PNGs named by their seeds (``000000.png ...``, default 0..N-1); written
-    aside and renamed into place (a folder replaces only what ddpm wrote there)."""
+    labels when given; ``extra``: more arrays of N rows) or a folder of PNGs named by their seeds (``000000.png
+    ...``, default 0..N-1); written aside and renamed into place (a folder replaces only what ddpm wrote there)."""
     from ..viz import save_grid
 
     kind = output_kind(path)
@@ -109,6 +110,7 @@ def write_images(images: torch.Tensor, path: PathLike, *, labels: Optional[torch
         if labels is not None:
             lab = labels.cpu().numpy().astype(np.int64)
             arrays["arr_1"] = (lab.shape, lab.dtype, [lab])
+        arrays.update({k: (v.shape, v.dtype, [v]) for k, v in (extra or {}).items()})
         write_npz(path, arrays)
     else:
         write_folder(path, zip(range(len(arr)) if seeds is None else seeds, arr))
@@ -116,13 +118,15 @@ def write_images(images: torch.Tensor, path: PathLike, *, labels: Optional[torch
 
 def write_folder(path: PathLike, named: Iterable[Tuple[int, np.ndarray]]) -> None:
     """A folder of PNGs ``{seed:06d}.png`` from (seed, uint8 [H, W, C]) pairs, with the list of what ddpm wrote
-    there; written aside and renamed, replacing only what ddpm wrote at ``path`` before."""
+    there; written aside and renamed, replacing only what ddpm wrote at ``path`` before. Gray, gray and alpha, RGB
+    and RGBA images are written as they are; of more channels, the first 3."""
     from PIL import Image
 
     with written_aside(path, replace=remove_written) as tmp:
         names = []
         for seed, a in named:
             names.append(f"{seed:06d}.png")
+            a = a[..., :3] if a.shape[2] > 4 else a
             Image.fromarray(a[..., 0] if a.shape[2] == 1 else a).save(tmp / names[-1], pnginfo=png_info())
         record_written(tmp, names)
 

@@ -8,6 +8,7 @@ from dataclasses import asdict
 from typing import Any, Dict, Optional
 
 from ..config import RunConfig, flag
+from ..data.images import norm_size
 from ..errors import DDPMError
 
 __all__ = ["RESUMABLE", "MODEL_FLAGS", "resume_config"]
@@ -18,7 +19,7 @@ MODEL_FLAGS = {"image_size": "--image-size", "in_channels": "--channels"}
 # What a resumed run may change: how long it runs, how it reports and how often it saves, never what it computes.
 RESUMABLE = frozenset({"steps", "log_every", "sample_every", "save_every", "save_minutes", "keep", "keep_every",
                        "n_samples", "time_limit", "grad_accum", "compile", "skip_nonfinite", "log", "eval_every",
-                       "eval_n", "eval_sampler", "eval_steps", "ema_snapshot_every", "fit_steps"})
+                       "eval_n", "eval_sampler", "eval_steps", "ema_snapshot_every", "fit_steps", "grad_checkpointing"})
 
 
 def resume_config(saved: RunConfig, train: Dict[str, Any], diffusion: Dict[str, Any],
@@ -27,6 +28,8 @@ def resume_config(saved: RunConfig, train: Dict[str, Any], diffusion: Dict[str, 
     line naming every such setting with its saved and its given value."""
     fixed = {**{k: v for k, v in train.items() if k not in RESUMABLE and v is not None},
              **{k: v for k, v in {**diffusion, **(model or {})}.items() if v is not None}}
+    if "image_size" in fixed:  # 16, [16, 16] and (16, 16) are one size
+        fixed["image_size"] = norm_size(fixed["image_size"])
     if preset is not None:
         fixed["preset"] = preset
     current = {**asdict(saved.train), **asdict(saved.diffusion), **asdict(saved.model), "preset": saved.preset}

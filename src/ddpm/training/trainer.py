@@ -69,6 +69,7 @@ class Trainer:
         self.device = torch.device(device)
         fast_cuda_math(self.device, training=True)
         self.model = model.to(self.device).train()
+        setattr(self.model, "grad_checkpointing", config.grad_checkpointing)  # UNet.forward reads it
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.optimizer = _adam(self.model.parameters(), config.lr)
         self.precision = Precision(config.precision, self.device)

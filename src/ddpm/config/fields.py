@@ -1,27 +1,18 @@
-"""Typed run configuration, the one table of presets, and the rules for changing a run's config.
-
-A run is ``RunConfig(preset, model=UNetConfig, diffusion=DiffusionConfig, train=TrainConfig)``, saved as
-``RUN/config.json``. The fields' metadata (help text, choices) is what the CLI turns into flags, so every
-option is spelled once. Each preset brings a network, a training recipe and diffusion defaults: the
-paper's for ``cifar10`` / ``celebahq256`` (Appendix B), a CPU-tuned one for the ``mnist`` demo, a
-smoke-test one for ``tiny``.
-"""
+"""The typed configs of a run: the network (``UNetConfig``), the diffusion (``DiffusionConfig``) and training
+(``TrainConfig``), each field with its flag's help text, checked when made."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple, Union
 
-from .diffusion.gaussian import OBJECTIVES, VAR_TYPES, GaussianDiffusion
-from .diffusion.parameterisation import LEARNED, PREDICTIONS
-from .diffusion.schedule import NoiseSchedule
-from .errors import DDPMError
+from ..diffusion.gaussian import OBJECTIVES, VAR_TYPES, GaussianDiffusion
+from ..diffusion.parameterisation import PREDICTIONS
+from ..diffusion.schedule import NoiseSchedule
+from ..errors import DDPMError
 
-__all__ = ["UNetConfig", "DiffusionConfig", "TrainConfig", "RunConfig", "Preset", "PRESETS", "make_run_config",
-           "with_classes", "overlay", "DATA_OPTIONS", "RESIZES", "PRECISIONS",
-           "flag", "check_outputs", "TRAIN_GROUPS", "EVAL_SAMPLERS", "profiles"]
+__all__ = ["UNetConfig", "DiffusionConfig", "TrainConfig", "DATA_OPTIONS", "RESIZES", "PRECISIONS", "flag",
+           "TRAIN_GROUPS", "EVAL_SAMPLERS", "profiles", "from_dict"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LOSSES = ("l2", "l1")
@@ -44,7 +35,7 @@ def _opt(help: str, **kw) -> Any:
     return field(default=default, metadata={"help": help, **kw})
 
 
-def _from_dict(cls, d: Dict[str, Any], what: str):
+def from_dict(cls, d: Dict[str, Any], what: str):
     unknown = set(d) - {f.name for f in fields(cls)}
     if unknown:
         raise DDPMError(f"unknown {what} field(s): {', '.join(sorted(unknown))}")
@@ -53,11 +44,12 @@ def _from_dict(cls, d: Dict[str, Any], what: str):
 
 @dataclass(frozen=True)
 class UNetConfig:
-    """Architecture of :class:`ddpm.UNet`. ``attn_resolutions`` are feature-map sizes in pixels."""
+    """Architecture of :class:`ddpm.UNet`. ``image_size``: S for square images, or (H, W); ``attn_resolutions``
+    are feature-map sizes in pixels (of the shorter side)."""
 
     in_channels: int = 3
     out_channels: Optional[int] = None  # None: same as in_channels
-    image_size: int = 32
+    image_size: Union[int, Tuple[int, int]] = 32
     ch: int = 128
     ch_mult: Tuple[int, ...] = (1, 2, 2, 2)
     num_res_blocks: int = 2
@@ -69,7 +61,12 @@ class UNetConfig:
     def __post_init__(self):
         object.__setattr__(self, "ch_mult", tuple(int(m) for m in self.ch_mult))
         object.__setattr__(self, "attn_resolutions", tuple(int(r) for r in self.attn_resolutions))
-        for name in ("in_channels", "image_size", "ch", "num_res_blocks", "num_groups"):
+        size = self.image_size
+        if isinstance(size, (list, tuple)) and len(size) == 2 and all(_positive_int(v) for v in size):
+            object.__setattr__(self, "image_size", int(size[0]) if size[0] == size[1] else (int(size[0]), int(size[1])))
+        elif not _positive_int(size):
+            raise ValueError(f"UNet image_size must be a positive integer or a (height, width) pair, got {size!r}")
+        for name in ("in_channels", "ch", "num_res_blocks", "num_groups"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"UNet {name} must be a positive integer, got {v!r}")
@@ -84,23 +81,52 @@ class UNetConfig:
         for c in {self.ch * m for m in self.ch_mult}:
             if c % self.num_groups:
                 raise ValueError(f"UNet width {c} is not divisible by num_groups={self.num_groups}")
-        if self.image_size % (2 ** (len(self.ch_mult) - 1)):
-            raise ValueError(f"UNet image_size={self.image_size} must be divisible by 2**{len(self.ch_mult) - 1} "
-                             "(one halving per level after the first)")
+        k = 2 ** (len(self.ch_mult) - 1)
+        if self.height % k or self.width % k:
+            near = _nearest(self.hw, k)
+            raise ValueError(f"UNet image_size={self.size_text} must be divisible by 2**{len(self.ch_mult) - 1} = {k} "
+                             f"on each side (one halving per level after the first); the nearest sizes that work: "
+                             f"{near}")
+
+    @property
+    def hw(self) -> Tuple[int, int]:
+        """(height, width) of the images."""
+        s = self.image_size
+        return (s, s) if isinstance(s, int) else (s[0], s[1])
+
+    @property
+    def height(self) -> int:
+        return self.hw[0]
+
+    @property
+    def width(self) -> int:
+        return self.hw[1]
+
+    @property
+    def shape(self) -> Tuple[int, int, int]:
+        """(C, H, W) of the network's images."""
+        return (self.in_channels, self.height, self.width)
+
+    @property
+    def size_text(self) -> str:
+        """"32" for a square, "64x128" (H x W) otherwise, as --image-size takes it."""
+        return str(self.image_size) if isinstance(self.image_size, int) else f"{self.height}x{self.width}"
 
     @property
     def resolutions(self) -> List[int]:
-        """Feature-map size at each level, top to bottom."""
-        return [self.image_size // 2**i for i in range(len(self.ch_mult))]
+        """Feature-map size (of the shorter side) at each level, top to bottom."""
+        return [min(self.hw) // 2**i for i in range(len(self.ch_mult))]
 
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)
         d["ch_mult"], d["attn_resolutions"] = list(self.ch_mult), list(self.attn_resolutions)
+        if not isinstance(self.image_size, int):
+            d["image_size"] = list(self.image_size)
         return d
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "UNetConfig":
-        return _from_dict(cls, d, "UNet config")
+        return from_dict(cls, d, "UNet config")
 
 
 @dataclass(frozen=True)
@@ -129,8 +155,8 @@ class DiffusionConfig:
 TRAIN_GROUPS: Dict[str, Tuple[str, ...]] = {
     "data": ("data", "resize", "image_column", "label_column", "hflip", "class_cond", "p_uncond", "skip_bad_images",
              "val_fraction"),
-    "optimisation": ("steps", "batch_size", "grad_accum", "lr", "warmup", "lr_schedule", "grad_clip", "ema_decay",
-                     "ema_warmup", "precision", "compile", "skip_nonfinite", "seed"),
+    "optimisation": ("steps", "batch_size", "grad_accum", "grad_checkpointing", "lr", "warmup", "lr_schedule",
+                     "grad_clip", "ema_decay", "ema_warmup", "precision", "compile", "skip_nonfinite", "seed"),
     "objective": ("loss", "objective", "vlb_weight", "t_sampling", "snr_gamma"),
     "logging and checkpoints": ("log_every", "sample_every", "save_every", "save_minutes", "keep", "keep_every",
                                 "n_samples", "log", "time_limit", "fit_steps"),
@@ -159,6 +185,10 @@ class TrainConfig:
     batch_size: int = _opt("global batch size (over all processes under torchrun)", default=128)
     grad_accum: int = _opt("split each process's share of the batch into this many micro-batches (same result, "
                            "less memory)", default=1)
+    grad_checkpointing: bool = _opt("keep only each UNet block's input and recompute its activations in the backward "
+                                    "pass: the same gradients in far less activation memory, for about one more "
+                                    "forward pass per step; for a batch that does not fit otherwise (see --dry-run)",
+                                    default=False)
     lr: float = _opt("Adam learning rate", default=2e-4)
     warmup: int = _opt("linear learning-rate warm-up steps", default=5000)
     lr_schedule: str = _opt("after warm-up: constant (the paper's) or cosine decay to 0 at --steps",
@@ -270,131 +300,16 @@ def profiles(text: str, flag_name: str = "--ema-profiles") -> Tuple[float, ...]:
     return values
 
 
+def _positive_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+def _nearest(hw: Tuple[int, int], k: int) -> str:
+    """The sizes nearest (h, w) whose sides are multiples of k: each side rounded down and up."""
+    sides = [sorted({max(k, v // k * k), -(-v // k) * k}) for v in hw]
+    return " or ".join(f"{h}x{w}" if h != w else str(h) for h in sides[0] for w in sides[1])
+
+
 def _check_int(name: str, v: Any, low: int, what: str) -> None:
     if isinstance(v, bool) or not isinstance(v, int) or v < low:
         raise DDPMError(f"{flag(name)} must be {what} integer, got {v!r}")
-
-
-@dataclass(frozen=True)
-class Preset:
-    """A network, the TrainConfig / DiffusionConfig fields that differ from their defaults, and a summary."""
-
-    model: UNetConfig
-    train: Dict[str, Any]
-    diffusion: Dict[str, Any]
-    summary: str
-
-
-PRESETS: Dict[str, Preset] = {
-    # Appendix B: T=1000, linear 1e-4..0.02, Adam 2e-4, batch 128, warm-up 5000, clip 1, EMA 0.9999, 800k steps.
-    # The network has 35.7M parameters (diffusers' google/ddpm-cifar10-32 port: 35,746,307).
-    # Paper presets train on every image (no held-out share) with the EMA at 0.9999 from step 1, as the paper.
-    "cifar10": Preset(UNetConfig(in_channels=3, image_size=32, ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2,
-                                 attn_resolutions=(16,), dropout=0.1), {"val_fraction": 0.0}, {},
-                      "the paper's 35.7M UNet for 32x32 RGB and its CIFAR-10 recipe"),
-    # Appendix B: CelebA-HQ / LSUN 256: lr 2e-5, batch 64, 0.5M steps; ~114M parameters.
-    "celebahq256": Preset(UNetConfig(in_channels=3, image_size=256, ch=128, ch_mult=(1, 1, 2, 2, 4, 4),
-                                     num_res_blocks=2, attn_resolutions=(16,), dropout=0.0),
-                          {"lr": 2e-5, "batch_size": 64, "steps": 500_000, "val_fraction": 0.0}, {},
-                          "the paper's 114M UNet for 256x256 RGB and its CelebA-HQ recipe"),
-    # The CPU demo: 0.69M parameters for 28x28 digits, chosen by measured sample quality per minute of CPU time;
-    # 4,800 steps (about 16 min on 2 cores); min-SNR-5 reaches the demo's quality bar in 700 (BENCHMARKS.md).
-    "mnist": Preset(UNetConfig(in_channels=1, image_size=28, ch=16, ch_mult=(1, 2, 4), num_res_blocks=1,
-                               attn_resolutions=(7,), dropout=0.0, num_groups=8),
-                    {"steps": 4800, "batch_size": 64, "lr": 2e-3, "lr_schedule": "cosine", "warmup": 100,
-                     "snr_gamma": 5.0, "ema_decay": 0.995, "ema_warmup": True, "log_every": 50, "sample_every": 0,
-                     "save_every": 500}, {},
-                    "0.69M UNet for 28x28 gray, a 16-minute CPU recipe (the demo's)"),
-    # A few thousand parameters: for tests and smoke runs.
-    "tiny": Preset(UNetConfig(in_channels=1, image_size=16, ch=4, ch_mult=(1, 2), num_res_blocks=1,
-                              attn_resolutions=(), dropout=0.0, num_groups=2),
-                   {"steps": 200, "batch_size": 16, "lr": 1e-3, "warmup": 20, "ema_decay": 0.99, "ema_warmup": True,
-                    "precision": "fp32", "log_every": 10, "sample_every": 0, "save_every": 100, "n_samples": 16},
-                   {"T": 100}, "11k-parameter UNet for 16x16 gray, for tests and smoke runs"),
-}
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """A run. ``classes``: the names of a class-conditional run's classes (``model.num_classes`` of them)."""
-
-    preset: str
-    model: UNetConfig
-    diffusion: DiffusionConfig
-    train: TrainConfig
-    classes: Optional[Tuple[str, ...]] = None
-    data_as_given: Optional[str] = None  # ``train.data`` as the user spelled it (``train.data`` is resolved)
-
-    def __post_init__(self):
-        if self.classes is not None:
-            object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
-
-    def to_dict(self) -> Dict[str, Any]:
-        d = {"preset": self.preset, "model": self.model.to_dict(), "diffusion": asdict(self.diffusion),
-             "train": asdict(self.train)}
-        if self.classes is not None:
-            d["classes"] = list(self.classes)
-        if self.data_as_given is not None:
-            d["data_as_given"] = self.data_as_given
-        return d
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2) + "\n"
-
-    @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "RunConfig":
-        try:
-            return cls(preset=str(d["preset"]), model=UNetConfig.from_dict(d["model"]),
-                       diffusion=_from_dict(DiffusionConfig, d["diffusion"], "DiffusionConfig"),
-                       train=_from_dict(TrainConfig, d["train"], "TrainConfig"), classes=d.get("classes"),
-                       data_as_given=d.get("data_as_given"))
-        except (KeyError, TypeError) as e:
-            raise DDPMError(f"config is missing or has a malformed field: {e}") from None
-
-
-def with_classes(cfg: RunConfig, classes: Optional[Sequence[str]]) -> RunConfig:
-    """``cfg`` for data with these class names: a class-conditional run (``train.class_cond``) gets one network
-    class per name (and the names); an unconditional run stays as it is."""
-    if not cfg.train.class_cond:
-        return cfg
-    classes = tuple(classes or ())
-    if not classes:
-        raise DDPMError("--class-cond needs class labels, and the data has none")
-    if cfg.classes is not None and tuple(cfg.classes) != classes:
-        raise DDPMError(f"the run was trained on the classes {', '.join(cfg.classes)}, the data has "
-                        f"{', '.join(classes)}")
-    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=len(classes)), classes=classes)
-
-
-def overlay(under: Dict[str, Any], over: Optional[Dict[str, Any]]) -> Dict[str, Any]:
-    """``over``'s settings (those not None) over ``under``'s."""
-    return {**under, **{k: v for k, v in (over or {}).items() if v is not None}}
-
-
-def make_run_config(preset: str, *, train: Optional[Dict[str, Any]] = None,
-                    diffusion: Optional[Dict[str, Any]] = None, model: Optional[Dict[str, Any]] = None) -> RunConfig:
-    """The preset's network, recipe and diffusion, with explicit overrides (``None`` values are ignored)."""
-    if preset not in PRESETS:
-        raise DDPMError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
-    p = PRESETS[preset]
-    d = DiffusionConfig(**overlay(p.diffusion, diffusion))
-    net = UNetConfig(**overlay(asdict(p.model), model))
-    if d.var_type in LEARNED and net.out_channels is None:  # the prediction, then the variance
-        net = dataclasses.replace(net, out_channels=2 * net.in_channels)
-    cfg = RunConfig(preset=preset, model=net, diffusion=d, train=TrainConfig(**overlay(p.train, train)))
-    check_outputs(cfg)
-    return cfg
-
-
-def check_outputs(cfg: RunConfig) -> None:
-    """DDPMError unless the network's outputs fit the diffusion (C channels, 2C with a learned variance) and the
-    objective trains them all."""
-    c = cfg.model.in_channels
-    want = 2 * c if cfg.diffusion.var_type in LEARNED else c
-    if (cfg.model.out_channels or c) != want:
-        raise DDPMError(f"--var-type {cfg.diffusion.var_type} needs a network with {want} output channels, this one "
-                        f"has {cfg.model.out_channels or c}")
-    try:
-        cfg.diffusion.build().check_objective(cfg.train.objective)
-    except ValueError as e:
-        raise DDPMError(f"--objective {cfg.train.objective} with --var-type {cfg.diffusion.var_type}: {e}") from None
