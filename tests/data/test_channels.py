@@ -100,3 +100,26 @@ def test_a_folder_of_multi_page_tiffs_gives_a_channel_per_page(tmp_path):
     assert np.array_equal(data.images.numpy(), stacks)
     with pytest.raises(Exception, match="it has 5 page"):
         load_data(str(folder), channels=6, image_size=12, cache_dir=tmp_path / "c")
+
+
+def test_a_parquet_of_array_images_any_channels(tmp_path, capsys):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    g = np.random.default_rng(3)
+    images = g.integers(0, 256, (10, 12, 12, 5), dtype=np.uint8)  # H x W x C per row, as datasets' Array3D holds it
+    labels = np.arange(10) % 2
+    table = pa.table({"pixels": pa.array([im.tolist() for im in images], pa.list_(pa.list_(pa.list_(pa.uint8())))),
+                      "label": pa.array(labels, pa.int64())})
+    pq.write_table(table, tmp_path / "bands.parquet")
+    data = load_data(str(tmp_path / "bands.parquet"), channels=5, image_size=12, cache_dir=tmp_path / "c")
+    assert np.array_equal(data.images.permute(0, 2, 3, 1).numpy(), images)
+    assert data.labels.tolist() == labels.tolist()
+    gray = pa.table({"image": pa.array([im[..., 0].tolist() for im in images], pa.list_(pa.list_(pa.int32())))})
+    pq.write_table(gray, tmp_path / "gray.parquet")
+    one = load_data(str(tmp_path / "gray.parquet"), channels=1, image_size=6, cache_dir=tmp_path / "c")
+    assert one.images.shape == (10, 1, 6, 6)
+    assert run(capsys, "train", "--data", tmp_path / "bands.parquet", "--out", tmp_path / "r", "--channels", "5",
+               "--steps", "2", *TINY, "--cache-dir", tmp_path / "c")[0] == 0
+    code, out, _ = run(capsys, "data", "info", tmp_path / "bands.parquet", "--channels", "5", "--image-size", "12",
+                       "--cache-dir", tmp_path / "c")
+    assert code == 0 and "image column 'pixels'" in out and "5x12x12" in out

@@ -245,8 +245,8 @@ def data_flags(p) -> None:
     p.add_argument("--channels", type=positive_int, default=None,
                    help="1 gray, 3 RGB (default: the preset's); image files also 2 (gray and alpha) and 4 (RGBA: "
                         "alpha kept; with 1 or 3 it is dropped, not composited); more from multi-page images (a TIFF "
-                        "stack: a page a channel) or arrays (.npz/.npy, up to 16, as they are). Pictures show the "
-                        "first 3 channels (1 of 2)")
+                        "stack: a page a channel) or arrays (.npz/.npy, a dataset's array column; up to 16, as they "
+                        "are). Pictures show the first 3 channels (1 of 2)")
     cache_dir_flag(p)
 
 

@@ -25,7 +25,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import DDPMError
-from .images import IMAGE_EXTENSIONS, TASK, classes_of_parts, decode_bytes
+from .images import IMAGE_EXTENSIONS, TASK, classes_of_parts, convert_array, decode_bytes
 from .tables import Labels, arrow_table, column_labels, handle, numbered, require, stamp, with_columns
 
 __all__ = ["Encoded", "find_encoded", "decode_chunk"]
@@ -189,7 +189,20 @@ def _image_bytes(v, folder: Path) -> Tuple[Optional[bytes], str]:
             except OSError as e:
                 return None, f"cannot read its path {v['path']}: {e.strerror or e}"
         return None, ""
+    if isinstance(v, list):  # an image as an array: H x W (gray) or H x W x C, as datasets' Array2D/Array3D hold it
+        return array_image(v)
     return (bytes(v), "") if isinstance(v, (bytes, bytearray)) else (None, "")
+
+
+def array_image(v: list) -> Tuple[Optional[Any], str]:
+    """A nested-list cell as uint8 [C, H, W] (channels last in the cell, as image arrays are kept), or (None, why)."""
+    try:
+        a = np.asarray(v)
+    except ValueError:
+        return None, "its rows differ in length"
+    if a.ndim not in (2, 3) or a.dtype.kind not in "iu" or a.size == 0 or a.min() < 0 or a.max() > 255:
+        return None, f"an array of {a.dtype} {a.shape}, not uint8 values of H x W or H x W x C"
+    return (a[None] if a.ndim == 2 else a.transpose(2, 0, 1)).astype(np.uint8), ""
 
 
 def _within(p: Path, folder: Path) -> bool:
@@ -239,7 +252,8 @@ def decode_chunk(task) -> List[Tuple[int, str, str]]:
         try:
             if data is None:
                 raise DDPMError(f"cannot read image {name}: no image there")
-            out[start + j] = decode_bytes(data, name, channels, size, resize)
+            out[start + j] = convert_array(data, channels, size, resize) if isinstance(data, np.ndarray) else \
+                decode_bytes(data, name, channels, size, resize)
         except DDPMError as e:
             bad.append((start + j, name, str(e)))
     out.flush()

@@ -105,6 +105,8 @@ class EncodedReader(Reader):
 
     def shape(self) -> Tuple[int, int]:
         _, data = self.encoded.first()
+        if isinstance(data, np.ndarray):  # an array image: its own channels and short side
+            return data.shape[0], min(data.shape[1:])
         return _first_image_shape(Image.open(io.BytesIO(data or b"")), self.source.name)
 
     def info(self) -> Dict[str, Any]:

@@ -189,7 +189,7 @@ def load_data(src: str, *, channels: int, image_size: Size, progress: bool = Fal
     if resize not in RESIZES:
         raise DDPMError(f"unknown resize {resize!r}; expected one of {', '.join(RESIZES)}")
     source = find_source(src, image_column=image_column, label_column=label_column)
-    if source.kind not in ("npz", "cifar10", "folder"):  # (a folder's multi-page images give more channels)
+    if source.kind not in ("npz", "cifar10", "folder", "parquet", "arrow"):  # (multi-page images, array columns)
         image_mode(channels)
     if source.kind == "mnist":
         return _mnist(channels, image_size, resize)

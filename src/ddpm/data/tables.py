@@ -95,13 +95,20 @@ def with_columns(src, image_column: str, label_column: str):
         return pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_struct(t) and any(
             t.field(i).name == "bytes" for i in range(t.num_fields))
 
+    def is_array(c):  # images as arrays: lists of lists (H x W) or of lists of lists (H x W x C) of integers
+        t, depth = schema.field(c).type, 0
+        while pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+            t, depth = t.value_type, depth + 1
+        return depth in (2, 3) and pa.types.is_integer(t)
+
     if image_column:
         if image_column not in names:
             raise DDPMError(f"{src.path} has no column {image_column!r} (its columns: {', '.join(names)})")
     else:
         typed = [c for c in names if isinstance(features.get(c), dict) and features[c].get("_type") == "Image"]
         usual = [c for n in IMAGE_NAMES for c in names if c == n and is_image(c)]
-        image_column = (typed or usual or [c for c in names if is_image(c)] or [""])[0]
+        image_column = (typed or usual or [c for c in names if is_image(c)] or [c for c in names if is_array(c)]
+                        or [""])[0]
         if not image_column:
             raise DDPMError(f"{src.path} has no image column (its columns: {', '.join(names)}); name it with "
                             "--image-column")
