@@ -1,12 +1,22 @@
 """Small shared builders for the tests: a tiny data set, config and trainer, and the one-image oracle."""
 
 
+import numpy as np
 import torch
 
 from ddpm.config import make_run_config
 from ddpm.data.sources import ImageData
 from ddpm.nn.unet import UNet
 from ddpm.training.train import Trainer
+
+
+def linear_schedule_np(T: int):
+    """The paper's linear schedule in numpy float64, written out independently of ddpm (ends scaled by 1000 / T):
+    (beta, abar, beta-tilde), each [T]."""
+    beta = np.linspace(1e-4, 0.02, T) * 1000 / T
+    abar = np.cumprod(1 - beta)
+    abar_prev = np.concatenate([[1.0], abar[:-1]])
+    return beta, abar, beta * (1 - abar_prev) / (1 - abar)
 
 
 class OracleEps(torch.nn.Module):

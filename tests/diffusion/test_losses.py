@@ -8,15 +8,12 @@ from scipy.stats import norm
 
 from ddpm import GaussianDiffusion, NoiseSchedule
 from ddpm.diffusion.losses import discretized_gaussian_log_likelihood
-from helpers import OracleEps
+from helpers import OracleEps, linear_schedule_np
 
 
 def analytic_bpd(x_star: np.ndarray, T: int, var_type: str) -> float:
     """Prior + sum of KL terms + decoder NLL for the exact eps of a one-image data set, in bits/dim."""
-    beta = np.linspace(1e-4, 0.02, T) * 1000 / T
-    abar = np.cumprod(1 - beta)
-    abar_prev = np.concatenate([[1.0], abar[:-1]])
-    beta_tilde = beta * (1 - abar_prev) / (1 - abar)
+    beta, abar, beta_tilde = linear_schedule_np(T)
     x = x_star.ravel()
     # prior: KL(N(sqrt(abar_T) x, 1 - abar_T) || N(0, 1)) per dimension
     prior = 0.5 * (-1 - np.log(1 - abar[-1]) + (1 - abar[-1]) + abar[-1] * x**2).mean()

@@ -6,16 +6,13 @@ import pytest
 import torch
 
 from ddpm import GaussianDiffusion, NoiseSchedule
-from helpers import OracleEps
+from helpers import OracleEps, linear_schedule_np
 
 
 def analytic_rate(x_star: np.ndarray, T: int, var_type: str) -> np.ndarray:
     """The cumulative rate in bits/dim after reverse steps 1..T for the exact eps of a one-image data set: the
     prior, then the variance-only KL terms L_{T-1} .. L_t (the means agree exactly), nothing for the decoder."""
-    beta = np.linspace(1e-4, 0.02, T) * 1000 / T
-    abar = np.cumprod(1 - beta)
-    abar_prev = np.concatenate([[1.0], abar[:-1]])
-    beta_tilde = beta * (1 - abar_prev) / (1 - abar)
+    beta, abar, beta_tilde = linear_schedule_np(T)
     x = x_star.ravel()
     prior = 0.5 * (-1 - np.log(1 - abar[-1]) + (1 - abar[-1]) + abar[-1] * x**2).mean()
     model_var = beta if var_type == "fixedlarge" else beta_tilde

@@ -52,8 +52,9 @@ def cmd_train(args) -> int:
                    preset=args.preset, resume=args.resume, config_file=args.config,
                    model={"image_size": args.image_size, "in_channels": args.channels})
     device = choose_device(args.device)
-    if levels_note(cfg):
-        print(f"note: {levels_note(cfg)}", file=sys.stderr)
+    note = levels_note(cfg)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     if args.dry_run:
         print(cfg.to_json(), end="")
         print(memory_line(cfg, device), file=sys.stderr)

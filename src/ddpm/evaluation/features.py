@@ -52,9 +52,7 @@ class DigitClassifier(nn.Module):
     def prepare(x: Tensor) -> Tensor:
         """Any square [N, C, S, S] in [-1, 1] -> [N, 1, 28, 28] (mean over channels, antialiased resize); it reads
         digits, which are square: other shapes are refused (the FID Inception takes any)."""
-        if x.shape[-2] != x.shape[-1]:
-            raise DDPMError(f"the digit classifier reads square images, and these are {x.shape[-2]}x{x.shape[-1]} "
-                            "(height x width): use --features inception")
+        check_square(x.shape[-2], x.shape[-1])
         if x.shape[1] != 1:
             x = x.mean(dim=1, keepdim=True)
         if x.shape[-2:] != (28, 28):
@@ -95,6 +93,13 @@ def load_digit_classifier(path: Optional[str] = None) -> DigitClassifier:
 FEATURES = ("auto", "digits", "inception")
 
 
+def check_square(h: int, w: int) -> None:
+    """DDPMError unless h == w: the digit classifier reads square digits."""
+    if h != w:
+        raise DDPMError(f"the digit classifier reads square images, and these are {h}x{w} (height x width): use "
+                        "--features inception")
+
+
 def get_features(kind: str, *, channels: int, inception: Optional[str] = None,
                  cache_dir=None, hw: Optional[Tuple[int, int]] = None) -> Tuple[str, nn.Module]:
     """(name, network) of a feature extractor. ``auto``: digits for 1-channel images, else inception (found as
@@ -105,9 +110,8 @@ def get_features(kind: str, *, channels: int, inception: Optional[str] = None,
                         f"{channels}: FD, FID, IS, KID and precision/recall do not apply (bits/dim and rd do)")
     if kind == "auto":
         kind = "digits" if channels == 1 else "inception"
-    if kind == "digits" and hw is not None and hw[0] != hw[1]:  # ``hw``: the images' (height, width), when known
-        raise DDPMError(f"the digit classifier reads square images, and these are {hw[0]}x{hw[1]} (height x width): "
-                        "use --features inception")
+    if kind == "digits" and hw is not None:  # ``hw``: the images' (height, width), when known: refused before work
+        check_square(*hw)
     if kind == "digits":
         return "digits", load_digit_classifier()
     if kind == "inception":

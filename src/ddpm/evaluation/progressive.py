@@ -16,7 +16,11 @@ from ..viz import plot_progressive
 
 __all__ = ["progressive_sets", "score_progressive", "progressive_lines", "write_progressive_report"]
 
-SCALARS = {"fid": "fid", "fd": "fd", "is": "is", "kid": "kid", "precision": "precision", "recall": "recall"}
+SCALARS = ("fid", "fd", "is", "kid", "precision", "recall")  # the scores plotted (is and kid as their means)
+
+
+def _scalar(v: Any) -> float:
+    return float(v[0] if isinstance(v, (list, tuple)) else v)
 
 
 def progressive_sets(path: Path) -> Dict[int, Tensor]:
@@ -34,8 +38,7 @@ def score_progressive(path: Path, score_one: Callable[[int, Tensor], Optional[Di
     for k, images in progressive_sets(path).items():
         values = score_one(k, images)
         if values is not None:
-            rows.append({"reverse_step": k, **{name: float(v[0] if isinstance(v, (list, tuple)) else v)
-                                              for name, v in values.items() if name in SCALARS}})
+            rows.append({"reverse_step": k, **{name: _scalar(v) for name, v in values.items() if name in SCALARS}})
     return rows
 
 
@@ -45,7 +48,7 @@ def progressive_lines(rows: List[Dict[str, Any]], final: Dict[str, Any], n: int)
     lines = [f"progressive generation: x0 predicted at each reverse step of the same {n:,} chains",
              f"{'reverse step':>12} " + " ".join(f"{m:>10}" for m in names)]
     lines += [f"{r['reverse_step']:>12} " + " ".join(f"{r[m]:>10.4g}" for m in names) for r in rows]
-    scalar = {m: float(v[0] if isinstance(v, (list, tuple)) else v) for m, v in final.items() if m in names}
+    scalar = {m: _scalar(v) for m, v in final.items() if m in names}
     lines.append(f"{'samples':>12} " + " ".join(f"{scalar[m]:>10.4g}" for m in names if m in scalar))
     return lines
 

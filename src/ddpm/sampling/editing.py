@@ -193,8 +193,7 @@ def named_mask(name: str, size: Any, seed: int = 0) -> np.ndarray:
         draw = ImageDraw.Draw(im)
         side = min(H, W)
         for _ in range(int(rng.integers(2, 5))):
-            points = [(float(rng.uniform(0, W)), float(rng.uniform(0, H)))] if H != W else \
-                [tuple(rng.uniform(0, side, 2))]
+            points = [(float(rng.uniform(0, W)), float(rng.uniform(0, H)))]
             for _ in range(int(rng.integers(2, 5))):
                 angle, step = rng.uniform(0, 2 * math.pi), rng.uniform(side / 6, side / 3)
                 x, y = points[-1]
